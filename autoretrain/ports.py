@@ -1,0 +1,97 @@
+"""The ports the loop is written against: small Protocols in the domain's own words.
+
+No SDK type crosses a port. Adapters: `storage.AzureBlobStore`, `ledger.TableLedger`,
+`workspace.local.LocalWorkspace` (and the Azure ML adapter), each chosen in `bootstrap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from autoretrain.domain import (
+    BlobRef,
+    DataVersion,
+    LedgerRecord,
+    LedgerState,
+    Metrics,
+    ModelVersion,
+    PipelineRun,
+    RunStatus,
+    WorkKey,
+)
+
+__all__ = ["BlobStore", "Clock", "Ledger", "Workspace"]
+
+
+class Clock(Protocol):
+    def __call__(self) -> datetime: ...
+
+
+class BlobStore(Protocol):
+    def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
+        """The first `max_bytes` of exactly this blob version; BlobChangedError if it was replaced."""
+        ...
+
+    def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
+        """Copy exactly this blob version to container/name (overwriting a copy of the same). The
+        source is never changed."""
+        ...
+
+    def download_to(self, ref: BlobRef, path: Path) -> None:
+        """Write exactly this blob version to a local file."""
+        ...
+
+    def upload(self, container: str, name: str, data: bytes) -> BlobRef: ...
+
+
+class Ledger(Protocol):
+    def claim(self, blob: BlobRef, key: WorkKey, event_id: str) -> tuple[LedgerRecord, bool]:
+        """Insert the record for this blob version if none exists (atomic). Returns the record and
+        whether this call created it."""
+        ...
+
+    def get(self, key: WorkKey) -> LedgerRecord | None: ...
+
+    def advance(
+        self,
+        record: LedgerRecord,
+        state: LedgerState,
+        *,
+        data_version: str | None = None,
+        job: str | None = None,
+        model_version: str | None = None,
+        metrics: Metrics | None = None,
+        promoted: bool | None = None,
+        reason: str | None = None,
+    ) -> LedgerRecord:
+        """Move the record to `state` if it is still as read (its etag); LedgerError otherwise."""
+        ...
+
+    def records(self) -> Iterator[LedgerRecord]: ...
+
+
+class Workspace(Protocol):
+    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+        """Register the blob as a data asset version. The same key gives the same version."""
+        ...
+
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+        """Submit the training pipeline on `data` as job `key.job_name`; a second call returns the first."""
+        ...
+
+    def run_status(self, job: str) -> RunStatus: ...
+
+    def run_metrics(self, job: str) -> Metrics: ...
+
+    def register_model(
+        self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]
+    ) -> ModelVersion:
+        """Register the job's model output, metrics as tags, lineage as properties. Idempotent per key."""
+        ...
+
+    def champion(self) -> ModelVersion | None: ...
+
+    def promote(self, model: ModelVersion) -> ModelVersion: ...
