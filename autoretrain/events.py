@@ -9,6 +9,7 @@ is accepted quoted or unquoted. Anything else raises `EventError` with a one-lin
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ def _time(value: Any) -> datetime | None:
     # Event Grid writes up to 7 fractional digits; fromisoformat takes at most 6.
     if "." in text:
         head, _, tail = text.partition(".")
-        digits = "".join(ch for ch in tail if ch.isdigit())
+        digits = "".join(itertools.takewhile(str.isdigit, tail))
         zone = tail[len(digits):]
         text = f"{head}.{digits[:6]}{zone}"
     try:

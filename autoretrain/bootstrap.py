@@ -1,0 +1,118 @@
+"""The one composition root: settings in, the loop's dependencies out.
+
+Adapters are built here and nowhere else; tests pass their own by keyword. The function app
+builds them once per worker process (`runtime()`), on first use, not at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from autoretrain.contract import load_contract
+from autoretrain.errors import ConfigError
+from autoretrain.loop import Deps
+from autoretrain.ports import BlobStore, Ledger, Workspace
+from autoretrain.settings import Settings, WorkspaceKind
+
+__all__ = ["PROJECT_ROOT", "bootstrap", "runtime"]
+
+log = logging.getLogger("autoretrain.bootstrap")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = PROJECT_ROOT / "ml" / "pipeline.yml"
+
+
+def _credential(settings: Settings):  # type: ignore[no-untyped-def]
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+
+
+def blob_service(settings: Settings):  # type: ignore[no-untyped-def]
+    from azure.storage.blob import BlobServiceClient
+
+    if settings.storage_connection:
+        return BlobServiceClient.from_connection_string(settings.storage_connection)
+    return BlobServiceClient(str(settings.blob_service_uri), credential=_credential(settings))
+
+
+def table_service(settings: Settings):  # type: ignore[no-untyped-def]
+    from azure.data.tables import TableServiceClient
+
+    if settings.storage_connection:
+        return TableServiceClient.from_connection_string(settings.storage_connection)
+    return TableServiceClient(str(settings.table_service_uri), credential=_credential(settings))
+
+
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    workspace: Workspace | None = None,
+    ledger: Ledger | None = None,
+    blobs: BlobStore | None = None,
+) -> Deps:
+    """Build the loop's dependencies from settings; any of them may be given instead."""
+    settings = settings or Settings.from_env()
+    contract = load_contract(settings.contract)
+    if blobs is None:
+        from autoretrain.storage import AzureBlobStore
+
+        blobs = AzureBlobStore(blob_service(settings))
+    if ledger is None:
+        from autoretrain.ledger import TableLedger
+
+        ledger = TableLedger.connect(table_service(settings), settings.ledger_table)
+    if workspace is None:
+        workspace = _workspace(settings, blobs)
+    return Deps(settings=settings, contract=contract, workspace=workspace, ledger=ledger, blobs=blobs)
+
+
+def _workspace(settings: Settings, blobs: BlobStore) -> Workspace:
+    if settings.workspace is WorkspaceKind.LOCAL:
+        from autoretrain.local.eventgrid import EventGridDelivery, publish_to_function
+        from autoretrain.workspace.local import LocalWorkspace
+
+        delivery = EventGridDelivery(settings.home)
+
+        def send(event: dict[str, object]) -> None:
+            publish_to_function(delivery, settings.host_url, "completion", event)
+
+        workspace = LocalWorkspace(
+            settings.home,
+            pipeline=PIPELINE,
+            contract=settings.contract,
+            blobs=blobs,
+            experiment=settings.experiment,
+            data_asset=settings.data_asset,
+            model_name=settings.model_name,
+            on_event=send,
+        )
+        workspace.resume()
+        return workspace
+    raise ConfigError(
+        "AUTORETRAIN_WORKSPACE=azureml: the Azure ML adapter is not part of this build yet; "
+        "use AUTORETRAIN_WORKSPACE=local."
+    )
+
+
+_runtime: Deps | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Deps:
+    """The dependencies of this worker process, built once, on first use.
+
+    The host runs functions on several threads at once; the lock makes the first concurrent
+    calls share one set of adapters (one local workspace, one job pool) instead of racing.
+    """
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = bootstrap()
+            log.info(
+                "bootstrap.ready workspace=%s contract=%s",
+                _runtime.settings.workspace.value, _runtime.settings.contract,
+            )
+        return _runtime

@@ -1,0 +1,284 @@
+"""The `autoretrain` command.
+
+    autoretrain up                   Azurite + the local Functions host + Event Grid, until Ctrl-C
+    autoretrain host                 only the local Functions host (like `func start`)
+    autoretrain drop FILE...         upload files to the incoming container
+    autoretrain status [--json]      one record per blob version, from the ledger
+    autoretrain list data|jobs|models [--json]   the local workspace's catalogue
+    autoretrain demo                 the whole loop on scikit-learn's wine data, in monthly drops
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
+from autoretrain.errors import AutoretrainError
+from autoretrain.settings import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("autoretrain.cli")
+ROOT = Path(__file__).resolve().parent.parent
+STATUS_COLUMNS = ("blob", "etag", "state", "data_version", "job", "model_version", "metrics", "promoted", "reason")
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, dict):
+            return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        text = str(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def _status_row(record: LedgerRecord) -> dict[str, Any]:
+    row = record.as_row()
+    if record.metrics:
+        row["metrics"] = {record.metrics.primary: record.metrics.primary_value}
+    return row
+
+
+def _ledger(settings: Settings):  # type: ignore[no-untyped-def]
+    from autoretrain.bootstrap import table_service
+    from autoretrain.ledger import TableLedger
+
+    return TableLedger.connect(table_service(settings), settings.ledger_table)
+
+
+def _blobs(settings: Settings):  # type: ignore[no-untyped-def]
+    from autoretrain.bootstrap import blob_service
+    from autoretrain.storage import AzureBlobStore
+
+    return AzureBlobStore(blob_service(settings))
+
+
+def _azurite(settings: Settings):  # type: ignore[no-untyped-def]
+    from autoretrain.local.azurite import Azurite
+
+    return Azurite(settings.home)
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.local.host import configure_logging
+    from autoretrain.local.stack import LocalStack
+
+    configure_logging()
+    with LocalStack(settings, poll_interval=args.poll_interval) as stack:
+        print(f"autoretrain is up: drop files into '{settings.incoming_container}' "
+              f"(autoretrain drop FILE), host {stack.host.url}. Ctrl-C to stop.", flush=True)
+        _wait_for_ctrl_c()
+    return 0
+
+
+def cmd_host(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.local.host import LocalHost, configure_logging
+    from autoretrain.local.stack import APP_ROOT
+
+    configure_logging()
+    port = urlsplit(settings.host_url).port or 7071
+    host = LocalHost("function_app", app_root=APP_ROOT, port=port)
+    with host:
+        print(f"Functions host listening on {host.url}. Ctrl-C to stop.", flush=True)
+        _wait_for_ctrl_c()
+    return 0
+
+
+def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
+    files = [Path(f) for f in args.files]
+    for path in files:
+        if not path.is_file():
+            raise AutoretrainError(f"{path}: no such file; give the path of a CSV file to upload.")
+    with _azurite(settings):
+        blobs = _blobs(settings)
+        for path in files:
+            name = f"{args.prefix}{path.name}"
+            ref = blobs.upload(settings.incoming_container, name, path.read_bytes())
+            print(f"dropped {ref.path} etag={ref.etag} work_key={WorkKey.for_blob(ref)}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    with _azurite(settings):
+        records = sorted(_ledger(settings).records(), key=lambda r: r.created)
+    rows = [_status_row(r) for r in records]
+    if args.json:
+        json.dump([r.as_row() for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif rows:
+        _table(rows, STATUS_COLUMNS, sys.stdout)
+    else:
+        print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.workspace.local import catalog_rows
+
+    rows = catalog_rows(settings.home, args.kind)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif rows:
+        _table(rows, list(rows[0]), sys.stdout)
+    else:
+        print(f"No {args.kind} in the local workspace at {settings.home}.")
+    return 0
+
+
+def _load_sample_module() -> Any:
+    path = ROOT / "ml" / "sample" / "wine.py"
+    spec = importlib.util.spec_from_file_location("autoretrain_demo_wine", path)
+    if spec is None or spec.loader is None:
+        raise AutoretrainError(f"{path}: cannot load the demo data module.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _demo_files(folder: Path, months: int) -> list[Path]:
+    """The wine data as monthly drops, and one copy of a month with a typo, to be quarantined."""
+    files: list[Path] = _load_sample_module().write_monthly_drops(folder, months=months, seed=0)
+    good = files[-1].read_text(encoding="utf-8").splitlines()
+    header = good[0].split(",")
+    row = good[3].split(",")
+    row[header.index("alcohol")] = "twelve"
+    good[3] = ",".join(row)
+    bad = folder / "2026-99-typo.csv"
+    bad.write_text("\n".join(good) + "\n", encoding="utf-8")
+    return [*files, bad]
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.local.host import configure_logging
+    from autoretrain.local.stack import LocalStack
+
+    started = time.monotonic()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home / "logs" / "demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("a", encoding="utf-8")
+    configure_logging(log_file)
+    print(f"autoretrain demo: home {settings.home}, function logs in {log_path}", flush=True)
+    drops = _demo_files(settings.home / "demo" / "drops", args.months)
+    with LocalStack(settings, poll_interval=0.5) as stack:
+        print(f"  Azurite {'started' if stack.azurite.started_here else 'already running'}, "
+              f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'",
+              flush=True)
+        blobs, ledger = _blobs(settings), _ledger(settings)
+        dropped: dict[WorkKey, tuple[str, float]] = {}
+        for path in drops:
+            ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
+            dropped[WorkKey.for_blob(ref)] = (path.name, time.monotonic())
+            print(f"  dropped {ref.path} ({path.stat().st_size} bytes)", flush=True)
+        records = _follow(ledger, dropped, args.timeout, started)
+    log_file.flush()
+    print()
+    _table([_status_row(r) for r in records], STATUS_COLUMNS, sys.stdout)
+    quarantined = [r for r in records if r.state is LedgerState.QUARANTINED]
+    for r in quarantined:
+        print(f"\nquarantined {r.blob.path} -> {settings.quarantine_container}/{r.key}/{r.blob.name}\n  reason: {r.reason}")
+    done = [r for r in records if r.state is LedgerState.DONE]
+    print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
+          f"demo wall time {time.monotonic() - started:.1f} s. "
+          "See `autoretrain list models` and `autoretrain status`.")
+    unfinished = [r for r in records if not r.state.final]
+    return 1 if unfinished or len(records) < len(dropped) else 0
+
+
+def _follow(ledger: Any, dropped: dict[WorkKey, tuple[str, float]], timeout: float, started: float) -> list[LedgerRecord]:
+    """Print each drop's state changes until all are final (or the timeout); return the records."""
+    seen: dict[WorkKey, LedgerState] = {}
+    records: dict[WorkKey, LedgerRecord] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for key, (name, at) in dropped.items():
+            record = ledger.get(key)
+            if record is None or seen.get(key) == record.state:
+                continue
+            records[key] = record
+            seen[key] = record.state
+            detail = {
+                LedgerState.SUBMITTED: f"data {record.data_version}, job {record.job}",
+                LedgerState.DONE: (
+                    f"model {record.model_version}, "
+                    + (f"{record.metrics.primary}={record.metrics.primary_value:.3f}, " if record.metrics else "")
+                    + ("promoted" if record.promoted else "not promoted")
+                    + f", {time.monotonic() - at:.1f} s after the drop"
+                ),
+                LedgerState.QUARANTINED: record.reason or "",
+                LedgerState.FAILED: record.reason or "",
+                LedgerState.SKIPPED: record.reason or "",
+            }.get(record.state, "")
+            print(f"  [{time.monotonic() - started:6.1f}s] {name:<18} {record.state.value:<11} {detail}", flush=True)
+        if len(records) == len(dropped) and all(r.state.final for r in records.values()):
+            break
+        time.sleep(0.25)
+    return sorted(records.values(), key=lambda r: r.blob.name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoretrain", description="Retraining that happens by itself when new data lands.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run Azurite, the local Functions host and Event Grid until Ctrl-C")
+    up.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks at incoming/")
+    sub.add_parser("host", help="run only the local Functions host")
+    drop = sub.add_parser("drop", help="upload files to the incoming container")
+    drop.add_argument("files", nargs="+")
+    drop.add_argument("--prefix", default="", help="a folder prefix for the blob names, e.g. customer-a/")
+    status = sub.add_parser("status", help="one record per blob version")
+    status.add_argument("--json", action="store_true")
+    listing = sub.add_parser("list", help="the local workspace's data versions, jobs or models")
+    listing.add_argument("kind", choices=("data", "jobs", "models"))
+    listing.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="the whole loop on monthly drops of scikit-learn's wine data")
+    demo.add_argument("--months", type=int, default=4)
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the loop")
+    return parser
+
+
+_COMMANDS = {"up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "list": cmd_list, "demo": cmd_demo}
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = _parser().parse_args(None if argv is None else list(argv))
+    try:
+        settings = Settings.from_env()
+        return _COMMANDS[args.command](settings, args)
+    except AutoretrainError as exc:
+        print(f"autoretrain: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

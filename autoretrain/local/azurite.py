@@ -1,0 +1,97 @@
+"""Azurite (npm `azurite`), started on demand: Blob and Table Storage on 127.0.0.1, default ports.
+
+The default ports keep `UseDevelopmentStorage=true` and Storage Explorer working. An Azurite that
+is already listening (another `autoretrain up`, CI) is used as it is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from autoretrain.errors import ConfigError, StorageError
+
+__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary"]
+
+BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
+_ROOT = Path(__file__).resolve().parent.parent.parent
+log = logging.getLogger("autoretrain.azurite")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def azurite_binary() -> Path:
+    local = _ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return local
+    found = shutil.which("azurite")
+    if found:
+        return Path(found)
+    raise ConfigError(f"Azurite is not installed ({local} is missing); run `make setup` (it runs npm install).")
+
+
+class Azurite:
+    """Start Azurite if none is listening; stop it on exit only if this object started it."""
+
+    def __init__(self, home: Path, *, timeout: float = 30.0) -> None:
+        self.location = Path(home).resolve() / "azurite"
+        self._timeout = timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def started_here(self) -> bool:
+        return self._process is not None
+
+    @staticmethod
+    def running() -> bool:
+        return _listening(BLOB_PORT) and _listening(TABLE_PORT)
+
+    def start(self) -> Azurite:
+        if self.running():
+            log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d", BLOB_PORT, TABLE_PORT)
+            return self
+        self.location.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            [str(azurite_binary()), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
+             "--location", str(self.location),
+             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self._timeout
+        while not self.running():
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                self._process = None
+                raise StorageError(f"Azurite exited at start: {err.strip().splitlines()[-1] if err.strip() else 'no output'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StorageError(f"Azurite did not listen on ports {BLOB_PORT}/{TABLE_PORT} within {self._timeout:.0f} s.")
+            time.sleep(0.1)
+        log.info("azurite.started location=%s", self.location)
+        return self
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> Azurite:
+        return self.start()
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.stop()

@@ -1,0 +1,498 @@
+"""The embedded local workspace: the Workspace port on this machine, the default adapter.
+
+Everything lives under one folder (`AUTORETRAIN_HOME`, default `.autoretrain/`):
+
+    workspace/catalog.sqlite        data versions, jobs and models (survives restarts)
+    workspace/data/NAME/VERSION/    each data version's file, copied from Blob Storage
+    workspace/jobs/JOB/outputs/     each step's outputs, one folder per output
+    workspace/jobs/JOB/logs/        each step's log (stdout and stderr)
+    workspace/models/NAME/VERSION/  each registered model (MLflow format)
+
+Jobs run `ml/pipeline.yml` as azure-ai-ml loads it: each component's command as a subprocess of
+this Python, inputs and outputs bound to local folders, in dependency order, on a small pool of
+worker threads. When a job changes state the workspace sends the Azure ML events the real service
+sends (RunStatusChanged, and RunCompleted on success), in the Event Grid schema, to `on_event`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from autoretrain.domain import (
+    BlobRef,
+    DataVersion,
+    Metrics,
+    ModelVersion,
+    PipelineRun,
+    RunState,
+    RunStatus,
+    WorkKey,
+)
+from autoretrain.errors import WorkspaceError
+from autoretrain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
+from autoretrain.logs import log_event
+from autoretrain.ports import BlobStore
+from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
+from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
+
+__all__ = ["LocalWorkspace", "catalog_rows"]
+
+log = logging.getLogger("autoretrain.workspace.local")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, work_key TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL, source TEXT NOT NULL, lineage TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
+    data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
+    failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL, version INTEGER NOT NULL, work_key TEXT NOT NULL UNIQUE, job TEXT NOT NULL,
+    path TEXT NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, metrics TEXT NOT NULL,
+    champion INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+"""
+_INPUT_REF = re.compile(r"\$\{\{\s*inputs\.([A-Za-z0-9_]+)\s*\}\}")
+_OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.([A-Za-z0-9_]+)\s*\}\}")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]")
+PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _safe_file_name(name: str) -> str:
+    """The last part of a blob name, made safe as a local file name (blob names are untrusted)."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return base or "data"
+
+
+class LocalWorkspace:
+    """The Workspace port, embedded: SQLite + files, jobs as local subprocesses."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        pipeline: Path,
+        contract: Path,
+        blobs: BlobStore,
+        experiment: str = "autoretrain",
+        data_asset: str = "autoretrain-data",
+        model_name: str = "autoretrain-model",
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        max_parallel_jobs: int = 2,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = Path(home).resolve() / "workspace"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._db = self.root / "catalog.sqlite"
+        self._pipeline_path = pipeline
+        self._contract = contract.resolve()
+        self._blobs = blobs
+        self.experiment = experiment
+        self.data_asset = data_asset
+        self.model_name = model_name
+        self._on_event = on_event
+        self._python = python
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_jobs, thread_name_prefix="local-job")
+        self._spec: PipelineSpec | None = None
+        self._spec_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    # -- storage -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self._db, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # One writer at a time in this process; BEGIN IMMEDIATE guards against other processes.
+        with self._write_lock, self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def pipeline(self) -> PipelineSpec:
+        with self._spec_lock:
+            if self._spec is None:
+                self._spec = load_pipeline(self._pipeline_path)
+            return self._spec
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+        existing = self._data_by_key(key)
+        if existing is not None:
+            return existing
+        staging = self.root / "data" / ".staging" / key.value / _safe_file_name(source.name)
+        self._blobs.download_to(source, staging)
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
+            if row is None:
+                version = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM data_versions WHERE name = ?", (self.data_asset,)
+                ).fetchone()[0]
+                final = self.root / "data" / self.data_asset / str(version) / staging.name
+                final.parent.mkdir(parents=True, exist_ok=True)
+                staging.replace(final)
+                db.execute(
+                    "INSERT INTO data_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.data_asset, version, key.value, str(final), source.path, json.dumps(dict(lineage)), _now()),
+                )
+                row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
+        shutil.rmtree(staging.parent, ignore_errors=True)
+        return self._data(row)
+
+    def _data_by_key(self, key: WorkKey) -> DataVersion | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
+        return self._data(row) if row else None
+
+    @staticmethod
+    def _data(row: sqlite3.Row) -> DataVersion:
+        return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+        name = key.job_name
+        data_path = self._data_path(data)
+        with self._transaction() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, self.experiment, key.value, f"{data.name}:{data.version}", str(data_path),
+                 json.dumps(dict(tags)), RunState.QUEUED.value, _now()),
+            ).rowcount
+        if inserted:
+            self._pool.submit(self._run_logged, name)
+        status = self.run_status(name)
+        return PipelineRun(name=name, experiment=self.experiment, status=status.state)
+
+    def _data_path(self, data: DataVersion) -> Path:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT path FROM data_versions WHERE name = ? AND version = ?", (data.name, int(data.version))
+            ).fetchone()
+        if row is None:
+            raise WorkspaceError(f"data version {data.name}:{data.version} is not registered in {self._db}.")
+        return Path(row["path"])
+
+    def resume(self) -> list[str]:
+        """Run again the jobs a previous process left queued or running (it died or was stopped)."""
+        with self._connect() as db:
+            names = [
+                r["name"] for r in db.execute(
+                    "SELECT name FROM jobs WHERE status IN (?, ?) ORDER BY created",
+                    (RunState.QUEUED.value, RunState.RUNNING.value),
+                )
+            ]
+        for name in names:
+            log_event(log, logging.INFO, "job.resumed", job=name)
+            self._pool.submit(self._run_logged, name)
+        return names
+
+    def job_dir(self, job: str) -> Path:
+        return self.root / "jobs" / job
+
+    def _run_logged(self, job: str) -> None:
+        try:
+            self._run(job)
+        except Exception as exc:  # a bug here must still end the job and tell the loop
+            log.exception("job.crashed job=%s", job)
+            self._finish(job, RunState.FAILED, failed_step=None, error=f"local runner error: {exc}")
+
+    def _set_status(self, job: str, state: RunState, **fields: str | None) -> None:
+        columns = {"status": state.value, **fields}
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        with self._transaction() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*columns.values(), job))
+
+    def _run(self, job: str) -> None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
+        spec = self.pipeline()
+        base = self.job_dir(job)
+        if base.exists():
+            shutil.rmtree(base)  # a resumed job starts clean: no half-written outputs
+        (base / "logs").mkdir(parents=True)
+        self._set_status(job, RunState.RUNNING, started=_now())
+        self._emit(job, RUN_STATUS_CHANGED, RunState.RUNNING)
+        log_event(log, logging.INFO, "job.started", job=job, data=row["data"])
+
+        parent_inputs = {"data": row["data_path"], "contract": str(self._contract)}
+        produced: dict[tuple[str, str], Path] = {}
+        for step in spec.steps:
+            outputs = {}
+            for out in step.outputs:
+                folder = base / "outputs" / step.name / out
+                folder.mkdir(parents=True)
+                outputs[out] = folder
+                produced[(step.name, out)] = folder
+            values = self._resolve_inputs(step, parent_inputs, produced)
+            argv = self._argv(step, values, outputs)
+            log_path = base / "logs" / f"{step.name}.log"
+            log_event(log, logging.INFO, "job.step_started", job=job, step=step.name)
+            with log_path.open("wb") as out_file:
+                code = subprocess.call(argv, cwd=step.code, stdout=out_file, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+            if code != 0:
+                self._finish(job, RunState.FAILED, failed_step=step.name, error=_last_line(log_path, code))
+                return
+            log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name)
+        self._finish(job, RunState.COMPLETED)
+
+    @staticmethod
+    def _resolve_inputs(step: Step, parent: Mapping[str, str], produced: Mapping[tuple[str, str], Path]) -> dict[str, str]:
+        values = {}
+        for name, binding in step.inputs.items():
+            if isinstance(binding, FromParent):
+                if binding.input not in parent:
+                    raise WorkspaceError(f"step {step.name!r} input {name!r} needs pipeline input {binding.input!r}.")
+                values[name] = parent[binding.input]
+            elif isinstance(binding, FromStep):
+                values[name] = str(produced[(binding.step, binding.output)])
+            elif isinstance(binding, Literal):
+                values[name] = binding.value
+        return values
+
+    def _argv(self, step: Step, inputs: Mapping[str, str], outputs: Mapping[str, Path]) -> list[str]:
+        def optional(match: re.Match[str]) -> str:
+            # $[[ ... ]] holds flags of optional inputs: kept only when every input in it has a value.
+            names = _INPUT_REF.findall(match.group(1))
+            return match.group(1) if all(n in inputs for n in names) else ""
+
+        command = _OPTIONAL.sub(optional, step.command)
+        argv = shlex.split(command)
+        if not argv or argv[0] not in ("python", "python3"):
+            raise WorkspaceError(f"step {step.name!r}: command must start with 'python', got {command!r}.")
+
+        def substitute(arg: str) -> str:
+            def one_input(m: re.Match[str]) -> str:
+                if m.group(1) not in inputs:
+                    raise WorkspaceError(f"step {step.name!r}: input {m.group(1)!r} has no value.")
+                return inputs[m.group(1)]
+
+            def one_output(m: re.Match[str]) -> str:
+                if m.group(1) not in outputs:
+                    raise WorkspaceError(f"step {step.name!r}: output {m.group(1)!r} is not declared.")
+                return str(outputs[m.group(1)])
+
+            return _OUTPUT_REF.sub(one_output, _INPUT_REF.sub(one_input, arg))
+
+        return [self._python, *(substitute(a) for a in argv[1:])]
+
+    def _finish(self, job: str, state: RunState, *, failed_step: str | None = None, error: str | None = None) -> None:
+        self._set_status(job, state, ended=_now(), failed_step=failed_step, error=error)
+        if state is RunState.COMPLETED:
+            log_event(log, logging.INFO, "job.completed", job=job)
+        else:
+            log_event(log, logging.ERROR, "job.failed", job=job, step=failed_step, error=error)
+        self._emit(job, RUN_STATUS_CHANGED, state)
+        if state is RunState.COMPLETED:
+            self._emit(job, RUN_COMPLETED, state)
+
+    def _emit(self, job: str, event_type: str, state: RunState) -> None:
+        if self._on_event is None:
+            return
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
+        experiment_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"autoretrain-local/{row['experiment']}"))
+        data: dict[str, Any] = {
+            "experimentId": experiment_id,
+            "experimentName": row["experiment"],
+            "runId": job,
+            "runType": PIPELINE_RUN_TYPE,
+            "runTags": json.loads(row["tags"]),
+            "runProperties": {"azureml.runsource": "azureml.PipelineRun", "data": row["data"]},
+        }
+        if event_type == RUN_STATUS_CHANGED:
+            data["runStatus"] = state.value
+        event = {
+            "id": str(uuid.uuid4()),
+            "topic": LOCAL_WORKSPACE_TOPIC,
+            "subject": f"experiments/{experiment_id}/runs/{job}",
+            "eventType": event_type,
+            "eventTime": _now(),
+            "data": data,
+            "dataVersion": "2",
+            "metadataVersion": "1",
+        }
+        try:
+            self._on_event(event)
+        except Exception:  # the job's result is in the catalogue; reconcile can still find it
+            log.exception("job.event_not_sent job=%s type=%s", job, event_type)
+
+    def run_status(self, job: str) -> RunStatus:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
+        if row is None:
+            raise WorkspaceError(f"job {job!r} does not exist in the local workspace ({self._db}).")
+        state = RunState(row["status"])
+        log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
+        return RunStatus(
+            name=job, state=state, failed_step=row["failed_step"], error=row["error"],
+            log=str(log_path) if log_path else str(self.job_dir(job) / "logs"),
+        )
+
+    def wait(self, job: str, timeout: float) -> RunStatus:
+        """Block until the job is finished (for the CLI and tests)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.run_status(job)
+            if status.state.terminal or time.monotonic() > deadline:
+                return status
+            time.sleep(0.1)
+
+    def _output(self, job: str, pipeline_output: str) -> Path:
+        for step in self.pipeline().steps:
+            for out, target in step.promoted.items():
+                if target == pipeline_output:
+                    return self.job_dir(job) / "outputs" / step.name / out
+        raise WorkspaceError(f"{self._pipeline_path}: no step output is bound to pipeline output {pipeline_output!r}.")
+
+    def run_metrics(self, job: str) -> Metrics:
+        status = self.run_status(job)
+        if status.state is not RunState.COMPLETED:
+            raise WorkspaceError(f"job {job} is {status.state.value}; metrics exist only for completed jobs.")
+        path = self._output(job, "metrics") / "metrics.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return Metrics(
+                values={k: float(v) for k, v in raw["metrics"].items()},
+                primary=raw["primary_metric"],
+                greater_is_better=bool(raw.get("greater_is_better", True)),
+            )
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise WorkspaceError(f"job {job}: {path} is missing or not evaluate's metrics JSON ({exc}).") from exc
+
+    # -- models --------------------------------------------------------------------------------
+
+    def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
+        existing = self._model_where("work_key = ?", key.value)
+        if existing is not None:
+            return existing
+        source = self._output(job, "model")
+        if not (source / "MLmodel").is_file():
+            raise WorkspaceError(f"job {job}: {source} holds no MLflow model (no MLmodel file).")
+        tags = {name: repr(value) for name, value in metrics.values.items()}
+        with self._transaction() as db:
+            row = db.execute("SELECT version FROM models WHERE work_key = ?", (key.value,)).fetchone()
+            if row is None:
+                version = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?", (self.model_name,)
+                ).fetchone()[0]
+                target = self.root / "models" / self.model_name / str(version)
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.copytree(source, target)
+                db.execute(
+                    "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (self.model_name, version, key.value, job, str(target), json.dumps(tags),
+                     json.dumps(dict(lineage)), metrics.to_json(), _now()),
+                )
+        model = self._model_where("work_key = ?", key.value)
+        assert model is not None
+        return model
+
+    def _model_where(self, clause: str, *args: object) -> ModelVersion | None:
+        with self._connect() as db:
+            row = db.execute(f"SELECT * FROM models WHERE name = ? AND {clause}", (self.model_name, *args)).fetchone()
+        return self._model(row) if row else None
+
+    @staticmethod
+    def _model(row: sqlite3.Row) -> ModelVersion:
+        return ModelVersion(
+            name=row["name"], version=str(row["version"]), job=row["job"],
+            metrics=Metrics.from_json(row["metrics"]), properties=json.loads(row["properties"]),
+            champion=bool(row["champion"]),
+        )
+
+    def champion(self) -> ModelVersion | None:
+        return self._model_where("champion = 1")
+
+    def promote(self, model: ModelVersion) -> ModelVersion:
+        with self._transaction() as db:
+            db.execute("UPDATE models SET champion = 0 WHERE name = ? AND champion = 1", (model.name,))
+            db.execute("UPDATE models SET champion = 1 WHERE name = ? AND version = ?", (model.name, int(model.version)))
+        promoted = self._model_where("version = ?", int(model.version))
+        assert promoted is not None
+        return promoted
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+_LISTINGS = {
+    "data": "SELECT name, version, source, path, created FROM data_versions ORDER BY name, version",
+    "jobs": "SELECT name, experiment, data, status, failed_step, error, created, started, ended"
+    " FROM jobs ORDER BY created",
+    "models": "SELECT name, version, job, metrics, champion, properties, created FROM models ORDER BY name, version",
+}
+
+
+def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
+    """The catalogue's data versions, jobs or models as plain rows (`autoretrain list`)."""
+    if kind not in _LISTINGS:
+        raise WorkspaceError(f"cannot list {kind!r}; choose one of {', '.join(_LISTINGS)}.")
+    path = Path(home).resolve() / "workspace" / "catalog.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in db.execute(_LISTINGS[kind])]
+    finally:
+        db.close()
+    for row in rows:
+        if "metrics" in row:
+            row["metrics"] = json.loads(row["metrics"])["values"]
+        if "properties" in row:
+            row["properties"] = json.loads(row["properties"])
+        if "champion" in row:
+            row["champion"] = bool(row["champion"])
+    return rows
+
+
+def _last_line(path: Path, code: int) -> str:
+    """The step's own one-line error: the last non-empty line it wrote."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    return (lines[-1] if lines else "no output")[:500] + f" (exit code {code})"

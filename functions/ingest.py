@@ -1,0 +1,32 @@
+"""Event Grid BlobCreated on the customer storage account -> autoretrain.loop.ingest."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from autoretrain import loop
+from autoretrain.bootstrap import runtime
+from autoretrain.domain import WorkKey
+from autoretrain.errors import EventError
+from autoretrain.events import parse_blob_created
+from autoretrain.logs import bound, log_event
+from functions._binding import event_json
+
+bp = func.Blueprint()
+log = logging.getLogger("autoretrain.functions.ingest")
+
+
+@bp.function_name("ingest")
+@bp.event_grid_trigger(arg_name="event")
+def ingest(event: func.EventGridEvent) -> None:
+    try:
+        parsed = parse_blob_created(event_json(event))
+    except EventError as exc:
+        # A malformed event will not get better on retry: reject it, loudly, and answer 200.
+        log_event(log, logging.WARNING, "ingest.rejected", event_id=event.id, reason=str(exc))
+        return
+    key = WorkKey.for_blob(parsed.blob)
+    with bound(event_id=parsed.event_id, blob=parsed.blob.path, etag=parsed.blob.etag, work_key=key.value):
+        loop.log_outcome(loop.ingest(parsed, runtime()))
