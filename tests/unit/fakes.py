@@ -1,0 +1,141 @@
+"""Hand-written fakes of our own ports, for unit tests of the loop. They record what they were asked."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from autoretrain.domain import (
+    ALLOWED_MOVES,
+    BlobRef,
+    DataVersion,
+    LedgerRecord,
+    LedgerState,
+    Metrics,
+    ModelVersion,
+    PipelineRun,
+    RunState,
+    RunStatus,
+    WorkKey,
+)
+from autoretrain.errors import BlobChangedError, LedgerError
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeBlobStore:
+    """Blobs as {(container, name): (etag, bytes, metadata)}; eTags change on every write."""
+
+    blobs: dict[tuple[str, str], tuple[str, bytes, dict[str, str]]] = field(default_factory=dict)
+    _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def put(self, container: str, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> BlobRef:
+        etag = f"0x8D{next(self._etags):012X}"
+        self.blobs[(container, name)] = (etag, data, dict(metadata or {}))
+        return BlobRef(container, name, etag)
+
+    def _pinned(self, ref: BlobRef) -> bytes:
+        current = self.blobs.get((ref.container, ref.name))
+        if current is None or current[0] != ref.etag:
+            raise BlobChangedError(f"{ref.path}: version {ref.etag} was replaced or deleted.")
+        return current[1]
+
+    def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
+        return self._pinned(ref)[:max_bytes]
+
+    def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
+        return self.put(container, name, self._pinned(ref), metadata)
+
+    def download_to(self, ref: BlobRef, path: Path) -> None:
+        path.write_bytes(self._pinned(ref))
+
+    def upload(self, container: str, name: str, data: bytes) -> BlobRef:
+        return self.put(container, name, data)
+
+
+@dataclass
+class FakeLedger:
+    """The ledger's contract: atomic claim, etag-matched advance, allowed moves only."""
+
+    rows: dict[str, LedgerRecord] = field(default_factory=dict)
+    _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def claim(self, blob: BlobRef, key: WorkKey, event_id: str) -> tuple[LedgerRecord, bool]:
+        if key.value in self.rows:
+            return self.rows[key.value], False
+        record = LedgerRecord(
+            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id,
+            created=T0, updated=T0, etag=str(next(self._etags)),
+        )
+        self.rows[key.value] = record
+        return record, True
+
+    def get(self, key: WorkKey) -> LedgerRecord | None:
+        return self.rows.get(key.value)
+
+    def advance(self, record: LedgerRecord, state: LedgerState, **changes: object) -> LedgerRecord:
+        current = self.rows[record.key.value]
+        if current.etag != record.etag:
+            raise LedgerError(f"{record.key} changed since it was read")
+        if state not in ALLOWED_MOVES[current.state]:
+            raise LedgerError(f"{record.key} cannot move from {current.state} to {state}")
+        kept = {k: v for k, v in changes.items() if v is not None}
+        updated = replace(current, state=state, etag=str(next(self._etags)), **kept)  # type: ignore[arg-type]
+        self.rows[record.key.value] = updated
+        return updated
+
+    def records(self) -> Iterator[LedgerRecord]:
+        return iter(list(self.rows.values()))
+
+
+@dataclass
+class FakeWorkspace:
+    """Records every call; jobs finish when the test says so."""
+
+    registered_data: list[tuple[BlobRef, WorkKey]] = field(default_factory=list)
+    submitted: list[tuple[DataVersion, WorkKey, dict[str, str]]] = field(default_factory=list)
+    jobs: dict[str, RunStatus] = field(default_factory=dict)
+    metrics: dict[str, Metrics] = field(default_factory=dict)
+    models: dict[str, ModelVersion] = field(default_factory=dict)
+    promoted: list[str] = field(default_factory=list)
+
+    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+        self.registered_data.append((source, key))
+        versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
+        return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
+
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+        self.submitted.append((data, key, dict(tags)))
+        self.jobs.setdefault(key.job_name, RunStatus(key.job_name, RunState.QUEUED))
+        return PipelineRun(key.job_name, "autoretrain", self.jobs[key.job_name].state)
+
+    def finish(self, job: str, state: RunState, metrics: Metrics | None = None, **status: str) -> None:
+        self.jobs[job] = RunStatus(job, state, **status)
+        if metrics is not None:
+            self.metrics[job] = metrics
+
+    def run_status(self, job: str) -> RunStatus:
+        return self.jobs[job]
+
+    def run_metrics(self, job: str) -> Metrics:
+        return self.metrics[job]
+
+    def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
+        if key.value not in self.models:
+            self.models[key.value] = ModelVersion(
+                "autoretrain-model", str(len(self.models) + 1), job, metrics, dict(lineage)
+            )
+        return self.models[key.value]
+
+    def champion(self) -> ModelVersion | None:
+        return next((m for m in self.models.values() if m.champion), None)
+
+    def promote(self, model: ModelVersion) -> ModelVersion:
+        for key, other in self.models.items():
+            self.models[key] = replace(other, champion=other.version == model.version)
+        self.promoted.append(model.version)
+        return next(m for m in self.models.values() if m.version == model.version)

@@ -1,0 +1,86 @@
+"""The data contract file and the head check ingest runs on each customer file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoretrain.contract import Contract, check_head, check_name, load_contract
+from autoretrain.errors import ConfigError, ContractError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = Contract(target="y", task="classification", primary_metric="f1_macro",
+                    features={"n": "float", "k": "int", "c": "category"})
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "contract.yaml"
+    path.write_text(text)
+    return path
+
+
+class TestLoadContract:
+    def test_shipped_contracts_load(self) -> None:
+        """The demo contract and the second data set's contract are valid."""
+        wine = load_contract(ROOT / "ml" / "contract.yaml")
+        diabetes = load_contract(ROOT / "ml" / "contracts" / "diabetes.yaml")
+        assert (wine.target, wine.task, wine.primary_metric) == ("cultivar", "classification", "f1_macro")
+        assert (diabetes.task, diabetes.primary_metric) == ("regression", "r2")
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("target: y\ntask: classification\nprimary_metric: f1\n", "'features' is missing"),
+            ("target: y\ntask: clustering\nprimary_metric: f1\nfeatures: {a: float}\n", "task 'clustering' is not one of"),
+            ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {a: text}\n", "feature 'a' has type 'text'"),
+            ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {y: float}\n", "also listed as a feature"),
+            ("target: [y\n", "not valid YAML"),
+        ],
+    )
+    def test_bad_contract_names_the_problem(self, tmp_path: Path, text: str, message: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_contract(write(tmp_path, text))
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+class TestCheckHead:
+    def test_good_head_counts_rows_and_ignores_column_order_and_extra_columns(self) -> None:
+        head = b"\xef\xbb\xbfextra,y,c,k,n\nz,yes,a,1,1.5\nz,no,b,,NaN\n"
+        assert check_head("in/a.csv", head, CONTRACT, complete=True) == 2
+
+    def test_cut_last_line_of_a_partial_head_is_not_judged(self) -> None:
+        """Only the first bytes were read: a row cut in the middle is not an error."""
+        head = b"n,k,c,y\n1.5,1,a,yes\n2.5,2,b,n"
+        assert check_head("in/a.csv", head + b"o\n", CONTRACT, complete=True) == 2
+        assert check_head("in/a.csv", head[:-3] + b"x" * 0 + b"2.", CONTRACT, complete=False) == 1
+
+    @pytest.mark.parametrize(
+        ("head", "message"),
+        [
+            (b"n,k,y\n1,2,yes\n", "missing column(s) 'c'"),
+            (b"n,k,c,y\n1.5,2.5,a,yes\n", "column 'k' has '2.5' on line 2; expected a whole number"),
+            (b"n,k,c,y\n1,2,a,yes\n1,2,a\n", "line 3 has 3 fields, the header has 4"),
+            (b"n,k,c,y\n", "no data rows"),
+            (b"", "no header line"),
+            (b"n,k,c,y\n\xff\xfe1,2,a,yes\n", "is not UTF-8"),
+        ],
+    )
+    def test_bad_head_is_one_actionable_line(self, head: bytes, message: str) -> None:
+        with pytest.raises(ContractError) as info:
+            check_head("incoming/a.csv", head, CONTRACT, complete=True)
+        text = str(info.value)
+        assert message in text and text.startswith("incoming/a.csv: ") and "\n" not in text
+
+    def test_regression_target_must_be_numeric(self) -> None:
+        contract = Contract(target="y", task="regression", primary_metric="r2", features={"n": "float"})
+        with pytest.raises(ContractError, match="column 'y' has 'high'"):
+            check_head("a.csv", b"n,y\n1,high\n", contract, complete=True)
+
+    def test_name_and_size_are_checked_before_any_read(self) -> None:
+        small = Contract(target="y", task="regression", primary_metric="r2", features={"n": "float"}, max_bytes=10)
+        with pytest.raises(ContractError, match="only .csv files"):
+            check_name("a.parquet", 5, small)
+        with pytest.raises(ContractError, match="11 bytes is over the contract's limit of 10"):
+            check_name("a.csv", 11, small)
+        check_name("A.CSV", 10, small)

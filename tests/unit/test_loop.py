@@ -1,0 +1,317 @@
+"""The loop's use cases over fakes of the ports: what each event leads to, and what it must not."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
+
+from autoretrain import loop
+from autoretrain.contract import load_contract
+from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, RunState, WorkKey
+from autoretrain.events import BlobCreated, RunFinished
+from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC, Settings
+
+GOOD_CSV = b"a,b,c,label\n1.5,2,x,yes\n2.5,3,y,no\n3.5,4,x,yes\n"
+CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: int, c: category}\n"
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> loop.Deps:
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(CONTRACT)
+    settings = Settings(contract=contract, home=tmp_path)
+    return loop.Deps(
+        settings=settings, contract=load_contract(contract),
+        workspace=FakeWorkspace(), ledger=FakeLedger(), blobs=FakeBlobStore(),
+    )
+
+
+def blob_event(ref: BlobRef, *, event_id: str = "ev-1", api: str = "PutBlob", topic: str = LOCAL_STORAGE_TOPIC,
+               length: int | None = None) -> BlobCreated:
+    return BlobCreated(
+        event_id=event_id, topic=topic, subject=f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
+        event_time=None, api=api, blob=ref, url=f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}",
+        content_length=length, content_type="text/csv", blob_type="BlockBlob", sequencer=None,
+    )
+
+
+def run_event(key: WorkKey, *, event_type: str = "Microsoft.MachineLearningServices.RunCompleted",
+              run_type: str = "azureml.PipelineRun", status: str = "Completed", tags: dict[str, str] | None = None,
+              topic: str = LOCAL_WORKSPACE_TOPIC, event_id: str = "run-ev-1") -> RunFinished:
+    return RunFinished(
+        event_id=event_id, event_type=event_type, topic=topic, subject=f"experiments/x/runs/{key.job_name}",
+        event_time=None, experiment_id="x", experiment_name="autoretrain", run_id=key.job_name,
+        run_type=run_type, run_status=status, run_tags={RUN_TAG: key.value} if tags is None else tags,
+    )
+
+
+def fakes(deps: loop.Deps) -> tuple[FakeWorkspace, FakeLedger, FakeBlobStore]:
+    assert isinstance(deps.workspace, FakeWorkspace)
+    assert isinstance(deps.ledger, FakeLedger)
+    assert isinstance(deps.blobs, FakeBlobStore)
+    return deps.workspace, deps.ledger, deps.blobs
+
+
+METRICS = Metrics({"f1_macro": 0.9, "accuracy": 0.92}, primary="f1_macro")
+
+
+class TestIngest:
+    def test_new_blob_is_registered_submitted_and_recorded(self, deps: loop.Deps) -> None:
+        """A committed CSV that meets the contract becomes one data version and one pipeline job."""
+        workspace, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "2026-01.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+
+        outcome = loop.ingest(blob_event(ref), deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        snapshot = BlobRef("datasets", f"{key}/2026-01.csv", blobs.blobs[("datasets", f"{key}/2026-01.csv")][0])
+        assert workspace.registered_data == [(snapshot, key)]
+        assert [(d.version, k, t) for d, k, t in workspace.submitted] == [
+            ("1", key, {RUN_TAG: key.value, "blob": "incoming/2026-01.csv", "etag": ref.etag})
+        ]
+        record = ledger.get(key)
+        assert record is not None
+        assert (record.state, record.job, record.data_version) == (
+            LedgerState.SUBMITTED, key.job_name, "autoretrain-data:1"
+        )
+
+    def test_second_delivery_of_same_etag_submits_nothing(self, deps: loop.Deps) -> None:
+        """Event Grid delivers at least once; the second delivery is a logged no-op."""
+        workspace, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "2026-01.csv", GOOD_CSV)
+        loop.ingest(blob_event(ref, event_id="ev-1"), deps)
+
+        outcome = loop.ingest(blob_event(ref, event_id="ev-2"), deps)
+
+        assert isinstance(outcome, loop.Duplicate)
+        assert outcome.record.state is LedgerState.SUBMITTED
+        assert len(workspace.submitted) == 1
+
+    def test_rewrite_of_same_path_is_new_data(self, deps: loop.Deps) -> None:
+        """A new eTag on the same path is a new unit of work: it retrains again."""
+        workspace, _, blobs = fakes(deps)
+        first = blobs.put("incoming", "data.csv", GOOD_CSV)
+        loop.ingest(blob_event(first), deps)
+        second = blobs.put("incoming", "data.csv", GOOD_CSV + b"4.5,5,y,no\n")
+
+        outcome = loop.ingest(blob_event(second, event_id="ev-2"), deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        assert [k for _, k, _ in workspace.submitted] == [WorkKey.for_blob(first), WorkKey.for_blob(second)]
+
+    def test_claimed_but_unfinished_work_is_resumed(self, deps: loop.Deps) -> None:
+        """A delivery that died after its claim is picked up by the retry, not skipped."""
+        workspace, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        ledger.claim(ref, WorkKey.for_blob(ref), "ev-crashed")
+
+        outcome = loop.ingest(blob_event(ref, event_id="ev-retry"), deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        assert len(workspace.submitted) == 1
+
+    def test_bad_file_is_quarantined_with_reason_and_left_unchanged(self, deps: loop.Deps) -> None:
+        """A contract violation copies the file to quarantine/ with the reason; the original stays."""
+        workspace, ledger, blobs = fakes(deps)
+        bad = b"a,b,c,label\n1.5,2,x,yes\nabc,3,y,no\n"
+        ref = blobs.put("incoming", "march.csv", bad)
+        key = WorkKey.for_blob(ref)
+
+        outcome = loop.ingest(blob_event(ref), deps)
+
+        reason = "incoming/march.csv: column 'a' has 'abc' on line 3; expected a number. Fix the file and upload it again."
+        assert isinstance(outcome, loop.Quarantined)
+        assert outcome.reason == reason
+        etag, data, metadata = blobs.blobs[("quarantine", f"{key}/march.csv")]
+        assert (data, metadata["reason"], metadata["source_etag"]) == (bad, reason, ref.etag)
+        assert blobs.blobs[("incoming", "march.csv")] == (ref.etag, bad, {})
+        record = ledger.get(key)
+        assert record is not None and (record.state, record.reason) == (LedgerState.QUARANTINED, reason)
+        assert workspace.submitted == []
+
+    @pytest.mark.parametrize(
+        ("name", "data", "length", "expected"),
+        [
+            ("notes.txt", GOOD_CSV, None, "only .csv files are accepted"),
+            ("empty.csv", b"", 0, "the file is empty"),
+            ("cols.csv", b"a,b,label\n1,2,yes\n", None, "missing column(s) 'c'"),
+            ("header.csv", b"a,b,c,label\n", None, "no data rows"),
+        ],
+    )
+    def test_each_kind_of_bad_file_is_quarantined(
+        self, deps: loop.Deps, name: str, data: bytes, length: int | None, expected: str
+    ) -> None:
+        """Wrong type, empty, missing column, no rows: each has its own one-line reason."""
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", name, data)
+        outcome = loop.ingest(blob_event(ref, length=length), deps)
+        assert isinstance(outcome, loop.Quarantined)
+        assert expected in outcome.reason and "\n" not in outcome.reason
+
+    def test_event_from_another_storage_account_is_ignored(self, deps: loop.Deps) -> None:
+        """A forged or foreign event is rejected without claiming anything."""
+        _, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        other = LOCAL_STORAGE_TOPIC.replace("devstoreaccount1", "someoneelse")
+        outcome = loop.ingest(blob_event(ref, topic=other), deps)
+        assert isinstance(outcome, loop.Ignored) and "is not our storage account" in outcome.reason
+        assert ledger.rows == {}
+
+    def test_uncommitted_api_and_other_containers_are_ignored(self, deps: loop.Deps) -> None:
+        """Only committed writes to incoming/ are work."""
+        _, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        assert isinstance(loop.ingest(blob_event(ref, api="CreateFile"), deps), loop.Ignored)
+        elsewhere = blobs.put("datasets", "a.csv", GOOD_CSV)
+        assert isinstance(loop.ingest(blob_event(elsewhere), deps), loop.Ignored)
+        assert ledger.rows == {}
+
+    def test_blob_replaced_before_read_is_skipped_not_lost(self, deps: loop.Deps) -> None:
+        """The old version is gone; it is recorded as skipped, and the new one has its own event."""
+        workspace, ledger, blobs = fakes(deps)
+        old = blobs.put("incoming", "a.csv", GOOD_CSV)
+        blobs.put("incoming", "a.csv", GOOD_CSV + b"9,9,z,no\n")
+
+        outcome = loop.ingest(blob_event(old), deps)
+
+        assert isinstance(outcome, loop.Skipped)
+        record = ledger.get(WorkKey.for_blob(old))
+        assert record is not None and record.state is LedgerState.SKIPPED
+        assert "replaced or deleted" in (record.reason or "")
+        assert workspace.submitted == []
+
+    def test_each_step_is_logged_with_the_bound_context(
+        self, deps: loop.Deps, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Ops can follow one work key through every step."""
+        from autoretrain.logs import bound
+
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+        caplog.set_level(logging.INFO, logger="autoretrain")
+        with bound(work_key=key.value):
+            loop.log_outcome(loop.ingest(blob_event(ref), deps))
+        steps = [(r.event, r.fields["work_key"]) for r in caplog.records if hasattr(r, "event")]
+        assert steps == [
+            ("ingest.claimed", key.value),
+            ("ingest.contract_ok", key.value),
+            ("ingest.data_registered", key.value),
+            ("ingest.pipeline_submitted", key.value),
+            ("ingest.submitted", key.value),
+        ]
+
+
+class TestComplete:
+    def _submitted(self, deps: loop.Deps) -> WorkKey:
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        loop.ingest(blob_event(ref), deps)
+        return WorkKey.for_blob(ref)
+
+    def test_completed_run_registers_model_with_metrics_and_promotes_first(self, deps: loop.Deps) -> None:
+        """The first model has no champion to beat: it is registered and promoted."""
+        workspace, ledger, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+
+        outcome = loop.complete(run_event(key), deps)
+
+        assert isinstance(outcome, loop.Registered) and outcome.promoted
+        model = workspace.models[key.value]
+        assert model.properties == {
+            "blob": "incoming/a.csv", "etag": outcome.record.blob.etag, "work_key": key.value,
+            "job": key.job_name, "data_version": "autoretrain-data:1",
+        }
+        record = ledger.get(key)
+        assert record is not None
+        assert (record.state, record.model_version, record.metrics, record.promoted) == (
+            LedgerState.DONE, "autoretrain-model:1", METRICS, True
+        )
+
+    def test_worse_model_is_registered_but_not_promoted(self, deps: loop.Deps) -> None:
+        """The champion gate compares the primary metric in its direction."""
+        workspace, _, blobs = fakes(deps)
+        first = self._submitted(deps)
+        workspace.finish(first.job_name, RunState.COMPLETED, METRICS)
+        loop.complete(run_event(first), deps)
+        ref = blobs.put("incoming", "b.csv", GOOD_CSV)
+        loop.ingest(blob_event(ref, event_id="ev-b"), deps)
+        second = WorkKey.for_blob(ref)
+        workspace.finish(second.job_name, RunState.COMPLETED, Metrics({"f1_macro": 0.5}, primary="f1_macro"))
+
+        outcome = loop.complete(run_event(second, event_id="run-ev-2"), deps)
+
+        assert isinstance(outcome, loop.Registered) and not outcome.promoted
+        assert workspace.promoted == ["1"]
+
+    def test_lower_error_beats_champion_when_smaller_is_better(self) -> None:
+        """rmse-like metrics promote the smaller value."""
+        champion = Metrics({"rmse": 3.0}, primary="rmse", greater_is_better=False)
+        assert Metrics({"rmse": 2.0}, primary="rmse", greater_is_better=False).beats(champion)
+        assert not Metrics({"rmse": 4.0}, primary="rmse", greater_is_better=False).beats(champion)
+
+    def test_second_completion_event_registers_nothing_more(self, deps: loop.Deps) -> None:
+        """RunCompleted and RunStatusChanged(Completed) both arrive; one model results."""
+        workspace, _, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        loop.complete(run_event(key), deps)
+
+        again = loop.complete(
+            run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", event_id="run-ev-2"), deps
+        )
+
+        assert isinstance(again, loop.Duplicate)
+        assert len(workspace.models) == 1
+
+    def test_failed_run_is_recorded_with_step_and_log(self, deps: loop.Deps) -> None:
+        """A failed run has no RunCompleted; its RunStatusChanged records where it failed."""
+        workspace, ledger, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.FAILED, failed_step="prep",
+                         error="column 'a' has 'x' on line 90", log="/logs/prep.log")
+
+        outcome = loop.complete(
+            run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", status="Failed"), deps
+        )
+
+        assert isinstance(outcome, loop.RunFailed)
+        record = ledger.get(key)
+        assert record is not None and record.state is LedgerState.FAILED
+        assert record.reason == "Failed in step 'prep': column 'a' has 'x' on line 90 (log: /logs/prep.log)"
+        assert workspace.models == {}
+
+    def test_running_status_is_in_progress_and_changes_nothing(self, deps: loop.Deps) -> None:
+        """A RunStatusChanged to Running is noted; the record stays submitted."""
+        workspace, ledger, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.RUNNING)
+        outcome = loop.complete(
+            run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", status="Running"), deps
+        )
+        assert isinstance(outcome, loop.InProgress)
+        record = ledger.get(key)
+        assert record is not None and record.state is LedgerState.SUBMITTED
+
+    @pytest.mark.parametrize(
+        ("changes", "reason"),
+        [
+            ({"run_type": "azureml.StepRun"}, "not a pipeline run"),
+            ({"tags": {}}, "has no 'autoretrain' tag"),
+            ({"tags": {RUN_TAG: "not-a-key"}}, "not a work key"),
+            ({"topic": LOCAL_WORKSPACE_TOPIC.replace("/local", "/other")}, "is not our workspace"),
+        ],
+    )
+    def test_runs_that_are_not_ours_are_ignored(self, deps: loop.Deps, changes: dict[str, object], reason: str) -> None:
+        """Step runs, other experiments' runs and other workspaces' events change nothing."""
+        workspace, _, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        outcome = loop.complete(run_event(key, **changes), deps)  # type: ignore[arg-type]
+        assert isinstance(outcome, loop.Ignored) and reason in outcome.reason
+        assert workspace.models == {}

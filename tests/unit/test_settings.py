@@ -1,0 +1,62 @@
+"""Settings read once from the environment, with one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoretrain.errors import ConfigError
+from autoretrain.settings import LOCAL_STORAGE_TOPIC, Settings, WorkspaceKind
+
+
+def test_defaults_are_the_offline_local_mode() -> None:
+    """With nothing set, everything points at the local workspace and Azurite."""
+    settings = Settings.from_env({})
+    assert settings.workspace is WorkspaceKind.LOCAL
+    assert settings.storage_connection == "UseDevelopmentStorage=true"
+    assert settings.storage_topic == LOCAL_STORAGE_TOPIC
+    assert settings.contract.name == "contract.yaml" and settings.contract.is_file()
+
+
+def test_azureml_needs_its_workspace_and_storage_by_identity() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"AUTORETRAIN_WORKSPACE": "azureml"})
+    assert "Storage is not configured" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({
+            "AUTORETRAIN_WORKSPACE": "azureml",
+            "AUTORETRAIN_STORAGE__blobServiceUri": "https://acct.blob.core.windows.net",
+            "AUTORETRAIN_STORAGE__tableServiceUri": "https://acct.table.core.windows.net",
+            "AUTORETRAIN_AZUREML_WORKSPACE": "ws",
+        })
+    message = str(info.value)
+    assert "AUTORETRAIN_AZUREML_SUBSCRIPTION_ID" in message and "AUTORETRAIN_STORAGE_RESOURCE_ID" in message
+    assert "AUTORETRAIN_AZUREML_WORKSPACE," not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AUTORETRAIN_WORKSPACE": "cloud"}, "AUTORETRAIN_WORKSPACE='cloud' is not a workspace kind"),
+        ({"AUTORETRAIN_INCOMING_CONTAINER": "In_Coming"}, "AUTORETRAIN_INCOMING_CONTAINER='In_Coming' is not a valid container"),
+        ({"AUTORETRAIN_LEDGER_TABLE": "led-ger"}, "AUTORETRAIN_LEDGER_TABLE='led-ger' is not a valid table"),
+        ({"AUTORETRAIN_CONTRACT": "/nowhere.yaml"}, "AUTORETRAIN_CONTRACT='/nowhere.yaml' is not a file"),
+    ],
+)
+def test_bad_value_is_named_in_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_values_are_read_and_trimmed(tmp_path: Path) -> None:
+    contract = tmp_path / "c.yaml"
+    contract.write_text("x")
+    settings = Settings.from_env({
+        "AUTORETRAIN_HOME": str(tmp_path), "AUTORETRAIN_CONTRACT": str(contract),
+        "AUTORETRAIN_HOST_URL": " http://127.0.0.1:7099/ ", "AUTORETRAIN_INCOMING_CONTAINER": "drops",
+    })
+    assert (settings.home, settings.contract, settings.host_url, settings.incoming_container) == (
+        tmp_path, contract, "http://127.0.0.1:7099", "drops"
+    )
