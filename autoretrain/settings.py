@@ -135,6 +135,10 @@ class Settings:
             )
 
         contract = Path(get("AUTORETRAIN_CONTRACT") or defaults.contract)
+        if not contract.is_absolute() and not contract.exists():
+            # On Azure the worker's working folder need not be the app root: a relative path
+            # such as ml/contract.yaml means the one shipped with the app.
+            contract = _PROJECT_ROOT / contract
         if not contract.is_file():
             raise ConfigError(
                 f"AUTORETRAIN_CONTRACT={str(contract)!r} is not a file; point it at a contract YAML "

@@ -60,3 +60,12 @@ def test_values_are_read_and_trimmed(tmp_path: Path) -> None:
     assert (settings.home, settings.contract, settings.host_url, settings.incoming_container) == (
         tmp_path, contract, "http://127.0.0.1:7099", "drops"
     )
+
+
+def test_relative_contract_path_means_the_app_root_when_not_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Functions worker may start elsewhere; ml/contract.yaml still finds the app's contract."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"AUTORETRAIN_CONTRACT": "ml/contract.yaml"})
+    assert settings.contract == Path(__file__).resolve().parents[2] / "ml" / "contract.yaml"

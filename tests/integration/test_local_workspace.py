@@ -1,0 +1,153 @@
+"""The embedded local workspace running the real ml/pipeline.yml on blobs in Azurite."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from autoretrain.bootstrap import PIPELINE
+from autoretrain.domain import RUN_TAG, Metrics, RunState, WorkKey
+from autoretrain.errors import WorkspaceError
+from autoretrain.storage import AzureBlobStore
+from autoretrain.workspace.local import LocalWorkspace, catalog_rows
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ROOT / "ml" / "contract.yaml"
+
+
+def wine_csv(rows: slice) -> bytes:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wine_sample", ROOT / "ml" / "sample" / "wine.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame = module.wine_frame().sample(frac=1.0, random_state=3).iloc[rows]
+    return str(frame.to_csv(index=False)).encode()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.items.append(event)
+
+    def kinds(self, job: str) -> list[tuple[str, str | None]]:
+        return [
+            (e["eventType"].rsplit(".", 1)[1], e["data"].get("runStatus"))
+            for e in self.items if e["data"]["runId"] == job
+        ]
+
+
+@pytest.fixture
+def store(azurite: str) -> AzureBlobStore:
+    return AzureBlobStore(BlobServiceClient.from_connection_string(azurite))
+
+
+def make_workspace(home: Path, store: AzureBlobStore, events: Events) -> LocalWorkspace:
+    return LocalWorkspace(home, pipeline=PIPELINE, contract=CONTRACT, blobs=store, on_event=events)
+
+
+def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
+    tmp_path: Path, store: AzureBlobStore, unique: str
+) -> None:
+    """register_data -> submit -> run prep/train/evaluate -> metrics -> model, all idempotent."""
+    events = Events()
+    workspace = make_workspace(tmp_path, store, events)
+    blob = store.upload(f"ds{unique}", "k/2026-01.csv", wine_csv(slice(0, 60)))
+    key = WorkKey.for_blob(blob)
+
+    data = workspace.register_data(blob, key, {"blob": blob.path})
+    assert workspace.register_data(blob, key, {"blob": blob.path}) == data
+    assert (data.name, data.version) == ("autoretrain-data", "1")
+    run = workspace.submit(data, key, {RUN_TAG: key.value})
+    again = workspace.submit(data, key, {RUN_TAG: key.value})
+    assert run.name == again.name == key.job_name
+
+    status = workspace.wait(run.name, timeout=180)
+    assert status.state is RunState.COMPLETED, status
+    assert events.kinds(run.name) == [
+        ("RunStatusChanged", "Running"), ("RunStatusChanged", "Completed"), ("RunCompleted", None)
+    ]
+    completed = events.items[-1]
+    assert completed["data"]["runTags"] == {RUN_TAG: key.value}
+    assert completed["subject"].endswith(f"/runs/{run.name}")
+    for step in ("prep", "train", "evaluate"):
+        assert (workspace.job_dir(run.name) / "logs" / f"{step}.log").is_file()
+
+    metrics = workspace.run_metrics(run.name)
+    assert metrics.primary == "f1_macro" and 0.0 <= metrics.primary_value <= 1.0
+    model = workspace.register_model(run.name, key, metrics, {"job": run.name})
+    assert workspace.register_model(run.name, key, metrics, {"job": run.name}) == model
+    assert workspace.champion() is None
+    promoted = workspace.promote(model)
+    assert promoted.champion and workspace.champion() == promoted
+    workspace.close()
+
+    reopened = make_workspace(tmp_path, store, Events())
+    assert reopened.champion() == promoted
+    assert [r["status"] for r in catalog_rows(tmp_path, "jobs")] == ["Completed"]
+    assert [(r["version"], r["champion"]) for r in catalog_rows(tmp_path, "models")] == [(1, True)]
+    assert (reopened.root / "models" / "autoretrain-model" / "1" / "MLmodel").is_file()
+    reopened.close()
+
+
+def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
+    tmp_path: Path, store: AzureBlobStore, unique: str
+) -> None:
+    """A file whose every target is missing passes no prep: the job fails in prep, with its line."""
+    events = Events()
+    workspace = make_workspace(tmp_path, store, events)
+    text = wine_csv(slice(0, 20)).decode().splitlines()
+    header = text[0].split(",")
+    target = header.index("cultivar")
+    rows = [",".join("" if i == target else v for i, v in enumerate(line.split(","))) for line in text[1:]]
+    blob = store.upload(f"ds{unique}", "k/empty-target.csv", ("\n".join([text[0], *rows]) + "\n").encode())
+    key = WorkKey.for_blob(blob)
+    run = workspace.submit(workspace.register_data(blob, key, {}), key, {RUN_TAG: key.value})
+
+    status = workspace.wait(run.name, timeout=120)
+
+    assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
+    assert status.log is not None and Path(status.log).name == "prep.log" and Path(status.log).is_file()
+    assert status.error and "(exit code" in status.error
+    assert events.kinds(run.name) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
+    with pytest.raises(WorkspaceError, match="metrics exist only for completed jobs"):
+        workspace.run_metrics(run.name)
+    workspace.close()
+
+
+def test_jobs_left_queued_by_a_dead_process_run_on_resume(
+    tmp_path: Path, store: AzureBlobStore, unique: str
+) -> None:
+    """A job queued when the host died is not lost: the next workspace runs it."""
+    blob = store.upload(f"ds{unique}", "k/a.csv", wine_csv(slice(60, 110)))
+    key = WorkKey.for_blob(blob)
+    first = make_workspace(tmp_path, store, Events())
+    data = first.register_data(blob, key, {})
+    first._pool.shutdown(wait=True)  # the "crash": nothing will pick the job up in this process
+    with pytest.raises(RuntimeError):
+        first.submit(data, key, {RUN_TAG: key.value})
+    assert [r["status"] for r in catalog_rows(tmp_path, "jobs")] == ["Queued"]
+
+    events = Events()
+    second = make_workspace(tmp_path, store, events)
+    assert second.resume() == [key.job_name]
+    assert second.wait(key.job_name, timeout=180).state is RunState.COMPLETED
+    assert ("RunCompleted", None) in events.kinds(key.job_name)
+    second.close()
+
+
+def test_metrics_direction_comes_from_evaluate(tmp_path: Path) -> None:
+    """Metrics as the local workspace reads them keep evaluate's direction for the champion gate."""
+    metrics = Metrics({"rmse": 2.0, "r2": 0.4}, primary="rmse", greater_is_better=False)
+    assert Metrics.from_json(metrics.to_json()) == metrics
