@@ -1,0 +1,146 @@
+"""Evaluate step: score the trained model on prep's test split; write metrics.json.
+
+metrics.json is the portable record (Azure ML SDK v2 has no metrics API; the local workspace
+reads files): it names the primary metric and whether greater is better, so the champion gate
+compares models without knowing the task. Where MLFLOW_TRACKING_URI is set (Azure ML sets it
+for every job) the metrics are logged to MLflow as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from contract import Contract, InputError, load_contract, read_split, run_step
+
+__all__ = ["build_parser", "main", "parse_args", "score"]
+
+METRICS_FILE = "metrics.json"
+_ALLOW_LOAD = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+_log = logging.getLogger("evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags are the component's input and output names (components/evaluate.yml)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="folder of the MLflow model")
+    parser.add_argument("--test_data", type=Path, required=True, help="folder prep wrote data.csv to")
+    parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
+    parser.add_argument("--metrics", type=Path, required=True, help=f"folder for {METRICS_FILE}")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (or `argv`)."""
+    return build_parser().parse_args(argv)
+
+
+@contextmanager
+def _model_loading_allowed() -> Iterator[None]:
+    """MLflow loads no model unless told to; this one was written by the train step of the same
+    pipeline run, so it is trusted. The setting is restored so nothing else inherits it."""
+    before = os.environ.get(_ALLOW_LOAD)
+    os.environ[_ALLOW_LOAD] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_ALLOW_LOAD]
+        else:
+            os.environ[_ALLOW_LOAD] = before
+
+
+def _load_model(folder: Path) -> Any:
+    """The fitted scikit-learn model in an MLflow model folder.
+
+    A skops-format model (what train writes) is read with skops directly, with the trusted types
+    its MLmodel file records, exactly as mlflow.sklearn.load_model does: importing MLflow costs
+    about a second per run. Any other format goes through MLflow.
+    """
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))["flavors"]["sklearn"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise InputError(
+            f"{folder}: not an MLflow scikit-learn model; pass the folder that the train step wrote."
+        ) from None
+    if flavor.get("serialization_format") == "skops":
+        import skops.io
+
+        return skops.io.load(folder / flavor["pickled_model"], trusted=flavor.get("skops_trusted_types"))
+    import mlflow.sklearn
+
+    with _model_loading_allowed():
+        return mlflow.sklearn.load_model(str(folder))
+
+
+def score(task: str, truth: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
+    """Every metric of METRICS[task] for these predictions (a test holds the two in step)."""
+    from sklearn import metrics as m
+
+    if task == "classification":
+        values = {
+            "accuracy": m.accuracy_score(truth, predicted),
+            "f1_macro": m.f1_score(truth, predicted, average="macro", zero_division=0),
+            "precision_macro": m.precision_score(truth, predicted, average="macro", zero_division=0),
+            "recall_macro": m.recall_score(truth, predicted, average="macro", zero_division=0),
+        }
+    else:
+        values = {
+            "r2": m.r2_score(truth, predicted),
+            "rmse": m.root_mean_squared_error(truth, predicted),
+            "mae": m.mean_absolute_error(truth, predicted),
+        }
+    return {name: float(value) for name, value in values.items()}
+
+
+def _log_to_mlflow(values: Mapping[str, float], test_rows: int) -> None:
+    """Log to the tracking server; a failure is logged, not raised: metrics.json is the record.
+
+    The fluent API attaches to the run named by MLFLOW_RUN_ID (Azure ML sets it for the job)
+    or starts one, and ends it when the process exits.
+    """
+    import mlflow
+
+    try:
+        mlflow.log_metrics(dict(values))
+        mlflow.log_param("test_rows", test_rows)
+    except Exception as exc:  # any tracking failure, whatever the tracking backend raises
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _log.warning("mlflow_log_failed error=%s", reason)
+    else:
+        _log.info("mlflow_logged uri=%s", mlflow.get_tracking_uri())
+
+
+def main(model: Path, test_data: Path, contract: Path, metrics: Path) -> dict[str, Any]:
+    """Score `model` on `test_data`; write metrics/metrics.json and return what it holds."""
+    spec: Contract = load_contract(contract)
+    features, truth = read_split(test_data, spec)
+    if truth.empty:
+        raise InputError(f"{test_data}: the test split has no rows; rerun prep with more data.")
+    fitted = _load_model(model)
+    values = score(spec.task, truth.tolist(), list(fitted.predict(features)))
+    result = {
+        "primary_metric": spec.primary_metric,
+        "greater_is_better": spec.greater_is_better,
+        "metrics": values,
+        "test_rows": len(truth),
+    }
+    metrics.mkdir(parents=True, exist_ok=True)
+    (metrics / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for name, value in values.items():
+        _log.info("metric %s=%.6g", name, value)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        _log_to_mlflow(values, len(truth))
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_step(main, parse_args))

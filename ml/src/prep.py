@@ -1,0 +1,211 @@
+"""Prep step: validate a customer CSV against the contract, clean it and split it train/test.
+
+Every row is checked here (ingest only checked the head of the file), so a bad value anywhere
+fails the step with one line naming the column, the line and the value. Missing feature values
+are kept and counted: the model pipeline imputes them from the training split only, so test rows
+and rows scored after deployment are treated alike. Rows without a target cannot teach anything
+and are dropped and counted. The split is a pure function of the data and `seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from contract import DATA_FILE, MISSING, Contract, InputError, load_contract, run_step
+
+__all__ = ["build_parser", "main", "parse_args", "read_rows", "split_test_mask"]
+
+MIN_ROWS = 10
+_log = logging.getLogger("prep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags are the component's input and output names (components/prep.yml)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the customer CSV file")
+    parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
+    parser.add_argument("--test_fraction", type=float, default=0.25, help="share of rows held out")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the train/test split")
+    parser.add_argument("--train_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
+    parser.add_argument("--test_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
+    parser.add_argument("--report", type=Path, required=True, help="folder for report.json")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (or `argv`)."""
+    return build_parser().parse_args(argv)
+
+
+def read_rows(path: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]]:
+    """The declared columns as stripped strings, and each row's line number in the file.
+
+    Read with the csv module rather than pandas so that line numbers in errors are the ones
+    an editor shows, blank lines included.
+    """
+    name = path.name
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the data file ({exc.strerror}).") from None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = [h.strip() for h in next(reader)]
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise InputError(
+                        f"{name}: line {reader.line_num} has {len(row)} fields, the header has "
+                        f"{len(header)}; fix the row and upload the file again."
+                    )
+                rows.append(row)
+                lines.append(reader.line_num)
+        except StopIteration:
+            raise InputError(f"{name}: no header line; the first line must name the columns.") from None
+        except csv.Error as exc:
+            raise InputError(f"{name}: not valid CSV near line {reader.line_num} ({exc}).") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{name}: byte {exc.start} is not UTF-8; save the file as UTF-8 CSV and upload it again."
+            ) from None
+    missing = [c for c in contract.columns if c not in header]
+    if missing:
+        raise InputError(
+            f"{name}: line 1 (the header) lacks column(s) {', '.join(map(repr, missing))} required by "
+            f"{contract.source}; add them and upload the file again."
+        )
+    doubled = sorted({c for c in contract.columns if header.count(c) > 1})
+    if doubled:
+        raise InputError(
+            f"{name}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
+            "upload the file again."
+        )
+    ignored = [c for c in header if c not in contract.columns]
+    if ignored:
+        _log.info("columns_ignored %s", ",".join(ignored))
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame = frame[list(contract.columns)].apply(lambda column: column.str.strip())
+    return frame.reset_index(drop=True), lines
+
+
+def _typed_column(
+    values: pd.Series, kind: str, column: str, lines: Sequence[int], file: str
+) -> pd.Series:
+    """Convert one column to its declared type; the first bad value fails with its line."""
+    missing = values.str.lower().isin(MISSING)
+    if kind == "category":
+        return values.where(~missing, None).astype(object)
+    numbers = pd.to_numeric(values.where(~missing), errors="coerce").astype(float)
+    bad = ~missing & ~np.isfinite(numbers)
+    if kind == "int":
+        bad |= ~missing & np.isfinite(numbers) & (numbers != np.floor(numbers))
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        more = int(bad.sum()) - 1
+        expected = "a whole number" if kind == "int" else "a number"
+        also = f" ({more} more bad value(s) in that column)" if more else ""
+        raise InputError(
+            f"{file}: column {column!r} has {values.iloc[first]!r} on line {lines[first]}; "
+            f"expected {expected}{also}. Fix the file and upload it again."
+        )
+    return numbers.astype("Int64") if kind == "int" else numbers
+
+
+def split_test_mask(
+    n: int, labels: pd.Series | None, fraction: float, seed: int
+) -> tuple[np.ndarray, bool]:
+    """Which rows go to the test split, and whether the split is stratified.
+
+    Stratified by `labels` when every class has two rows or more, so each class is in both
+    splits; otherwise a plain shuffle. Depends only on the row order, `fraction` and `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    if labels is not None and labels.value_counts().min() >= 2:
+        for label in sorted(labels.unique()):
+            rows = np.flatnonzero((labels == label).to_numpy())
+            take = min(max(round(len(rows) * fraction), 1), len(rows) - 1)
+            mask[rng.permutation(rows)[:take]] = True
+        return mask, True
+    take = min(max(math.ceil(n * fraction), 1), n - 2)
+    mask[rng.permutation(n)[:take]] = True
+    return mask, False
+
+
+def main(
+    data: Path,
+    contract: Path,
+    train_data: Path,
+    test_data: Path,
+    report: Path,
+    test_fraction: float = 0.25,
+    seed: int = 42,
+) -> dict[str, object]:
+    """Validate, clean and split `data`; write the two splits and report.json; return the report."""
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
+    spec = load_contract(contract)
+    raw, lines = read_rows(data, spec)
+    rows_in = len(raw)
+    frame = pd.DataFrame(index=raw.index)
+    for column, kind in spec.features.items():
+        frame[column] = _typed_column(raw[column], kind, column, lines, data.name)
+    target_kind = "category" if spec.task == "classification" else "float"
+    frame[spec.target] = _typed_column(raw[spec.target], target_kind, spec.target, lines, data.name)
+
+    has_target = frame[spec.target].notna()
+    dropped = int((~has_target).sum())
+    frame = frame[has_target].reset_index(drop=True)
+    if dropped:
+        _log.info("rows_dropped_missing_target %d", dropped)
+    if len(frame) < MIN_ROWS:
+        raise InputError(
+            f"{data.name}: {len(frame)} row(s) have a {spec.target!r} value; at least {MIN_ROWS} are "
+            "needed to train and test. Upload a file with more rows."
+        )
+    labels = frame[spec.target] if spec.task == "classification" else None
+    if labels is not None and labels.nunique() < 2:
+        raise InputError(
+            f"{data.name}: {spec.target!r} has the single value {labels.iloc[0]!r}; a classifier needs "
+            "at least two classes. Upload a file with more than one class."
+        )
+    imputed = {column: int(frame[column].isna().sum()) for column in spec.features}
+    for column, count in imputed.items():
+        if count:
+            _log.info("values_missing column=%s count=%d", column, count)
+
+    test_mask, stratified = split_test_mask(len(frame), labels, test_fraction, seed)
+    if labels is not None and not stratified:
+        _log.info("split_not_stratified reason=a class has fewer than two rows")
+    for folder, part in ((train_data, frame[~test_mask]), (test_data, frame[test_mask])):
+        folder.mkdir(parents=True, exist_ok=True)
+        part.to_csv(folder / DATA_FILE, index=False)
+    summary: dict[str, object] = {
+        "rows_in": rows_in,
+        "rows_out": len(frame),
+        "rows_dropped_missing_target": dropped,
+        "values_imputed": imputed,
+        "train_rows": int((~test_mask).sum()),
+        "test_rows": int(test_mask.sum()),
+        "stratified": stratified,
+    }
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _log.info("split train_rows=%d test_rows=%d", summary["train_rows"], summary["test_rows"])
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_step(main, parse_args))

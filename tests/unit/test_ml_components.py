@@ -1,0 +1,404 @@
+"""Every component's command, run as a subprocess on a tiny CSV, writes its declared outputs.
+
+The steps run as the local workspace and Azure ML run them: the command from the component YAML,
+`python` replaced by this interpreter, ml/src as the working folder, wired as pipeline.yml says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+ML = Path(__file__).resolve().parents[2] / "ml"
+SRC = ML / "src"
+WINE_CONTRACT = ML / "contract.yaml"
+DIABETES_CONTRACT = ML / "contracts" / "diabetes.yaml"
+WINE_CLASSES = {"class_0", "class_1", "class_2"}
+_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.(\w+)\}\}")
+_PARENT = re.compile(r"\$\{\{parent\.(?:inputs\.(\w+)|jobs\.(\w+)\.outputs\.(\w+))\}\}")
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    """Import a module of ml/ by path, with ml/src on sys.path as when Azure ML runs a step."""
+    sys.path.insert(0, str(SRC))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SRC))
+        sys.modules.pop("contract", None)
+    return module
+
+
+wine = _load(ML / "sample" / "wine.py", "ml_sample_wine")
+prep = _load(SRC / "prep.py", "ml_step_prep")
+evaluate = _load(SRC / "evaluate.py", "ml_step_evaluate")
+
+
+def diabetes_frame() -> pd.DataFrame:
+    """scikit-learn's diabetes data as CSV matching contracts/diabetes.yaml (sex as 1/2 labels)."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes(as_frame=True, scaled=False)
+    frame = bunch.data.copy()
+    frame["sex"] = frame["sex"].astype(int).astype(str)
+    frame["progression"] = bunch.target
+    return frame
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    step: str
+    returncode: int
+    stderr: str
+
+
+@dataclass
+class Run:
+    """Where each step's outputs went, and each step's stdout (its log)."""
+
+    outputs: dict[str, dict[str, Path]]
+    logs: dict[str, str]
+
+    def read_json(self, step: str, output: str, file: str) -> Any:
+        return json.loads((self.outputs[step][output] / file).read_text())
+
+
+def _fill(command: str, bound: Mapping[tuple[str, str], str]) -> str:
+    """The command with each ${{inputs.x}} / ${{outputs.y}} replaced by its (quoted) value."""
+    return _PLACEHOLDER.sub(lambda m: shlex.quote(bound[(m[1], m[2])]), command)
+
+
+def _run_pipeline(
+    workdir: Path, inputs: Mapping[str, Path], *, only: tuple[str, ...] | None = None
+) -> Run | StepFailed:
+    """Run pipeline.yml's steps in order: each component's command with its inputs bound as wired."""
+    pipeline = yaml.safe_load((ML / "pipeline.yml").read_text())
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = Run(outputs={}, logs={})
+    for step, job in pipeline["jobs"].items():
+        if only is not None and step not in only:
+            continue
+        component = yaml.safe_load((ML / job["component"]).read_text())
+        values: dict[str, str] = {}
+        for name, spec in component["inputs"].items():
+            bound = job.get("inputs", {}).get(name)
+            if bound is None:
+                values[name] = str(spec["default"])
+                continue
+            parent = _PARENT.fullmatch(bound)
+            assert parent, f"{step}.{name}: unexpected binding {bound}"
+            values[name] = str(inputs[parent[1]] if parent[1] else run.outputs[parent[2]][parent[3]])
+        run.outputs[step] = {name: workdir / step / name for name in component["outputs"]}
+        bound = {("inputs", k): v for k, v in values.items()}
+        bound |= {("outputs", k): str(v) for k, v in run.outputs[step].items()}
+        program, script, *args = shlex.split(_fill(component["command"], bound))
+        assert program == "python"
+        done = subprocess.run(
+            [sys.executable, script, *args], cwd=SRC, env=env, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            return StepFailed(step, done.returncode, done.stderr)
+        run.logs[step] = done.stdout
+    return run
+
+
+def _succeeded(result: Run | StepFailed) -> Run:
+    assert isinstance(result, Run), f"step failed: {result}"
+    return result
+
+
+def _wine_drop_with_holes(folder: Path) -> tuple[Path, pd.DataFrame]:
+    """One monthly wine drop with holes: 3 rows without a target, 3 feature values missing."""
+    drop = pd.read_csv(wine.write_monthly_drops(folder / "drops", months=4, seed=0)[0], dtype=str)
+    drop.loc[[1, 5, 9], "cultivar"] = ""
+    drop.loc[[2, 3], "alcohol"] = ""
+    drop.loc[4, "magnesium"] = "NA"
+    data = folder / "2026-01.csv"
+    drop.to_csv(data, index=False)
+    return data, drop
+
+
+def _patients_with_gaps(folder: Path) -> Path:
+    """80 patients under the diabetes contract, two of them without a `sex` value."""
+    frame = diabetes_frame().head(80).astype(object)
+    frame.loc[[0, 7], "sex"] = ""
+    data = folder / "patients.csv"
+    frame.to_csv(data, index=False)
+    return data
+
+
+@dataclass(frozen=True)
+class Runs:
+    wine: Run | StepFailed
+    wine_drop: pd.DataFrame
+    diabetes: Run | StepFailed
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """The wine and the diabetes pipelines, run side by side (each step is mostly imports)."""
+    folder = tmp_path_factory.mktemp("runs")
+    wine_data, drop = _wine_drop_with_holes(folder)
+    patients = _patients_with_gaps(folder)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        wine_run = pool.submit(_run_pipeline, folder / "wine", {"data": wine_data, "contract": WINE_CONTRACT})
+        diabetes_run = pool.submit(
+            _run_pipeline, folder / "diabetes", {"data": patients, "contract": DIABETES_CONTRACT}
+        )
+        return Runs(wine=wine_run.result(), wine_drop=drop, diabetes=diabetes_run.result())
+
+
+@pytest.fixture(scope="module")
+def wine_run(runs: Runs) -> tuple[Run, pd.DataFrame]:
+    return _succeeded(runs.wine), runs.wine_drop
+
+
+@pytest.fixture(scope="module")
+def diabetes_run(runs: Runs) -> Run:
+    return _succeeded(runs.diabetes)
+
+
+def _prep_error(tmp_path: Path, frame: pd.DataFrame, contract: Path = WINE_CONTRACT) -> StepFailed:
+    data = tmp_path / "bad.csv"
+    frame.to_csv(data, index=False)
+    result = _run_pipeline(tmp_path / "run", {"data": data, "contract": contract}, only=("prep",))
+    assert isinstance(result, StepFailed)
+    return result
+
+
+class TestClassification:
+    def test_report_counts_dropped_targets_and_missing_features(
+        self, wine_run: tuple[Run, pd.DataFrame]
+    ) -> None:
+        """Rows without a target are dropped and counted; missing feature values are counted."""
+        run, drop = wine_run
+        report = run.read_json("prep", "report", "report.json")
+        imputed = {c: 0 for c in drop.columns if c != "cultivar"} | {"alcohol": 2, "magnesium": 1}
+        assert report == {
+            "rows_in": len(drop),
+            "rows_out": len(drop) - 3,
+            "rows_dropped_missing_target": 3,
+            "values_imputed": imputed,
+            "train_rows": report["train_rows"],
+            "test_rows": report["test_rows"],
+            "stratified": True,
+        }
+        assert report["train_rows"] + report["test_rows"] == len(drop) - 3
+        assert 0.2 < report["test_rows"] / (len(drop) - 3) < 0.3
+
+    def test_splits_hold_every_clean_row_once_with_every_class_in_both(
+        self, wine_run: tuple[Run, pd.DataFrame]
+    ) -> None:
+        """Train and test partition the rows that have a target; stratification keeps all classes."""
+        run, drop = wine_run
+        train = pd.read_csv(run.outputs["prep"]["train_data"] / "data.csv")
+        test = pd.read_csv(run.outputs["prep"]["test_data"] / "data.csv")
+        kept = drop[drop["cultivar"] != ""]
+        assert sorted(pd.concat([train, test])["proline"]) == sorted(kept["proline"].astype(int))
+        assert set(train["cultivar"]) == set(test["cultivar"]) == set(kept["cultivar"])
+
+    def test_metrics_name_the_primary_metric_and_hold_every_classification_metric(
+        self, wine_run: tuple[Run, pd.DataFrame]
+    ) -> None:
+        """metrics.json: f1_macro is primary, greater is better, all four metrics in [0, 1]."""
+        run, _ = wine_run
+        metrics = run.read_json("evaluate", "metrics", "metrics.json")
+        report = run.read_json("prep", "report", "report.json")
+        assert (metrics["primary_metric"], metrics["greater_is_better"]) == ("f1_macro", True)
+        assert sorted(metrics["metrics"]) == ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
+        assert all(0.0 <= v <= 1.0 for v in metrics["metrics"].values())
+        assert metrics["metrics"]["f1_macro"] > 0.7
+        assert metrics["test_rows"] == report["test_rows"]
+
+    def test_model_loads_with_mlflow_and_predicts_cultivars_for_rows_with_gaps(
+        self, wine_run: tuple[Run, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The MLflow model loads as pyfunc (skops, trusted types from MLmodel) and imputes gaps."""
+        import mlflow.pyfunc
+
+        run, _ = wine_run
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        model = mlflow.pyfunc.load_model(str(run.outputs["train"]["model"]))
+        test = pd.read_csv(run.outputs["prep"]["test_data"] / "data.csv")
+        rows = test.drop(columns="cultivar").astype(float)
+        rows.loc[0, "alcohol"] = float("nan")
+        predicted = list(model.predict(rows))
+        assert len(predicted) == len(rows)
+        assert set(predicted) <= WINE_CLASSES
+
+
+    def test_metrics_are_logged_to_mlflow_when_a_tracking_uri_is_set(
+        self, wine_run: tuple[Run, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With MLFLOW_TRACKING_URI set, evaluate logs every metric to a run there too."""
+        import mlflow
+
+        run, _ = wine_run
+        store = tmp_path / "mlruns"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        try:
+            result = evaluate.main(
+                model=run.outputs["train"]["model"], test_data=run.outputs["prep"]["test_data"],
+                contract=WINE_CONTRACT, metrics=tmp_path / "metrics",
+            )
+        finally:
+            mlflow.end_run()
+        logged = {p.name for p in store.glob("*/*/metrics/*")}
+        assert logged == set(result["metrics"]) == {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
+
+    def test_a_tracking_failure_is_logged_and_metrics_json_still_written(
+        self, wine_run: tuple[Run, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """metrics.json is the record; a tracking server that refuses the metrics does not fail the step."""
+        import mlflow
+
+        run, _ = wine_run
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        try:
+            evaluate.main(
+                model=run.outputs["train"]["model"], test_data=run.outputs["prep"]["test_data"],
+                contract=WINE_CONTRACT, metrics=tmp_path / "metrics",
+            )
+        finally:
+            mlflow.end_run()
+        assert (tmp_path / "metrics" / "metrics.json").is_file()
+        assert [r.message.split(" error=")[0] for r in caplog.records if r.levelname == "WARNING"] == [
+            "mlflow_log_failed"
+        ]
+
+
+class TestRegression:
+    def test_metrics_have_r2_as_primary_and_the_error_metrics(self, diabetes_run: Run) -> None:
+        """Another contract, no code change: r2 is primary and greater is better; errors are positive."""
+        metrics = diabetes_run.read_json("evaluate", "metrics", "metrics.json")
+        assert (metrics["primary_metric"], metrics["greater_is_better"]) == ("r2", True)
+        assert sorted(metrics["metrics"]) == ["mae", "r2", "rmse"]
+        assert -1.0 < metrics["metrics"]["r2"] <= 1.0
+        assert 0 < metrics["metrics"]["mae"] <= metrics["metrics"]["rmse"]
+        assert metrics["test_rows"] == 20
+
+    def test_category_gaps_are_counted_and_the_model_encodes_categories(self, diabetes_run: Run) -> None:
+        """The two missing `sex` values are counted; the model one-hot encodes the category column."""
+        report = diabetes_run.read_json("prep", "report", "report.json")
+        assert report["values_imputed"]["sex"] == 2
+        assert (report["stratified"], report["train_rows"], report["test_rows"]) == (False, 60, 20)
+        mlmodel = yaml.safe_load((diabetes_run.outputs["train"]["model"] / "MLmodel").read_text())
+        inputs = json.loads(mlmodel["signature"]["inputs"])
+        assert {c["name"]: c["type"] for c in inputs}["sex"] == "string"
+        assert not any(c["required"] for c in inputs)
+
+
+class TestBadInput:
+    def test_non_number_in_float_column_fails_prep_naming_column_line_and_value(self, tmp_path: Path) -> None:
+        """A text value in a float column stops prep with one line: column, line, value, fix."""
+        frame = wine.wine_frame().head(30).astype(object)
+        frame.loc[5, "ash"] = "abc"
+        failed = _prep_error(tmp_path, frame)
+        assert (failed.step, failed.returncode) == ("prep", 2)
+        assert failed.stderr == (
+            "bad.csv: column 'ash' has 'abc' on line 7; expected a number. "
+            "Fix the file and upload it again.\n"
+        )
+
+    def test_fraction_in_int_column_fails_prep(self, tmp_path: Path) -> None:
+        """An int column rejects 3.5 and says a whole number is expected."""
+        frame = wine.wine_frame().head(30).astype(object)
+        frame.loc[0, "magnesium"] = "3.5"
+        frame.loc[3, "magnesium"] = "many"
+        failed = _prep_error(tmp_path, frame)
+        assert failed.stderr == (
+            "bad.csv: column 'magnesium' has '3.5' on line 2; expected a whole number "
+            "(1 more bad value(s) in that column). Fix the file and upload it again.\n"
+        )
+
+    def test_missing_declared_column_fails_prep_naming_it(self, tmp_path: Path) -> None:
+        """A file without a declared column stops prep with one line naming the column."""
+        failed = _prep_error(tmp_path, wine.wine_frame().head(30).drop(columns="hue"))
+        assert failed.stderr == (
+            "bad.csv: line 1 (the header) lacks column(s) 'hue' required by contract.yaml; "
+            "add them and upload the file again.\n"
+        )
+
+    def test_contract_with_unknown_type_fails_prep_with_the_fix(self, tmp_path: Path) -> None:
+        """A contract feature of type 'text' is named, with the types that exist."""
+        contract = tmp_path / "contract.yaml"
+        contract.write_text(
+            "target: cultivar\ntask: classification\nprimary_metric: f1_macro\nfeatures: {x: text}\n"
+        )
+        failed = _prep_error(tmp_path, wine.wine_frame().head(30), contract)
+        assert failed.stderr == "contract.yaml: feature 'x' has type 'text'; use float, int or category.\n"
+
+
+class TestSamples:
+    def test_monthly_drops_partition_the_wine_data_in_dated_files(self, tmp_path: Path) -> None:
+        """Four files named by month hold all 178 wines once, in the contract's columns."""
+        paths = wine.write_monthly_drops(tmp_path, months=4, seed=0)
+        assert [p.name for p in paths] == ["2026-01.csv", "2026-02.csv", "2026-03.csv", "2026-04.csv"]
+        drops = [pd.read_csv(p) for p in paths]
+        contract = yaml.safe_load(WINE_CONTRACT.read_text())
+        assert all(list(d.columns) == [*contract["features"], contract["target"]] for d in drops)
+        whole = pd.concat(drops).sort_values(list(drops[0].columns)).reset_index(drop=True)
+        expected = wine.wine_frame().sort_values(list(drops[0].columns)).reset_index(drop=True)
+        pd.testing.assert_frame_equal(whole, expected)
+        assert [len(d) for d in drops] == [45, 45, 44, 44]
+
+    def test_pipeline_default_sample_passes_prep(self, tmp_path: Path) -> None:
+        """ml/sample/sample.csv, pipeline.yml's placeholder input, is valid under the contract."""
+        report = prep.main(
+            data=ML / "sample" / "sample.csv", contract=WINE_CONTRACT, train_data=tmp_path / "train",
+            test_data=tmp_path / "test", report=tmp_path / "report",
+        )
+        assert (report["rows_in"], report["rows_out"]) == (40, 40)
+
+
+class TestSplit:
+    def test_same_seed_same_split_and_another_seed_another(self, tmp_path: Path) -> None:
+        """The split is a function of the data and the seed only."""
+        data = tmp_path / "wine.csv"
+        wine.wine_frame().to_csv(data, index=False)
+
+        def split(seed: int, name: str) -> str:
+            out = tmp_path / name
+            prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train", test_data=out / "test",
+                      report=out / "report", seed=seed)
+            return (out / "test" / "data.csv").read_text()
+
+        assert split(7, "a") == split(7, "b")
+        assert split(7, "a") != split(8, "c")
+
+    def test_stratified_split_keeps_class_shares(self) -> None:
+        """Each class sends about the test fraction of its rows to the test split."""
+        labels = pd.Series(["a"] * 40 + ["b"] * 8 + ["c"] * 2)
+        mask, stratified = prep.split_test_mask(len(labels), labels, 0.25, seed=1)
+        assert stratified
+        assert labels[mask].value_counts().to_dict() == {"a": 10, "b": 2, "c": 1}
+
+    def test_a_class_with_one_row_falls_back_to_a_plain_split(self) -> None:
+        """Stratifying needs two rows per class; with fewer the split is a plain shuffle."""
+        labels = pd.Series(["a"] * 19 + ["b"])
+        mask, stratified = prep.split_test_mask(len(labels), labels, 0.25, seed=1)
+        assert (stratified, int(mask.sum())) == (False, 5)
