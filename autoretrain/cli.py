@@ -207,7 +207,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     _table([_status_row(r) for r in records], STATUS_COLUMNS, sys.stdout)
     quarantined = [r for r in records if r.state is LedgerState.QUARANTINED]
     for r in quarantined:
-        print(f"\nquarantined {r.blob.path} -> {settings.quarantine_container}/{r.key}/{r.blob.name}\n  reason: {r.reason}")
+        copy = f"{settings.quarantine_container}/{r.key}/{r.blob.name}"
+        print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
     print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
           f"demo wall time {time.monotonic() - started:.1f} s. "
@@ -216,7 +217,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if unfinished or len(records) < len(dropped) else 0
 
 
-def _follow(ledger: Any, dropped: dict[WorkKey, tuple[str, float]], timeout: float, started: float) -> list[LedgerRecord]:
+def _follow(
+    ledger: Any, dropped: dict[WorkKey, tuple[str, float]], timeout: float, started: float
+) -> list[LedgerRecord]:
     """Print each drop's state changes until all are final (or the timeout); return the records."""
     seen: dict[WorkKey, LedgerState] = {}
     records: dict[WorkKey, LedgerRecord] = {}
@@ -248,7 +251,9 @@ def _follow(ledger: Any, dropped: dict[WorkKey, tuple[str, float]], timeout: flo
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoretrain", description="Retraining that happens by itself when new data lands.")
+    parser = argparse.ArgumentParser(
+        prog="autoretrain", description="Retraining that happens by itself when new data lands."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run Azurite, the local Functions host and Event Grid until Ctrl-C")
     up.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks at incoming/")

@@ -278,7 +278,7 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
             log_event(log, logging.ERROR, "ingest.quarantined", reason=reason, copy=copy.path)
         case Skipped(record, reason):
             log_event(log, logging.WARNING, "ingest.skipped", reason=reason)
-        case Registered(record, model, promoted):
+        case Registered(record, _, promoted):
             log_event(
                 log, logging.INFO, "complete.done",
                 model_version=record.model_version, promoted=promoted,

@@ -19,7 +19,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, StorageStreamDownloader
 
 from autoretrain.domain import BlobRef
 from autoretrain.errors import BlobChangedError, StorageError
@@ -58,11 +58,13 @@ class AzureBlobStore:
             raise StorageError(f"container {container!r}: cannot create it ({_msg(exc)}).") from exc
         self._ready.add(container)
 
-    def _pinned(self, ref: BlobRef, **kwargs: object):  # type: ignore[no-untyped-def]
+    def _pinned(
+        self, ref: BlobRef, offset: int | None = None, length: int | None = None
+    ) -> StorageStreamDownloader[bytes]:
         blob = self._service.get_blob_client(ref.container, ref.name)
         try:
             return blob.download_blob(
-                etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified, **kwargs
+                offset, length, etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise BlobChangedError(

@@ -71,10 +71,13 @@ class Azurite:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
                 self._process = None
-                raise StorageError(f"Azurite exited at start: {err.strip().splitlines()[-1] if err.strip() else 'no output'}")
+                last = err.strip().splitlines()[-1] if err.strip() else "no output"
+                raise StorageError(f"Azurite exited at start: {last}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise StorageError(f"Azurite did not listen on ports {BLOB_PORT}/{TABLE_PORT} within {self._timeout:.0f} s.")
+                raise StorageError(
+                    f"Azurite did not listen on ports {BLOB_PORT}/{TABLE_PORT} within {self._timeout:.0f} s."
+                )
             time.sleep(0.1)
         log.info("azurite.started location=%s", self.location)
         return self

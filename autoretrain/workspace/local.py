@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -118,6 +119,8 @@ class LocalWorkspace:
         self._spec: PipelineSpec | None = None
         self._spec_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # Steps run offline: MLflow's telemetry would only wait on a network that is not there.
+        self._step_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
@@ -265,18 +268,23 @@ class LocalWorkspace:
             values = self._resolve_inputs(step, parent_inputs, produced)
             argv = self._argv(step, values, outputs)
             log_path = base / "logs" / f"{step.name}.log"
+            err_path = base / "logs" / f"{step.name}.stderr.log"
             log_event(log, logging.INFO, "job.step_started", job=job, step=step.name)
-            with log_path.open("wb") as out_file:
-                code = subprocess.call(argv, cwd=step.code, stdout=out_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+            with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
+                code = subprocess.call(argv, cwd=step.code, stdout=out_file, stderr=err_file,
+                                       stdin=subprocess.DEVNULL, env=self._step_env)
             if code != 0:
-                self._finish(job, RunState.FAILED, failed_step=step.name, error=_last_line(log_path, code))
+                # The scripts write their one-line reason to stderr; fall back to the log's end.
+                error = _last_line(err_path) or _last_line(log_path) or "no output"
+                self._finish(job, RunState.FAILED, failed_step=step.name, error=f"{error} (exit code {code})")
                 return
             log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name)
         self._finish(job, RunState.COMPLETED)
 
     @staticmethod
-    def _resolve_inputs(step: Step, parent: Mapping[str, str], produced: Mapping[tuple[str, str], Path]) -> dict[str, str]:
+    def _resolve_inputs(
+        step: Step, parent: Mapping[str, str], produced: Mapping[tuple[str, str], Path]
+    ) -> dict[str, str]:
         values = {}
         for name, binding in step.inputs.items():
             if isinstance(binding, FromParent):
@@ -449,7 +457,9 @@ class LocalWorkspace:
     def promote(self, model: ModelVersion) -> ModelVersion:
         with self._transaction() as db:
             db.execute("UPDATE models SET champion = 0 WHERE name = ? AND champion = 1", (model.name,))
-            db.execute("UPDATE models SET champion = 1 WHERE name = ? AND version = ?", (model.name, int(model.version)))
+            db.execute(
+                "UPDATE models SET champion = 1 WHERE name = ? AND version = ?", (model.name, int(model.version))
+            )
         promoted = self._model_where("version = ?", int(model.version))
         assert promoted is not None
         return promoted
@@ -489,10 +499,10 @@ def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _last_line(path: Path, code: int) -> str:
-    """The step's own one-line error: the last non-empty line it wrote."""
+def _last_line(path: Path) -> str | None:
+    """The last non-empty line a step wrote to a file, if any."""
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     except OSError:
-        lines = []
-    return (lines[-1] if lines else "no output")[:500] + f" (exit code {code})"
+        return None
+    return lines[-1][:500] if lines else None

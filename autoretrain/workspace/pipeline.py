@@ -108,7 +108,7 @@ def load_pipeline(path: Path) -> PipelineSpec:
     from azure.ai.ml import load_job
 
     try:
-        job = load_job(path)
+        job: Any = load_job(path)
     except Exception as exc:  # the SDK raises several unrelated types for a bad YAML
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkspaceError(f"{path}: azure-ai-ml cannot load it: {first}") from exc

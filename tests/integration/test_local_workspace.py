@@ -119,7 +119,10 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
 
     assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
     assert status.log is not None and Path(status.log).name == "prep.log" and Path(status.log).is_file()
-    assert status.error and "(exit code" in status.error
+    assert status.error == (
+        "empty-target.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train and test. "
+        "Upload a file with more rows. (exit code 2)"
+    )
     assert events.kinds(run.name) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
     with pytest.raises(WorkspaceError, match="metrics exist only for completed jobs"):
         workspace.run_metrics(run.name)

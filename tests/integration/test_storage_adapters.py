@@ -30,7 +30,7 @@ class TestTableLedger:
     def test_claim_is_atomic_second_claim_returns_the_first(self, ledger: TableLedger) -> None:
         blob = BlobRef("incoming", "a.csv", "0x1")
         key = WorkKey.for_blob(blob)
-        first, created = ledger.claim(blob, key, "ev-1")
+        _, created = ledger.claim(blob, key, "ev-1")
         second, created_again = ledger.claim(blob, key, "ev-2")
         assert (created, created_again) == (True, False)
         assert (second.event_id, second.state, second.blob) == ("ev-1", LedgerState.CLAIMED, blob)

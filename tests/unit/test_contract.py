@@ -32,7 +32,10 @@ class TestLoadContract:
         ("text", "message"),
         [
             ("target: y\ntask: classification\nprimary_metric: f1\n", "'features' is missing"),
-            ("target: y\ntask: clustering\nprimary_metric: f1\nfeatures: {a: float}\n", "task 'clustering' is not one of"),
+            (
+                "target: y\ntask: clustering\nprimary_metric: f1\nfeatures: {a: float}\n",
+                "task 'clustering' is not one of",
+            ),
             ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {a: text}\n", "feature 'a' has type 'text'"),
             ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {y: float}\n", "also listed as a feature"),
             ("target: [y\n", "not valid YAML"),
@@ -79,7 +82,7 @@ class TestCheckHead:
 
     def test_name_and_size_are_checked_before_any_read(self) -> None:
         small = Contract(target="y", task="regression", primary_metric="r2", features={"n": "float"}, max_bytes=10)
-        with pytest.raises(ContractError, match="only .csv files"):
+        with pytest.raises(ContractError, match=r"only \.csv files"):
             check_name("a.parquet", 5, small)
         with pytest.raises(ContractError, match="11 bytes is over the contract's limit of 10"):
             check_name("a.csv", 11, small)

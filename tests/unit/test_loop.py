@@ -123,10 +123,12 @@ class TestIngest:
 
         outcome = loop.ingest(blob_event(ref), deps)
 
-        reason = "incoming/march.csv: column 'a' has 'abc' on line 3; expected a number. Fix the file and upload it again."
+        reason = (
+            "incoming/march.csv: column 'a' has 'abc' on line 3; expected a number. Fix the file and upload it again."
+        )
         assert isinstance(outcome, loop.Quarantined)
         assert outcome.reason == reason
-        etag, data, metadata = blobs.blobs[("quarantine", f"{key}/march.csv")]
+        _, data, metadata = blobs.blobs[("quarantine", f"{key}/march.csv")]
         assert (data, metadata["reason"], metadata["source_etag"]) == (bad, reason, ref.etag)
         assert blobs.blobs[("incoming", "march.csv")] == (ref.etag, bad, {})
         record = ledger.get(key)

@@ -39,7 +39,10 @@ def test_azureml_needs_its_workspace_and_storage_by_identity() -> None:
     ("env", "message"),
     [
         ({"AUTORETRAIN_WORKSPACE": "cloud"}, "AUTORETRAIN_WORKSPACE='cloud' is not a workspace kind"),
-        ({"AUTORETRAIN_INCOMING_CONTAINER": "In_Coming"}, "AUTORETRAIN_INCOMING_CONTAINER='In_Coming' is not a valid container"),
+        (
+            {"AUTORETRAIN_INCOMING_CONTAINER": "In_Coming"},
+            "AUTORETRAIN_INCOMING_CONTAINER='In_Coming' is not a valid container",
+        ),
         ({"AUTORETRAIN_LEDGER_TABLE": "led-ger"}, "AUTORETRAIN_LEDGER_TABLE='led-ger' is not a valid table"),
         ({"AUTORETRAIN_CONTRACT": "/nowhere.yaml"}, "AUTORETRAIN_CONTRACT='/nowhere.yaml' is not a file"),
     ],
