@@ -4,13 +4,14 @@
     autoretrain host                 only the local Functions host (like `func start`)
     autoretrain drop FILE...         upload files to the incoming container
     autoretrain status [--json]      one record per blob version, from the ledger
-    autoretrain list data|jobs|models [--json]   the local workspace's catalogue
+    autoretrain list data|jobs|steps|models [--json]   the local workspace's catalogue
     autoretrain demo                 the whole loop on scikit-learn's wine data, in monthly drops
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -18,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -156,6 +158,14 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/admin/host/status", timeout=1) as answer:
+            return bool(json.load(answer).get("state") == "Running")
+    except (OSError, ValueError):
+        return False
+
+
 def _load_sample_module() -> Any:
     path = ROOT / "ml" / "sample" / "wine.py"
     spec = importlib.util.spec_from_file_location("autoretrain_demo_wine", path)
@@ -191,10 +201,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(log_file)
     print(f"autoretrain demo: home {settings.home}, function logs in {log_path}", flush=True)
     drops = _demo_files(settings.home / "demo" / "drops", args.months)
-    with LocalStack(settings, poll_interval=0.5) as stack:
-        print(f"  Azurite {'started' if stack.azurite.started_here else 'already running'}, "
-              f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'",
-              flush=True)
+    with contextlib.ExitStack() as running:
+        if _host_answers(settings.host_url):
+            # `autoretrain up` is already running: drop into it instead of starting a second stack.
+            print(f"  using the running autoretrain at {settings.host_url}", flush=True)
+        else:
+            stack = running.enter_context(LocalStack(settings, poll_interval=0.5))
+            print(f"  Azurite {'started' if stack.azurite.started_here else 'already running'}, "
+                  f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'",
+                  flush=True)
         blobs, ledger = _blobs(settings), _ledger(settings)
         dropped: dict[WorkKey, tuple[str, float]] = {}
         for path in drops:
@@ -264,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one record per blob version")
     status.add_argument("--json", action="store_true")
     listing = sub.add_parser("list", help="the local workspace's data versions, jobs or models")
-    listing.add_argument("kind", choices=("data", "jobs", "models"))
+    listing.add_argument("kind", choices=("data", "jobs", "steps", "models"))
     listing.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="the whole loop on monthly drops of scikit-learn's wine data")
     demo.add_argument("--months", type=int, default=4)

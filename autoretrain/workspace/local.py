@@ -26,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
     data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
     failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT);
+CREATE TABLE IF NOT EXISTS steps (
+    job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
+    seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
 CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL, version INTEGER NOT NULL, work_key TEXT NOT NULL UNIQUE, job TEXT NOT NULL,
     path TEXT NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, metrics TEXT NOT NULL,
@@ -123,6 +127,15 @@ class LocalWorkspace:
         self._step_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
         with self._connect() as db:
             db.executescript(_SCHEMA)
+        # Loading the pipeline imports azure-ai-ml (~2 s): do it now, off the caller's thread,
+        # so the first job does not wait for it and a broken pipeline.yml shows in the log at once.
+        threading.Thread(target=self._preload, name="local-pipeline-load", daemon=True).start()
+
+    def _preload(self) -> None:
+        try:
+            self.pipeline()
+        except WorkspaceError as exc:
+            log_event(log, logging.ERROR, "workspace.pipeline_invalid", error=str(exc))
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -270,15 +283,28 @@ class LocalWorkspace:
             log_path = base / "logs" / f"{step.name}.log"
             err_path = base / "logs" / f"{step.name}.stderr.log"
             log_event(log, logging.INFO, "job.step_started", job=job, step=step.name)
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO steps (job, step, status, started) VALUES (?, ?, ?, ?)",
+                    (job, step.name, RunState.RUNNING.value, _now()),
+                )
+            began = time.monotonic()
             with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
                 code = subprocess.call(argv, cwd=step.code, stdout=out_file, stderr=err_file,
                                        stdin=subprocess.DEVNULL, env=self._step_env)
+            seconds = round(time.monotonic() - began, 3)
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE steps SET status = ?, ended = ?, seconds = ?, exit_code = ? WHERE job = ? AND step = ?",
+                    ((RunState.COMPLETED if code == 0 else RunState.FAILED).value, _now(), seconds, code,
+                     job, step.name),
+                )
             if code != 0:
                 # The scripts write their one-line reason to stderr; fall back to the log's end.
                 error = _last_line(err_path) or _last_line(log_path) or "no output"
                 self._finish(job, RunState.FAILED, failed_step=step.name, error=f"{error} (exit code {code})")
                 return
-            log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name)
+            log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name, seconds=seconds)
         self._finish(job, RunState.COMPLETED)
 
     @staticmethod
@@ -378,8 +404,6 @@ class LocalWorkspace:
 
     def wait(self, job: str, timeout: float) -> RunStatus:
         """Block until the job is finished (for the CLI and tests)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             status = self.run_status(job)
@@ -473,6 +497,7 @@ _LISTINGS = {
     "jobs": "SELECT name, experiment, data, status, failed_step, error, created, started, ended"
     " FROM jobs ORDER BY created",
     "models": "SELECT name, version, job, metrics, champion, properties, created FROM models ORDER BY name, version",
+    "steps": "SELECT job, step, status, seconds, exit_code, started, ended FROM steps ORDER BY started",
 }
 
 
