@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
 from autoretrain.errors import AutoretrainError
+from autoretrain.ports import Ledger
 from autoretrain.settings import Settings
 
 __all__ = ["main"]
@@ -211,12 +212,18 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                   f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'",
                   flush=True)
         blobs, ledger = _blobs(settings), _ledger(settings)
-        dropped: dict[WorkKey, tuple[str, float]] = {}
+        progress = _Progress(ledger, started)
         for path in drops:
             ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
-            dropped[WorkKey.for_blob(ref)] = (path.name, time.monotonic())
+            key = WorkKey.for_blob(ref)
+            progress.dropped[key] = (path.name, time.monotonic())
             print(f"  dropped {ref.path} ({path.stat().st_size} bytes)", flush=True)
-        records = _follow(ledger, dropped, args.timeout, started)
+            # One month after the other, as a customer would: the next drop waits until this one
+            # is ingested, so data versions follow the months. Training still overlaps.
+            progress.wait([key], lambda r: r.state is not LedgerState.CLAIMED, args.timeout)
+        progress.wait(progress.dropped, lambda r: r.state.final, args.timeout)
+        records = sorted(progress.records.values(), key=lambda r: r.blob.name)
+        dropped = progress.dropped
     log_file.flush()
     print()
     _table([_status_row(r) for r in records], STATUS_COLUMNS, sys.stdout)
@@ -232,37 +239,40 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if unfinished or len(records) < len(dropped) else 0
 
 
-def _follow(
-    ledger: Any, dropped: dict[WorkKey, tuple[str, float]], timeout: float, started: float
-) -> list[LedgerRecord]:
-    """Print each drop's state changes until all are final (or the timeout); return the records."""
-    seen: dict[WorkKey, LedgerState] = {}
-    records: dict[WorkKey, LedgerRecord] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for key, (name, at) in dropped.items():
-            record = ledger.get(key)
-            if record is None or seen.get(key) == record.state:
-                continue
-            records[key] = record
-            seen[key] = record.state
-            detail = {
-                LedgerState.SUBMITTED: f"data {record.data_version}, job {record.job}",
-                LedgerState.DONE: (
-                    f"model {record.model_version}, "
-                    + (f"{record.metrics.primary}={record.metrics.primary_value:.3f}, " if record.metrics else "")
-                    + ("promoted" if record.promoted else "not promoted")
-                    + f", {time.monotonic() - at:.1f} s after the drop"
-                ),
-                LedgerState.QUARANTINED: record.reason or "",
-                LedgerState.FAILED: record.reason or "",
-                LedgerState.SKIPPED: record.reason or "",
-            }.get(record.state, "")
-            print(f"  [{time.monotonic() - started:6.1f}s] {name:<18} {record.state.value:<11} {detail}", flush=True)
-        if len(records) == len(dropped) and all(r.state.final for r in records.values()):
-            break
-        time.sleep(0.25)
-    return sorted(records.values(), key=lambda r: r.blob.name)
+class _Progress:
+    """Prints each drop's state changes as the ledger records them; keeps the latest records."""
+
+    def __init__(self, ledger: Ledger, started: float) -> None:
+        self._ledger = ledger
+        self._started = started
+        self.dropped: dict[WorkKey, tuple[str, float]] = {}
+        self.records: dict[WorkKey, LedgerRecord] = {}
+
+    def poll(self, key: WorkKey) -> LedgerRecord | None:
+        record = self._ledger.get(key)
+        previous = self.records.get(key)
+        if record is None or (previous is not None and previous.state == record.state):
+            return record
+        self.records[key] = record
+        name, at = self.dropped[key]
+        detail = {
+            LedgerState.SUBMITTED: f"data {record.data_version}, job {record.job}",
+            LedgerState.DONE: (
+                f"model {record.model_version}, "
+                + (f"{record.metrics.primary}={record.metrics.primary_value:.3f}, " if record.metrics else "")
+                + ("promoted" if record.promoted else "not promoted")
+                + f", {time.monotonic() - at:.1f} s after the drop"
+            ),
+        }.get(record.state, record.reason or "")
+        print(f"  [{time.monotonic() - self._started:6.1f}s] {name:<18} {record.state.value:<11} {detail}", flush=True)
+        return record
+
+    def wait(self, keys: Iterable[WorkKey], done: Callable[[LedgerRecord], bool], timeout: float) -> None:
+        pending, deadline = list(keys), time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            pending = [k for k in pending if not ((r := self.poll(k)) is not None and done(r))]
+            if pending:
+                time.sleep(0.1)
 
 
 def _parser() -> argparse.ArgumentParser:
