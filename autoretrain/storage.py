@@ -38,6 +38,10 @@ def safe_metadata(values: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
+class _EmptyBlob(Exception):
+    """A range read of a zero-length blob (the service answers 416)."""
+
+
 def _msg(exc: AzureError) -> str:
     return (getattr(exc, "message", None) or str(exc)).splitlines()[0]
 
@@ -72,17 +76,19 @@ class AzureBlobStore:
                 "a newer version is processed under its own event."
             ) from exc
         except AzureError as exc:
+            if offset is not None and getattr(exc, "status_code", None) == 416:
+                raise _EmptyBlob from exc
             raise StorageError(f"{ref.path}: cannot read it ({_msg(exc)}).") from exc
 
     def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
         try:
             downloader = self._pinned(ref, offset=0, length=max_bytes)
-            data: bytes = downloader.readall()
+        except _EmptyBlob:
+            return b""  # a zero-length blob has no byte range to ask for
+        try:
+            return downloader.readall()
         except AzureError as exc:
-            if getattr(exc, "status_code", None) == 416:  # a zero-length blob has no byte range
-                return b""
             raise StorageError(f"{ref.path}: cannot read it ({_msg(exc)}).") from exc
-        return data
 
     def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
         self._ensure_container(container)

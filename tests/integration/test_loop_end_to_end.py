@@ -178,6 +178,11 @@ def test_each_dropped_file_becomes_one_data_version_job_and_model(running: Loop,
                  "url": f"http://127.0.0.1:10000/devstoreaccount1/{first.path}"},
     }
     assert _post_event(running.url, "ingest", duplicate) == 200
+    as_cloudevent = {
+        "specversion": "1.0", "id": "redelivered-2", "source": duplicate["topic"], "type": duplicate["eventType"],
+        "subject": duplicate["subject"], "time": duplicate["eventTime"], "data": duplicate["data"],
+    }
+    assert _post_event(running.url, "ingest", as_cloudevent) == 200
     time.sleep(1)
     assert len(catalog_rows(running.home, "jobs")) == 3
     assert running.ledger.get(keys[0]) == records[keys[0]]

@@ -75,6 +75,11 @@ class TestAzureBlobStore:
         with pytest.raises(BlobChangedError, match="was replaced or deleted before it was read"):
             store.read_head(ref, 4)
 
+    def test_head_of_an_empty_blob_is_empty(self, store: AzureBlobStore, unique: str) -> None:
+        """Zero-length uploads happen; their head is b'' (and the contract check quarantines it)."""
+        ref = store.upload(f"in{unique}", "empty.csv", b"")
+        assert store.read_head(ref, 100) == b""
+
     def test_copy_keeps_the_source_and_carries_metadata(self, store: AzureBlobStore, unique: str, azurite: str) -> None:
         source = store.upload(f"in{unique}", "dir/a.csv", b"x,y\n1,2\n")
         copy = store.copy_to(source, f"q{unique}", "k/dir/a.csv", {"reason": "column 'x' has 'é'\non line 2"})
