@@ -173,7 +173,8 @@ class LocalWorkspace:
         existing = self._data_by_key(key)
         if existing is not None:
             return existing
-        staging = self.root / "data" / ".staging" / key.value / _safe_file_name(source.name)
+        # Two deliveries of one event may register at once: each downloads to its own folder.
+        staging = self.root / "data" / ".staging" / uuid.uuid4().hex / _safe_file_name(source.name)
         self._blobs.download_to(source, staging)
         with self._transaction() as db:
             row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
