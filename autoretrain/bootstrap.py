@@ -91,10 +91,32 @@ def _workspace(settings: Settings, blobs: BlobStore) -> Workspace:
         )
         workspace.resume()
         return workspace
-    raise ConfigError(
-        "AUTORETRAIN_WORKSPACE=azureml: the Azure ML adapter is not part of this build yet; "
-        "use AUTORETRAIN_WORKSPACE=local."
-    )
+    if settings.workspace is WorkspaceKind.AZUREML:
+        # Imported here: azure-ai-ml takes ~2 s to import, which only an Azure ML app should pay.
+        from azure.ai.ml import MLClient
+
+        from autoretrain.workspace.azureml import AzureMLWorkspace
+
+        # Building the client reads no network; the first call to the workspace does.
+        client = MLClient(
+            _credential(settings),
+            str(settings.azureml_subscription_id),
+            str(settings.azureml_resource_group),
+            str(settings.azureml_workspace),
+        )
+        return AzureMLWorkspace(
+            client,
+            blobs=blobs,
+            datastore=str(settings.azureml_datastore),
+            datasets_container=settings.datasets_container,
+            compute=str(settings.azureml_compute),
+            contract=settings.contract,
+            experiment=settings.experiment,
+            data_asset=settings.data_asset,
+            model_name=settings.model_name,
+            pipeline_component=settings.pipeline_component,
+        )
+    raise ConfigError(f"AUTORETRAIN_WORKSPACE={settings.workspace.value!r} has no workspace adapter.")
 
 
 _runtime: Deps | None = None

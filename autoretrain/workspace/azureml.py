@@ -1,0 +1,395 @@
+"""The Workspace port on Azure Machine Learning, with azure-ai-ml v2.
+
+Only `bootstrap` imports this module (for `AUTORETRAIN_WORKSPACE=azureml`), so the ~2 s import of
+azure-ai-ml never slows a local cold start. What each port call does in the workspace:
+
+    register_data   data asset `data_asset`, version = the work key, a uri_file on our datastore
+                    (the `datasets` container), lineage as tags and properties
+    submit          pipeline job `key.job_name` from the registered pipeline component (label
+                    latest), inputs bound to the data version and to the contract, our run tag
+    run_status      the job's status; for a failed job, the failed step, its error and studio link
+    run_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
+    register_model  model `model_name` from the job's `model` output, metrics as tags, lineage and
+                    the metrics JSON as properties; found again by its `work_key` property
+    champion        the newest version tagged `champion=true`
+    promote         tag the new champion first, then untag the others
+
+Model versions must be integers in a workspace, so unlike data versions they cannot be the work
+key: the service numbers them, and `register_model` finds an existing one by its `work_key`
+property before registering. Two deliveries racing through that check at the same moment could
+register the key twice; the ledger's record still names one of them.
+
+The contract travels with the job as a uri_file on our datastore: the adapter uploads it to
+`datasets` at `contracts/<sha256 prefix>/<file name>` (content-addressed, so the same contract is the same
+blob and the same input). azure-ai-ml could upload a local path itself, but it does so to the
+workspace's default store with a storage client of its own, which needs write access there and
+one more set of credentials; our datastore is already readable by the cluster.
+
+Every SDK error becomes a `WorkspaceError` with one line naming what failed. Throttling (429),
+server errors (5xx) and timeouts are retried by azure-core's retry policy first; when they persist
+the error propagates, so Event Grid retries the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from azure.ai.ml import Input, MLClient
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import Data, Model, PipelineJob, PipelineJobSettings
+from azure.ai.ml.exceptions import MlException, ValidationException
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from autoretrain.domain import (
+    BlobRef,
+    DataVersion,
+    Metrics,
+    ModelVersion,
+    PipelineRun,
+    RunState,
+    RunStatus,
+    WorkKey,
+)
+from autoretrain.errors import WorkspaceError
+from autoretrain.logs import log_event
+from autoretrain.ports import BlobStore
+
+__all__ = ["CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state"]
+
+log = logging.getLogger("autoretrain.workspace.azureml")
+
+CHAMPION_TAG = "champion"
+WORK_KEY_PROPERTY = "work_key"
+# Properties cannot be changed once set: the metrics as evaluate reported them, whole.
+METRICS_PROPERTY = "autoretrain.metrics"
+CONTRACTS_PREFIX = "contracts"
+
+# Azure ML job statuses (azure.ai.ml.constants.JobStatus) in the port's words. Anything not listed
+# counts as running: a status added by the service later must not end a run in our ledger.
+_STATES: Mapping[str, RunState] = {
+    "NotStarted": RunState.QUEUED,
+    "Queued": RunState.QUEUED,
+    "Preparing": RunState.QUEUED,
+    "Provisioning": RunState.QUEUED,
+    "Starting": RunState.QUEUED,
+    "Running": RunState.RUNNING,
+    "Finalizing": RunState.RUNNING,
+    "CancelRequested": RunState.RUNNING,
+    "NotResponding": RunState.RUNNING,
+    "Paused": RunState.RUNNING,
+    "Unknown": RunState.RUNNING,
+    "Completed": RunState.COMPLETED,
+    "Failed": RunState.FAILED,
+    "Canceled": RunState.CANCELED,
+}
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_SPACE = re.compile(r"\s+")
+
+
+def run_state(status: object) -> RunState:
+    """The port's RunState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
+    text = str(getattr(status, "value", status) or "NotStarted")
+    return _STATES.get(text, RunState.RUNNING)
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    line = _SPACE.sub(" ", str(text)).strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    """The service's own message, without the SDK's multi-line decoration."""
+    if isinstance(exc, HttpResponseError):
+        error = getattr(exc, "error", None)
+        message = getattr(error, "message", None) or exc.message or exc.reason
+        return _one_line(f"HTTP {exc.status_code}: {message}" if exc.status_code else message)
+    if isinstance(exc, MlException):
+        return _one_line(exc.message)
+    return _one_line(exc)
+
+
+def _error(action: str, exc: BaseException) -> WorkspaceError:
+    """One WorkspaceError line for a failed SDK call: what failed, why, and what happens next."""
+    reason = _reason(exc)
+    if isinstance(exc, ClientAuthenticationError):
+        hint = "give the function's identity AzureML Data Scientist on the workspace"
+    elif isinstance(exc, ServiceRequestError | ServiceResponseError) or (
+        isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
+    ):
+        hint = "Azure ML is throttling or unavailable; the event is retried"
+    else:
+        return WorkspaceError(f"{action} failed: {reason}")
+    return WorkspaceError(f"{action} failed: {reason}; {hint}")
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (AzureError, MlException) as exc:
+        raise _error(action, exc) from exc
+
+
+class AzureMLWorkspace:
+    """The Workspace port on an Azure ML workspace, through one MLClient."""
+
+    def __init__(
+        self,
+        client: MLClient,
+        *,
+        blobs: BlobStore,
+        datastore: str,
+        datasets_container: str,
+        compute: str,
+        contract: Path,
+        experiment: str = "autoretrain",
+        data_asset: str = "autoretrain-data",
+        model_name: str = "autoretrain-model",
+        pipeline_component: str = "autoretrain_pipeline",
+    ) -> None:
+        self._client = client
+        self._blobs = blobs
+        self.datastore = datastore
+        self.datasets_container = datasets_container
+        self.compute = compute
+        self._contract = contract
+        self.experiment = experiment
+        self.data_asset = data_asset
+        self.model_name = model_name
+        self.pipeline_component = pipeline_component
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _datastore_uri(self, blob_name: str) -> str:
+        return f"azureml://datastores/{self.datastore}/paths/{blob_name}"
+
+    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+        if source.container != self.datasets_container:
+            raise WorkspaceError(
+                f"cannot register {source.path}: datastore {self.datastore!r} reads container "
+                f"{self.datasets_container!r} only."
+            )
+        uri = self._datastore_uri(source.name)
+        asset = Data(
+            name=self.data_asset,
+            version=key.value,
+            type=AssetTypes.URI_FILE,
+            path=uri,
+            description=f"{source.path} (eTag {source.etag})",
+            tags=dict(lineage),
+            properties=dict(lineage),
+        )
+        # The same name, version and path again is an update that changes nothing: a retry is a no-op.
+        with _translated(f"register data {self.data_asset}:{key} ({uri})"):
+            self._client.data.create_or_update(asset)
+        return DataVersion(name=self.data_asset, version=key.value, uri=uri)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _existing_job(self, name: str) -> Any | None:
+        try:
+            return self._client.jobs.get(name)
+        except ResourceNotFoundError:
+            return None
+
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+        name = key.job_name
+        with _translated(f"submit {name}"):
+            existing = self._existing_job(name)
+            if existing is not None:
+                return self._run(existing)
+            component = self._component()
+            contract = self._upload_contract()
+            job = PipelineJob(
+                name=name,
+                display_name=name,
+                description=f"Retrain on {data.name}:{data.version}",
+                component=component,
+                experiment_name=self.experiment,
+                tags=dict(tags),
+                inputs={
+                    "data": Input(type=AssetTypes.URI_FILE, path=f"azureml:{data.name}:{data.version}"),
+                    "contract": Input(type=AssetTypes.URI_FILE, path=contract),
+                },
+                settings=PipelineJobSettings(default_compute=self.compute),
+            )
+            try:
+                created = self._client.jobs.create_or_update(job)
+            except ResourceExistsError:
+                # Another delivery created it between our get and our create: theirs is ours.
+                created = self._client.jobs.get(name)
+        return self._run(created)
+
+    def _component(self) -> str:
+        """The ARM id of the pipeline component's latest version (the deploy hook publishes it)."""
+        try:
+            component = self._client.components.get(self.pipeline_component, label="latest")
+        except (ResourceNotFoundError, ValidationException) as exc:
+            # No version at all: a 404 for the name, or (for label="latest") an empty list.
+            raise WorkspaceError(
+                f"pipeline component {self.pipeline_component!r} is not registered in the workspace; "
+                "publish it with infra/hooks/publish_pipeline.py (azd deploy runs it)."
+            ) from exc
+        return str(component.id)
+
+    def _upload_contract(self) -> str:
+        data = self._contract.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        blob = f"{CONTRACTS_PREFIX}/{digest}/{self._contract.name}"
+        self._blobs.upload(self.datasets_container, blob, data)
+        return self._datastore_uri(blob)
+
+    def _run(self, job: Any) -> PipelineRun:
+        return PipelineRun(name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status))
+
+    def run_status(self, job: str) -> RunStatus:
+        with _translated(f"status of job {job}"):
+            found = self._client.jobs.get(job)
+            state = run_state(found.status)
+            if state is not RunState.FAILED:
+                return RunStatus(name=job, state=state, log=found.studio_url)
+            return self._failure(found)
+
+    def _failure(self, job: Any) -> RunStatus:
+        """The failed step of a failed pipeline job, its error and where to read its log."""
+        failed = [
+            child for child in self._client.jobs.list(parent_job_name=job.name)
+            if child is not None and run_state(child.status) is RunState.FAILED
+        ]
+        step = failed[0] if failed else None
+        run_id = str(step.name) if step else str(job.name)
+        error = self._run_error(run_id)
+        log_url = (step.studio_url if step else None) or job.studio_url
+        return RunStatus(
+            name=str(job.name),
+            state=RunState.FAILED,
+            failed_step=str(step.display_name or step.name) if step else None,
+            error=error,
+            log=log_url,
+        )
+
+    def _run_error(self, run_id: str) -> str | None:
+        # azure-ai-ml's public Job entities carry no error; its run-history client (the one
+        # `jobs.stream` prints failures from) does. Without it the run still reads as failed.
+        try:
+            details = self._client.jobs._runs_operations.get_run_details(run_id)
+        except (AzureError, AttributeError) as exc:
+            log_event(log, logging.WARNING, "workspace.run_error_unavailable", run=run_id, reason=_reason(exc))
+            return None
+        error = getattr(getattr(details, "error", None), "error", None)
+        message = getattr(error, "message", None)
+        return _one_line(message, 500) if message else None
+
+    def run_metrics(self, job: str) -> Metrics:
+        with tempfile.TemporaryDirectory(prefix="autoretrain-metrics-") as tmp:
+            with _translated(f"download metrics of job {job}"):
+                self._client.jobs.download(job, download_path=tmp, output_name="metrics")
+            folder = Path(tmp) / "named-outputs" / "metrics"
+            path = folder / "metrics.json"
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                return Metrics(
+                    values={k: float(v) for k, v in raw["metrics"].items()},
+                    primary=raw["primary_metric"],
+                    greater_is_better=bool(raw.get("greater_is_better", True)),
+                )
+            except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise WorkspaceError(
+                    f"job {job}: its metrics output has no readable metrics.json ({_one_line(exc)})."
+                ) from exc
+
+    # -- models --------------------------------------------------------------------------------
+
+    def _versions(self) -> list[Any]:
+        try:
+            return list(self._client.models.list(name=self.model_name))
+        except ResourceNotFoundError:
+            return []
+
+    def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
+        action = f"register model {self.model_name} for {key} (job {job})"
+        with _translated(action):
+            existing = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
+            if existing:
+                return self._model(min(existing, key=_version_number))
+            model = Model(
+                name=self.model_name,
+                path=f"azureml://jobs/{job}/outputs/model",
+                type=AssetTypes.MLFLOW_MODEL,
+                description=f"Trained by {job}",
+                tags={name: repr(value) for name, value in metrics.values.items()},
+                properties={**lineage, WORK_KEY_PROPERTY: key.value, METRICS_PROPERTY: metrics.to_json()},
+            )
+            return self._model(self._client.models.create_or_update(model))
+
+    def _model(self, model: Any) -> ModelVersion:
+        properties = dict(model.properties or {})
+        try:
+            metrics = Metrics.from_json(properties.pop(METRICS_PROPERTY))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise WorkspaceError(
+                f"model {model.name}:{model.version} has no {METRICS_PROPERTY!r} property; "
+                "it was not registered by autoretrain."
+            ) from exc
+        lineage = {k: str(v) for k, v in properties.items() if not k.startswith("azureml.")}
+        return ModelVersion(
+            name=str(model.name),
+            version=str(model.version),
+            job=lineage.get("job", ""),
+            metrics=metrics,
+            properties=lineage,
+            champion=_is_champion(model),
+        )
+
+    def champion(self) -> ModelVersion | None:
+        with _translated(f"find the champion of model {self.model_name}"):
+            champions = [m for m in self._versions() if _is_champion(m)]
+        # promote() tags the new champion before it untags the old one: if it died in between,
+        # two carry the tag and the newer one is the champion.
+        return self._model(max(champions, key=_version_number)) if champions else None
+
+    def promote(self, model: ModelVersion) -> ModelVersion:
+        with _translated(f"promote model {model.name}:{model.version}"):
+            promoted = self._retag(model.version, lambda tags: {**tags, CHAMPION_TAG: "true"})
+            for other in self._versions():
+                if _is_champion(other) and str(other.version) != model.version:
+                    self._retag(str(other.version), _without_champion)
+        return self._model(promoted)
+
+    def _retag(self, version: str, change: Callable[[dict[str, str]], dict[str, str]]) -> Any:
+        # Tags are the one mutable part of a model version: the same version and path again
+        # with other tags is an update.
+        current = self._client.models.get(self.model_name, version=version)
+        current.tags = change(dict(current.tags or {}))
+        return self._client.models.create_or_update(current)
+
+
+def _is_champion(model: Any) -> bool:
+    return str((model.tags or {}).get(CHAMPION_TAG, "")).lower() == "true"
+
+
+def _without_champion(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k != CHAMPION_TAG}
+
+
+def _version_number(model: Any) -> int:
+    try:
+        return int(model.version)
+    except (TypeError, ValueError):
+        return -1

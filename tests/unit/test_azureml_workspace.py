@@ -1,0 +1,651 @@
+"""The Azure ML adapter on the real azure-ai-ml SDK, offline: the only fake is the HTTP edge.
+
+`FakeAzureML` answers the REST calls the SDK makes (ARM, workspace discovery, run history) with
+bodies shaped like the service's, keeps what was created, and records every request, so the
+tests assert on the bodies the SDK really sends. It is mounted under azure-core's
+`RequestsTransport`, the transport MLClient is given; the retry policy and error mapping above it
+are the SDK's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from fakes import FakeBlobStore, FakeLedger
+from requests.adapters import BaseAdapter
+from urllib3 import HTTPResponse
+
+from autoretrain.bootstrap import bootstrap
+from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, Metrics, RunState, WorkKey
+from autoretrain.errors import WorkspaceError
+from autoretrain.settings import Settings, WorkspaceKind
+
+azure_ml = pytest.importorskip("azure.ai.ml")
+from azure.ai.ml import MLClient  # noqa: E402
+from azure.core.credentials import AccessToken  # noqa: E402
+from azure.core.pipeline.transport import RequestsTransport  # noqa: E402
+
+from autoretrain.workspace.azureml import (  # noqa: E402
+    CHAMPION_TAG,
+    METRICS_PROPERTY,
+    WORK_KEY_PROPERTY,
+    AzureMLWorkspace,
+    run_state,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SUB, RG, WS = "00000000-1111-2222-3333-444444444444", "rg-autoretrain", "mlw-autoretrain"
+WS_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/{WS}"
+ARM = "https://management.azure.com"
+API = "https://westeurope.api.azureml.ms"
+DATASTORE, COMPUTE, COMPONENT = "autoretrain_datasets", "cpu-cluster", "autoretrain_pipeline"
+COMPONENT_VERSION = "0123456789abcdef"
+SOURCE = BlobRef("incoming", "2026/march.csv", '"0x8DC0FFEE"')
+KEY = WorkKey.for_blob(SOURCE)
+SNAPSHOT = BlobRef("datasets", f"{KEY}/{SOURCE.name}", "0x8DSNAP")
+LINEAGE = {"blob": SOURCE.path, "etag": SOURCE.etag, "work_key": KEY.value, "event_id": "ev-1"}
+METRICS = Metrics({"f1_macro": 0.91, "accuracy": 0.93}, primary="f1_macro")
+
+
+# -- the fake service ----------------------------------------------------------------------------
+
+
+def _jwt(claims: dict[str, str]) -> str:
+    def part(data: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+class FakeCredential:
+    """A token credential whose tokens are JWT-shaped: pipeline submission decodes `aud`."""
+
+    def get_token(self, *scopes: str, **_: Any) -> AccessToken:
+        audience = scopes[0].removesuffix("/.default") if scopes else ARM
+        token = _jwt({"aud": audience, "tid": "tenant-1", "oid": "function-identity"})
+        return AccessToken(token, int(time.time()) + 3600)
+
+
+@dataclass
+class Sent:
+    method: str
+    url: str
+    body: Any
+
+    @property
+    def path(self) -> str:
+        return self.url.split("?", 1)[0]
+
+
+Answer = tuple[int, Any] | tuple[int, Any, dict[str, str]]
+SYSTEM = {"createdAt": "2026-11-25T12:00:00Z", "createdBy": "function-identity", "createdByType": "Application"}
+
+
+@dataclass
+class FakeAzureML(BaseAdapter):
+    """Azure ML's REST API, as much of it as the adapter touches, kept in dicts."""
+
+    sent: list[Sent] = field(default_factory=list)
+    data: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    children: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    run_errors: dict[str, str] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Canned answers that go first, per (method, path regex): to inject 409, 429, 503... They carry
+    # Retry-After 0.01: azure-core reads 0 as "none given" and backs off for seconds instead.
+    queued: list[tuple[str, str, Answer]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # requests' adapter interface
+    def send(self, request: requests.PreparedRequest, **_: Any) -> requests.Response:  # type: ignore[override]
+        raw = request.body.decode() if isinstance(request.body, bytes) else request.body
+        body = json.loads(raw) if raw else None
+        sent = Sent(str(request.method), str(request.url), body)
+        self.sent.append(sent)
+        answer = self._answer(sent)
+        status, payload, headers = (*answer, {}) if len(answer) == 2 else answer  # type: ignore[misc]
+        content = json.dumps(payload).encode() if payload is not None else b""
+        response = requests.Response()
+        response.status_code = status
+        response.headers.update({"Content-Type": "application/json", "x-ms-request-id": "req-1", **headers})
+        response.raw = HTTPResponse(body=io.BytesIO(content), status=status, preload_content=False)
+        response._content = content
+        response.url = sent.url
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+    def requests_to(self, method: str, pattern: str) -> list[Sent]:
+        return [s for s in self.sent if s.method == method and re.search(pattern, s.path)]
+
+    def _answer(self, sent: Sent) -> Answer:
+        for i, (method, pattern, answer) in enumerate(self.queued):
+            if method == sent.method and re.search(pattern, sent.path):
+                del self.queued[i]
+                return answer
+        for method, pattern, handler in self._routes():
+            match = re.fullmatch(pattern, sent.path)
+            if method == sent.method and match:
+                return handler(sent, *match.groups())
+        return 400, _error("UnexpectedRequest", f"the fake service has no route for {sent.method} {sent.path}")
+
+    def _routes(self) -> list[tuple[str, str, Callable[..., Answer]]]:
+        ws = re.escape(ARM + WS_ID)
+        history = re.escape(f"{API}/history/v1.0{WS_ID}")
+        return [
+            ("GET", ws, self._workspace),
+            ("GET", re.escape(API) + "/discovery", lambda _s: (200, {"api": API, "history": API})),
+            ("PUT", ws + r"/data/([^/]+)/versions/([^/]+)", self._put_data),
+            ("GET", ws + r"/components/([^/]+)/versions", self._list_components),
+            ("GET", ws + r"/jobs/([^/]+)", self._get_job),
+            ("PUT", ws + r"/jobs/([^/]+)", self._put_job),
+            ("GET", history + r"/runs/([^/]+)/children", self._children),
+            ("GET", history + r"/runs/([^/]+)/details", self._details),
+            ("GET", ws + r"/models/([^/]+)", self._model_container),
+            ("GET", ws + r"/models/([^/]+)/versions", self._list_models),
+            ("GET", ws + r"/models/([^/]+)/versions/([^/]+)", self._get_model),
+            ("PUT", ws + r"/models/([^/]+)/versions/([^/]+)", self._put_model),
+        ]
+
+    def _workspace(self, _sent: Sent) -> Answer:
+        return 200, {
+            "id": WS_ID, "name": WS, "location": "westeurope",
+            "properties": {"discoveryUrl": f"{API}/discovery", "workspaceId": "ws-guid"},
+        }
+
+    def _put_data(self, sent: Sent, name: str, version: str) -> Answer:
+        previous = self.data.get((name, version))
+        if previous and previous["properties"]["dataUri"] != sent.body["properties"]["dataUri"]:
+            return 400, _error("UserError", "Asset paths cannot be updated.")
+        self.data[(name, version)] = {
+            "id": f"{WS_ID}/data/{name}/versions/{version}", "name": version,
+            "properties": sent.body["properties"], "systemData": SYSTEM,
+        }
+        return (200 if previous else 201), self.data[(name, version)]
+
+    def _list_components(self, _sent: Sent, name: str) -> Answer:
+        if name != COMPONENT:
+            return 200, {"value": []}
+        pipeline = yaml.safe_load((ROOT / "ml" / "pipeline.yml").read_text())
+        spec = {
+            "name": COMPONENT, "version": COMPONENT_VERSION, "type": "pipeline",
+            "display_name": pipeline["display_name"],
+            "inputs": {n: {"type": i["type"]} for n, i in pipeline["inputs"].items()},
+            "outputs": {n: {"type": o["type"]} for n, o in pipeline["outputs"].items()},
+            "jobs": {},
+        }
+        return 200, {"value": [{
+            "id": f"{WS_ID}/components/{COMPONENT}/versions/{COMPONENT_VERSION}", "name": COMPONENT_VERSION,
+            "properties": {"componentSpec": spec, "isAnonymous": False, "isArchived": False}, "systemData": SYSTEM,
+        }]}
+
+    def _get_job(self, _sent: Sent, name: str) -> Answer:
+        if name not in self.jobs:
+            return 404, _error("UserError", f"Could not find job {name}.")
+        return 200, self.jobs[name]
+
+    def _put_job(self, sent: Sent, name: str) -> Answer:
+        if name in self.jobs:
+            return 409, _error("UserError", "A job with this name already exists.")
+        properties = {**sent.body["properties"], "status": "NotStarted", "services": {
+            "Studio": {"jobServiceType": "Studio", "endpoint": f"https://ml.azure.com/runs/{name}?wsid={WS_ID}"},
+        }}
+        self.jobs[name] = {"id": f"{WS_ID}/jobs/{name}", "name": name, "properties": properties, "systemData": SYSTEM}
+        return 201, self.jobs[name]
+
+    def finish(self, name: str, status: str) -> None:
+        self.jobs[name]["properties"]["status"] = status
+
+    def _children(self, _sent: Sent, run_id: str) -> Answer:
+        return 200, {"value": self.children.get(run_id, []), "continuationToken": None}
+
+    def _details(self, _sent: Sent, run_id: str) -> Answer:
+        error = self.run_errors.get(run_id)
+        details: dict[str, Any] = {"runId": run_id, "status": "Failed" if error else "Completed"}
+        if error:
+            details["error"] = {"error": {"code": "UserError", "message": error}}
+        return 200, details
+
+    def _versions_of(self, name: str) -> list[dict[str, Any]]:
+        return [m for key, m in sorted(self.models.items(), key=lambda kv: int(kv[0])) if m["_name"] == name]
+
+    def _model_container(self, _sent: Sent, name: str) -> Answer:
+        versions = self._versions_of(name)
+        if not versions:
+            return 404, _error("UserError", f"Could not find model container {name}.")
+        return 200, {"id": f"{WS_ID}/models/{name}", "name": name,
+                     "properties": {"latestVersion": str(len(versions)), "nextVersion": str(len(versions) + 1)}}
+
+    def _public(self, model: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in model.items() if k != "_name"}
+
+    def _list_models(self, _sent: Sent, name: str) -> Answer:
+        return 200, {"value": [self._public(m) for m in reversed(self._versions_of(name))]}
+
+    def _get_model(self, _sent: Sent, name: str, version: str) -> Answer:
+        model = self.models.get(version)
+        if model is None or model["_name"] != name:
+            return 404, _error("UserError", f"Could not find model {name}:{version}.")
+        return 200, self._public(model)
+
+    def _put_model(self, sent: Sent, name: str, version: str) -> Answer:
+        properties = dict(sent.body["properties"])
+        previous = self.models.get(version)
+        if previous and previous["properties"]["modelUri"] != properties["modelUri"]:
+            return 400, _error("UserError", "Asset paths cannot be updated.")
+        if previous is None and properties["modelUri"].startswith("azureml://jobs/"):
+            # The service resolves a job output to where the job wrote it.
+            job = properties["modelUri"].split("/")[3]
+            properties["modelUri"] = (
+                f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/"
+                f"workspaceblobstore/paths/azureml/{job}/model/"
+            )
+            properties["jobName"] = job
+        properties.setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.sklearn"}}})
+        self.models[version] = {
+            "_name": name, "id": f"{WS_ID}/models/{name}/versions/{version}", "name": version,
+            "properties": properties, "systemData": SYSTEM,
+        }
+        return (200 if previous else 201), self._public(self.models[version])
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client_and_service() -> tuple[MLClient, FakeAzureML]:
+    """One MLClient per module (building one costs little; importing azure-ai-ml costs ~2 s)."""
+    service = FakeAzureML()
+    session = requests.Session()
+    session.mount("https://", service)
+    client = MLClient(FakeCredential(), SUB, RG, WS, transport=RequestsTransport(session=session, session_owner=False))
+    return client, service
+
+
+@pytest.fixture
+def service(client_and_service: tuple[MLClient, FakeAzureML]) -> Iterator[FakeAzureML]:
+    _, fake = client_and_service
+    yield fake
+    fake.sent.clear()
+    fake.data.clear()
+    fake.jobs.clear()
+    fake.children.clear()
+    fake.run_errors.clear()
+    fake.models.clear()
+    fake.queued.clear()
+
+
+@pytest.fixture
+def blobs() -> FakeBlobStore:
+    return FakeBlobStore()
+
+
+@pytest.fixture
+def workspace(client_and_service: tuple[MLClient, FakeAzureML], blobs: FakeBlobStore) -> AzureMLWorkspace:
+    client, _ = client_and_service
+    return AzureMLWorkspace(
+        client, blobs=blobs, datastore=DATASTORE, datasets_container="datasets", compute=COMPUTE,
+        contract=ROOT / "ml" / "contract.yaml", experiment="autoretrain", data_asset="autoretrain-data",
+        model_name="autoretrain-model", pipeline_component=COMPONENT,
+    )
+
+
+def data_version() -> DataVersion:
+    return DataVersion("autoretrain-data", KEY.value, f"azureml://datastores/{DATASTORE}/paths/{SNAPSHOT.name}")
+
+
+TAGS = {RUN_TAG: KEY.value, "blob": SOURCE.path, "etag": SOURCE.etag}
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+class TestRegisterData:
+    def test_puts_the_snapshot_as_a_data_version_named_by_the_work_key(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """One PUT of data version = work key, pointing at the snapshot's path on our datastore."""
+        data = workspace.register_data(SNAPSHOT, KEY, LINEAGE)
+
+        assert data == data_version()
+        [put] = service.sent
+        assert (put.method, put.path) == ("PUT", f"{ARM}{WS_ID}/data/autoretrain-data/versions/{KEY}")
+        assert put.body["properties"]["dataUri"] == f"azureml://datastores/{DATASTORE}/paths/{KEY}/2026/march.csv"
+        assert put.body["properties"]["dataType"] == "uri_file"
+        assert put.body["properties"]["tags"] == LINEAGE
+        assert put.body["properties"]["properties"] == LINEAGE
+
+    def test_same_key_again_sends_the_same_body(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
+        """A retry is the same PUT, which the service takes as an update that changes nothing."""
+        assert workspace.register_data(SNAPSHOT, KEY, LINEAGE) == workspace.register_data(SNAPSHOT, KEY, LINEAGE)
+
+        first, second = service.requests_to("PUT", "/data/")
+        assert first.url == second.url and first.body == second.body
+
+    def test_a_version_with_another_path_is_a_one_line_workspace_error(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The service refuses to move an existing version; the error names the key and the path."""
+        workspace.register_data(SNAPSHOT, KEY, LINEAGE)
+        moved = BlobRef("datasets", f"{KEY}/other.csv", "0x1")
+
+        with pytest.raises(WorkspaceError) as caught:
+            workspace.register_data(moved, KEY, LINEAGE)
+
+        message = str(caught.value)
+        assert "\n" not in message
+        assert f"autoretrain-data:{KEY}" in message and "other.csv" in message
+        assert "Asset paths cannot be updated" in message
+
+    def test_a_blob_outside_the_datastore_container_is_refused(self, workspace: AzureMLWorkspace,
+                                                               service: FakeAzureML) -> None:
+        """Only the container the datastore reads can be registered; nothing is sent."""
+        with pytest.raises(WorkspaceError, match=re.escape(SOURCE.path)):
+            workspace.register_data(SOURCE, KEY, LINEAGE)
+        assert service.sent == []
+
+
+class TestSubmit:
+    def test_creates_the_pipeline_job_from_the_registered_component(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
+    ) -> None:
+        """One PUT of job key.job_name: our tags, the data version and contract bound, compute set."""
+        run = workspace.submit(data_version(), KEY, TAGS)
+
+        assert (run.name, run.experiment, run.status) == (KEY.job_name, "autoretrain", RunState.QUEUED)
+        [put] = service.requests_to("PUT", "/jobs/")
+        assert put.path == f"{ARM}{WS_ID}/jobs/{KEY.job_name}"
+        job = put.body["properties"]
+        assert job["jobType"] == "Pipeline"
+        assert job["componentId"] == f"{WS_ID}/components/{COMPONENT}/versions/{COMPONENT_VERSION}"
+        assert job["experimentName"] == "autoretrain"
+        assert job["tags"] == TAGS
+        assert job["settings"]["default_compute"] == f"{WS_ID}/computes/{COMPUTE}"
+        [(contract_name, _)] = [(n, b) for (c, n), b in blobs.blobs.items() if c == "datasets"]
+        assert job["inputs"] == {
+            "data": {"jobInputType": "uri_file", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
+            "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
+        }
+
+    def test_uploads_the_contract_content_addressed_to_the_datastore_container(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
+    ) -> None:
+        """The contract the job reads is the app's, byte for byte, under a name its digest fixes."""
+        workspace.submit(data_version(), KEY, TAGS)
+
+        [((container, name), (_, content, _))] = blobs.blobs.items()
+        assert container == "datasets"
+        assert re.fullmatch(r"contracts/[0-9a-f]{16}/contract\.yaml", name)
+        assert content == (ROOT / "ml" / "contract.yaml").read_bytes()
+
+    def test_second_submit_of_an_existing_job_sends_no_put(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The job name is the key: a resubmit finds the job and creates nothing."""
+        first = workspace.submit(data_version(), KEY, TAGS)
+        # Preparing (not NotStarted, not the fallback) shows the status is read from the SDK's entity.
+        service.finish(KEY.job_name, "Preparing")
+        service.sent.clear()
+
+        second = workspace.submit(data_version(), KEY, TAGS)
+
+        assert (second.name, second.experiment, second.status) == (first.name, first.experiment, RunState.QUEUED)
+        assert [(s.method, s.path) for s in service.sent] == [("GET", f"{ARM}{WS_ID}/jobs/{KEY.job_name}")]
+
+    def test_a_409_on_create_returns_the_job_another_delivery_created(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """Lost race: the PUT says the name exists, so the adapter reads and returns that job."""
+        theirs = {"id": f"{WS_ID}/jobs/{KEY.job_name}", "name": KEY.job_name, "systemData": SYSTEM,
+                  "properties": {"jobType": "Pipeline", "status": "Queued", "experimentName": "autoretrain",
+                                 "componentId": f"{WS_ID}/components/{COMPONENT}/versions/{COMPONENT_VERSION}",
+                                 "jobs": {}, "inputs": {}, "outputs": {}, "settings": {}, "tags": TAGS}}
+        service.queued.append(("PUT", "/jobs/", (409, _error("UserError", "A job with this name already exists."))))
+        service.queued.append(("GET", "/jobs/", (404, _error("UserError", "not found"))))
+        service.jobs[KEY.job_name] = theirs  # what the GET after the 409 finds
+
+        run = workspace.submit(data_version(), KEY, TAGS)
+
+        assert run.status is RunState.QUEUED
+        assert [s.method for s in service.requests_to("PUT", "/jobs/")] == ["PUT"]
+        assert len(service.requests_to("GET", f"/jobs/{KEY.job_name}$")) == 2
+
+    def test_a_missing_pipeline_component_says_how_to_publish_it(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """No registered component: one line naming it and the hook that publishes it; no job PUT."""
+        service.queued.append(("GET", "/components/", (200, {"value": []})))
+
+        with pytest.raises(WorkspaceError) as caught:
+            workspace.submit(data_version(), KEY, TAGS)
+
+        assert "autoretrain_pipeline" in str(caught.value) and "publish_pipeline.py" in str(caught.value)
+        assert service.requests_to("PUT", "/jobs/") == []
+
+    def test_a_429_is_retried_by_the_sdk_retry_policy(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
+        """Throttled once, the SDK's own retry policy sends the PUT again and it succeeds."""
+        service.queued.append(("PUT", "/jobs/", (429, _error("TooManyRequests", "slow down"), {"Retry-After": "0.01"})))
+
+        run = workspace.submit(data_version(), KEY, TAGS)
+
+        assert run.name == KEY.job_name
+        first, second = service.requests_to("PUT", "/jobs/")
+        assert first.body == second.body
+
+    def test_throttling_that_persists_is_a_workspace_error_that_says_it_is_retried(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """When the SDK's retries run out the error propagates (Event Grid retries the event)."""
+        busy = (503, _error("ServiceUnavailable", "busy"), {"Retry-After": "0.01"})
+        service.queued.extend([("GET", "/jobs/", busy)] * 4)
+
+        with pytest.raises(WorkspaceError) as caught:
+            workspace.submit(data_version(), KEY, TAGS)
+
+        assert str(caught.value) == (
+            f"submit {KEY.job_name} failed: HTTP 503: busy; Azure ML is throttling or unavailable; the event is retried"
+        )
+        assert len(service.requests_to("GET", "/jobs/")) == 4
+
+
+class TestRunStatus:
+    def test_maps_azure_ml_statuses_to_run_states(self) -> None:
+        """Every documented status has a state; unknown ones count as running, never as finished."""
+        assert {s: run_state(s) for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")} == {
+            s: RunState.QUEUED for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")
+        }
+        assert {run_state(s) for s in ("Running", "Finalizing", "CancelRequested", "NotResponding", "Paused")} == {
+            RunState.RUNNING
+        }
+        assert (run_state("Completed"), run_state("Failed"), run_state("Canceled")) == (
+            RunState.COMPLETED, RunState.FAILED, RunState.CANCELED,
+        )
+        assert run_state("SomethingNew") is RunState.RUNNING
+
+    def test_a_completed_job(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
+        """Completed, with the studio link as the place to look."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.finish(KEY.job_name, "Completed")
+
+        status = workspace.run_status(KEY.job_name)
+
+        assert (status.name, status.state, status.failed_step, status.error) == (
+            KEY.job_name, RunState.COMPLETED, None, None,
+        )
+        assert status.log is not None and status.log.startswith(f"https://ml.azure.com/runs/{KEY.job_name}")
+
+    def test_a_failed_job_names_the_failed_step_and_its_error(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The failed child step (run history) gives the step name, its one-line error and its link."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.finish(KEY.job_name, "Failed")
+        step = "f0e1d2c3-prep-run"
+        service.children[KEY.job_name] = [
+            {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
+             "properties": {"azureml.nodeid": "prep"}, "tags": {}},
+            {"runId": "f0e1d2c3-train-run", "displayName": "train", "status": "Canceled", "experimentId": "exp-1",
+             "properties": {}, "tags": {}},
+        ]
+        service.run_errors[step] = "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'"
+
+        status = workspace.run_status(KEY.job_name)
+
+        assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
+        assert status.error == "Execution failed. User process 'python' exited with status code 2: column 'price'"
+        assert status.log is not None and step in status.log
+        assert service.requests_to("GET", f"/runs/{KEY.job_name}/children$")
+        assert service.requests_to("GET", f"/runs/{step}/details$")
+
+    def test_an_unknown_job_is_a_one_line_workspace_error(self, workspace: AzureMLWorkspace,
+                                                          service: FakeAzureML) -> None:
+        """A 404 names the job."""
+        with pytest.raises(WorkspaceError) as caught:
+            workspace.run_status("autoretrain-000000000000000000000000")
+
+        assert str(caught.value) == (
+            "status of job autoretrain-000000000000000000000000 failed: HTTP 404: "
+            "Could not find job autoretrain-000000000000000000000000."
+        )
+
+
+class TestModels:
+    def register(self, workspace: AzureMLWorkspace, key: WorkKey = KEY, metrics: Metrics = METRICS) -> Any:
+        lineage = {**LINEAGE, "work_key": key.value, "job": key.job_name, "data_version": f"autoretrain-data:{key}"}
+        return workspace.register_model(key.job_name, key, metrics, lineage)
+
+    def test_registers_the_job_model_output_with_metrics_as_tags_and_lineage_as_properties(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """One PUT: mlflow_model from azureml://jobs/JOB/outputs/model, tags = metrics, properties = lineage."""
+        model = self.register(workspace)
+
+        assert (model.name, model.version, model.job, model.metrics, model.champion) == (
+            "autoretrain-model", "1", KEY.job_name, METRICS, False,
+        )
+        [put] = service.requests_to("PUT", "/models/")
+        assert put.path == f"{ARM}{WS_ID}/models/autoretrain-model/versions/1"
+        body = put.body["properties"]
+        assert body["modelUri"] == f"azureml://jobs/{KEY.job_name}/outputs/model"
+        assert body["modelType"] == "mlflow_model"
+        assert body["tags"] == {"f1_macro": "0.91", "accuracy": "0.93"}
+        assert body["properties"] == {
+            **LINEAGE, "job": KEY.job_name, "data_version": f"autoretrain-data:{KEY}",
+            WORK_KEY_PROPERTY: KEY.value, METRICS_PROPERTY: METRICS.to_json(),
+        }
+        assert model.properties == {**LINEAGE, "job": KEY.job_name, "data_version": f"autoretrain-data:{KEY}"}
+
+    def test_registering_the_same_key_again_returns_the_first_version(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """Found by its work_key property: no second PUT, the same version."""
+        first = self.register(workspace)
+        second = self.register(workspace)
+
+        assert second == first
+        assert len(service.requests_to("PUT", "/models/")) == 1
+
+    def test_a_new_key_gets_the_next_version(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
+        """The service numbers model versions; the second key is version 2."""
+        self.register(workspace)
+        other = WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2"))
+
+        assert self.register(workspace, other).version == "2"
+
+    def test_promote_tags_the_new_champion_then_untags_the_old(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """Exactly one version carries champion=true afterwards; the metrics tags stay."""
+        first = workspace.promote(self.register(workspace))
+        better = Metrics({"f1_macro": 0.95, "accuracy": 0.96}, primary="f1_macro")
+        second = self.register(workspace, WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2")), better)
+        service.sent.clear()
+
+        promoted = workspace.promote(second)
+
+        assert (first.champion, promoted.champion, promoted.version) == (True, True, "2")
+        assert workspace.champion() == promoted
+        tags = {v: m["properties"]["tags"] for v, m in service.models.items()}
+        assert tags == {"1": {"f1_macro": "0.91", "accuracy": "0.93"},
+                        "2": {"f1_macro": "0.95", "accuracy": "0.96", CHAMPION_TAG: "true"}}
+        puts = [s.path.rsplit("/", 1)[1] for s in service.requests_to("PUT", "/models/")]
+        assert puts == ["2", "1"]
+
+    def test_champion_is_the_newest_tagged_version_after_a_half_done_promote(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """A crash between tagging and untagging leaves two tagged; the newer one is the champion."""
+        workspace.promote(self.register(workspace))
+        newer = self.register(workspace, WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2")))
+        service.models[newer.version]["properties"]["tags"][CHAMPION_TAG] = "true"
+
+        champion = workspace.champion()
+
+        assert champion is not None and champion.version == "2"
+
+    def test_no_models_means_no_champion(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
+        """An empty registry has no champion."""
+        assert workspace.champion() is None
+
+
+class TestBootstrap:
+    def test_azureml_settings_build_the_azure_ml_adapter_without_network(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bootstrap wires AzureMLWorkspace from settings; building the client sends nothing."""
+        def no_network(*_: Any, **__: Any) -> Any:
+            raise AssertionError("bootstrap must not reach the network")
+
+        monkeypatch.setattr(requests.Session, "send", no_network)
+        settings = Settings(
+            workspace=WorkspaceKind.AZUREML, home=tmp_path, storage_connection=None,
+            blob_service_uri="https://st.blob.core.windows.net", table_service_uri="https://st.table.core.windows.net",
+            storage_topic="/subscriptions/s/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/st",
+            azureml_subscription_id=SUB, azureml_resource_group=RG, azureml_workspace=WS,
+            azureml_datastore=DATASTORE, azureml_compute=COMPUTE,
+            azure_client_id="11111111-2222-3333-4444-555555555555",
+        )
+
+        deps = bootstrap(settings, ledger=FakeLedger(), blobs=FakeBlobStore())
+
+        assert isinstance(deps.workspace, AzureMLWorkspace)
+        assert (deps.workspace.datastore, deps.workspace.compute, deps.workspace.pipeline_component) == (
+            DATASTORE, COMPUTE, "autoretrain_pipeline",
+        )
+
+
+class TestRunMetrics:
+    def test_a_job_that_has_not_finished_has_no_metrics(self, workspace: AzureMLWorkspace,
+                                                         service: FakeAzureML) -> None:
+        """The SDK refuses to download outputs of a running job; the error is one line naming the job."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.finish(KEY.job_name, "Running")
+
+        with pytest.raises(WorkspaceError) as caught:
+            workspace.run_metrics(KEY.job_name)
+
+        message = str(caught.value)
+        assert message.startswith(f"download metrics of job {KEY.job_name} failed: This job is in state ")
+        assert "\n" not in message
