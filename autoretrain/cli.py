@@ -84,12 +84,12 @@ def _azurite(settings: Settings):  # type: ignore[no-untyped-def]
 
 def _wait_for_ctrl_c() -> None:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    # Both set explicitly: a shell starts background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
         pass
+    log.info("Stopping: waiting for running functions and jobs to finish")
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
