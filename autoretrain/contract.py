@@ -25,10 +25,21 @@ from typing import Any
 
 from autoretrain.errors import ConfigError, ContractError
 
-__all__ = ["FEATURE_TYPES", "HEAD_BYTES", "TASKS", "Contract", "check_head", "check_name", "load_contract"]
+__all__ = ["FEATURE_TYPES", "HEAD_BYTES", "METRICS", "TASKS", "Contract", "check_head", "check_name", "load_contract"]
 
 FEATURE_TYPES = ("float", "int", "category")
 TASKS = ("classification", "regression")
+# The metrics evaluate writes, per task, and whether greater is better. The pipeline's own copy is
+# ml/src/contract.py (uploaded alone to Azure ML, so it cannot import this package); a test holds
+# the two to the same rules.
+METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType(
+    {
+        "classification": MappingProxyType(
+            {"accuracy": True, "f1_macro": True, "precision_macro": True, "recall_macro": True}
+        ),
+        "regression": MappingProxyType({"r2": True, "rmse": False, "mae": False}),
+    }
+)
 HEAD_BYTES = 256 * 1024
 HEAD_ROWS = 1000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -70,14 +81,17 @@ def load_contract(path: Path) -> Contract:
         raise ConfigError(f"{where}: 'target' must be a column name.")
     if task not in TASKS:
         raise ConfigError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}.")
-    if not isinstance(metric, str) or not metric:
-        raise ConfigError(f"{where}: 'primary_metric' must name a metric that evaluate writes.")
+    if metric not in METRICS[task]:
+        raise ConfigError(
+            f"{where}: primary_metric {metric!r} is not written for {task}; use one of {', '.join(METRICS[task])}."
+        )
     if not isinstance(features, Mapping) or not features:
         raise ConfigError(f"{where}: 'features' must map at least one column name to a type.")
     for name, kind in features.items():
         if kind not in FEATURE_TYPES:
             raise ConfigError(
-                f"{where}: feature {name!r} has type {kind!r}; use {', '.join(FEATURE_TYPES)}."
+                f"{where}: feature {name!r} has type {kind!r}; use {', '.join(FEATURE_TYPES[:-1])} "
+                f"or {FEATURE_TYPES[-1]}."
             )
     if target in features:
         raise ConfigError(f"{where}: the target {target!r} is also listed as a feature; remove it there.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ class TestLoadContract:
             ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {a: text}\n", "feature 'a' has type 'text'"),
             ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {y: float}\n", "also listed as a feature"),
             ("target: [y\n", "not valid YAML"),
+            ("target: y\ntask: regression\nprimary_metric: f1_macro\nfeatures: {a: float}\n", "is not written for"),
         ],
     )
     def test_bad_contract_names_the_problem(self, tmp_path: Path, text: str, message: str) -> None:
@@ -87,3 +89,54 @@ class TestCheckHead:
         with pytest.raises(ContractError, match="11 bytes is over the contract's limit of 10"):
             check_name("a.csv", 11, small)
         check_name("A.CSV", 10, small)
+
+
+def _pipeline_contract_module() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_contract", ROOT / "ml" / "src" / "contract.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "target: y\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: category}\n",
+        "target: y\ntask: regression\nprimary_metric: rmse\nfeatures: {a: int}\n",
+        "target: y\ntask: regression\nprimary_metric: f1_macro\nfeatures: {a: float}\n",
+        "target: y\ntask: classification\nprimary_metric: auc\nfeatures: {a: float}\n",
+        "target: y\ntask: clustering\nprimary_metric: r2\nfeatures: {a: float}\n",
+        "target: y\ntask: regression\nprimary_metric: r2\nfeatures: {a: text}\n",
+        "target: y\ntask: regression\nprimary_metric: r2\nfeatures: {y: float}\n",
+        "target: y\ntask: regression\nprimary_metric: r2\nfeatures: {}\n",
+        "task: regression\nprimary_metric: r2\nfeatures: {a: float}\n",
+    ],
+)
+def test_ingest_and_the_pipeline_judge_a_contract_alike(tmp_path: Path, text: str) -> None:
+    """A contract ingest accepts is one prep accepts, and the reverse: same rules, same message."""
+    pipeline = _pipeline_contract_module()
+    path = write(tmp_path, text)
+    ours: str | None = None
+    theirs: str | None = None
+    try:
+        load_contract(path)
+    except ConfigError as exc:
+        ours = str(exc)
+    try:
+        pipeline.load_contract(path)  # type: ignore[attr-defined]
+    except pipeline.InputError as exc:  # type: ignore[attr-defined]
+        theirs = str(exc)
+    assert ours == theirs
+
+
+def test_both_sides_know_the_same_metrics() -> None:
+    from autoretrain.contract import METRICS
+
+    pipeline = _pipeline_contract_module()
+    assert {t: dict(m) for t, m in METRICS.items()} == {
+        t: dict(m) for t, m in pipeline.METRICS.items()  # type: ignore[attr-defined]
+    }
