@@ -16,6 +16,7 @@ a restart does not announce everything again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import json
@@ -28,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ class _Pending:
     event: dict[str, Any] = field(compare=False)
     publish_time: str = field(compare=False)
     attempts: int = field(default=0, compare=False)
+    on_settled: Callable[[bool], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +160,14 @@ class EventGridDelivery:
         with self._cond:
             return self._outstanding
 
-    def publish(self, event: Mapping[str, Any], url: str) -> None:
-        """Queue `event` (Event Grid schema) for delivery to the webhook `url`; returns at once."""
-        item = _Pending(time.monotonic(), next(self._seq), url, dict(event), _now_iso())
+    def publish(
+        self, event: Mapping[str, Any], url: str, on_settled: Callable[[bool], None] | None = None
+    ) -> None:
+        """Queue `event` (Event Grid schema) for delivery to the webhook `url`; returns at once.
+
+        `on_settled(delivered)` is called once the event is delivered (True) or dead-lettered (False).
+        """
+        item = _Pending(time.monotonic(), next(self._seq), url, dict(event), _now_iso(), on_settled=on_settled)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the delivery is closed; create a new EventGridDelivery.")
@@ -215,7 +222,7 @@ class EventGridDelivery:
         attempted_at = _now_iso()
         if result.ok:
             log.info("Delivered event %s to %s (attempt %d)", item.event.get("id"), item.url, item.attempts)
-            self._finish(delivered=True)
+            self._finish(item, delivered=True)
             return
         if result.status in self._no_retry or item.attempts >= self._max_attempts:
             reason = CLIENT_ERROR if result.status in self._no_retry else MAX_ATTEMPTS_EXCEEDED
@@ -224,7 +231,7 @@ class EventGridDelivery:
                 "Dead-lettered event %s after %d attempt(s): %s (HTTP %d); record in %s",
                 item.event.get("id"), item.attempts, result.outcome, result.status, path,
             )
-            self._finish(delivered=False, path=path)
+            self._finish(item, delivered=False, path=path)
             return
         wait = self._schedule[min(item.attempts - 1, len(self._schedule) - 1)]
         log.warning(
@@ -279,7 +286,12 @@ class EventGridDelivery:
         _write_atomically(path, json.dumps(record, indent=2))
         return path
 
-    def _finish(self, *, delivered: bool, path: Path | None = None) -> None:
+    def _finish(self, item: _Pending, *, delivered: bool, path: Path | None = None) -> None:
+        if item.on_settled is not None:
+            try:
+                item.on_settled(delivered)
+            except Exception:
+                log.exception("Settlement callback for event %s failed", item.event.get("id"))
         with self._cond:
             self._outstanding -= 1
             if delivered:
@@ -293,8 +305,10 @@ class BlobWatcher:
     """Announce new blob versions of one container as BlobCreated events, like Storage's Event Grid.
 
     Each poll lists the container; every (name, eTag) not announced before is published to
-    `target_url` through `delivery`. The announced versions live in
-    `<home>/eventgrid/watch-<container>.json`, written atomically.
+    `target_url` through `delivery`. A version counts as announced once its event is settled
+    (delivered, or dead-lettered where it can be found): only then is it written to
+    `<home>/eventgrid/watch-<container>.json` (atomically). An event still waiting for a retry when
+    the process stops is announced again by the next watcher, so no blob is skipped by a restart.
     """
 
     def __init__(
@@ -315,8 +329,10 @@ class BlobWatcher:
         self._topic = topic
         self._interval = interval
         self.state_path = Path(home) / "eventgrid" / f"watch-{container}.json"
-        self._state_lock = threading.Lock()
+        # Re-entrant: a delivery may settle an event inside publish(), while a poll holds the lock.
+        self._state_lock = threading.RLock()
         self._emitted, self._last_sequence = self._load_state()
+        self._in_flight: dict[str, str] = {}
         self._container_ready = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -331,22 +347,32 @@ class BlobWatcher:
                 raise StorageError(
                     f"listing container {self._container!r} failed: {exc}; is Azurite running?"
                 ) from exc
-            events: list[dict[str, Any]] = []
+            events: list[tuple[str, dict[str, Any]]] = []
             seen: dict[str, str] = {}
             for blob in sorted(blobs, key=lambda b: (b.last_modified, b.name)):
                 # Listings carry the eTag bare (0x8D...), as the docs' delivered events do.
                 etag = str(blob.etag).strip('"')
                 seen[blob.name] = etag
-                if self._emitted.get(blob.name) != etag:
-                    events.append(self._blob_created(blob, etag))
-            for event in events:
-                self._delivery.publish(event, self._target_url)
-                log.info("BlobCreated %s (eTag %s) published", event["subject"], event["data"]["eTag"])
+                if etag not in (self._emitted.get(blob.name), self._in_flight.get(blob.name)):
+                    events.append((blob.name, self._blob_created(blob, etag)))
+            for name, event in events:
+                etag = event["data"]["eTag"]
+                self._in_flight[name] = etag
+                self._delivery.publish(event, self._target_url, functools.partial(self._settled, name, etag))
+                log.info("BlobCreated %s (eTag %s) published", event["subject"], etag)
             # Deleted blobs drop out of the state, so it stays as small as the container.
-            if seen != self._emitted:
-                self._emitted = seen
+            kept = {name: etag for name, etag in self._emitted.items() if name in seen}
+            if kept != self._emitted:
+                self._emitted = kept
                 self._save_state()
-            return events
+            return [event for _, event in events]
+
+    def _settled(self, name: str, etag: str, delivered: bool) -> None:
+        with self._state_lock:
+            if self._in_flight.get(name) == etag:
+                del self._in_flight[name]
+            self._emitted[name] = etag
+            self._save_state()
 
     def start(self) -> BlobWatcher:
         """Poll every `interval` seconds in a background thread."""

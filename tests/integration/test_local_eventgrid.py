@@ -85,6 +85,18 @@ DEAD_LETTER_KEYS = {
 
 
 class TestDelivery:
+    def test_each_event_settles_once_delivered_or_dead_lettered(
+        self, endpoint: Endpoint, delivery: EventGridDelivery
+    ) -> None:
+        """on_settled hears True after the retries succeed, False when the event is dead-lettered."""
+        endpoint.statuses = [500, 400]
+        settled: list[tuple[str, bool]] = []
+        delivery.publish(EVENT, f"{endpoint.url}/a", lambda ok: settled.append(("a", ok)))
+        assert delivery.drain(5)
+        delivery.publish(EVENT, f"{endpoint.url}/b", lambda ok: settled.append(("b", ok)))
+        assert delivery.drain(5)
+        assert settled == [("a", False), ("b", True)]
+
     def test_delivers_once_after_transient_failures(
         self, endpoint: Endpoint, delivery: EventGridDelivery
     ) -> None:
@@ -177,12 +189,16 @@ class TestDelivery:
 
 @dataclass
 class Published:
-    """A stand-in delivery that records what the watcher publishes."""
+    """A stand-in delivery that records what the watcher publishes; it settles each event at once
+    (as delivered) unless `settle` is False, which is a delivery still waiting for a retry."""
 
     events: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    settle: bool = True
 
-    def publish(self, event: dict[str, Any], url: str) -> None:
+    def publish(self, event: dict[str, Any], url: str, on_settled: Any = None) -> None:
         self.events.append((event, url))
+        if self.settle and on_settled is not None:
+            on_settled(True)
 
 
 @pytest.fixture
@@ -286,6 +302,22 @@ class TestBlobWatcher:
             name: container.get_blob_client(name).get_blob_properties().etag.strip('"')
             for name in ("april.csv", "march.csv")
         }
+
+    def test_unsettled_events_are_announced_again_after_a_restart(
+        self, azurite: str, container: ContainerClient, tmp_path: Path
+    ) -> None:
+        """An event still retrying when the process stops is not lost: the next watcher sends it."""
+        pending = Published(settle=False)
+        watch = watcher(azurite, container, pending, tmp_path)
+        watch.poll_once()
+        container.upload_blob("march.csv", b"v1")
+        assert len(watch.poll_once()) == 1
+        assert watch.poll_once() == []  # in flight: not published twice by the same watcher
+
+        again = watcher(azurite, container, Published(), tmp_path).poll_once()
+
+        assert [e["subject"].rsplit("/", 1)[1] for e in again] == ["march.csv"]
+        assert watcher(azurite, container, Published(), tmp_path).poll_once() == []
 
     def test_lost_state_announces_again(
         self, azurite: str, container: ContainerClient, tmp_path: Path
