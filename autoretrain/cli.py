@@ -229,7 +229,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     _table([_status_row(r) for r in records], STATUS_COLUMNS, sys.stdout)
     quarantined = [r for r in records if r.state is LedgerState.QUARANTINED]
     for r in quarantined:
-        copy = f"{settings.quarantine_container}/{r.key}/{r.blob.name}"
+        copy = f"{settings.quarantine_container}/{r.blob.copy_name(r.key)}"
         print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
     print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "

@@ -110,6 +110,11 @@ def load_contract(path: Path) -> Contract:
 
 def check_name(blob: str, content_length: int | None, contract: Contract) -> None:
     """Checks that need no read: the file type and size."""
+    segments = blob.replace("\\", "/").split("/")
+    if any(s in (".", "..") for s in segments) or not all(ch.isprintable() for ch in blob):
+        raise ContractError(
+            f"{blob!r}: the name has a '.' or '..' folder or a control character; upload it under a plain name."
+        )
     if not blob.lower().endswith(".csv"):
         raise ContractError(f"{blob}: only .csv files are accepted; export the data as CSV and upload it again.")
     if content_length == 0:

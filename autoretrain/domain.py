@@ -55,6 +55,19 @@ class BlobRef:
     def path(self) -> str:
         return f"{self.container}/{self.name}"
 
+    def copy_name(self, key: WorkKey) -> str:
+        """Where copies of this blob go in our containers: `<key>/<name>`, with the name made safe.
+
+        Blob names are the customer's: a `.` or `..` segment could be normalised away in a URL and
+        land the copy outside its key's folder, so such segments (and control characters) are
+        replaced.
+        """
+        parts = []
+        for part in self.name.replace("\\", "/").split("/"):
+            part = "".join(ch if ch.isprintable() else "_" for ch in part)
+            parts.append("_" if part in ("", ".", "..") else part)
+        return f"{key.value}/{'/'.join(parts)}"
+
     def __str__(self) -> str:
         return self.path
 

@@ -165,7 +165,7 @@ def ingest(event: BlobCreated, deps: Deps) -> IngestOutcome:
     lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": event.event_id}
     try:
         snapshot = deps.blobs.copy_to(
-            blob, deps.settings.datasets_container, f"{key.value}/{blob.name}",
+            blob, deps.settings.datasets_container, blob.copy_name(key),
             {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
         )
     except BlobChangedError as exc:
@@ -194,7 +194,7 @@ def _advance_or_reread(ledger: Ledger, record: LedgerRecord, state: LedgerState,
 
 def _quarantine(record: LedgerRecord, reason: str, deps: Deps) -> Quarantined:
     copy = deps.blobs.copy_to(
-        record.blob, deps.settings.quarantine_container, f"{record.key.value}/{record.blob.name}",
+        record.blob, deps.settings.quarantine_container, record.blob.copy_name(record.key),
         {"reason": reason, "source_blob": record.blob.path, "source_etag": record.blob.etag},
     )
     record = _advance_or_reread(deps.ledger, record, LedgerState.QUARANTINED, reason=reason)

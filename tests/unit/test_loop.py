@@ -154,6 +154,19 @@ class TestIngest:
         assert isinstance(outcome, loop.Quarantined)
         assert expected in outcome.reason and "\n" not in outcome.reason
 
+    def test_a_name_that_climbs_folders_is_quarantined_inside_its_own_folder(self, deps: loop.Deps) -> None:
+        """Blob names are untrusted: '..' cannot move a copy out of its work key's folder."""
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a/../../other/x.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+
+        outcome = loop.ingest(blob_event(ref), deps)
+
+        assert isinstance(outcome, loop.Quarantined)
+        assert "has a '.' or '..' folder" in outcome.reason
+        assert outcome.copy.path == f"quarantine/{key}/a/_/_/other/x.csv"
+        assert [c for c, _ in blobs.blobs] == ["incoming", "quarantine"]
+
     def test_event_from_another_storage_account_is_ignored(self, deps: loop.Deps) -> None:
         """A forged or foreign event is rejected without claiming anything."""
         _, ledger, blobs = fakes(deps)
