@@ -59,11 +59,13 @@ def bootstrap(
     if blobs is None:
         from autoretrain.storage import AzureBlobStore
 
-        blobs = AzureBlobStore(blob_service(settings))
+        blobs = AzureBlobStore(blob_service(settings), create_containers=settings.storage_connection is not None)
     if ledger is None:
         from autoretrain.ledger import TableLedger
 
-        ledger = TableLedger.connect(table_service(settings), settings.ledger_table)
+        ledger = TableLedger.connect(
+            table_service(settings), settings.ledger_table, create=settings.storage_connection is not None
+        )
     if workspace is None:
         workspace = _workspace(settings, blobs)
     return Deps(settings=settings, contract=contract, workspace=workspace, ledger=ledger, blobs=blobs)

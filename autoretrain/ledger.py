@@ -39,11 +39,14 @@ class TableLedger:
         self._clock = clock
 
     @classmethod
-    def connect(cls, service: TableServiceClient, table_name: str) -> TableLedger:
-        try:
-            service.create_table_if_not_exists(table_name)
-        except AzureError as exc:
-            raise StorageError(f"ledger table {table_name!r}: cannot create or open it ({_msg(exc)}).") from exc
+    def connect(cls, service: TableServiceClient, table_name: str, *, create: bool = True) -> TableLedger:
+        """Open the ledger table, creating it when `create` (local mode; on Azure infra/ creates it
+        and the identity's role is scoped to the table alone)."""
+        if create:
+            try:
+                service.create_table_if_not_exists(table_name)
+            except AzureError as exc:
+                raise StorageError(f"ledger table {table_name!r}: cannot create it ({_msg(exc)}).") from exc
         return cls(service.get_table_client(table_name))
 
     @staticmethod

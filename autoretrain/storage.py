@@ -47,12 +47,15 @@ def _msg(exc: AzureError) -> str:
 
 
 class AzureBlobStore:
-    def __init__(self, service: BlobServiceClient) -> None:
+    def __init__(self, service: BlobServiceClient, *, create_containers: bool = True) -> None:
+        """`create_containers=False` on Azure: infra/ creates them, and the identity's roles are
+        scoped to each container, where creating one is not allowed (and not needed)."""
         self._service = service
+        self._create = create_containers
         self._ready: set[str] = set()
 
     def _ensure_container(self, container: str) -> None:
-        if container in self._ready:
+        if container in self._ready or not self._create:
             return
         try:
             self._service.create_container(container)

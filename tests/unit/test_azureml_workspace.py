@@ -22,21 +22,20 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from fakes import FakeBlobStore, FakeLedger
+from azure.ai.ml import MLClient
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import RequestsTransport
+from fakes import FakeBlobStore
 from requests.adapters import BaseAdapter
 from urllib3 import HTTPResponse
 
 from autoretrain.bootstrap import bootstrap
 from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, Metrics, RunState, WorkKey
 from autoretrain.errors import WorkspaceError
+from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
-
-azure_ml = pytest.importorskip("azure.ai.ml")
-from azure.ai.ml import MLClient  # noqa: E402
-from azure.core.credentials import AccessToken  # noqa: E402
-from azure.core.pipeline.transport import RequestsTransport  # noqa: E402
-
-from autoretrain.workspace.azureml import (  # noqa: E402
+from autoretrain.storage import AzureBlobStore
+from autoretrain.workspace.azureml import (
     CHAMPION_TAG,
     METRICS_PROPERTY,
     WORK_KEY_PROPERTY,
@@ -614,7 +613,7 @@ class TestBootstrap:
     def test_azureml_settings_build_the_azure_ml_adapter_without_network(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """bootstrap wires AzureMLWorkspace from settings; building the client sends nothing."""
+        """bootstrap wires the Azure adapters from settings; building them sends nothing."""
         def no_network(*_: Any, **__: Any) -> Any:
             raise AssertionError("bootstrap must not reach the network")
 
@@ -628,8 +627,10 @@ class TestBootstrap:
             azure_client_id="11111111-2222-3333-4444-555555555555",
         )
 
-        deps = bootstrap(settings, ledger=FakeLedger(), blobs=FakeBlobStore())
+        deps = bootstrap(settings)
 
+        # On Azure the containers and the table exist (infra/): nothing is created at start.
+        assert isinstance(deps.ledger, TableLedger) and isinstance(deps.blobs, AzureBlobStore)
         assert isinstance(deps.workspace, AzureMLWorkspace)
         assert (deps.workspace.datastore, deps.workspace.compute, deps.workspace.pipeline_component) == (
             DATASTORE, COMPUTE, "autoretrain_pipeline",
