@@ -23,7 +23,7 @@ from autoretrain.domain import (
     RunStatus,
     WorkKey,
 )
-from autoretrain.errors import BlobChangedError, ContractError, LedgerError
+from autoretrain.errors import BlobChangedError, ContractError, LedgerError, WorkspaceError
 from autoretrain.events import COMMITTED_APIS, BlobCreated, RunFinished
 from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore, Ledger, Workspace
@@ -49,6 +49,7 @@ __all__ = [
 log = logging.getLogger("autoretrain.loop")
 
 PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+_GATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +250,7 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     }
     model = deps.workspace.register_model(event.run_id, key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
-    champion = deps.workspace.champion()
-    # A retry after promote() finds the model already champion: it stays promoted.
-    promoted = model.champion or metrics.beats(champion.metrics if champion else None)
-    if promoted and not model.champion:
-        model = deps.workspace.promote(model)
+    champion, promoted = _champion_gate(deps.workspace, model)
     log_event(
         log, logging.INFO, "complete.champion_gate",
         promoted=promoted,
@@ -267,6 +264,27 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     )
     return Registered(record, model, promoted)
 
+
+
+def _champion_gate(workspace: Workspace, model: ModelVersion) -> tuple[ModelVersion | None, bool]:
+    """Promote `model` if it beats the champion; (the champion it was compared with, promoted?).
+
+    promote() is a compare-and-swap: when another completion changed the champion in between,
+    the comparison is made again with the new one.
+    """
+    for _ in range(_GATE_ATTEMPTS):
+        champion = workspace.champion()
+        if model.champion or (champion is not None and champion.version == model.version):
+            return champion, True  # a retry after promote(): it stays promoted
+        if not model.metrics.beats(champion.metrics if champion else None):
+            return champion, False
+        if workspace.promote(model, replacing=champion) is not None:
+            return champion, True
+        log_event(log, logging.INFO, "complete.champion_changed", model_version=model.version)
+    raise WorkspaceError(
+        f"model {model.name}:{model.version}: the champion changed {_GATE_ATTEMPTS} times during the gate; "
+        "the event will be retried."
+    )
 
 
 def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:

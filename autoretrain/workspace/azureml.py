@@ -364,7 +364,12 @@ class AzureMLWorkspace:
         # two carry the tag and the newer one is the champion.
         return self._model(max(champions, key=_version_number)) if champions else None
 
-    def promote(self, model: ModelVersion) -> ModelVersion:
+    def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
+        # Tags have no compare-and-swap in Azure ML: the check narrows the race to the moment
+        # between this read and the tagging, which completions of one workspace rarely share.
+        current = self.champion()
+        if (current.version if current else None) != (replacing.version if replacing else None):
+            return None
         with _translated(f"promote model {model.name}:{model.version}"):
             promoted = self._retag(model.version, lambda tags: {**tags, CHAMPION_TAG: "true"})
             for other in self._versions():

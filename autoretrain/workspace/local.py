@@ -479,8 +479,13 @@ class LocalWorkspace:
     def champion(self) -> ModelVersion | None:
         return self._model_where("champion = 1")
 
-    def promote(self, model: ModelVersion) -> ModelVersion:
+    def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
         with self._transaction() as db:
+            # Compare and swap, in one transaction: two completions racing cannot both win.
+            row = db.execute("SELECT version FROM models WHERE name = ? AND champion = 1", (model.name,)).fetchone()
+            current = str(row["version"]) if row else None
+            if current != (replacing.version if replacing else None):
+                return None
             db.execute("UPDATE models SET champion = 0 WHERE name = ? AND champion = 1", (model.name,))
             db.execute(
                 "UPDATE models SET champion = 1 WHERE name = ? AND version = ?", (model.name, int(model.version))

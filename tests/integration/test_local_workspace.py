@@ -89,8 +89,9 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
     model = workspace.register_model(run.name, key, metrics, {"job": run.name})
     assert workspace.register_model(run.name, key, metrics, {"job": run.name}) == model
     assert workspace.champion() is None
-    promoted = workspace.promote(model)
-    assert promoted.champion and workspace.champion() == promoted
+    promoted = workspace.promote(model, replacing=None)
+    assert promoted is not None and promoted.champion and workspace.champion() == promoted
+    assert workspace.promote(model, replacing=None) is None  # the champion is no longer "none"
     workspace.close()
 
     reopened = make_workspace(tmp_path, store, Events())

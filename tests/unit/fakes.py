@@ -134,7 +134,10 @@ class FakeWorkspace:
     def champion(self) -> ModelVersion | None:
         return next((m for m in self.models.values() if m.champion), None)
 
-    def promote(self, model: ModelVersion) -> ModelVersion:
+    def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
+        current = self.champion()
+        if (current.version if current else None) != (replacing.version if replacing else None):
+            return None
         for key, other in self.models.items():
             self.models[key] = replace(other, champion=other.version == model.version)
         self.promoted.append(model.version)

@@ -577,13 +577,15 @@ class TestModels:
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
         """Exactly one version carries champion=true afterwards; the metrics tags stay."""
-        first = workspace.promote(self.register(workspace))
+        first = workspace.promote(self.register(workspace), replacing=None)
+        assert first is not None
         better = Metrics({"f1_macro": 0.95, "accuracy": 0.96}, primary="f1_macro")
         second = self.register(workspace, WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2")), better)
         service.sent.clear()
 
-        promoted = workspace.promote(second)
+        promoted = workspace.promote(second, replacing=first)
 
+        assert promoted is not None
         assert (first.champion, promoted.champion, promoted.version) == (True, True, "2")
         assert workspace.champion() == promoted
         tags = {v: m["properties"]["tags"] for v, m in service.models.items()}
@@ -596,13 +598,24 @@ class TestModels:
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
         """A crash between tagging and untagging leaves two tagged; the newer one is the champion."""
-        workspace.promote(self.register(workspace))
+        workspace.promote(self.register(workspace), replacing=None)
         newer = self.register(workspace, WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2")))
         service.models[newer.version]["properties"]["tags"][CHAMPION_TAG] = "true"
 
         champion = workspace.champion()
 
         assert champion is not None and champion.version == "2"
+
+    def test_promote_refuses_when_the_champion_changed_since_it_was_read(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The gate compared against 'no champion'; another completion promoted meanwhile."""
+        workspace.promote(self.register(workspace), replacing=None)
+        other = self.register(workspace, WorkKey.for_blob(BlobRef("incoming", "2026/april.csv", "0x2")))
+        service.sent.clear()
+
+        assert workspace.promote(other, replacing=None) is None
+        assert service.requests_to("PUT", "/models/") == []
 
     def test_no_models_means_no_champion(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
         """An empty registry has no champion."""

@@ -10,7 +10,7 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, RunState, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, ModelVersion, RunState, WorkKey
 from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC, Settings
 
@@ -263,6 +263,27 @@ class TestComplete:
 
         assert isinstance(outcome, loop.Registered) and not outcome.promoted
         assert workspace.promoted == ["1"]
+
+    def test_gate_compares_again_when_another_completion_promoted_meanwhile(self, deps: loop.Deps) -> None:
+        """promote() is a compare-and-swap: a better rival that won the race stays champion."""
+        workspace, _, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        rival_key = WorkKey("f" * 24)
+        rival = workspace.register_model("rival-job", rival_key, Metrics({"f1_macro": 0.99}, primary="f1_macro"), {})
+        racing_promote = workspace.promote
+
+        def promote_after_the_rival(model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
+            if not workspace.promoted:
+                racing_promote(rival, replacing=None)  # the other completion wins the race
+            return racing_promote(model, replacing=replacing)
+
+        workspace.promote = promote_after_the_rival  # type: ignore[method-assign]
+        outcome = loop.complete(run_event(key), deps)
+
+        assert isinstance(outcome, loop.Registered) and not outcome.promoted
+        champion = workspace.champion()
+        assert champion is not None and champion.version == rival.version
 
     def test_lower_error_beats_champion_when_smaller_is_better(self) -> None:
         """rmse-like metrics promote the smaller value."""
