@@ -265,7 +265,6 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     return Registered(record, model, promoted)
 
 
-
 def _champion_gate(workspace: Workspace, model: ModelVersion) -> tuple[ModelVersion | None, bool]:
     """Promote `model` if it beats the champion; (the champion it was compared with, promoted?).
 
