@@ -15,33 +15,14 @@ import azure.functions as func
 import pytest
 import requests
 from azure.functions.timer import TimerRequest
+from samples import BLOB_CREATED_EVENTGRID
 
 from autoretrain.local.host import LocalHost
 
 pytestmark = pytest.mark.integration
 
 # The docs' sample BlobCreated event (event-schema-blob-storage.md), and a second one.
-BLOB_EVENT: dict[str, Any] = {
-    "topic": "/subscriptions/s/resourceGroups/Storage/providers/Microsoft.Storage/storageAccounts/acct",
-    "subject": "/blobServices/default/containers/test-container/blobs/new-file.txt",
-    "eventType": "Microsoft.Storage.BlobCreated",
-    "eventTime": "2017-06-26T18:41:00.9584103Z",
-    "id": "831e1650-001e-001b-66ab-eeb76e069631",
-    "data": {
-        "api": "PutBlockList",
-        "clientRequestId": "6d79dbfb-0e37-4fc4-981f-442c9ca65760",
-        "requestId": "831e1650-001e-001b-66ab-eeb76e000000",
-        "eTag": "\"0x8D4BCC2E4835CD0\"",
-        "contentType": "text/plain",
-        "contentLength": 524288,
-        "blobType": "BlockBlob",
-        "url": "https://acct.blob.core.windows.net/testcontainer/new-file.txt",
-        "sequencer": "00000000000004420000000000028963",
-        "storageDiagnostics": {"batchId": "b68529f3-68cd-4744-baa4-3c0498ec19f0"},
-    },
-    "dataVersion": "",
-    "metadataVersion": "1",
-}
+BLOB_EVENT: dict[str, Any] = BLOB_CREATED_EVENTGRID[0]
 SECOND_EVENT: dict[str, Any] = {
     **BLOB_EVENT,
     "id": "4c2359fe-001e-00ba-0e04-58586806d298",
