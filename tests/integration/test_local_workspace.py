@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,18 @@ class Events:
             self.items.append(event)
 
     def kinds(self, job: str) -> list[tuple[str, str | None]]:
-        return [
-            (e["eventType"].rsplit(".", 1)[1], e["data"].get("runStatus"))
-            for e in self.items if e["data"]["runId"] == job
-        ]
+        with self._lock:
+            return [
+                (e["eventType"].rsplit(".", 1)[1], e["data"].get("runStatus"))
+                for e in self.items if e["data"]["runId"] == job
+            ]
+
+    def wait_for(self, job: str, count: int, timeout: float = 10) -> list[tuple[str, str | None]]:
+        """The job's events once `count` have arrived: the status is written before they are sent."""
+        deadline = time.monotonic() + timeout
+        while len(self.kinds(job)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.kinds(job)
 
 
 @pytest.fixture
@@ -75,7 +84,7 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
 
     status = workspace.wait(run.name, timeout=180)
     assert status.state is RunState.COMPLETED, status
-    assert events.kinds(run.name) == [
+    assert events.wait_for(run.name, 3) == [
         ("RunStatusChanged", "Running"), ("RunStatusChanged", "Completed"), ("RunCompleted", None)
     ]
     completed = events.items[-1]
@@ -124,7 +133,7 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
         "empty-target.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train and test. "
         "Upload a file with more rows. (exit code 2)"
     )
-    assert events.kinds(run.name) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
+    assert events.wait_for(run.name, 2) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
     with pytest.raises(WorkspaceError, match="metrics exist only for completed jobs"):
         workspace.run_metrics(run.name)
     workspace.close()
@@ -147,7 +156,7 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     second = make_workspace(tmp_path, store, events)
     assert second.resume() == [key.job_name]
     assert second.wait(key.job_name, timeout=180).state is RunState.COMPLETED
-    assert ("RunCompleted", None) in events.kinds(key.job_name)
+    assert ("RunCompleted", None) in events.wait_for(key.job_name, 3)
     second.close()
 
 
