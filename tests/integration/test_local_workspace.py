@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from mlmodules import wine
 
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.domain import RUN_TAG, Metrics, RunState, WorkKey
@@ -23,13 +24,7 @@ CONTRACT = ROOT / "ml" / "contract.yaml"
 
 
 def wine_csv(rows: slice) -> bytes:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("wine_sample", ROOT / "ml" / "sample" / "wine.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    frame = module.wine_frame().sample(frac=1.0, random_state=3).iloc[rows]
+    frame = wine().wine_frame().sample(frac=1.0, random_state=3).iloc[rows]
     return str(frame.to_csv(index=False)).encode()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
+from mlmodules import wine
 
 from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
 from autoretrain.ledger import TableLedger
@@ -110,13 +111,7 @@ def running(tmp_path: Path, unique: str, azurite: str) -> Iterator[Loop]:
 
 
 def _wine_months(folder: Path, months: int) -> list[Path]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("wine_sample", ROOT / "ml" / "sample" / "wine.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return list(module.write_monthly_drops(folder, months=months, seed=1))
+    return list(wine().write_monthly_drops(folder, months=months, seed=1))
 
 
 def _post_event(url: str, function: str, event: dict[str, object]) -> int:

@@ -6,7 +6,6 @@ The steps run as the local workspace and Azure ML run them: the command from the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,12 +16,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
+from mlmodules import load_ml_module
 
 ML = Path(__file__).resolve().parents[2] / "ml"
 SRC = ML / "src"
@@ -33,23 +32,11 @@ _PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.(\w+)\}\}")
 _PARENT = re.compile(r"\$\{\{parent\.(?:inputs\.(\w+)|jobs\.(\w+)\.outputs\.(\w+))\}\}")
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    """Import a module of ml/ by path, with ml/src on sys.path as when Azure ML runs a step."""
-    sys.path.insert(0, str(SRC))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SRC))
-        sys.modules.pop("contract", None)
-    return module
 
 
-wine = _load(ML / "sample" / "wine.py", "ml_sample_wine")
-prep = _load(SRC / "prep.py", "ml_step_prep")
-evaluate = _load(SRC / "evaluate.py", "ml_step_evaluate")
+wine = load_ml_module(ML / "sample" / "wine.py", "ml_sample_wine")
+prep = load_ml_module(SRC / "prep.py", "ml_step_prep")
+evaluate = load_ml_module(SRC / "evaluate.py", "ml_step_evaluate")
 
 
 def diabetes_frame() -> pd.DataFrame:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 from azure.ai.ml import load_component, load_job
 from azure.ai.ml.entities import CommandComponent, PipelineComponent, PipelineJob
+from mlmodules import load_ml_module
 
 # azure-ai-ml's schemas use a marshmallow feature that is deprecated; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")
@@ -26,16 +25,7 @@ _FLAG = re.compile(r"--(\w+) \$\{\{(inputs|outputs)\.(\w+)\}\}")
 
 def _script(step: str) -> ModuleType:
     """Import a step script as Azure ML runs it: with ml/src as the working folder on sys.path."""
-    sys.path.insert(0, str(SRC))
-    try:
-        spec = importlib.util.spec_from_file_location(f"ml_step_{step}", SRC / f"{step}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SRC))
-        sys.modules.pop("contract", None)
-    return module
+    return load_ml_module(SRC / f"{step}.py", f"ml_step_{step}")
 
 
 @pytest.fixture(scope="module")
