@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 from autoretrain.contract import load_contract
 from autoretrain.errors import ConfigError
-from autoretrain.loop import Deps
+from autoretrain.loop import Deps, LoopConfig
 from autoretrain.ports import BlobStore, Ledger, Workspace
 from autoretrain.settings import Settings, WorkspaceKind
 
-__all__ = ["PROJECT_ROOT", "bootstrap", "runtime"]
+__all__ = ["PROJECT_ROOT", "bootstrap", "runtime", "runtime_settings", "shutdown"]
 
 log = logging.getLogger("autoretrain.bootstrap")
 
@@ -30,20 +31,27 @@ def _credential(settings: Settings):  # type: ignore[no-untyped-def]
     return DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
 
 
+# The SDKs' default retries (10, exponential) can hold one call for minutes; Event Grid waits 30 s
+# for an answer and retries itself, so a call gives up sooner and the event is redelivered.
+_RETRIES: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "connection_timeout": 10, "read_timeout": 30}
+
+
 def blob_service(settings: Settings):  # type: ignore[no-untyped-def]
     from azure.storage.blob import BlobServiceClient
 
+    from autoretrain.storage import client_options
+
     if settings.storage_connection:
-        return BlobServiceClient.from_connection_string(settings.storage_connection)
-    return BlobServiceClient(str(settings.blob_service_uri), credential=_credential(settings))
+        return BlobServiceClient.from_connection_string(settings.storage_connection, **client_options())
+    return BlobServiceClient(str(settings.blob_service_uri), credential=_credential(settings), **client_options())
 
 
 def table_service(settings: Settings):  # type: ignore[no-untyped-def]
     from azure.data.tables import TableServiceClient
 
     if settings.storage_connection:
-        return TableServiceClient.from_connection_string(settings.storage_connection)
-    return TableServiceClient(str(settings.table_service_uri), credential=_credential(settings))
+        return TableServiceClient.from_connection_string(settings.storage_connection, **_RETRIES)
+    return TableServiceClient(str(settings.table_service_uri), credential=_credential(settings), **_RETRIES)
 
 
 def bootstrap(
@@ -52,8 +60,13 @@ def bootstrap(
     workspace: Workspace | None = None,
     ledger: Ledger | None = None,
     blobs: BlobStore | None = None,
+    worker: bool = True,
 ) -> Deps:
-    """Build the loop's dependencies from settings; any of them may be given instead."""
+    """Build the loop's dependencies from settings; any of them may be given instead.
+
+    `worker=False` (the CLI) builds a local workspace that neither resumes the jobs another
+    process left (the running stack does) nor sends run events (the CLI completes its own jobs).
+    """
     settings = settings or Settings.from_env()
     contract = load_contract(settings.contract)
     if blobs is None:
@@ -67,11 +80,13 @@ def bootstrap(
             table_service(settings), settings.ledger_table, create=settings.storage_connection is not None
         )
     if workspace is None:
-        workspace = _workspace(settings, blobs)
-    return Deps(settings=settings, contract=contract, workspace=workspace, ledger=ledger, blobs=blobs)
+        workspace = _workspace(settings, blobs, worker=worker)
+    return Deps(
+        config=LoopConfig.from_settings(settings), contract=contract, workspace=workspace, ledger=ledger, blobs=blobs
+    )
 
 
-def _workspace(settings: Settings, blobs: BlobStore) -> Workspace:
+def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool) -> Workspace:
     if settings.workspace is WorkspaceKind.LOCAL:
         from autoretrain.local.eventgrid import EventGridDelivery, publish_to_function
         from autoretrain.workspace.local import LocalWorkspace
@@ -89,9 +104,10 @@ def _workspace(settings: Settings, blobs: BlobStore) -> Workspace:
             experiment=settings.experiment,
             data_asset=settings.data_asset,
             model_name=settings.model_name,
-            on_event=send,
+            on_event=send if worker else None,
         )
-        workspace.resume()
+        if worker:
+            workspace.resume()
         return workspace
     if settings.workspace is WorkspaceKind.AZUREML:
         # Imported here: azure-ai-ml takes ~2 s to import, which only an Azure ML app should pay.
@@ -122,6 +138,7 @@ def _workspace(settings: Settings, blobs: BlobStore) -> Workspace:
 
 
 _runtime: Deps | None = None
+_runtime_settings: Settings | None = None
 _runtime_lock = threading.Lock()
 
 
@@ -134,9 +151,25 @@ def runtime() -> Deps:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = bootstrap()
-            log.info(
-                "bootstrap.ready workspace=%s contract=%s",
-                _runtime.settings.workspace.value, _runtime.settings.contract,
-            )
+            settings = runtime_settings()
+            _runtime = bootstrap(settings)
+            log.info("bootstrap.ready workspace=%s contract=%s", settings.workspace.value, settings.contract)
         return _runtime
+
+
+def runtime_settings() -> Settings:
+    """This worker process's settings, read from the environment once."""
+    global _runtime_settings
+    if _runtime_settings is None:
+        _runtime_settings = Settings.from_env()
+    return _runtime_settings
+
+
+def shutdown() -> None:
+    """Stop this process's workspace (local mode: running jobs are stopped and left to resume)."""
+    global _runtime, _runtime_settings
+    with _runtime_lock:
+        close = getattr(_runtime.workspace, "close", None) if _runtime else None
+        if close is not None:
+            close()
+        _runtime = _runtime_settings = None

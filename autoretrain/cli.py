@@ -1,9 +1,12 @@
 """The `autoretrain` command.
 
-    autoretrain up                   Azurite + the local Functions host + Event Grid, until Ctrl-C
+    autoretrain up [--without-eventgrid]   Azurite + the local Functions host + Event Grid, until Ctrl-C
     autoretrain host                 only the local Functions host (like `func start`)
     autoretrain drop FILE...         upload files to the incoming container
     autoretrain status [--json]      one record per blob version, from the ledger
+    autoretrain reconcile [--grace S]      one reconcile pass now: what it found and what it did
+    autoretrain replay                     redeliver dead-lettered events to the running host
+    autoretrain replay BLOB --times N --concurrency M   redeliver a blob's BlobCreated N times
     autoretrain list data|jobs|steps|models [--json]   the local workspace's catalogue
     autoretrain demo                 the whole loop on scikit-learn's wine data, in monthly drops
 """
@@ -84,8 +87,9 @@ def _azurite(settings: Settings):  # type: ignore[no-untyped-def]
 
 def _wait_for_ctrl_c() -> None:
     stop = threading.Event()
-    # Both set explicitly: a shell starts background jobs with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Set explicitly: a shell starts background jobs with SIGINT ignored. SIGHUP is the terminal
+    # closing: the same clean stop, so Azurite's last save completes.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
@@ -97,9 +101,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from autoretrain.local.stack import LocalStack
 
     configure_logging()
-    with LocalStack(settings, poll_interval=args.poll_interval) as stack:
+    with LocalStack(settings, poll_interval=args.poll_interval, eventgrid=not args.without_eventgrid) as stack:
+        events = "" if not args.without_eventgrid else (
+            " Event Grid is off: a new file is found only by reconcile (the timer, or `autoretrain reconcile`)."
+        )
         print(f"autoretrain is up: drop files into '{settings.incoming_container}' "
-              f"(autoretrain drop FILE), host {stack.host.url}. Ctrl-C to stop.", flush=True)
+              f"(autoretrain drop FILE), host {stack.host.url}. Ctrl-C to stop.{events}", flush=True)
         _wait_for_ctrl_c()
     return 0
 
@@ -143,6 +150,182 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
     return 0
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from autoretrain.bootstrap import bootstrap
+    from autoretrain.local.host import configure_logging
+    from autoretrain.loop import reconcile
+
+    configure_logging(sys.stderr, logging.WARNING)
+    grace = timedelta(seconds=settings.reconcile_grace_seconds if args.grace is None else args.grace)
+    with _azurite(settings):
+        deps = bootstrap(settings, worker=False)
+        report = reconcile(deps, grace=grace)
+        passes = [report]
+        drain = getattr(deps.workspace, "drain", None)
+        if drain is not None and report.found:
+            # Jobs submitted by this pass run in this process (local mode): wait, then finish them.
+            print(f"waiting up to {args.timeout:.0f} s for the jobs this pass submitted...", flush=True)
+            drain(args.timeout)
+            passes.append(reconcile(deps, grace=grace))
+        close = getattr(deps.workspace, "close", None)
+        if close is not None:
+            close()
+    for number, one in enumerate(passes, start=1):
+        print(f"pass {number}: {one.blobs_listed} blob(s) in '{settings.incoming_container}', "
+              f"{one.records} ledger record(s), {one.runs} run(s); found {len(one.found)}, errors {len(one.errors)}")
+        for item in one.found:
+            print(f"  {item.what:<16} {item.blob}  work_key={item.work_key}\n  {'':<16} -> {item.result}")
+        for error in one.errors:
+            print(f"  error: {error}")
+    return 1 if passes[-1].errors else 0
+
+
+def _replay_targets(event: dict[str, Any]) -> str | None:
+    kind = str(event.get("eventType") or event.get("type") or "")
+    if kind == "Microsoft.Storage.BlobCreated":
+        return "ingest"
+    if kind.startswith("Microsoft.MachineLearningServices."):
+        return "completion"
+    return None
+
+
+_DEADLETTER_KEYS = (
+    "deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "lastHttpStatusCode", "publishTime",
+    "lastDeliveryAttemptTime",
+)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    if not _host_answers(settings.host_url):
+        raise AutoretrainError(
+            f"no Functions host answers at {settings.host_url}; start `autoretrain up` (or `autoretrain host`) first."
+        )
+    if args.blob:
+        return _replay_blob(settings, args)
+    return _replay_deadletters(settings)
+
+
+def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoretrain.bootstrap import blob_service
+    from autoretrain.local.eventgrid import blob_created_event, deliver_once, eventgrid_webhook_url
+
+    if args.times < 1 or args.concurrency < 1:
+        raise AutoretrainError("--times and --concurrency must be at least 1.")
+    name = args.blob.removeprefix(f"{settings.incoming_container}/")
+    client = blob_service(settings).get_blob_client(settings.incoming_container, name)
+    try:
+        props = client.get_blob_properties()
+    except Exception as exc:
+        raise AutoretrainError(f"{settings.incoming_container}/{name}: cannot read it ({type(exc).__name__}); "
+                               "give a blob name from `autoretrain status`.") from None
+    # One event, delivered N times: what Event Grid does when it retries (same id, same eTag).
+    event = blob_created_event(
+        topic=settings.storage_topic, container=settings.incoming_container, name=name,
+        etag=str(props.etag).strip('"'), size=int(props.size), content_type=props.content_settings.content_type,
+        last_modified=props.last_modified, url=client.url,
+    )
+    url = eventgrid_webhook_url(settings.host_url, "ingest")
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        statuses = list(pool.map(lambda _: deliver_once(url, event), range(args.times)))
+    counts: dict[int, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    failed = sum(n for status, n in counts.items() if not 200 <= status <= 204)
+    answers = ", ".join(f"HTTP {s or 'no answer'} x{n}" for s, n in sorted(counts.items()))
+    print(f"delivered {event['subject']} (eTag {event['data']['eTag']}) {args.times} time(s), "
+          f"{args.concurrency} at once: {answers}")
+    key = WorkKey(_key_of(settings.incoming_container, name, event["data"]["eTag"]))
+    with _azurite(settings):
+        record = _ledger(settings).get(key)
+    print(f"ledger: {record.state.value if record else 'no record'}"
+          + (f", job {record.job}" if record and record.job else ""))
+    return 1 if failed else 0
+
+
+def _key_of(container: str, name: str, etag: str) -> str:
+    from autoretrain.domain import BlobRef
+
+    return WorkKey.for_blob(BlobRef(container, name, etag)).value
+
+
+def _replay_deadletters(settings: Settings) -> int:
+    failed = replayed = 0
+    folder = settings.home / "deadletter"
+    done_folder = folder / "replayed"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"  {path.name}: unreadable ({exc}); left where it is")
+            failed += 1
+            continue
+        records = record if isinstance(record, list) else [record]
+        ok = True
+        for one in records:
+            ok = _replay_one(settings, one, path.name) and ok
+        if ok:
+            done_folder.mkdir(parents=True, exist_ok=True)
+            path.replace(done_folder / path.name)
+            replayed += 1
+        else:
+            failed += 1
+    with _azurite(settings):
+        service = _blob_service(settings)
+        container = service.get_container_client("deadletter")
+        if container.exists():
+            for blob in container.list_blobs(include=["metadata"]):
+                if (blob.metadata or {}).get("replayed_at"):
+                    continue
+                client = container.get_blob_client(blob.name)
+                try:
+                    records = json.loads(client.download_blob().readall())
+                except ValueError as exc:
+                    print(f"  deadletter/{blob.name}: not JSON ({exc}); left where it is")
+                    failed += 1
+                    continue
+                records = records if isinstance(records, list) else [records]
+                ok = True
+                for one in records:
+                    ok = _replay_one(settings, one, f"deadletter/{blob.name}") and ok
+                if ok:
+                    # Kept, marked: the dead-letter record stays the evidence of what happened.
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    client.set_blob_metadata({**(blob.metadata or {}), "replayed_at": stamp})
+                    replayed += 1
+                else:
+                    failed += 1
+    print(f"replayed {replayed} dead-letter record(s), {failed} failed")
+    return 1 if failed else 0
+
+
+def _replay_one(settings: Settings, record: Any, where: str) -> bool:
+    from autoretrain.local.eventgrid import deliver_once, eventgrid_webhook_url
+
+    if not isinstance(record, dict):
+        print(f"  {where}: not an event object; left where it is")
+        return False
+    event = {k: v for k, v in record.items() if k not in _DEADLETTER_KEYS}
+    function = _replay_targets(event)
+    if function is None:
+        kind = event.get("eventType") or event.get("type")
+        print(f"  {where}: event type {kind!r} has no function; left where it is")
+        return False
+    status = deliver_once(eventgrid_webhook_url(settings.host_url, function), event)
+    ok = 200 <= status <= 204
+    print(f"  {where}: {event.get('subject')} -> {function}: HTTP {status or 'no answer'}")
+    return ok
+
+
+def _blob_service(settings: Settings):  # type: ignore[no-untyped-def]
+    from autoretrain.bootstrap import blob_service
+
+    return blob_service(settings)
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -282,6 +465,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run Azurite, the local Functions host and Event Grid until Ctrl-C")
     up.add_argument("--poll-interval", type=float, default=1.0, help="seconds between looks at incoming/")
+    up.add_argument("--without-eventgrid", action="store_true",
+                    help="no local Event Grid: new files are found only by reconcile (to show a lost event)")
     sub.add_parser("host", help="run only the local Functions host")
     drop = sub.add_parser("drop", help="upload files to the incoming container")
     drop.add_argument("files", nargs="+")
@@ -291,13 +476,25 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="the local workspace's data versions, jobs or models")
     listing.add_argument("kind", choices=("data", "jobs", "steps", "models"))
     listing.add_argument("--json", action="store_true")
+    rec = sub.add_parser("reconcile", help="one reconcile pass now: print what it found and did")
+    rec.add_argument("--grace", type=float, default=None,
+                     help="seconds a blob may wait for its event before reconcile ingests it "
+                          "(default AUTORETRAIN_RECONCILE_GRACE_SECONDS, 600)")
+    rec.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for jobs the pass submitted")
+    replay = sub.add_parser("replay", help="redeliver dead-lettered events, or one blob's BlobCreated")
+    replay.add_argument("blob", nargs="?", help="a blob in the incoming container: redeliver its BlobCreated")
+    replay.add_argument("--times", type=int, default=1)
+    replay.add_argument("--concurrency", type=int, default=1)
     demo = sub.add_parser("demo", help="the whole loop on monthly drops of scikit-learn's wine data")
     demo.add_argument("--months", type=int, default=4)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the loop")
     return parser
 
 
-_COMMANDS = {"up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "list": cmd_list, "demo": cmd_demo}
+_COMMANDS = {
+    "up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "reconcile": cmd_reconcile,
+    "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo,
+}
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -11,23 +11,34 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "ALLOWED_MOVES",
     "RUN_TAG",
     "BlobRef",
     "DataVersion",
+    "Fail",
+    "Finish",
     "LedgerRecord",
     "LedgerState",
+    "ListedBlob",
     "Metrics",
     "ModelVersion",
+    "Move",
     "PipelineRun",
+    "Quarantine",
+    "Release",
     "RunState",
     "RunStatus",
+    "Skip",
+    "StartCompleting",
+    "Submit",
+    "TakeOver",
     "WorkKey",
 ]
 
@@ -36,6 +47,7 @@ __all__ = [
 RUN_TAG = "autoretrain"
 
 _KEY = re.compile(r"^[0-9a-f]{24}$")
+_COPY_NAME_MAX = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +78,25 @@ class BlobRef:
         for part in self.name.replace("\\", "/").split("/"):
             part = "".join(ch if ch.isprintable() else "_" for ch in part)
             parts.append("_" if part in ("", ".", "..") else part)
-        return f"{key.value}/{'/'.join(parts)}"
+        name = "/".join(parts)
+        if len(name) > _COPY_NAME_MAX:
+            # Blob names stop at 1,024 characters; the key already makes the copy unique, so the
+            # middle of a long name can go (the end keeps the file's extension).
+            name = f"{name[:160]}...{name[-80:]}"
+        return f"{key.value}/{name}"
 
     def __str__(self) -> str:
         return self.path
+
+
+@dataclass(frozen=True, slots=True)
+class ListedBlob:
+    """One blob version as a container listing shows it: no content is read."""
+
+    ref: BlobRef
+    size: int
+    last_modified: datetime
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +135,7 @@ class PipelineRun:
     name: str
     experiment: str
     status: RunState
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class RunState(StrEnum):
@@ -184,12 +212,18 @@ class ModelVersion:
 
 
 class LedgerState(StrEnum):
-    """Where one blob version stands. claimed → quarantined | skipped | submitted → done | failed."""
+    """Where one blob version stands.
+
+    claimed → quarantined | skipped | submitted | failed;  submitted → completing → done | failed.
+    `claimed` and `completing` are held under a lease: work in progress that another worker may
+    take over once the lease has run out (its holder crashed).
+    """
 
     CLAIMED = "claimed"
     QUARANTINED = "quarantined"
     SKIPPED = "skipped"
     SUBMITTED = "submitted"
+    COMPLETING = "completing"
     DONE = "done"
     FAILED = "failed"
 
@@ -197,14 +231,19 @@ class LedgerState(StrEnum):
     def final(self) -> bool:
         return self in (LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.DONE, LedgerState.FAILED)
 
+    @property
+    def leased(self) -> bool:
+        return self in (LedgerState.CLAIMED, LedgerState.COMPLETING)
+
 
 ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
     {
         LedgerState.CLAIMED: frozenset(
-            {LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.SUBMITTED, LedgerState.FAILED,
-             LedgerState.DONE}
+            {LedgerState.CLAIMED, LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.SUBMITTED,
+             LedgerState.FAILED}
         ),
-        LedgerState.SUBMITTED: frozenset({LedgerState.DONE, LedgerState.FAILED}),
+        LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
+        LedgerState.COMPLETING: frozenset({LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED}),
         LedgerState.QUARANTINED: frozenset(),
         LedgerState.SKIPPED: frozenset(),
         LedgerState.DONE: frozenset(),
@@ -213,9 +252,66 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
 )
 
 
+# One frozen object per ledger move: what changes is named, nothing else can.
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """A worker takes over leased work whose holder is gone (its lease ran out): one more attempt."""
+
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The holder gives its lease back after a transient failure, so a retry may start at once."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    data_version: str
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartCompleting:
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    model_version: str
+    metrics: Metrics
+    promoted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    reason: str
+
+
+Move = TakeOver | Release | Quarantine | Skip | Submit | StartCompleting | Finish | Fail
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerRecord:
-    """One blob version's row in the ledger. `etag` is the ledger row's own, for optimistic updates."""
+    """One blob version's row in the ledger. `etag` is the ledger row's own, for optimistic updates.
+
+    `lease_until` bounds how long the holder of a `claimed` or `completing` record may take before
+    another worker takes it over; `attempts` counts the takers, the first included.
+    """
 
     key: WorkKey
     blob: BlobRef
@@ -229,7 +325,42 @@ class LedgerRecord:
     metrics: Metrics | None = None
     promoted: bool | None = None
     reason: str | None = None
+    lease_until: datetime | None = None
+    attempts: int = 1
     etag: str | None = None
+
+    def lease_expired(self, now: datetime) -> bool:
+        return self.lease_until is None or self.lease_until <= now
+
+    def after(self, move: Move, now: datetime) -> LedgerRecord:
+        """This record once `move` is applied at `now`; ValueError when the move is not allowed."""
+        changes: dict[str, Any]
+        match move:
+            case TakeOver(lease_until):
+                state, changes = self.state, {"lease_until": lease_until, "attempts": self.attempts + 1}
+            case Release(reason):
+                state, changes = self.state, {"lease_until": None, "reason": reason}
+            case Quarantine(reason):
+                state, changes = LedgerState.QUARANTINED, {"reason": reason}
+            case Skip(reason):
+                state, changes = LedgerState.SKIPPED, {"reason": reason}
+            case Submit(data_version, job):
+                state, changes = LedgerState.SUBMITTED, {"data_version": data_version, "job": job, "reason": None}
+            case StartCompleting(lease_until):
+                state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
+            case Finish(model_version, metrics, promoted):
+                state, changes = LedgerState.DONE, {
+                    "model_version": model_version, "metrics": metrics, "promoted": promoted, "reason": None,
+                }
+            case Fail(reason):
+                state, changes = LedgerState.FAILED, {"reason": reason}
+        if isinstance(move, TakeOver | Release) and not self.state.leased:
+            raise ValueError(f"ledger: {self.key} is {self.state.value}, which holds no lease.")
+        if state not in ALLOWED_MOVES[self.state]:
+            raise ValueError(f"ledger: {self.key} cannot move from {self.state.value} to {state.value}.")
+        if state.final:
+            changes["lease_until"] = None
+        return replace(self, state=state, updated=now, etag=None, **changes)
 
     def as_row(self) -> dict[str, Any]:
         """A flat, JSON-friendly view: what `autoretrain status --json` prints."""
@@ -245,6 +376,8 @@ class LedgerRecord:
             "primary_metric": self.metrics.primary if self.metrics else None,
             "promoted": self.promoted,
             "reason": self.reason,
+            "attempts": self.attempts,
+            "lease_until": self.lease_until.isoformat() if self.lease_until else None,
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),
         }

@@ -1,14 +1,27 @@
-"""The errors autoretrain raises, in one hierarchy.
+"""The errors autoretrain raises, in one hierarchy with two branches that decide what happens next.
 
     AutoretrainError
-    ├── ConfigError        a setting is missing or malformed; fix the environment and restart
-    ├── EventError         an event is malformed or not ours; it is rejected, never retried
+    ├── ConfigError             a setting is missing or malformed; fix the environment and restart
+    ├── EventError              an event is malformed; it is rejected (answered 2xx), never retried
     │   └── ForeignEventError   well-formed, but from a topic or container we do not serve
-    ├── ContractError      a data file breaks the data contract; the file is quarantined
-    ├── StorageError       Blob or Table Storage failed; transient, so the event is retried
-    │   └── BlobChangedError    the blob version an event names was replaced or deleted
-    ├── LedgerError        the ledger refused a state change (a lost race, an unknown key)
-    └── WorkspaceError     the workspace (Azure ML or the local one) failed an operation
+    ├── TransientError          retrying may help: raised, so Event Grid redelivers (reconcile too)
+    │   ├── StorageError        Blob or Table Storage is unreachable, throttling or timing out
+    │   ├── LedgerError         the ledger refused a state change (a lost race); read it again
+    │   ├── NotReadyError       the work this event needs is not recorded yet (ingest still running)
+    │   └── WorkspaceUnavailableError   Azure ML or the local workspace is throttling or unreachable
+    ├── PermanentError          retrying cannot help: recorded in the ledger with the reason and
+    │   │                       answered 2xx, with one log line
+    │   ├── ContractError       a data file breaks the data contract; the file is quarantined
+    │   ├── BlobChangedError    the blob version an event names was replaced or deleted; skipped
+    │   ├── BlobRejectedError   storage refuses the request as made (a name it cannot hold)
+    │   └── WorkspaceRejectedError      the workspace refused the request as made; failed
+    │       └── JobNotFoundError        the workspace does not know the job
+    └── WorkspaceError          base of the two workspace errors, and of the ones not classified yet,
+                                which are treated as transient
+
+A `WorkspaceError` that is neither transient nor permanent is retried: when in doubt, retrying is
+safe, because every step is idempotent by work key, and the ledger bounds how often a blob version
+is taken over before it is recorded as failed.
 
 Every message is one line that names the bad value and says what to do.
 """
@@ -18,13 +31,20 @@ from __future__ import annotations
 __all__ = [
     "AutoretrainError",
     "BlobChangedError",
+    "BlobRejectedError",
     "ConfigError",
     "ContractError",
     "EventError",
     "ForeignEventError",
+    "JobNotFoundError",
     "LedgerError",
+    "NotReadyError",
+    "PermanentError",
     "StorageError",
+    "TransientError",
     "WorkspaceError",
+    "WorkspaceRejectedError",
+    "WorkspaceUnavailableError",
 ]
 
 
@@ -44,21 +64,49 @@ class ForeignEventError(EventError):
     """A well-formed event that is not ours to handle (another topic, container or experiment)."""
 
 
-class ContractError(AutoretrainError):
+class TransientError(AutoretrainError):
+    """Retrying may help: the caller raises, so the event is delivered again."""
+
+
+class PermanentError(AutoretrainError):
+    """Retrying cannot help: the blob version gets a final ledger state with this reason."""
+
+
+class ContractError(PermanentError):
     """A data file breaks the data contract."""
 
 
-class StorageError(AutoretrainError):
-    """Blob or Table Storage failed."""
+class StorageError(TransientError):
+    """Blob or Table Storage failed in a way that may pass."""
 
 
-class BlobChangedError(StorageError):
-    """The blob version an event names is gone: replaced (new eTag) or deleted. Not transient."""
+class BlobChangedError(PermanentError):
+    """The blob version an event names is gone: replaced (new eTag) or deleted."""
 
 
-class LedgerError(AutoretrainError):
-    """The ledger refused a state change."""
+class BlobRejectedError(PermanentError):
+    """Storage refused the request as made (for example a name it cannot hold)."""
+
+
+class LedgerError(TransientError):
+    """The ledger refused a state change: another delivery changed the record first."""
+
+
+class NotReadyError(TransientError):
+    """The event arrived before the state it needs was recorded (events can be reordered)."""
 
 
 class WorkspaceError(AutoretrainError):
-    """The workspace failed an operation."""
+    """The workspace failed an operation (unclassified: treated as transient)."""
+
+
+class WorkspaceUnavailableError(WorkspaceError, TransientError):
+    """The workspace is throttling, unreachable or refusing our identity for now."""
+
+
+class WorkspaceRejectedError(WorkspaceError, PermanentError):
+    """The workspace refused the request as made; the same request will be refused again."""
+
+
+class JobNotFoundError(WorkspaceRejectedError):
+    """The workspace does not know the job."""

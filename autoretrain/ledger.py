@@ -2,13 +2,13 @@
 
 Claims are a conditional insert (a second insert of the same key fails with 409), and every
 state change is an update matched on the entity's ETag, so two deliveries of one event can never
-both advance it. Moves follow `domain.ALLOWED_MOVES`.
+both advance it. Each change is one typed move (`domain.Move`), applied by `LedgerRecord.after`,
+which allows only the moves in `domain.ALLOWED_MOVES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from autoretrain.domain import ALLOWED_MOVES, BlobRef, LedgerRecord, LedgerState, Metrics, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, WorkKey
 from autoretrain.errors import LedgerError, StorageError
 
 __all__ = ["TableLedger"]
@@ -54,20 +54,15 @@ class TableLedger:
         # Two hex digits of partition spread the load; the row key is the whole work key.
         return key.value[:2], key.value
 
-    def claim(self, blob: BlobRef, key: WorkKey, event_id: str) -> tuple[LedgerRecord, bool]:
+    def claim(
+        self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime
+    ) -> tuple[LedgerRecord, bool]:
         now = self._clock()
-        partition, row = self._keys(key)
-        entity = {
-            "PartitionKey": partition,
-            "RowKey": row,
-            "container": blob.container,
-            "blob": blob.name,
-            "blob_etag": blob.etag,
-            "state": LedgerState.CLAIMED.value,
-            "event_id": event_id,
-            "created": now,
-            "updated": now,
-        }
+        record = LedgerRecord(
+            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
+            lease_until=lease_until,
+        )
+        entity = _entity(record)
         try:
             meta = self._table.create_entity(entity)
         except ResourceExistsError:
@@ -89,57 +84,26 @@ class TableLedger:
             raise StorageError(f"ledger: cannot read {key} ({_msg(exc)}).") from exc
         return _record({**entity, "etag": entity.metadata.get("etag")})
 
-    def advance(
-        self,
-        record: LedgerRecord,
-        state: LedgerState,
-        *,
-        data_version: str | None = None,
-        job: str | None = None,
-        model_version: str | None = None,
-        metrics: Metrics | None = None,
-        promoted: bool | None = None,
-        reason: str | None = None,
-    ) -> LedgerRecord:
-        if state not in ALLOWED_MOVES[record.state]:
-            raise LedgerError(f"ledger: {record.key} cannot move from {record.state.value} to {state.value}.")
-        if record.etag is None:
-            raise LedgerError(f"ledger: {record.key} was not read from the ledger; read it before advancing.")
-        partition, row = self._keys(record.key)
-        changes: dict[str, Any] = {"state": state.value, "updated": self._clock()}
-        for name, value in (
-            ("data_version", data_version), ("job", job), ("model_version", model_version),
-            ("reason", reason), ("promoted", promoted),
-        ):
-            if value is not None:
-                changes[name] = value
-        if metrics is not None:
-            changes["metrics"] = metrics.to_json()
+    def move(self, record: LedgerRecord, move: Move) -> LedgerRecord:
         try:
+            moved = record.after(move, self._clock())
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
+        if record.etag is None:
+            raise LedgerError(f"ledger: {record.key} was not read from the ledger; read it before moving it.")
+        entity = _entity(moved)
+        try:
+            # REPLACE, not MERGE: a field the move cleared (a lease, a reason) must go too.
             meta = self._table.update_entity(
-                {"PartitionKey": partition, "RowKey": row, **changes},
-                mode=UpdateMode.MERGE,
-                etag=record.etag,
-                match_condition=MatchConditions.IfNotModified,
+                entity, mode=UpdateMode.REPLACE, etag=record.etag, match_condition=MatchConditions.IfNotModified,
             )
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise LedgerError(
-                f"ledger: {record.key} changed since it was read; {state.value} not written."
+                f"ledger: {record.key} changed since it was read; {type(move).__name__} not written."
             ) from exc
         except AzureError as exc:
             raise StorageError(f"ledger: cannot write {record.key} ({_msg(exc)}).") from exc
-        return replace(
-            record,
-            state=state,
-            updated=changes["updated"],
-            data_version=data_version or record.data_version,
-            job=job or record.job,
-            model_version=model_version or record.model_version,
-            metrics=metrics or record.metrics,
-            promoted=record.promoted if promoted is None else promoted,
-            reason=reason or record.reason,
-            etag=meta.get("etag"),
-        )
+        return _record({**entity, "etag": meta.get("etag")})
 
     def records(self) -> Iterator[LedgerRecord]:
         try:
@@ -159,8 +123,36 @@ def _when(value: Any) -> datetime:
     return datetime.fromisoformat(str(value))
 
 
+def _entity(record: LedgerRecord) -> dict[str, Any]:
+    partition, row = TableLedger._keys(record.key)
+    entity: dict[str, Any] = {
+        "PartitionKey": partition,
+        "RowKey": row,
+        "container": record.blob.container,
+        "blob": record.blob.name,
+        "blob_etag": record.blob.etag,
+        "state": record.state.value,
+        "event_id": record.event_id,
+        "created": record.created,
+        "updated": record.updated,
+        "attempts": record.attempts,
+    }
+    optional: dict[str, Any] = {
+        "data_version": record.data_version,
+        "job": record.job,
+        "model_version": record.model_version,
+        "metrics": record.metrics.to_json() if record.metrics else None,
+        "promoted": record.promoted,
+        "reason": record.reason,
+        "lease_until": record.lease_until,
+    }
+    entity.update({name: value for name, value in optional.items() if value is not None})
+    return entity
+
+
 def _record(entity: dict[str, Any]) -> LedgerRecord:
     metrics = entity.get("metrics")
+    lease = entity.get("lease_until")
     return LedgerRecord(
         key=WorkKey(entity["RowKey"]),
         blob=BlobRef(entity["container"], entity["blob"], entity["blob_etag"]),
@@ -174,5 +166,7 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         metrics=Metrics.from_json(metrics) if metrics else None,
         promoted=entity.get("promoted"),
         reason=entity.get("reason"),
+        lease_until=_when(lease) if lease else None,
+        attempts=int(entity.get("attempts") or 1),
         etag=entity.get("etag"),
     )

@@ -1,49 +1,86 @@
-"""The use cases: ingest a new blob version, complete a finished run.
+"""The use cases: ingest a new blob version, complete a finished run, reconcile what was missed.
 
 Written against the ports only (`autoretrain.ports`). Each use case returns an outcome that says
-what it decided; the trigger logs it. Event Grid delivers at least once and may reorder, so every
-step is safe to repeat: the ledger's atomic claim makes a second delivery a no-op, and the
-workspace calls are idempotent by the blob version's `WorkKey` when a first try died half-way.
+what it decided; the trigger logs it. Event Grid delivers at least once, may reorder and may drop
+(a dead-lettered event, a completion sent while the app was down), and a worker may die anywhere,
+so every step is safe to repeat:
+
+- the ledger's atomic claim makes a second delivery a no-op, and its ETag-matched moves let one
+  worker win each state change;
+- work in progress (`claimed`, `completing`) is held under a lease; when the holder dies, a
+  redelivery or `reconcile` takes it over after the lease, and gives up (`failed`, with the last
+  error) after `max_attempts` takers;
+- the workspace and storage calls are idempotent by the blob version's `WorkKey`, so a taker that
+  repeats a step the dead worker already did gets the same data version, job and model;
+- transient errors raise (Event Grid retries), permanent ones end in a ledger state with a reason.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from autoretrain.contract import HEAD_BYTES, Contract, check_head, check_name
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
+    DataVersion,
+    Fail,
+    Finish,
     LedgerRecord,
     LedgerState,
+    ListedBlob,
     ModelVersion,
+    Move,
     PipelineRun,
+    Quarantine,
+    Release,
     RunState,
     RunStatus,
+    Skip,
+    StartCompleting,
+    Submit,
+    TakeOver,
     WorkKey,
 )
-from autoretrain.errors import BlobChangedError, ContractError, LedgerError, WorkspaceError
+from autoretrain.errors import (
+    BlobChangedError,
+    ContractError,
+    JobNotFoundError,
+    LedgerError,
+    NotReadyError,
+    PermanentError,
+    WorkspaceError,
+)
 from autoretrain.events import COMMITTED_APIS, BlobCreated, RunFinished
-from autoretrain.logs import log_event
-from autoretrain.ports import BlobStore, Ledger, Workspace
+from autoretrain.logs import bound, log_event
+from autoretrain.ports import BlobStore, Clock, Ledger, Workspace
 from autoretrain.settings import Settings
 
 __all__ = [
     "CompleteOutcome",
     "Deps",
     "Duplicate",
+    "Failed",
+    "Found",
     "Ignored",
     "InProgress",
     "IngestOutcome",
+    "LoopConfig",
     "Quarantined",
+    "ReconcileReport",
     "Registered",
     "RunFailed",
     "Skipped",
     "Submitted",
     "complete",
+    "complete_record",
     "ingest",
+    "ingest_blob",
     "log_outcome",
+    "reconcile",
 ]
 
 log = logging.getLogger("autoretrain.loop")
@@ -52,13 +89,44 @@ PIPELINE_RUN_TYPE = "azureml.PipelineRun"
 _GATE_ATTEMPTS = 5
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    """The settings the loop reads, and nothing else."""
+
+    storage_topic: str
+    workspace_topic: str
+    incoming_container: str = "incoming"
+    quarantine_container: str = "quarantine"
+    datasets_container: str = "datasets"
+    # How long a worker may hold a claimed or completing record before another may take it over.
+    lease: timedelta = timedelta(minutes=10)
+    # Takers of one record (the first included) before it is recorded as failed with the last error.
+    max_attempts: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoopConfig:
+        return cls(
+            storage_topic=settings.storage_topic,
+            workspace_topic=settings.workspace_topic,
+            incoming_container=settings.incoming_container,
+            quarantine_container=settings.quarantine_container,
+            datasets_container=settings.datasets_container,
+            lease=timedelta(seconds=settings.lease_seconds),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
-    settings: Settings
+    config: LoopConfig
     contract: Contract
     workspace: Workspace
     ledger: Ledger
     blobs: BlobStore
+    clock: Clock = _utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +137,8 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
+    """Already handled, or being handled by another worker whose lease still runs."""
+
     record: LedgerRecord
 
 
@@ -81,6 +151,14 @@ class Quarantined:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
+    record: LedgerRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A permanent error that is not the data's fault, or too many attempts: recorded as failed."""
+
     record: LedgerRecord
     reason: str
 
@@ -113,8 +191,8 @@ class RunFailed:
     status: RunStatus
 
 
-IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Ignored
-CompleteOutcome = Registered | RunFailed | InProgress | Duplicate | Ignored
+IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
+CompleteOutcome = Registered | RunFailed | InProgress | Duplicate | Failed | Ignored
 
 
 def _same_topic(a: str, b: str) -> bool:
@@ -122,13 +200,12 @@ def _same_topic(a: str, b: str) -> bool:
     return a.strip().rstrip("/").lower() == b.strip().rstrip("/").lower()
 
 
-def _authenticate(event: BlobCreated, deps: Deps) -> str | None:
+def _authenticate(event: BlobCreated, config: LoopConfig) -> str | None:
     """Why this event is not ours to act on, or None."""
-    settings = deps.settings
-    if not _same_topic(event.topic, settings.storage_topic):
-        return f"topic {event.topic!r} is not our storage account {settings.storage_topic!r}"
-    if event.blob.container != settings.incoming_container:
-        return f"container {event.blob.container!r} is not {settings.incoming_container!r}"
+    if not _same_topic(event.topic, config.storage_topic):
+        return f"topic {event.topic!r} is not our storage account {config.storage_topic!r}"
+    if event.blob.container != config.incoming_container:
+        return f"container {event.blob.container!r} is not {config.incoming_container!r}"
     if event.api not in COMMITTED_APIS:
         return f"api {event.api!r} does not mean a committed blob"
     if event.blob.name.endswith("/"):
@@ -138,80 +215,140 @@ def _authenticate(event: BlobCreated, deps: Deps) -> str | None:
 
 def ingest(event: BlobCreated, deps: Deps) -> IngestOutcome:
     """A blob landed in incoming/: check it, register it, submit the pipeline on it, once."""
-    why_not = _authenticate(event, deps)
+    why_not = _authenticate(event, deps.config)
     if why_not is not None:
         return Ignored(why_not)
-    blob = event.blob
-    key = WorkKey.for_blob(blob)
-    record, created = deps.ledger.claim(blob, key, event.event_id)
-    if not created and record.state is not LedgerState.CLAIMED:
-        return Duplicate(record)
-    if not created:
-        # An earlier delivery claimed it and did not finish (it raised, so Event Grid retried).
-        # Every step below is idempotent by key, so picking it up again is safe.
-        log_event(log, logging.INFO, "ingest.resumed", first_event=record.event_id)
-    log_event(log, logging.INFO, "ingest.claimed")
+    return ingest_blob(event.blob, deps, event_id=event.event_id, content_length=event.content_length)
 
+
+def ingest_blob(blob: BlobRef, deps: Deps, *, event_id: str, content_length: int | None) -> IngestOutcome:
+    """Ingest one blob version: the path of its BlobCreated event, and of reconcile when it was lost."""
+    key = WorkKey.for_blob(blob)
+    now = deps.clock()
+    record, created = deps.ledger.claim(blob, key, event_id, now + deps.config.lease)
+    if not created:
+        if record.state is not LedgerState.CLAIMED or not record.lease_expired(now):
+            return Duplicate(record)  # done, or another worker holds it and its lease runs
+        taken = _take_over(record, deps)
+        if not isinstance(taken, LedgerRecord):
+            return taken
+        record = taken
+    log_event(log, logging.INFO, "ingest.claimed", attempt=record.attempts)
     try:
-        check_name(blob.name, event.content_length, deps.contract)
+        return _ingest_claimed(record, content_length, deps)
+    except PermanentError as exc:
+        return _fail(record, str(exc), deps)
+    except Exception as exc:
+        # Transient (or not classified): give the lease back so Event Grid's retry starts at once.
+        _release(record, exc, deps)
+        raise
+
+
+def _take_over(record: LedgerRecord, deps: Deps) -> LedgerRecord | Duplicate | Failed:
+    """Take over leased work whose holder is gone; one worker wins, the others see a duplicate."""
+    if record.attempts >= deps.config.max_attempts:
+        reason = f"gave up after {record.attempts} attempts; last error: {record.reason or 'the worker died'}"
+        return _fail(record, reason, deps)
+    try:
+        taken = deps.ledger.move(record, TakeOver(deps.clock() + deps.config.lease))
+    except LedgerError:
+        latest = deps.ledger.get(record.key)
+        return Duplicate(latest or record)
+    log_event(log, logging.WARNING, "ledger.taken_over", state=taken.state.value, attempt=taken.attempts,
+              previous_error=record.reason)
+    return taken
+
+
+def _release(record: LedgerRecord, exc: BaseException, deps: Deps) -> None:
+    latest = deps.ledger.get(record.key)
+    if latest is None or latest.etag is None or not latest.state.leased or latest.attempts != record.attempts:
+        return  # moved on, or taken over by another worker: not ours to release
+    try:
+        deps.ledger.move(latest, Release(f"{type(exc).__name__}: {_one_line(exc)}"))
+    except Exception:  # best effort: the lease runs out by itself
+        log.debug("release of %s failed", record.key, exc_info=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps) -> IngestOutcome:
+    blob = record.blob
+    try:
+        check_name(blob.name, content_length, deps.contract)
         head = deps.blobs.read_head(blob, HEAD_BYTES)
-        complete_file = len(head) < HEAD_BYTES or event.content_length == len(head)
+        complete_file = len(head) < HEAD_BYTES or content_length == len(head)
         rows = check_head(blob.path, head, deps.contract, complete=complete_file)
     except ContractError as exc:
         return _quarantine(record, str(exc), deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
     log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
-
-    lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": event.event_id}
     try:
-        snapshot = deps.blobs.copy_to(
-            blob, deps.settings.datasets_container, blob.copy_name(key),
-            {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
-        )
+        data, run = _register_and_submit(record, deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
+    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", run.name))
+    return Submitted(record, run)
+
+
+def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineRun]:
+    """Snapshot the blob version, register it and submit its job: each step idempotent by key."""
+    blob, key = record.blob, record.key
+    lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
+    snapshot = deps.blobs.copy_to(
+        blob, deps.config.datasets_container, blob.copy_name(key),
+        {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
+    )
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
     run = deps.workspace.submit(data, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag})
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=run.name, experiment=run.experiment)
-    record = _advance_or_reread(
-        deps.ledger, record, LedgerState.SUBMITTED, data_version=f"{data.name}:{data.version}", job=run.name
-    )
-    return Submitted(record, run)
+    return data, run
 
 
-def _advance_or_reread(ledger: Ledger, record: LedgerRecord, state: LedgerState, **changes: object) -> LedgerRecord:
-    """Advance; if a concurrent delivery advanced it first, its result stands."""
+def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
+    """Move; if a concurrent worker moved it on first, its result stands."""
     try:
-        return ledger.advance(record, state, **changes)  # type: ignore[arg-type]
+        return ledger.move(record, move)
     except LedgerError:
         latest = ledger.get(record.key)
-        if latest is None or latest.state is LedgerState.CLAIMED:
+        if latest is None or latest.state is record.state:
             raise
-        log_event(log, logging.INFO, "ledger.already_advanced", state=latest.state.value)
+        log_event(log, logging.INFO, "ledger.already_moved", state=latest.state.value)
         return latest
 
 
-def _quarantine(record: LedgerRecord, reason: str, deps: Deps) -> Quarantined:
-    copy = deps.blobs.copy_to(
-        record.blob, deps.settings.quarantine_container, record.blob.copy_name(record.key),
-        {"reason": reason, "source_blob": record.blob.path, "source_etag": record.blob.etag},
-    )
-    record = _advance_or_reread(deps.ledger, record, LedgerState.QUARANTINED, reason=reason)
+def _quarantine(record: LedgerRecord, reason: str, deps: Deps) -> Quarantined | Skipped:
+    try:
+        copy = deps.blobs.copy_to(
+            record.blob, deps.config.quarantine_container, record.blob.copy_name(record.key),
+            {"reason": reason, "source_blob": record.blob.path, "source_etag": record.blob.etag},
+        )
+    except BlobChangedError as exc:
+        # Nothing is left to quarantine; the reason is kept in the ledger all the same.
+        return _skip(record, f"{reason} It could not be quarantined: {exc}", deps)
+    record = _move(deps.ledger, record, Quarantine(reason))
     return Quarantined(record, reason, copy)
 
 
 def _skip(record: LedgerRecord, reason: str, deps: Deps) -> Skipped:
-    record = _advance_or_reread(deps.ledger, record, LedgerState.SKIPPED, reason=reason)
+    record = _move(deps.ledger, record, Skip(reason))
     return Skipped(record, reason)
+
+
+def _fail(record: LedgerRecord, reason: str, deps: Deps) -> Failed:
+    record = _move(deps.ledger, record, Fail(reason))
+    return Failed(record, reason)
 
 
 def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     """Our pipeline run ended: record a failure, or register its model with metrics and gate it."""
-    settings = deps.settings
-    if not _same_topic(event.topic, settings.workspace_topic):
-        return Ignored(f"topic {event.topic!r} is not our workspace {settings.workspace_topic!r}")
+    config = deps.config
+    if not _same_topic(event.topic, config.workspace_topic):
+        return Ignored(f"topic {event.topic!r} is not our workspace {config.workspace_topic!r}")
     if event.run_type != PIPELINE_RUN_TYPE:
         return Ignored(f"run {event.run_id} is a {event.run_type or 'untyped'} run, not a pipeline run")
     tag = event.run_tags.get(RUN_TAG)
@@ -225,30 +362,65 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
         return Ignored(f"run {event.run_id} is not job {key.job_name} that its tag names")
     record = deps.ledger.get(key)
     if record is None:
-        return Ignored(f"run {event.run_id}: no ledger record for work key {key}")
+        # Reconcile adopts a run whose ledger record was lost, if its blob version still exists.
+        return Ignored(f"run {event.run_id}: no ledger record for work key {key}; reconcile will look at it")
+    try:
+        return complete_record(record, deps)
+    except JobNotFoundError as exc:
+        return Ignored(f"run {event.run_id}: {exc}; reconcile submits it again")
+
+
+def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
+    """Finish a submitted record whose job ended: the path of a run event, and of reconcile."""
+    if record.state is LedgerState.CLAIMED:
+        raise NotReadyError(
+            f"{record.blob.path}: ingest has not recorded job {record.key.job_name} yet; the event will be retried."
+        )
     if record.state.final:
         return Duplicate(record)
-
+    now = deps.clock()
+    if record.state is LedgerState.COMPLETING and not record.lease_expired(now):
+        return Duplicate(record)
+    job = record.job or record.key.job_name
     # The event says what happened; the workspace is asked again, since events can be reordered.
-    status = deps.workspace.run_status(event.run_id)
+    status = deps.workspace.run_status(job)
     if not status.state.terminal:
         return InProgress(record, status)
+    if record.state is LedgerState.SUBMITTED:
+        try:
+            record = deps.ledger.move(record, StartCompleting(now + deps.config.lease))
+        except LedgerError:
+            return Duplicate(deps.ledger.get(record.key) or record)
+    else:
+        taken = _take_over(record, deps)
+        if not isinstance(taken, LedgerRecord):
+            return taken
+        record = taken
+    try:
+        return _complete_leased(record, status, deps)
+    except PermanentError as exc:
+        return _fail(record, str(exc), deps)
+    except Exception as exc:
+        _release(record, exc, deps)
+        raise
+
+
+def _complete_leased(record: LedgerRecord, status: RunStatus, deps: Deps) -> CompleteOutcome:
+    job = status.name
     if status.state is not RunState.COMPLETED:
         step = status.failed_step or "pipeline"
         reason = f"{status.state.value} in step {step!r}: {status.error or 'no error message'} (log: {status.log})"
-        record = _advance_or_reread(deps.ledger, record, LedgerState.FAILED, job=event.run_id, reason=reason)
-        return RunFailed(record, status)
-
-    metrics = deps.workspace.run_metrics(event.run_id)
+        return RunFailed(_move(deps.ledger, record, Fail(reason)), status)
+    metrics = deps.workspace.run_metrics(job)
     log_event(log, logging.INFO, "complete.metrics", **{metrics.primary: metrics.primary_value})
     lineage = {
         "blob": record.blob.path,
         "etag": record.blob.etag,
-        "work_key": key.value,
-        "job": event.run_id,
+        "work_key": record.key.value,
+        "job": job,
         "data_version": record.data_version or "",
     }
-    model = deps.workspace.register_model(event.run_id, key, metrics, lineage)
+    model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
     champion, promoted = _champion_gate(deps.workspace, model)
     log_event(
@@ -258,11 +430,163 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
         champion_value=champion.metrics.values.get(metrics.primary) if champion else None,
         value=metrics.primary_value,
     )
-    record = _advance_or_reread(
-        deps.ledger, record, LedgerState.DONE,
-        job=event.run_id, model_version=f"{model.name}:{model.version}", metrics=metrics, promoted=promoted,
-    )
+    record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted))
     return Registered(record, model, promoted)
+
+
+# ---- reconcile ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One thing a reconcile pass found out of step, and what it did about it."""
+
+    what: str  # unannounced | stale_claim | finished_job | stale_completion | lost_job | orphan_run
+    blob: str
+    work_key: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    blobs_listed: int
+    records: int
+    runs: int
+    found: tuple[Found, ...] = ()
+    errors: tuple[str, ...] = field(default=())
+
+
+def _result(outcome: IngestOutcome | CompleteOutcome) -> str:
+    match outcome:
+        case Submitted(record, run):
+            return f"submitted {run.name} on {record.data_version}"
+        case Registered(record, _, promoted):
+            return f"done: model {record.model_version}{', promoted' if promoted else ''}"
+        case Quarantined(_, reason, _) | Skipped(_, reason) | Failed(_, reason):
+            return f"{type(outcome).__name__.lower()}: {reason}"
+        case RunFailed(record, _):
+            return f"failed: {record.reason}"
+        case InProgress(_, status):
+            return f"job {status.name} is {status.state.value.lower()}"
+        case Duplicate(record):
+            return f"already {record.state.value}"
+        case Ignored(reason):
+            return f"ignored: {reason}"
+
+
+def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
+    """One pass that makes the ledger, the container and the workspace agree. Safe to run any time.
+
+    - blob versions in incoming/ with no ledger record, older than `grace` (their event may still
+      be on its way): ingested through the same path and work key as their event;
+    - `claimed` records whose lease ran out (the worker died): taken over and finished;
+    - `submitted`/`completing` records whose job ended: completed; a job the workspace does not
+      know is submitted again from the same blob version;
+    - runs of ours with no ledger record (the ledger lost a write): adopted when their blob version
+      still exists, reported otherwise.
+
+    Every step is the idempotent one of ingest or complete, so a live event or a second pass at the
+    same time changes nothing twice. No blob content is read, except by the ingest of a found blob.
+    """
+    now = deps.clock()
+    found: list[Found] = []
+    errors: list[str] = []
+    done: set[str] = set()
+
+    def attempt(what: str, blob: BlobRef, key: WorkKey, action: Callable[[], IngestOutcome | CompleteOutcome]) -> None:
+        done.add(key.value)
+        with bound(blob=blob.path, etag=blob.etag, work_key=key.value):
+            try:
+                outcome = action()
+            except Exception as exc:
+                message = f"{what} {blob.path} ({key}): {type(exc).__name__}: {_one_line(exc)}"
+                log_event(log, logging.ERROR, "reconcile.error", what=what, error=_one_line(exc))
+                errors.append(message)
+                return
+            if isinstance(outcome, Duplicate | InProgress) and what != "unannounced":
+                return  # nothing was out of step after all
+            result = _result(outcome)
+            log_event(log, logging.WARNING, "reconcile.found", what=what, result=result)
+            found.append(Found(what, blob.path, key.value, result))
+
+    records = {r.key.value: r for r in deps.ledger.records()}
+    listed: dict[str, ListedBlob] = {}
+    for item in deps.blobs.list_blobs(deps.config.incoming_container):
+        key = WorkKey.for_blob(item.ref)
+        listed[key.value] = item
+        if key.value in records or item.ref.name.endswith("/") or now - item.last_modified < grace:
+            continue
+        attempt("unannounced", item.ref, key, _ingest_then_complete(item.ref, deps, item.size, now))
+
+    for record in records.values():
+        if record.state is LedgerState.CLAIMED and record.lease_expired(now):
+            seen = listed.get(record.key.value)
+            size = seen.size if seen else None
+            attempt("stale_claim", record.blob, record.key, _ingest_then_complete(record.blob, deps, size, now))
+        elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
+            what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
+            attempt(what, record.blob, record.key, _complete_or_resubmit(record, deps))
+
+    runs = 0
+    for run in deps.workspace.runs():
+        runs += 1
+        tag = run.tags.get(RUN_TAG, "")
+        try:
+            key = WorkKey(tag)
+        except ValueError:
+            continue
+        if key.value in records or key.value in done:
+            continue
+        survivor = listed.get(key.value)
+        if survivor is not None:
+            attempt("orphan_run", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
+            continue
+        blob = run.tags.get("blob", "?")
+        result = (
+            f"its blob version ({blob}, eTag {run.tags.get('etag', '?')}) is gone; "
+            f"job {run.name} is kept, not trained on again"
+        )
+        log_event(log, logging.WARNING, "reconcile.found", what="orphan_run", job=run.name, result=result)
+        found.append(Found("orphan_run", blob, key.value, result))
+
+    report = ReconcileReport(len(listed), len(records), runs, tuple(found), tuple(errors))
+    log_event(
+        log, logging.ERROR if errors else logging.INFO, "reconcile.done",
+        blobs=report.blobs_listed, records=report.records, runs=report.runs, found=len(found), errors=len(errors),
+    )
+    return report
+
+
+def _ingest_then_complete(
+    blob: BlobRef, deps: Deps, size: int | None, now: datetime
+) -> Callable[[], IngestOutcome | CompleteOutcome]:
+    def run() -> IngestOutcome | CompleteOutcome:
+        outcome = ingest_blob(blob, deps, event_id=f"reconcile-{now:%Y%m%dT%H%M%SZ}", content_length=size)
+        if isinstance(outcome, Submitted) and outcome.run.status.terminal:
+            # The job already ran (an adopted run, or one whose record was lost): finish it now.
+            return complete_record(outcome.record, deps)
+        return outcome
+
+    return run
+
+
+def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome | CompleteOutcome]:
+    def run() -> IngestOutcome | CompleteOutcome:
+        try:
+            return complete_record(record, deps)
+        except JobNotFoundError:
+            pass
+        # The workspace lost the job (or never got it): submit it again, from the same blob version.
+        log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
+        try:
+            _, submitted = _register_and_submit(record, deps)
+        except BlobChangedError as exc:
+            latest = deps.ledger.get(record.key) or record
+            completing = _move(deps.ledger, latest, StartCompleting(deps.clock() + deps.config.lease))
+            return _fail(completing, f"the workspace lost job {record.job} and the blob version is gone: {exc}", deps)
+        return Submitted(record, submitted)
+
+    return run
 
 
 def _champion_gate(workspace: Workspace, model: ModelVersion) -> tuple[ModelVersion | None, bool]:
@@ -293,6 +617,8 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
             log_event(log, logging.INFO, "ingest.submitted", job=run.name, data_version=record.data_version)
         case Quarantined(record, reason, copy):
             log_event(log, logging.ERROR, "ingest.quarantined", reason=reason, copy=copy.path)
+        case Failed(record, reason):
+            log_event(log, logging.ERROR, "failed", state=record.state.value, reason=reason)
         case Skipped(record, reason):
             log_event(log, logging.WARNING, "ingest.skipped", reason=reason)
         case Registered(record, _, promoted):

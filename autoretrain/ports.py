@@ -15,9 +15,10 @@ from autoretrain.domain import (
     BlobRef,
     DataVersion,
     LedgerRecord,
-    LedgerState,
+    ListedBlob,
     Metrics,
     ModelVersion,
+    Move,
     PipelineRun,
     RunStatus,
     WorkKey,
@@ -36,7 +37,8 @@ class BlobStore(Protocol):
         ...
 
     def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
-        """Copy exactly this blob version to container/name (overwriting a copy of the same). The
+        """Copy exactly this blob version to container/name. A copy of the same version that is
+        already there is kept and returned, so concurrent copies never overwrite each other. The
         source is never changed."""
         ...
 
@@ -46,28 +48,25 @@ class BlobStore(Protocol):
 
     def upload(self, container: str, name: str, data: bytes) -> BlobRef: ...
 
+    def list_blobs(self, container: str) -> Iterator[ListedBlob]:
+        """Every blob version in the container, page by page, from the listing alone (no content).
+        A name the service cannot list is logged and left out, never a reason to list nothing."""
+        ...
+
 
 class Ledger(Protocol):
-    def claim(self, blob: BlobRef, key: WorkKey, event_id: str) -> tuple[LedgerRecord, bool]:
-        """Insert the record for this blob version if none exists (atomic). Returns the record and
-        whether this call created it."""
+    def claim(
+        self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime
+    ) -> tuple[LedgerRecord, bool]:
+        """Insert the record for this blob version, `claimed` under a lease, if none exists (atomic).
+        Returns the record and whether this call created it."""
         ...
 
     def get(self, key: WorkKey) -> LedgerRecord | None: ...
 
-    def advance(
-        self,
-        record: LedgerRecord,
-        state: LedgerState,
-        *,
-        data_version: str | None = None,
-        job: str | None = None,
-        model_version: str | None = None,
-        metrics: Metrics | None = None,
-        promoted: bool | None = None,
-        reason: str | None = None,
-    ) -> LedgerRecord:
-        """Move the record to `state` if it is still as read (its etag); LedgerError otherwise."""
+    def move(self, record: LedgerRecord, move: Move) -> LedgerRecord:
+        """Apply one move if the record is still as read (its etag); LedgerError otherwise, or when
+        the move is not allowed from the record's state."""
         ...
 
     def records(self) -> Iterator[LedgerRecord]: ...
@@ -82,7 +81,13 @@ class Workspace(Protocol):
         """Submit the training pipeline on `data` as job `key.job_name`; a second call returns the first."""
         ...
 
-    def run_status(self, job: str) -> RunStatus: ...
+    def run_status(self, job: str) -> RunStatus:
+        """The job's state; JobNotFoundError when the workspace does not know it."""
+        ...
+
+    def runs(self) -> Iterator[PipelineRun]:
+        """Every pipeline run that carries our run tag, with its tags (for reconcile)."""
+        ...
 
     def run_metrics(self, job: str) -> Metrics: ...
 

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
@@ -51,12 +52,27 @@ SETTING_NAMES: tuple[str, ...] = (
     "AUTORETRAIN_AZUREML_DATASTORE",
     "AUTORETRAIN_AZUREML_COMPUTE",
     "AUTORETRAIN_HOST_URL",
+    "AUTORETRAIN_RECONCILE_SCHEDULE",
+    "AUTORETRAIN_RECONCILE_GRACE_SECONDS",
+    "AUTORETRAIN_LEASE_SECONDS",
     "AZURE_CLIENT_ID",
 )
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _seconds(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} is not a whole number of seconds; use e.g. 600.")
+    return value
 
 
 class WorkspaceKind(StrEnum):
@@ -92,7 +108,17 @@ class Settings:
     azureml_compute: str | None = None
     # Where the local workspace sends its run events: the local Functions host.
     host_url: str = "http://127.0.0.1:7071"
+    # The reconcile timer's NCRONTAB schedule (the function reads it as %AUTORETRAIN_RECONCILE_SCHEDULE%).
+    reconcile_schedule: str = "0 */5 * * * *"
+    # A blob version younger than this has its event still on its way: reconcile leaves it alone.
+    reconcile_grace_seconds: int = 600
+    # How long a worker holds a claimed or completing record before another may take it over.
+    lease_seconds: int = 600
     azure_client_id: str | None = None
+
+    @property
+    def reconcile_grace(self) -> timedelta:
+        return timedelta(seconds=self.reconcile_grace_seconds)
 
     @property
     def workspace_topic(self) -> str:
@@ -167,12 +193,26 @@ class Settings:
             azureml_datastore=get("AUTORETRAIN_AZUREML_DATASTORE"),
             azureml_compute=get("AUTORETRAIN_AZUREML_COMPUTE"),
             host_url=(get("AUTORETRAIN_HOST_URL") or defaults.host_url).rstrip("/"),
+            reconcile_schedule=get("AUTORETRAIN_RECONCILE_SCHEDULE") or defaults.reconcile_schedule,
+            reconcile_grace_seconds=_seconds(
+                "AUTORETRAIN_RECONCILE_GRACE_SECONDS", get("AUTORETRAIN_RECONCILE_GRACE_SECONDS"),
+                defaults.reconcile_grace_seconds,
+            ),
+            lease_seconds=_seconds(
+                "AUTORETRAIN_LEASE_SECONDS", get("AUTORETRAIN_LEASE_SECONDS"), defaults.lease_seconds
+            ),
             azure_client_id=get("AZURE_CLIENT_ID"),
         )
         settings._validate()
         return settings
 
     def _validate(self) -> None:
+        from autoretrain.local.ncrontab import NcrontabSchedule
+
+        try:
+            NcrontabSchedule.parse(self.reconcile_schedule)
+        except ConfigError as exc:
+            raise ConfigError(f"AUTORETRAIN_RECONCILE_SCHEDULE: {exc}") from None
         for env_name, value in (
             ("AUTORETRAIN_INCOMING_CONTAINER", self.incoming_container),
             ("AUTORETRAIN_QUARANTINE_CONTAINER", self.quarantine_container),

@@ -8,25 +8,56 @@ The customer's blob is only ever read.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
+    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobServiceClient, StorageStreamDownloader
+from azure.storage.blob import (
+    BlobProperties,
+    BlobServiceClient,
+    ContainerClient,
+    ExponentialRetry,
+    StorageStreamDownloader,
+)
 
-from autoretrain.domain import BlobRef
-from autoretrain.errors import BlobChangedError, StorageError
+from autoretrain.domain import BlobRef, ListedBlob
+from autoretrain.errors import BlobChangedError, BlobRejectedError, StorageError
 
-__all__ = ["AzureBlobStore", "safe_metadata"]
+__all__ = ["AzureBlobStore", "client_options", "safe_metadata"]
 
-_CHUNK = 4 * 1024 * 1024
+log = logging.getLogger("autoretrain.storage")
+
+# Answers that mean "this request, as made, will never succeed": the name or the body is wrong.
+_REJECTED = frozenset({400, 411, 413, 414, 416})
+# When a listing fails on one name (Azurite answers 500 for a name with a control character), the
+# listing is split by the next character of the prefix: printable ASCII one by one, and one listing
+# of everything after '~' (other Unicode). Names under a prefix that still fails at this depth are
+# left out, and said so in the log.
+_SPLIT = [chr(c) for c in range(0x20, 0x7F)]
+_SPLIT_DEPTH = 8
+
+
+def client_options(retries: int = 2) -> dict[str, Any]:
+    """Blob client options: the SDK's default retries (15 s backoff, tripled) can hold one call for
+    minutes, while Event Grid waits 30 s and retries itself; here two retries wait about 3 s and 5 s."""
+    return {
+        "retry_policy": ExponentialRetry(
+            initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1
+        ),
+        "connection_timeout": 10,
+        "read_timeout": 30,
+    }
 
 
 def safe_metadata(values: Mapping[str, str]) -> dict[str, str]:
@@ -43,7 +74,15 @@ class _EmptyBlob(Exception):
 
 
 def _msg(exc: AzureError) -> str:
-    return (getattr(exc, "message", None) or str(exc)).splitlines()[0]
+    return (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]
+
+
+def _error(action: str, exc: AzureError) -> StorageError | BlobRejectedError:
+    """A request the service rejects as made is permanent; anything else may pass."""
+    status = getattr(exc, "status_code", None)
+    if status in _REJECTED:
+        return BlobRejectedError(f"{action}: the service rejects the request ({status}: {_msg(exc)}).")
+    return StorageError(f"{action} ({_msg(exc)}).")
 
 
 class AzureBlobStore:
@@ -81,7 +120,7 @@ class AzureBlobStore:
         except AzureError as exc:
             if offset is not None and getattr(exc, "status_code", None) == 416:
                 raise _EmptyBlob from exc
-            raise StorageError(f"{ref.path}: cannot read it ({_msg(exc)}).") from exc
+            raise _error(f"{ref.path}: cannot read it", exc) from exc
 
     def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
         try:
@@ -91,22 +130,106 @@ class AzureBlobStore:
         try:
             return downloader.readall()
         except AzureError as exc:
-            raise StorageError(f"{ref.path}: cannot read it ({_msg(exc)}).") from exc
+            raise _error(f"{ref.path}: cannot read it", exc) from exc
 
     def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
         self._ensure_container(container)
-        downloader = self._pinned(ref)
         target = self._service.get_blob_client(container, name)
+        existing = self._copy_of(target, ref)
+        if existing is not None:
+            return existing
+        downloader = self._pinned(ref)
         try:
+            # If-None-Match: * at commit: of two concurrent copies one commits, the other keeps it.
             result = target.upload_blob(
-                downloader.chunks(), length=downloader.size, overwrite=True,
-                metadata=safe_metadata(metadata),
+                downloader.chunks(), length=downloader.size, overwrite=False,
+                metadata=safe_metadata({**metadata, "source_etag": ref.etag}),
             )
+        except ResourceExistsError:
+            existing = self._copy_of(target, ref)
+            if existing is None:
+                raise StorageError(
+                    f"{container}/{name} exists and is not a copy of {ref.path} version {ref.etag}; "
+                    "move it away and the event will be retried."
+                ) from None
+            return existing
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise BlobChangedError(f"{ref.path}: version {ref.etag} changed while being copied.") from exc
         except AzureError as exc:
-            raise StorageError(f"{ref.path}: cannot copy it to {container}/{name} ({_msg(exc)}).") from exc
+            raise _error(f"{ref.path}: cannot copy it to {container}/{name}", exc) from exc
         return BlobRef(container, name, str(result["etag"]))
+
+    def _copy_of(self, target: object, ref: BlobRef) -> BlobRef | None:
+        """The copy already at `target` when it is one of exactly this blob version."""
+        try:
+            props = target.get_blob_properties()  # type: ignore[attr-defined]
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _error(f"cannot read {ref.path}'s copy", exc) from exc
+        if (props.metadata or {}).get("source_etag") != ref.etag:
+            return None
+        return BlobRef(props.container, props.name, str(props.etag))
+
+    def list_blobs(self, container: str) -> Iterator[ListedBlob]:
+        client = self._service.get_container_client(container)
+        seen: set[str] = set()
+        for blob in self._listing(client, container, "", 0):
+            if blob.name in seen:
+                continue
+            seen.add(blob.name)
+            modified = blob.last_modified
+            if modified.tzinfo is None:
+                modified = modified.replace(tzinfo=UTC)
+            settings = blob.content_settings
+            yield ListedBlob(
+                BlobRef(container, blob.name, str(blob.etag)), int(blob.size or 0), modified,
+                settings.content_type if settings else None,
+            )
+
+    def _listing(self, client: ContainerClient, container: str, prefix: str, depth: int) -> Iterator[BlobProperties]:
+        """List under `prefix`; when the service fails on a name in it, split the prefix instead."""
+        try:
+            # One retry for the whole listing, none for the split ones: a 500 there is the name.
+            # Materialised per prefix: a failure half-way must not yield half a listing twice.
+            items = list(client.list_blobs(name_starts_with=prefix or None, retry_total=1 if depth == 0 else 0))
+        except HttpResponseError as exc:
+            if exc.status_code is None or exc.status_code < 500 or depth >= _SPLIT_DEPTH:
+                if depth == 0:
+                    raise _error(f"cannot list container {container!r}", exc) from exc
+                log.warning(
+                    "storage.unlistable container=%s prefix=%r reason=%r: names under this prefix are left out; "
+                    "rename or delete the blob whose name the service cannot list",
+                    container, prefix, _msg(exc),
+                )
+                return
+            log.warning(
+                "storage.listing_split container=%s prefix=%r reason=%r: a name under this prefix cannot be "
+                "listed (Azurite answers 500 for a control character); the rest is listed prefix by prefix",
+                container, prefix, _msg(exc),
+            )
+            for char in _SPLIT:
+                yield from self._listing(client, container, prefix + char, depth + 1)
+            yield from self._after(client, container, prefix, depth)
+            return
+        except AzureError as exc:
+            raise _error(f"cannot list container {container!r}", exc) from exc
+        yield from items
+
+    def _after(self, client: ContainerClient, container: str, prefix: str, depth: int) -> Iterator[BlobProperties]:
+        """Names under `prefix` whose next character is past '~' (non-ASCII), from a marker."""
+        pages = client.list_blobs(name_starts_with=prefix or None, retry_total=0).by_page(
+            continuation_token=prefix + "~\U0010ffff"
+        )
+        try:
+            items = [blob for page in pages for blob in page]
+        except AzureError as exc:
+            log.warning(
+                "storage.unlistable container=%s prefix=%r reason=%r: names past '~' under this prefix are left out",
+                container, prefix, _msg(exc),
+            )
+            return
+        yield from (blob for blob in items if not blob.name.startswith(tuple(prefix + c for c in _SPLIT)))
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         downloader = self._pinned(ref)
@@ -117,7 +240,7 @@ class AzureBlobStore:
                 for chunk in downloader.chunks():
                     out.write(chunk)
         except AzureError as exc:
-            raise StorageError(f"{ref.path}: cannot download it ({_msg(exc)}).") from exc
+            raise _error(f"{ref.path}: cannot download it", exc) from exc
         partial.replace(path)
 
     def upload(self, container: str, name: str, data: bytes) -> BlobRef:

@@ -155,6 +155,10 @@ module functionApp 'modules/function-app.bicep' = {
       AUTORETRAIN_AZUREML_WORKSPACE: mlWorkspace.outputs.workspaceName
       AUTORETRAIN_AZUREML_DATASTORE: mlWorkspace.outputs.datastoreName
       AUTORETRAIN_AZUREML_COMPUTE: mlWorkspace.outputs.computeName
+      // The reconcile timer reads its schedule from here (%AUTORETRAIN_RECONCILE_SCHEDULE%).
+      AUTORETRAIN_RECONCILE_SCHEDULE: '0 */5 * * * *'
+      AUTORETRAIN_RECONCILE_GRACE_SECONDS: '600'
+      AUTORETRAIN_LEASE_SECONDS: '600'
     }
   }
 }

@@ -65,6 +65,10 @@ class Azurite:
              "--location", str(self.location),
              "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            # Its own session: the terminal's Ctrl-C (or hang-up) must not reach it. Azurite saves
+            # its metadata every few seconds and on exit; a second signal during that save loses
+            # writes, so only stop() signals it, once.
+            start_new_session=True,
         )
         deadline = time.monotonic() + self._timeout
         while not self.running():
@@ -82,13 +86,15 @@ class Azurite:
         log.info("azurite.started location=%s", self.location)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM once and wait for Azurite's last save; SIGKILL only if it hangs past `timeout`."""
         if self._process is None:
             return
         self._process.terminate()
         try:
-            self._process.wait(timeout=10)
+            self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            log.error("azurite.killed: it did not stop within %.0f s; its last writes may be lost", timeout)
             self._process.kill()
             self._process.wait()
         self._process = None

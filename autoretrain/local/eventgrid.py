@@ -40,10 +40,12 @@ from typing import Any
 from urllib.parse import quote
 
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobServiceClient
 
+from autoretrain.domain import ListedBlob
 from autoretrain.errors import ConfigError, StorageError
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
+from autoretrain.storage import AzureBlobStore, client_options
 
 __all__ = [
     "BLOB_CREATED",
@@ -51,6 +53,8 @@ __all__ = [
     "NO_RETRY_STATUSES",
     "BlobWatcher",
     "EventGridDelivery",
+    "blob_created_event",
+    "deliver_once",
     "eventgrid_webhook_url",
     "publish_to_function",
 ]
@@ -322,7 +326,11 @@ class BlobWatcher:
         topic: str = LOCAL_STORAGE_TOPIC,
         interval: float = 1.0,
     ) -> None:
-        self._client = ContainerClient.from_connection_string(connection_string, container)
+        # Few SDK retries: a listing that fails backs off here, instead of holding a poll for minutes.
+        service = BlobServiceClient.from_connection_string(connection_string, **client_options(retries=1))
+        self._client = service.get_container_client(container)
+        self._store = AzureBlobStore(service)
+        self._failures = 0
         self._container = container
         self._delivery = delivery
         self._target_url = target_url
@@ -342,19 +350,19 @@ class BlobWatcher:
         with self._state_lock:
             try:
                 self._ensure_container()
-                blobs = list(self._client.list_blobs())
+                blobs = list(self._store.list_blobs(self._container))
             except AzureError as exc:
                 raise StorageError(
                     f"listing container {self._container!r} failed: {exc}; is Azurite running?"
                 ) from exc
             events: list[tuple[str, dict[str, Any]]] = []
             seen: dict[str, str] = {}
-            for blob in sorted(blobs, key=lambda b: (b.last_modified, b.name)):
+            for blob in sorted(blobs, key=lambda b: (b.last_modified, b.ref.name)):
                 # Listings carry the eTag bare (0x8D...), as the docs' delivered events do.
-                etag = str(blob.etag).strip('"')
-                seen[blob.name] = etag
-                if etag not in (self._emitted.get(blob.name), self._in_flight.get(blob.name)):
-                    events.append((blob.name, self._blob_created(blob, etag)))
+                name, etag = blob.ref.name, blob.ref.etag
+                seen[name] = etag
+                if etag not in (self._emitted.get(name), self._in_flight.get(name)):
+                    events.append((name, self._blob_created(blob)))
             for name, event in events:
                 etag = event["data"]["eTag"]
                 self._in_flight[name] = etag
@@ -406,12 +414,15 @@ class BlobWatcher:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except StorageError as exc:
-                log.warning("%s", exc)
-            except Exception:
-                log.exception(
-                    "Blob watcher on %r failed; polling again in %.1fs", self._container, self._interval
-                )
+                self._failures = 0
+            except Exception as exc:
+                # Back off (up to 30 s) and say so; events already published keep being delivered.
+                self._failures += 1
+                wait = min(self._interval * 2 ** min(self._failures, 6), 30.0)
+                log.warning("Blob watcher on %r failed (%s); polling again in %.1fs",
+                            self._container, " ".join(str(exc).split())[:300], wait)
+                self._stop.wait(wait)
+                continue
             self._stop.wait(self._interval)
 
     def _ensure_container(self) -> None:
@@ -420,35 +431,15 @@ class BlobWatcher:
                 self._client.create_container()
             self._container_ready = True
 
-    def _blob_created(self, blob: Any, etag: str) -> dict[str, Any]:
-        """The event Blob Storage sends for a committed blob, key for key (event-schema-blob-storage.md)."""
-        name: str = blob.name
-        content_type = blob.content_settings.content_type or "application/octet-stream"
+    def _blob_created(self, blob: ListedBlob) -> dict[str, Any]:
         # The sequencer orders events of one blob by string comparison; nanoseconds keep it increasing
         # across restarts even when the state file is lost.
         self._last_sequence = max(self._last_sequence + 1, time.time_ns())
-        return {
-            "topic": self._topic,
-            "subject": f"/blobServices/default/containers/{self._container}/blobs/{name}",
-            "eventType": BLOB_CREATED,
-            "eventTime": _iso(blob.last_modified),
-            "id": str(uuid.uuid4()),
-            "data": {
-                # A listing cannot tell PutBlob from PutBlockList; both mean "fully committed".
-                "api": "PutBlob",
-                "clientRequestId": str(uuid.uuid4()),
-                "requestId": str(uuid.uuid4()),
-                "eTag": etag,
-                "contentType": content_type,
-                "contentLength": int(blob.size),
-                "blobType": "BlockBlob",
-                "url": self._client.get_blob_client(name).url,
-                "sequencer": f"{self._last_sequence:032X}",
-                "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-            },
-            "dataVersion": "",
-            "metadataVersion": "1",
-        }
+        return blob_created_event(
+            topic=self._topic, container=self._container, name=blob.ref.name, etag=blob.ref.etag, size=blob.size,
+            content_type=blob.content_type, last_modified=blob.last_modified,
+            url=self._client.get_blob_client(blob.ref.name).url, sequence=self._last_sequence,
+        )
 
     def _load_state(self) -> tuple[dict[str, str], int]:
         try:
@@ -466,6 +457,59 @@ class BlobWatcher:
     def _save_state(self) -> None:
         payload = {"container": self._container, "emitted": self._emitted, "sequence": self._last_sequence}
         _write_atomically(self.state_path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def blob_created_event(
+    *,
+    topic: str,
+    container: str,
+    name: str,
+    etag: str,
+    size: int,
+    content_type: str | None,
+    last_modified: datetime,
+    url: str,
+    sequence: int | None = None,
+) -> dict[str, Any]:
+    """The event Blob Storage sends for a committed blob, key for key (event-schema-blob-storage.md)."""
+    return {
+        "topic": topic,
+        "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
+        "eventType": BLOB_CREATED,
+        "eventTime": _iso(last_modified),
+        "id": str(uuid.uuid4()),
+        "data": {
+            # A listing cannot tell PutBlob from PutBlockList; both mean "fully committed".
+            "api": "PutBlob",
+            "clientRequestId": str(uuid.uuid4()),
+            "requestId": str(uuid.uuid4()),
+            "eTag": etag,
+            "contentType": content_type or "application/octet-stream",
+            "contentLength": size,
+            "blobType": "BlockBlob",
+            "url": url,
+            "sequencer": f"{sequence if sequence is not None else time.time_ns():032X}",
+            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
+        },
+        "dataVersion": "",
+        "metadataVersion": "1",
+    }
+
+
+def deliver_once(url: str, event: Mapping[str, Any], *, timeout: float = 30.0) -> int:
+    """POST one event to a webhook as Event Grid does, once; the HTTP status (0: no answer)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(
+        url, data=json.dumps([dict(event)]).encode(), method="POST",
+        headers={"Content-Type": "application/json", "aeg-event-type": "Notification"},
+    )
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
 
 
 def _write_atomically(path: Path, text: str) -> None:

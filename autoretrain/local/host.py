@@ -22,13 +22,15 @@ import importlib
 import inspect
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,6 +53,7 @@ __all__ = [
     "LocalHost",
     "configure_logging",
     "index_functions",
+    "resolve_setting",
 ]
 
 EVENT_GRID_TRIGGER = "eventGridTrigger"
@@ -108,6 +111,18 @@ def index_functions(app: Any) -> tuple[FunctionInfo, ...]:
         result = tuple(infos)
         _INDEX[app] = result
         return result
+
+
+def resolve_setting(value: str) -> str:
+    """`%NAME%` in a binding expression is the app setting NAME, as the real host resolves it."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"%{name}% names the app setting {name}, which is not set; set it and start again.")
+        return os.environ[name]
+
+    return re.sub(r"%([A-Za-z0-9_.:-]+)%", one, value)
 
 
 class _HostFormatter(logging.Formatter):
@@ -254,6 +269,9 @@ class LocalHost:
         log.info("Host started, listening on %s", self.url)
         timers = [i for i in functions.values() if i.trigger_type == TIMER_TRIGGER]
         if self._timers_enabled and timers:
+            # Like the real host, a schedule may name an app setting: %NAME%.
+            schedules = {info.name: NcrontabSchedule.parse(resolve_setting(info.schedule or "")) for info in timers}
+            timers = [replace(info, schedule=schedules[info.name].expression) for info in timers]
             self._timer_thread = threading.Thread(
                 target=self._run_timers, args=(timers,), name="local-host-timers", daemon=True
             )

@@ -6,14 +6,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from autoretrain.bootstrap import runtime, shutdown
 from autoretrain.errors import ConfigError
 from autoretrain.local.azurite import Azurite
 from autoretrain.local.eventgrid import BlobWatcher, EventGridDelivery, eventgrid_webhook_url
 from autoretrain.local.host import LocalHost
+from autoretrain.loop import Deps, reconcile
 from autoretrain.settings import Settings
 
 __all__ = ["LocalStack"]
@@ -27,7 +31,7 @@ APP_ROOT = Path(__file__).resolve().parent.parent.parent
 class LocalStack:
     """Azurite + the local Functions host serving `function_app` + the incoming/ watcher."""
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, eventgrid: bool = True) -> None:
         if not settings.storage_connection:
             raise ConfigError("the local stack needs AUTORETRAIN_STORAGE (e.g. UseDevelopmentStorage=true).")
         parts = urlsplit(settings.host_url)
@@ -39,39 +43,61 @@ class LocalStack:
         self.azurite = Azurite(settings.home)
         self.host = LocalHost("function_app", app_root=APP_ROOT, host="127.0.0.1", port=parts.port)
         self._poll_interval = poll_interval
+        self._eventgrid = eventgrid
+        self._reconcile_thread: threading.Thread | None = None
         self.delivery: EventGridDelivery | None = None
         self.watcher: BlobWatcher | None = None
 
     def start(self) -> LocalStack:
+        # The timer's schedule is an app setting (%AUTORETRAIN_RECONCILE_SCHEDULE%), as on Azure.
+        os.environ.setdefault("AUTORETRAIN_RECONCILE_SCHEDULE", self.settings.reconcile_schedule)
         self.azurite.start()
         try:
             self.host.start()
-            self.delivery = EventGridDelivery(self.settings.home)
-            assert self.settings.storage_connection is not None
-            self.watcher = BlobWatcher(
-                self.settings.storage_connection,
-                self.settings.incoming_container,
-                self.delivery,
-                eventgrid_webhook_url(self.host.url, "ingest"),
-                self.settings.home,
-                topic=self.settings.storage_topic,
-                interval=self._poll_interval,
-            ).start()
+            # The workspace now, not at the first event: jobs a stop or a crash interrupted resume at
+            # once, and one reconcile pass finishes what the last run left half-way.
+            deps = runtime()
+            self._reconcile_thread = threading.Thread(
+                target=self._reconcile_once, args=(deps,), name="reconcile-at-start", daemon=True
+            )
+            self._reconcile_thread.start()
+            if self._eventgrid:
+                self.delivery = EventGridDelivery(self.settings.home)
+                assert self.settings.storage_connection is not None
+                self.watcher = BlobWatcher(
+                    self.settings.storage_connection,
+                    self.settings.incoming_container,
+                    self.delivery,
+                    eventgrid_webhook_url(self.host.url, "ingest"),
+                    self.settings.home,
+                    topic=self.settings.storage_topic,
+                    interval=self._poll_interval,
+                ).start()
         except BaseException:
             self.stop()
             raise
         log.info(
-            "stack.up host=%s incoming=%s home=%s",
+            "stack.up host=%s incoming=%s home=%s eventgrid=%s",
             self.host.url, self.settings.incoming_container, self.settings.home,
+            "on" if self._eventgrid else "off (only reconcile finds new blobs)",
         )
         return self
 
+    def _reconcile_once(self, deps: Deps) -> None:
+        try:
+            reconcile(deps, grace=self.settings.reconcile_grace)
+        except Exception:
+            log.exception("reconcile at start failed; the timer tries again")
+
     def stop(self) -> None:
+        """Stop in order: no new events, no new invocations, jobs stopped (left to resume), then
+        Azurite, which gets one SIGTERM and is waited for, so its last save completes."""
         if self.watcher is not None:
             self.watcher.stop()
+        self.host.stop()
+        shutdown()
         if self.delivery is not None:
             self.delivery.close(timeout=5)
-        self.host.stop()
         self.azurite.stop()
 
     def __enter__(self) -> LocalStack:

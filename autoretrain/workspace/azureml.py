@@ -57,6 +57,7 @@ from azure.core.exceptions import (
 )
 
 from autoretrain.domain import (
+    RUN_TAG,
     BlobRef,
     DataVersion,
     Metrics,
@@ -66,7 +67,12 @@ from autoretrain.domain import (
     RunStatus,
     WorkKey,
 )
-from autoretrain.errors import WorkspaceError
+from autoretrain.errors import (
+    JobNotFoundError,
+    WorkspaceError,
+    WorkspaceRejectedError,
+    WorkspaceUnavailableError,
+)
 from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
 
@@ -127,15 +133,17 @@ def _reason(exc: BaseException) -> str:
 def _error(action: str, exc: BaseException) -> WorkspaceError:
     """One WorkspaceError line for a failed SDK call: what failed, why, and what happens next."""
     reason = _reason(exc)
-    if isinstance(exc, ClientAuthenticationError):
-        hint = "give the function's identity AzureML Data Scientist on the workspace"
-    elif isinstance(exc, ServiceRequestError | ServiceResponseError) or (
-        isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
-    ):
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        # Retried: a role assignment may still be propagating, or ops may fix it within the retries.
+        hint = "give the function's identity AzureML Data Scientist on the workspace; the event is retried"
+        return WorkspaceUnavailableError(f"{action} failed: {reason}; {hint}")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS:
         hint = "Azure ML is throttling or unavailable; the event is retried"
-    else:
-        return WorkspaceError(f"{action} failed: {reason}")
-    return WorkspaceError(f"{action} failed: {reason}; {hint}")
+        return WorkspaceUnavailableError(f"{action} failed: {reason}; {hint}")
+    if isinstance(exc, HttpResponseError) and status is not None and 400 <= status < 500:
+        return WorkspaceRejectedError(f"{action} failed: {reason}")
+    return WorkspaceError(f"{action} failed: {reason}")
 
 
 @contextmanager
@@ -260,11 +268,21 @@ class AzureMLWorkspace:
 
     def run_status(self, job: str) -> RunStatus:
         with _translated(f"status of job {job}"):
-            found = self._client.jobs.get(job)
+            try:
+                found = self._client.jobs.get(job)
+            except ResourceNotFoundError as exc:
+                raise JobNotFoundError(f"status of job {job} failed: {_reason(exc)}") from exc
             state = run_state(found.status)
             if state is not RunState.FAILED:
                 return RunStatus(name=job, state=state, log=found.studio_url)
             return self._failure(found)
+
+    def runs(self) -> Iterator[PipelineRun]:
+        with _translated("list jobs"):
+            for job in self._client.jobs.list():
+                tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
+                if job is not None and RUN_TAG in tags:
+                    yield PipelineRun(str(job.name), str(job.experiment_name), run_state(job.status), tags)
 
     def _failure(self, job: Any) -> RunStatus:
         """The failed step of a failed pipeline job, its error and where to read its log."""

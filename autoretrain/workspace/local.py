@@ -29,13 +29,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from autoretrain.domain import (
+    RUN_TAG,
     BlobRef,
     DataVersion,
     Metrics,
@@ -45,7 +46,7 @@ from autoretrain.domain import (
     RunStatus,
     WorkKey,
 )
-from autoretrain.errors import WorkspaceError
+from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
 from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
@@ -84,11 +85,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _safe_file_name(name: str) -> str:
-    """The last part of a blob name, made safe as a local file name (blob names are untrusted)."""
-    base = PurePosixPath(name.replace("\\", "/")).name
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
-    return base or "data"
+def _local_file_name(key: WorkKey, blob_name: str) -> str:
+    """A data version's local file name: from the work key, never from the (untrusted, maybe very
+    long) blob name; only a short, plain extension is kept."""
+    suffix = PurePosixPath(blob_name.replace("\\", "/")).suffix.lower()
+    return f"{key.value}{suffix if re.fullmatch(r'[.][a-z0-9]{1,8}', suffix) else ''}"
 
 
 class LocalWorkspace:
@@ -120,6 +121,11 @@ class LocalWorkspace:
         self._on_event = on_event
         self._python = python
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_jobs, thread_name_prefix="local-job")
+        # Set by close(): running steps are stopped and their jobs left queued/running, to resume.
+        self._stopping = threading.Event()
+        self._steps: dict[str, subprocess.Popen[bytes]] = {}
+        self._futures: set[Future[None]] = set()
+        self._steps_lock = threading.Lock()
         self._spec: PipelineSpec | None = None
         self._spec_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -174,7 +180,7 @@ class LocalWorkspace:
         if existing is not None:
             return existing
         # Two deliveries of one event may register at once: each downloads to its own folder.
-        staging = self.root / "data" / ".staging" / uuid.uuid4().hex / _safe_file_name(source.name)
+        staging = self.root / "data" / ".staging" / uuid.uuid4().hex / _local_file_name(key, source.name)
         self._blobs.download_to(source, staging)
         with self._transaction() as db:
             row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
@@ -215,7 +221,7 @@ class LocalWorkspace:
                  json.dumps(dict(tags)), RunState.QUEUED.value, _now()),
             ).rowcount
         if inserted:
-            self._pool.submit(self._run_logged, name)
+            self._start(name)
         status = self.run_status(name)
         return PipelineRun(name=name, experiment=self.experiment, status=status.state)
 
@@ -239,7 +245,7 @@ class LocalWorkspace:
             ]
         for name in names:
             log_event(log, logging.INFO, "job.resumed", job=name)
-            self._pool.submit(self._run_logged, name)
+            self._start(name)
         return names
 
     def job_dir(self, job: str) -> Path:
@@ -249,6 +255,8 @@ class LocalWorkspace:
         try:
             self._run(job)
         except Exception as exc:  # a bug here must still end the job and tell the loop
+            if self._stopping.is_set():
+                return
             log.exception("job.crashed job=%s", job)
             self._finish(job, RunState.FAILED, failed_step=None, error=f"local runner error: {exc}")
 
@@ -259,6 +267,8 @@ class LocalWorkspace:
             db.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*columns.values(), job))
 
     def _run(self, job: str) -> None:
+        if self._stopping.is_set():
+            return
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
         spec = self.pipeline()
@@ -290,10 +300,13 @@ class LocalWorkspace:
                     (job, step.name, RunState.RUNNING.value, _now()),
                 )
             began = time.monotonic()
-            with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
-                code = subprocess.call(argv, cwd=step.code, stdout=out_file, stderr=err_file,
-                                       stdin=subprocess.DEVNULL, env=self._step_env)
+            code = self._call(job, argv, step.code, log_path, err_path)
             seconds = round(time.monotonic() - began, 3)
+            if self._stopping.is_set():
+                # Stopped by close() (Ctrl-C, SIGTERM): not the job's fault. It stays running in the
+                # catalogue, and the next start runs it again from the first step.
+                log_event(log, logging.WARNING, "job.interrupted", job=job, step=step.name)
+                return
             with self._transaction() as db:
                 db.execute(
                     "UPDATE steps SET status = ?, ended = ?, seconds = ?, exit_code = ? WHERE job = ? AND step = ?",
@@ -307,6 +320,22 @@ class LocalWorkspace:
                 return
             log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name, seconds=seconds)
         self._finish(job, RunState.COMPLETED)
+
+    def _call(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path) -> int:
+        with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
+            with self._steps_lock:
+                if self._stopping.is_set():
+                    return -1
+                # Its own session: a Ctrl-C in the terminal reaches the stack, which stops the
+                # steps itself, instead of failing them half-way.
+                process = subprocess.Popen(argv, cwd=cwd, stdout=out_file, stderr=err_file,
+                                           stdin=subprocess.DEVNULL, env=self._step_env, start_new_session=True)
+                self._steps[job] = process
+            try:
+                return process.wait()
+            finally:
+                with self._steps_lock:
+                    self._steps.pop(job, None)
 
     @staticmethod
     def _resolve_inputs(
@@ -395,13 +424,21 @@ class LocalWorkspace:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
         if row is None:
-            raise WorkspaceError(f"job {job!r} does not exist in the local workspace ({self._db}).")
+            raise JobNotFoundError(f"job {job!r} does not exist in the local workspace ({self._db}).")
         state = RunState(row["status"])
         log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
         return RunStatus(
             name=job, state=state, failed_step=row["failed_step"], error=row["error"],
             log=str(log_path) if log_path else str(self.job_dir(job) / "logs"),
         )
+
+    def runs(self) -> Iterator[PipelineRun]:
+        with self._connect() as db:
+            rows = db.execute("SELECT name, experiment, status, tags FROM jobs ORDER BY created").fetchall()
+        for row in rows:
+            tags = json.loads(row["tags"])
+            if RUN_TAG in tags:
+                yield PipelineRun(row["name"], row["experiment"], RunState(row["status"]), tags)
 
     def wait(self, job: str, timeout: float) -> RunStatus:
         """Block until the job is finished (for the CLI and tests)."""
@@ -494,8 +531,38 @@ class LocalWorkspace:
         assert promoted is not None
         return promoted
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+    def drain(self, timeout: float) -> bool:
+        """Wait until every job this process started has ended; False on timeout."""
+        with self._steps_lock:
+            futures = list(self._futures)
+        _, pending = wait(futures, timeout=timeout)
+        return not pending
+
+    def _start(self, job: str) -> None:
+        future = self._pool.submit(self._run_logged, job)
+        with self._steps_lock:
+            self._futures.add(future)
+        future.add_done_callback(lambda f: self._forget(f))
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._steps_lock:
+            self._futures.discard(future)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: running steps get SIGTERM (SIGKILL after `timeout`), queued jobs do not start.
+        Their jobs stay queued or running in the catalogue, and `resume()` runs them again."""
+        with self._steps_lock:
+            self._stopping.set()
+            running = list(self._steps.items())
+        for job, process in running:
+            log_event(log, logging.INFO, "job.stopping", job=job, pid=process.pid)
+            process.terminate()
+        for _, process in running:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 _LISTINGS = {

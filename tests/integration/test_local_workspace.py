@@ -124,8 +124,9 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
 
     assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
     assert status.log is not None and Path(status.log).name == "prep.log" and Path(status.log).is_file()
+    # Local file names come from the work key, never from the (untrusted) blob name.
     assert status.error == (
-        "empty-target.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train and test. "
+        f"{key}.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train and test. "
         "Upload a file with more rows. (exit code 2)"
     )
     assert events.wait_for(run.name, 2) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from autoretrain.domain import BlobRef, LedgerState, Metrics, WorkKey
+from autoretrain.domain import (
+    BlobRef,
+    Finish,
+    LedgerState,
+    Metrics,
+    Quarantine,
+    Release,
+    StartCompleting,
+    Submit,
+    TakeOver,
+    WorkKey,
+)
 from autoretrain.errors import BlobChangedError, LedgerError
 from autoretrain.ledger import TableLedger
-from autoretrain.storage import AzureBlobStore
+from autoretrain.storage import AzureBlobStore, client_options
 
 pytestmark = pytest.mark.integration
 
@@ -23,47 +36,71 @@ def ledger(azurite: str, unique: str) -> TableLedger:
 
 @pytest.fixture
 def store(azurite: str) -> AzureBlobStore:
-    return AzureBlobStore(BlobServiceClient.from_connection_string(azurite))
+    # The app's retry budget (bootstrap), not the SDK's default of ten.
+    return AzureBlobStore(BlobServiceClient.from_connection_string(azurite, **client_options()))
+
+
+LEASE = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 class TestTableLedger:
     def test_claim_is_atomic_second_claim_returns_the_first(self, ledger: TableLedger) -> None:
         blob = BlobRef("incoming", "a.csv", "0x1")
         key = WorkKey.for_blob(blob)
-        _, created = ledger.claim(blob, key, "ev-1")
-        second, created_again = ledger.claim(blob, key, "ev-2")
+        _, created = ledger.claim(blob, key, "ev-1", LEASE)
+        second, created_again = ledger.claim(blob, key, "ev-2", LEASE)
         assert (created, created_again) == (True, False)
-        assert (second.event_id, second.state, second.blob) == ("ev-1", LedgerState.CLAIMED, blob)
+        assert (second.event_id, second.state, second.blob, second.lease_until, second.attempts) == (
+            "ev-1", LedgerState.CLAIMED, blob, LEASE, 1
+        )
 
-    def test_advance_needs_the_record_as_read(self, ledger: TableLedger) -> None:
-        """Two deliveries that both read the claim: only the first advance wins."""
+    def test_a_move_needs_the_record_as_read(self, ledger: TableLedger) -> None:
+        """Two deliveries that both read the claim: only the first move wins."""
         blob = BlobRef("incoming", "a.csv", "0x2")
-        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1")
-        moved = ledger.advance(record, LedgerState.SUBMITTED, data_version="d:1", job="job-1")
+        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1", LEASE)
+        moved = ledger.move(record, Submit("d:1", "job-1"))
         with pytest.raises(LedgerError, match="changed since it was read"):
-            ledger.advance(record, LedgerState.SUBMITTED, job="job-2")
+            ledger.move(record, Submit("d:2", "job-2"))
         stored = ledger.get(record.key)
         assert stored is not None
-        assert (stored.state, stored.job, stored.data_version, stored.etag) == (
-            LedgerState.SUBMITTED, "job-1", "d:1", moved.etag
+        assert (stored.state, stored.job, stored.data_version, stored.etag, stored.lease_until) == (
+            LedgerState.SUBMITTED, "job-1", "d:1", moved.etag, LEASE
+        )
+
+    def test_one_of_two_workers_takes_over_a_stale_claim(self, ledger: TableLedger) -> None:
+        """Take-over is a compare-and-swap: the second taker of the same read loses."""
+        blob = BlobRef("incoming", "t.csv", "0x5")
+        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1", LEASE)
+        released = ledger.move(record, Release("StorageError: timeout"))
+        taken = ledger.move(released, TakeOver(LEASE))
+        with pytest.raises(LedgerError):
+            ledger.move(released, TakeOver(LEASE))
+        stored = ledger.get(record.key)
+        assert stored is not None
+        assert (stored.state, stored.attempts, stored.lease_until, stored.reason, stored.etag) == (
+            LedgerState.CLAIMED, 2, LEASE, "StorageError: timeout", taken.etag
         )
 
     def test_only_allowed_moves(self, ledger: TableLedger) -> None:
         blob = BlobRef("incoming", "b.csv", "0x3")
-        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1")
-        done = ledger.advance(record, LedgerState.QUARANTINED, reason="bad")
+        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1", LEASE)
+        done = ledger.move(record, Quarantine("bad"))
+        assert done.lease_until is None
         with pytest.raises(LedgerError, match="cannot move from quarantined to submitted"):
-            ledger.advance(done, LedgerState.SUBMITTED)
+            ledger.move(done, Submit("d:1", "j"))
+        with pytest.raises(LedgerError, match="holds no lease"):
+            ledger.move(done, TakeOver(LEASE))
 
     def test_metrics_and_promotion_round_trip_and_list(self, ledger: TableLedger) -> None:
         blob = BlobRef("incoming", "c.csv", "0x4")
-        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1")
-        record = ledger.advance(record, LedgerState.SUBMITTED, job="j")
+        record, _ = ledger.claim(blob, WorkKey.for_blob(blob), "ev-1", LEASE)
+        record = ledger.move(record, Submit("d:1", "j"))
+        record = ledger.move(record, StartCompleting(LEASE))
         metrics = Metrics({"r2": 0.5, "rmse": 3.25}, primary="rmse", greater_is_better=False)
-        ledger.advance(record, LedgerState.DONE, model_version="m:1", metrics=metrics, promoted=False)
+        ledger.move(record, Finish("m:1", metrics, False))
         [listed] = list(ledger.records())
-        assert (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job) == (
-            LedgerState.DONE, metrics, False, "m:1", "j"
+        assert (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job, listed.lease_until) == (
+            LedgerState.DONE, metrics, False, "m:1", "j", None
         )
 
 
@@ -85,7 +122,7 @@ class TestAzureBlobStore:
         copy = store.copy_to(source, f"q{unique}", "k/dir/a.csv", {"reason": "column 'x' has 'é'\non line 2"})
         service = BlobServiceClient.from_connection_string(azurite)
         props = service.get_blob_client(f"q{unique}", "k/dir/a.csv").get_blob_properties()
-        assert props.metadata == {"reason": "column 'x' has '?'?on line 2"}
+        assert props.metadata == {"reason": "column 'x' has '?'?on line 2", "source_etag": source.etag}
         assert props.etag.strip('"') == copy.etag
         original = service.get_blob_client(f"in{unique}", "dir/a.csv")
         assert (original.download_blob().readall(), original.get_blob_properties().etag.strip('"')) == (
@@ -97,3 +134,23 @@ class TestAzureBlobStore:
         store.download_to(ref, tmp_path / "sub" / "a.csv")
         assert (tmp_path / "sub" / "a.csv").read_bytes() == b"a" * 10_000
         assert not list((tmp_path / "sub").glob("*.partial"))
+
+    def test_concurrent_copies_of_one_version_keep_the_first(self, store: AzureBlobStore, unique: str) -> None:
+        """Ten deliveries copying at once: one copy is written, all ten return it, none is overwritten."""
+        source = store.upload(f"in{unique}", "a.csv", b"x,y\n" + b"1,2\n" * 50_000)
+        with ThreadPoolExecutor(10) as pool:
+            copies = list(pool.map(lambda _: store.copy_to(source, f"ds{unique}", "k/a.csv", {}), range(10)))
+        assert len({c.etag for c in copies}) == 1
+
+    def test_listing_goes_on_past_a_name_the_service_cannot_list(
+        self, store: AzureBlobStore, unique: str, azurite: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Azurite answers 500 to a listing that holds a control character; the others are listed."""
+        container = f"in{unique}"
+        names = ["a.csv", "bad\x01name.csv", "b/c.csv", "z.csv", "é.csv"]
+        for name in names:
+            store.upload(container, name, b"x\n")
+        listed = sorted(b.ref.name for b in store.list_blobs(container))
+        assert listed == ["a.csv", "b/c.csv", "z.csv", "é.csv"]
+        splits = [r.getMessage() for r in caplog.records if "storage.listing_split" in r.getMessage()]
+        assert [m.split("prefix=")[1].split(" ")[0] for m in splits] == ["''", "'b'", "'ba'", "'bad'"]

@@ -9,19 +9,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autoretrain.domain import (
-    ALLOWED_MOVES,
+    RUN_TAG,
     BlobRef,
     DataVersion,
     LedgerRecord,
     LedgerState,
+    ListedBlob,
     Metrics,
     ModelVersion,
+    Move,
     PipelineRun,
     RunState,
     RunStatus,
     WorkKey,
 )
-from autoretrain.errors import BlobChangedError, LedgerError
+from autoretrain.errors import BlobChangedError, JobNotFoundError, LedgerError
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -31,6 +33,7 @@ class FakeBlobStore:
     """Blobs as {(container, name): (etag, bytes, metadata)}; eTags change on every write."""
 
     blobs: dict[tuple[str, str], tuple[str, bytes, dict[str, str]]] = field(default_factory=dict)
+    modified: dict[tuple[str, str], datetime] = field(default_factory=dict)
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def put(self, container: str, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> BlobRef:
@@ -48,7 +51,10 @@ class FakeBlobStore:
         return self._pinned(ref)[:max_bytes]
 
     def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
-        return self.put(container, name, self._pinned(ref), metadata)
+        existing = self.blobs.get((container, name))
+        if existing is not None and existing[2].get("source_etag") == ref.etag:
+            return BlobRef(container, name, existing[0])
+        return self.put(container, name, self._pinned(ref), {**metadata, "source_etag": ref.etag})
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         path.write_bytes(self._pinned(ref))
@@ -56,20 +62,26 @@ class FakeBlobStore:
     def upload(self, container: str, name: str, data: bytes) -> BlobRef:
         return self.put(container, name, data)
 
+    def list_blobs(self, container: str) -> Iterator[ListedBlob]:
+        for (where, name), (etag, data, _) in sorted(self.blobs.items()):
+            if where == container:
+                yield ListedBlob(BlobRef(container, name, etag), len(data), self.modified.get((container, name), T0))
+
 
 @dataclass
 class FakeLedger:
-    """The ledger's contract: atomic claim, etag-matched advance, allowed moves only."""
+    """The ledger's contract: atomic claim, etag-matched moves, allowed moves only."""
 
     rows: dict[str, LedgerRecord] = field(default_factory=dict)
+    now: datetime = T0
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def claim(self, blob: BlobRef, key: WorkKey, event_id: str) -> tuple[LedgerRecord, bool]:
+    def claim(self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime) -> tuple[LedgerRecord, bool]:
         if key.value in self.rows:
             return self.rows[key.value], False
         record = LedgerRecord(
             key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id,
-            created=T0, updated=T0, etag=str(next(self._etags)),
+            created=self.now, updated=self.now, lease_until=lease_until, etag=str(next(self._etags)),
         )
         self.rows[key.value] = record
         return record, True
@@ -77,14 +89,15 @@ class FakeLedger:
     def get(self, key: WorkKey) -> LedgerRecord | None:
         return self.rows.get(key.value)
 
-    def advance(self, record: LedgerRecord, state: LedgerState, **changes: object) -> LedgerRecord:
+    def move(self, record: LedgerRecord, move: Move) -> LedgerRecord:
         current = self.rows[record.key.value]
         if current.etag != record.etag:
             raise LedgerError(f"{record.key} changed since it was read")
-        if state not in ALLOWED_MOVES[current.state]:
-            raise LedgerError(f"{record.key} cannot move from {current.state} to {state}")
-        kept = {k: v for k, v in changes.items() if v is not None}
-        updated = replace(current, state=state, etag=str(next(self._etags)), **kept)  # type: ignore[arg-type]
+        try:
+            moved = current.after(move, self.now)
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
+        updated = replace(moved, etag=str(next(self._etags)))
         self.rows[record.key.value] = updated
         return updated
 
@@ -102,6 +115,7 @@ class FakeWorkspace:
     metrics: dict[str, Metrics] = field(default_factory=dict)
     models: dict[str, ModelVersion] = field(default_factory=dict)
     promoted: list[str] = field(default_factory=list)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         self.registered_data.append((source, key))
@@ -111,7 +125,8 @@ class FakeWorkspace:
     def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
         self.submitted.append((data, key, dict(tags)))
         self.jobs.setdefault(key.job_name, RunStatus(key.job_name, RunState.QUEUED))
-        return PipelineRun(key.job_name, "autoretrain", self.jobs[key.job_name].state)
+        self.tags.setdefault(key.job_name, dict(tags))
+        return PipelineRun(key.job_name, "autoretrain", self.jobs[key.job_name].state, self.tags[key.job_name])
 
     def finish(self, job: str, state: RunState, metrics: Metrics | None = None, **status: str) -> None:
         self.jobs[job] = RunStatus(job, state, **status)
@@ -119,7 +134,15 @@ class FakeWorkspace:
             self.metrics[job] = metrics
 
     def run_status(self, job: str) -> RunStatus:
+        if job not in self.jobs:
+            raise JobNotFoundError(f"job {job!r} does not exist")
         return self.jobs[job]
+
+    def runs(self) -> Iterator[PipelineRun]:
+        for name, status in list(self.jobs.items()):
+            tags = self.tags.get(name, {})
+            if RUN_TAG in tags:
+                yield PipelineRun(name, "autoretrain", status.state, tags)
 
     def run_metrics(self, job: str) -> Metrics:
         return self.metrics[job]

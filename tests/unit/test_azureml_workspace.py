@@ -31,7 +31,7 @@ from urllib3 import HTTPResponse
 
 from autoretrain.bootstrap import bootstrap
 from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, Metrics, RunState, WorkKey
-from autoretrain.errors import WorkspaceError
+from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
 from autoretrain.storage import AzureBlobStore
@@ -520,8 +520,8 @@ class TestRunStatus:
 
     def test_an_unknown_job_is_a_one_line_workspace_error(self, workspace: AzureMLWorkspace,
                                                           service: FakeAzureML) -> None:
-        """A 404 names the job."""
-        with pytest.raises(WorkspaceError) as caught:
+        """A 404 names the job, as the permanent JobNotFoundError reconcile resubmits on."""
+        with pytest.raises(JobNotFoundError) as caught:
             workspace.run_status("autoretrain-000000000000000000000000")
 
         assert str(caught.value) == (

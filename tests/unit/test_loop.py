@@ -12,7 +12,8 @@ from autoretrain import loop
 from autoretrain.contract import load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, ModelVersion, RunState, WorkKey
 from autoretrain.events import BlobCreated, RunFinished
-from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC, Settings
+from autoretrain.errors import StorageError
+from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 GOOD_CSV = b"a,b,c,label\n1.5,2,x,yes\n2.5,3,y,no\n3.5,4,x,yes\n"
 CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: int, c: category}\n"
@@ -22,10 +23,11 @@ CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatu
 def deps(tmp_path: Path) -> loop.Deps:
     contract = tmp_path / "contract.yaml"
     contract.write_text(CONTRACT)
-    settings = Settings(contract=contract, home=tmp_path)
+    ledger = FakeLedger()
     return loop.Deps(
-        settings=settings, contract=load_contract(contract),
-        workspace=FakeWorkspace(), ledger=FakeLedger(), blobs=FakeBlobStore(),
+        config=loop.LoopConfig(storage_topic=LOCAL_STORAGE_TOPIC, workspace_topic=LOCAL_WORKSPACE_TOPIC),
+        contract=load_contract(contract), workspace=FakeWorkspace(), ledger=ledger, blobs=FakeBlobStore(),
+        clock=lambda: ledger.now,
     )
 
 
@@ -103,16 +105,62 @@ class TestIngest:
         assert isinstance(outcome, loop.Submitted)
         assert [k for _, k, _ in workspace.submitted] == [WorkKey.for_blob(first), WorkKey.for_blob(second)]
 
-    def test_claimed_but_unfinished_work_is_resumed(self, deps: loop.Deps) -> None:
-        """A delivery that died after its claim is picked up by the retry, not skipped."""
+    def test_claimed_but_unfinished_work_is_taken_over_once_its_lease_ran_out(self, deps: loop.Deps) -> None:
+        """A delivery that died after its claim is picked up by a later one, not skipped."""
         workspace, ledger, blobs = fakes(deps)
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
-        ledger.claim(ref, WorkKey.for_blob(ref), "ev-crashed")
+        ledger.claim(ref, WorkKey.for_blob(ref), "ev-crashed", ledger.now + deps.config.lease)
 
-        outcome = loop.ingest(blob_event(ref, event_id="ev-retry"), deps)
+        during = loop.ingest(blob_event(ref, event_id="ev-retry-1"), deps)
+        ledger.now += deps.config.lease
+        after = loop.ingest(blob_event(ref, event_id="ev-retry-2"), deps)
 
-        assert isinstance(outcome, loop.Submitted)
+        assert isinstance(during, loop.Duplicate) and during.record.state is LedgerState.CLAIMED
+        assert isinstance(after, loop.Submitted) and after.record.attempts == 2
         assert len(workspace.submitted) == 1
+
+    def test_a_transient_failure_gives_the_lease_back_so_the_retry_starts_at_once(self, deps: loop.Deps) -> None:
+        """Storage down during ingest: the event is retried, and the retry does not wait for a lease."""
+        workspace, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        real_copy = blobs.copy_to
+
+        def storage_down(*args: object, **kwargs: object) -> BlobRef:
+            raise StorageError("datasets: cannot copy (connection refused).")
+
+        blobs.copy_to = storage_down  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            loop.ingest(blob_event(ref), deps)
+        record = ledger.get(WorkKey.for_blob(ref))
+        assert record is not None and (record.state, record.lease_until) == (LedgerState.CLAIMED, None)
+        assert record.reason == "StorageError: datasets: cannot copy (connection refused)."
+
+        blobs.copy_to = real_copy  # type: ignore[method-assign]
+        outcome = loop.ingest(blob_event(ref, event_id="ev-retry"), deps)
+        assert isinstance(outcome, loop.Submitted) and outcome.record.reason is None
+        assert len(workspace.submitted) == 1
+
+    def test_a_blob_version_whose_takers_keep_dying_fails_with_the_last_error(self, deps: loop.Deps) -> None:
+        """No claim is held forever: after max_attempts takers it is failed, with the reason."""
+        _, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+
+        def storage_down(*args: object, **kwargs: object) -> BlobRef:
+            raise StorageError("datasets: cannot copy (timeout).")
+
+        blobs.copy_to = storage_down  # type: ignore[method-assign]
+        for attempt in range(deps.config.max_attempts):
+            with pytest.raises(StorageError):
+                loop.ingest(blob_event(ref, event_id=f"ev-{attempt}"), deps)
+        outcome = loop.ingest(blob_event(ref, event_id="ev-last"), deps)
+
+        assert isinstance(outcome, loop.Failed)
+        assert outcome.reason == (
+            f"gave up after {deps.config.max_attempts} attempts; last error: "
+            "StorageError: datasets: cannot copy (timeout)."
+        )
+        record = ledger.get(WorkKey.for_blob(ref))
+        assert record is not None and record.state is LedgerState.FAILED and record.lease_until is None
 
     def test_bad_file_is_quarantined_with_reason_and_left_unchanged(self, deps: loop.Deps) -> None:
         """A contract violation copies the file to quarantine/ with the reason; the original stays."""
