@@ -80,9 +80,12 @@ def _blobs(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _azurite(settings: Settings):  # type: ignore[no-untyped-def]
-    from autoretrain.local.azurite import Azurite
+    from autoretrain.local.azurite import Azurite, azurite_ports
 
-    return Azurite(settings.home)
+    if settings.storage_connection is None:
+        return contextlib.nullcontext()  # Azure storage: nothing to start
+    blob_port, table_port = azurite_ports(settings.storage_connection)
+    return Azurite(settings.home, blob_port=blob_port, table_port=table_port)
 
 
 def _wait_for_ctrl_c() -> None:
@@ -166,7 +169,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         report = reconcile(deps, grace=grace)
         passes = [report]
         drain = getattr(deps.workspace, "drain", None)
-        if drain is not None and report.found:
+        if drain is not None and any(f.result.startswith("submitted") for f in report.found):
             # Jobs submitted by this pass run in this process (local mode): wait, then finish them.
             print(f"waiting up to {args.timeout:.0f} s for the jobs this pass submitted...", flush=True)
             drain(args.timeout)
@@ -206,7 +209,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         )
     if args.blob:
         return _replay_blob(settings, args)
-    return _replay_deadletters(settings)
+    return _replay_deadletters(settings, args.container)
 
 
 def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
@@ -254,7 +257,7 @@ def _key_of(container: str, name: str, etag: str) -> str:
     return WorkKey.for_blob(BlobRef(container, name, etag)).value
 
 
-def _replay_deadletters(settings: Settings) -> int:
+def _replay_deadletters(settings: Settings, container_name: str) -> int:
     failed = replayed = 0
     folder = settings.home / "deadletter"
     done_folder = folder / "replayed"
@@ -277,7 +280,7 @@ def _replay_deadletters(settings: Settings) -> int:
             failed += 1
     with _azurite(settings):
         service = _blob_service(settings)
-        container = service.get_container_client("deadletter")
+        container = service.get_container_client(container_name)
         if container.exists():
             for blob in container.list_blobs(include=["metadata"]):
                 if (blob.metadata or {}).get("replayed_at"):
@@ -286,13 +289,13 @@ def _replay_deadletters(settings: Settings) -> int:
                 try:
                     records = json.loads(client.download_blob().readall())
                 except ValueError as exc:
-                    print(f"  deadletter/{blob.name}: not JSON ({exc}); left where it is")
+                    print(f"  {container_name}/{blob.name}: not JSON ({exc}); left where it is")
                     failed += 1
                     continue
                 records = records if isinstance(records, list) else [records]
                 ok = True
                 for one in records:
-                    ok = _replay_one(settings, one, f"deadletter/{blob.name}") and ok
+                    ok = _replay_one(settings, one, f"{container_name}/{blob.name}") and ok
                 if ok:
                     # Kept, marked: the dead-letter record stays the evidence of what happened.
                     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -485,6 +488,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("blob", nargs="?", help="a blob in the incoming container: redeliver its BlobCreated")
     replay.add_argument("--times", type=int, default=1)
     replay.add_argument("--concurrency", type=int, default=1)
+    replay.add_argument("--container", default="deadletter",
+                        help="the container Event Grid dead-letters into (infra/ names it 'deadletter')")
     demo = sub.add_parser("demo", help="the whole loop on monthly drops of scikit-learn's wine data")
     demo.add_argument("--months", type=int, default=4)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the loop")

@@ -67,6 +67,12 @@ class BlobRef:
     def path(self) -> str:
         return f"{self.container}/{self.name}"
 
+    @property
+    def addressable(self) -> bool:
+        """False for a name with a '.' or '..' segment: a URL normalises those away, so the blob
+        cannot be read back by this name (Azure answers 404, Azurite a signature error)."""
+        return not any(part in (".", "..") for part in self.name.replace("\\", "/").split("/"))
+
     def copy_name(self, key: WorkKey) -> str:
         """Where copies of this blob go in our containers: `<key>/<name>`, with the name made safe.
 

@@ -322,6 +322,9 @@ def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
 
 
 def _quarantine(record: LedgerRecord, reason: str, deps: Deps) -> Quarantined | Skipped:
+    if not record.blob.addressable:
+        return _skip(record, f"{reason} It could not be quarantined: no URL reaches a name with '.' or '..' "
+                             "segments, so nothing was copied.", deps)
     try:
         copy = deps.blobs.copy_to(
             record.blob, deps.config.quarantine_container, record.blob.copy_name(record.key),
@@ -441,7 +444,7 @@ def _complete_leased(record: LedgerRecord, status: RunStatus, deps: Deps) -> Com
 class Found:
     """One thing a reconcile pass found out of step, and what it did about it."""
 
-    what: str  # unannounced | stale_claim | finished_job | stale_completion | lost_job | orphan_run
+    what: str  # unannounced | stale_claim | finished_job | stale_completion | orphan_run
     blob: str
     work_key: str
     result: str
@@ -541,13 +544,7 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
         if survivor is not None:
             attempt("orphan_run", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
             continue
-        blob = run.tags.get("blob", "?")
-        result = (
-            f"its blob version ({blob}, eTag {run.tags.get('etag', '?')}) is gone; "
-            f"job {run.name} is kept, not trained on again"
-        )
-        log_event(log, logging.WARNING, "reconcile.found", what="orphan_run", job=run.name, result=result)
-        found.append(Found("orphan_run", blob, key.value, result))
+        attempt("orphan_run", _run_blob(run), key, _record_orphan(run, key, deps, now))
 
     report = ReconcileReport(len(listed), len(records), runs, tuple(found), tuple(errors))
     log_event(
@@ -555,6 +552,29 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
         blobs=report.blobs_listed, records=report.records, runs=report.runs, found=len(found), errors=len(errors),
     )
     return report
+
+
+def _run_blob(run: PipelineRun) -> BlobRef:
+    container, _, name = run.tags.get("blob", "?/?").partition("/")
+    return BlobRef(container, name, run.tags.get("etag", "?"))
+
+
+def _record_orphan(run: PipelineRun, key: WorkKey, deps: Deps, now: datetime) -> Callable[[], IngestOutcome]:
+    """A run whose blob version and ledger record are both gone: record it as skipped, once, so the
+    next pass knows it and ops see why it has no model."""
+
+    def record() -> IngestOutcome:
+        blob = _run_blob(run)
+        claimed, created = deps.ledger.claim(blob, key, f"reconcile-{now:%Y%m%dT%H%M%SZ}", now + deps.config.lease)
+        if not created:
+            return Duplicate(claimed)
+        reason = (
+            f"{blob.path}: the blob version is gone and its ledger record was lost (a storage emulator crash); "
+            f"job {run.name} is kept, not trained on again. Upload the file again to train on it."
+        )
+        return _skip(claimed, reason, deps)
+
+    return record
 
 
 def _ingest_then_complete(

@@ -172,6 +172,7 @@ class AzureBlobStore:
         return BlobRef(props.container, props.name, str(props.etag))
 
     def list_blobs(self, container: str) -> Iterator[ListedBlob]:
+        self._ensure_container(container)
         client = self._service.get_container_client(container)
         seen: set[str] = set()
         for blob in self._listing(client, container, "", 0):

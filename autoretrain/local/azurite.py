@@ -13,10 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from autoretrain.errors import ConfigError, StorageError
 
-__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary"]
+__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports"]
 
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
 _ROOT = Path(__file__).resolve().parent.parent.parent
@@ -27,6 +28,19 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def azurite_ports(connection: str | None) -> tuple[int, int]:
+    """The Blob and Table ports a local connection string names (UseDevelopmentStorage=true: the
+    default ports), so `AUTORETRAIN_STORAGE` can point a second stack at its own Azurite."""
+    parts = dict(
+        item.split("=", 1) for item in (connection or "").split(";") if "=" in item
+    )
+    ports = []
+    for key, default in (("BlobEndpoint", BLOB_PORT), ("TableEndpoint", TABLE_PORT)):
+        port = urlsplit(parts[key]).port if key in parts else None
+        ports.append(port or default)
+    return ports[0], ports[1]
 
 
 def azurite_binary() -> Path:
@@ -42,28 +56,32 @@ def azurite_binary() -> Path:
 class Azurite:
     """Start Azurite if none is listening; stop it on exit only if this object started it."""
 
-    def __init__(self, home: Path, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, home: Path, *, timeout: float = 30.0, blob_port: int = BLOB_PORT, table_port: int = TABLE_PORT
+    ) -> None:
         self.location = Path(home).resolve() / "azurite"
         self._timeout = timeout
+        self.blob_port, self.table_port = blob_port, table_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def started_here(self) -> bool:
         return self._process is not None
 
-    @staticmethod
-    def running() -> bool:
-        return _listening(BLOB_PORT) and _listening(TABLE_PORT)
+    def running(self) -> bool:
+        return _listening(self.blob_port) and _listening(self.table_port)
 
     def start(self) -> Azurite:
         if self.running():
-            log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d", BLOB_PORT, TABLE_PORT)
+            log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d", self.blob_port, self.table_port)
             return self
         self.location.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [str(azurite_binary()), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
              "--location", str(self.location),
-             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"],
+             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+             "--blobPort", str(self.blob_port), "--tablePort", str(self.table_port),
+             "--queuePort", str(self.blob_port + 1 if self.blob_port != BLOB_PORT else QUEUE_PORT)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             # Its own session: the terminal's Ctrl-C (or hang-up) must not reach it. Azurite saves
             # its metadata every few seconds and on exit; a second signal during that save loses
@@ -80,7 +98,7 @@ class Azurite:
             if time.monotonic() > deadline:
                 self.stop()
                 raise StorageError(
-                    f"Azurite did not listen on ports {BLOB_PORT}/{TABLE_PORT} within {self._timeout:.0f} s."
+                    f"Azurite did not listen on ports {self.blob_port}/{self.table_port} within {self._timeout:.0f} s."
                 )
             time.sleep(0.1)
         log.info("azurite.started location=%s", self.location)

@@ -13,8 +13,8 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from autoretrain.bootstrap import runtime, shutdown
-from autoretrain.errors import ConfigError
-from autoretrain.local.azurite import Azurite
+from autoretrain.errors import AutoretrainError, ConfigError
+from autoretrain.local.azurite import Azurite, azurite_ports
 from autoretrain.local.eventgrid import BlobWatcher, EventGridDelivery, eventgrid_webhook_url
 from autoretrain.local.host import LocalHost
 from autoretrain.loop import Deps, reconcile
@@ -40,7 +40,8 @@ class LocalStack:
                 f"AUTORETRAIN_HOST_URL={settings.host_url!r} must be http://127.0.0.1:PORT for the local host."
             )
         self.settings = settings
-        self.azurite = Azurite(settings.home)
+        blob_port, table_port = azurite_ports(settings.storage_connection)
+        self.azurite = Azurite(settings.home, blob_port=blob_port, table_port=table_port)
         self.host = LocalHost("function_app", app_root=APP_ROOT, host="127.0.0.1", port=parts.port)
         self._poll_interval = poll_interval
         self._eventgrid = eventgrid
@@ -86,8 +87,10 @@ class LocalStack:
     def _reconcile_once(self, deps: Deps) -> None:
         try:
             reconcile(deps, grace=self.settings.reconcile_grace)
+        except AutoretrainError as exc:
+            log.error("reconcile.failed at start: %s; the timer tries again", exc)
         except Exception:
-            log.exception("reconcile at start failed; the timer tries again")
+            log.exception("reconcile.failed at start; the timer tries again")
 
     def stop(self) -> None:
         """Stop in order: no new events, no new invocations, jobs stopped (left to resume), then

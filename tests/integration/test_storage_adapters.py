@@ -99,9 +99,8 @@ class TestTableLedger:
         metrics = Metrics({"r2": 0.5, "rmse": 3.25}, primary="rmse", greater_is_better=False)
         ledger.move(record, Finish("m:1", metrics, False))
         [listed] = list(ledger.records())
-        assert (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job, listed.lease_until) == (
-            LedgerState.DONE, metrics, False, "m:1", "j", None
-        )
+        seen = (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job, listed.lease_until)
+        assert seen == (LedgerState.DONE, metrics, False, "m:1", "j", None)
 
 
 class TestAzureBlobStore:

@@ -11,8 +11,8 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 from autoretrain import loop
 from autoretrain.contract import load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, ModelVersion, RunState, WorkKey
-from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.errors import StorageError
+from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 GOOD_CSV = b"a,b,c,label\n1.5,2,x,yes\n2.5,3,y,no\n3.5,4,x,yes\n"
@@ -202,18 +202,25 @@ class TestIngest:
         assert isinstance(outcome, loop.Quarantined)
         assert expected in outcome.reason and "\n" not in outcome.reason
 
-    def test_a_name_that_climbs_folders_is_quarantined_inside_its_own_folder(self, deps: loop.Deps) -> None:
-        """Blob names are untrusted: '..' cannot move a copy out of its work key's folder."""
-        _, _, blobs = fakes(deps)
+    def test_a_name_that_climbs_folders_is_recorded_and_never_copied(self, deps: loop.Deps) -> None:
+        """Blob names are untrusted: no URL reaches '..' segments, so nothing is copied; the reason stays."""
+        _, ledger, blobs = fakes(deps)
         ref = blobs.put("incoming", "a/../../other/x.csv", GOOD_CSV)
-        key = WorkKey.for_blob(ref)
 
         outcome = loop.ingest(blob_event(ref), deps)
 
-        assert isinstance(outcome, loop.Quarantined)
-        assert "has a '.' or '..' folder" in outcome.reason
-        assert outcome.copy.path == f"quarantine/{key}/a/_/_/other/x.csv"
-        assert [c for c, _ in blobs.blobs] == ["incoming", "quarantine"]
+        assert isinstance(outcome, loop.Skipped)
+        assert "has a '.' or '..' folder" in outcome.reason and "nothing was copied" in outcome.reason
+        assert [c for c, _ in blobs.blobs] == ["incoming"]
+        record = ledger.get(WorkKey.for_blob(ref))
+        assert record is not None and record.state is LedgerState.SKIPPED
+
+    def test_copies_stay_inside_their_work_key_folder_and_under_the_name_limit(self) -> None:
+        """Control characters are replaced, a '..' cannot climb, a 1,000-character name is cut."""
+        key = WorkKey("a" * 24)
+        assert BlobRef("incoming", "a/../b\x01.csv", "0x1").copy_name(key) == f"{key}/a/_/b_.csv"
+        long = BlobRef("incoming", "x" * 996 + ".csv", "0x1").copy_name(key)
+        assert long.startswith(f"{key}/xxx") and long.endswith("x.csv") and len(long) <= 275
 
     def test_event_from_another_storage_account_is_ignored(self, deps: loop.Deps) -> None:
         """A forged or foreign event is rejected without claiming anything."""

@@ -1,0 +1,134 @@
+"""`autoretrain up` as a subprocess with its own home, host port, containers and table: the real
+local stack, as a user runs it, for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+
+from autoretrain.domain import LedgerRecord, WorkKey
+from autoretrain.ledger import TableLedger
+from autoretrain.storage import AzureBlobStore, client_options
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Loop:
+    home: Path
+    url: str
+    incoming: str
+    quarantine: str
+    blobs: AzureBlobStore
+    ledger: TableLedger
+    process: subprocess.Popen[str]
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path = Path("up.log")
+
+    def wait_final(self, keys: list[WorkKey], timeout: float) -> dict[WorkKey, LedgerRecord]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = {k: r for k in keys if (r := self.ledger.get(k)) is not None}
+            if len(records) == len(keys) and all(r.state.final for r in records.values()):
+                return records
+            if self.process.poll() is not None:
+                pytest.fail(f"autoretrain up exited with {self.process.returncode}")
+            time.sleep(0.5)
+        pytest.fail(f"not final after {timeout} s: {[(k.value, r.state) for k, r in records.items()]}")
+
+
+def stack_env(tmp_path: Path, unique: str, azurite: str, port: int, extra_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORETRAIN_")}
+    env.update(
+        AUTORETRAIN_HOME=str(tmp_path / "home"),
+        AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{port}",
+        AUTORETRAIN_STORAGE=azurite,
+        AUTORETRAIN_INCOMING_CONTAINER=f"in{unique}",
+        AUTORETRAIN_QUARANTINE_CONTAINER=f"q{unique}",
+        AUTORETRAIN_DATASETS_CONTAINER=f"ds{unique}",
+        AUTORETRAIN_LEDGER_TABLE=f"ledger{unique}",
+        **extra_env,
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `autoretrain ARGS` as a user would, in the stack's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "autoretrain.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def start(
+    tmp_path: Path, unique: str, azurite: str, extra_env: dict[str, str], *, args: Sequence[str] = (),
+    port: int | None = None, log_name: str = "up.log",
+) -> Iterator[Loop]:
+    port = port or free_port()
+    env = stack_env(tmp_path, unique, azurite, port, extra_env)
+    log_path = tmp_path / log_name
+    with log_path.open("w") as log:
+        # Its own process group, as a terminal's foreground job: a test can Ctrl-C it as a terminal does.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autoretrain.cli", "up", "--poll-interval", "0.3", *args],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=1) as answer:
+                    if json.load(answer)["state"] == "Running":
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"autoretrain up did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        ledger = TableLedger.connect(TableServiceClient.from_connection_string(azurite), f"ledger{unique}")
+        yield Loop(
+            home=tmp_path / "home", url=f"http://127.0.0.1:{port}", incoming=f"in{unique}",
+            quarantine=f"q{unique}",
+            blobs=AzureBlobStore(BlobServiceClient.from_connection_string(azurite, **client_options())),
+            ledger=ledger, process=process, env=env, log=log_path,
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        print(log_path.read_text()[-5000:])
+
+
+def post_event(url: str, function: str, event: dict[str, object]) -> int:
+    request = urllib.request.Request(
+        f"{url}/runtime/webhooks/eventgrid?functionName={function}",
+        data=json.dumps([event]).encode(),
+        headers={"Content-Type": "application/json", "aeg-event-type": "Notification"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return int(answer.status)
+
+
