@@ -179,7 +179,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             close()
     for number, one in enumerate(passes, start=1):
         print(f"pass {number}: {one.blobs_listed} blob(s) in '{settings.incoming_container}', "
-              f"{one.records} ledger record(s), {one.runs} run(s); found {len(one.found)}, errors {len(one.errors)}")
+              f"{one.records} ledger record(s), {one.jobs} job(s); found {len(one.found)}, errors {len(one.errors)}")
         for item in one.found:
             print(f"  {item.what:<16} {item.blob}  work_key={item.work_key}\n  {'':<16} -> {item.result}")
         for error in one.errors:

@@ -24,17 +24,17 @@ __all__ = [
     "DataVersion",
     "Fail",
     "Finish",
+    "JobState",
+    "JobStatus",
     "LedgerRecord",
     "LedgerState",
     "ListedBlob",
     "Metrics",
     "ModelVersion",
     "Move",
-    "PipelineRun",
+    "PipelineJob",
     "Quarantine",
     "Release",
-    "RunState",
-    "RunStatus",
     "Skip",
     "StartCompleting",
     "Submit",
@@ -137,14 +137,14 @@ class DataVersion:
 
 
 @dataclass(frozen=True, slots=True)
-class PipelineRun:
+class PipelineJob:
     name: str
     experiment: str
-    status: RunState
+    status: JobState
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-class RunState(StrEnum):
+class JobState(StrEnum):
     QUEUED = "Queued"
     RUNNING = "Running"
     COMPLETED = "Completed"
@@ -153,15 +153,15 @@ class RunState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELED)
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELED)
 
 
 @dataclass(frozen=True, slots=True)
-class RunStatus:
+class JobStatus:
     """A run's state, and for a failed one the step that failed and where its log is."""
 
     name: str
-    state: RunState
+    state: JobState
     failed_step: str | None = None
     error: str | None = None
     log: str | None = None

@@ -67,7 +67,7 @@ class RunFinished:
     experiment_name: str
     run_id: str
     run_type: str
-    run_status: str
+    job_status: str
     run_tags: Mapping[str, str] = field(default_factory=dict)
     run_properties: Mapping[str, str] = field(default_factory=dict)
 
@@ -202,7 +202,7 @@ def parse_run_finished(raw: Mapping[str, Any] | str | bytes) -> RunFinished:
         experiment_name=data.opt_text("experimentName") or "",
         run_id=data.text("runId"),
         run_type=data.opt_text("runType") or "",
-        run_status=status or "Completed",
+        job_status=status or "Completed",
         run_tags=_str_map(data.opt("runTags"), f"event {event_id} data.runTags"),
         run_properties=_str_map(data.opt("runProperties"), f"event {event_id} data.runProperties"),
     )

@@ -1,4 +1,4 @@
-"""The use cases: ingest a new blob version, complete a finished run, reconcile what was missed.
+"""The use cases: ingest a new blob version, complete a finished job, reconcile what was missed.
 
 Written against the ports only (`autoretrain.ports`). Each use case returns an outcome that says
 what it decided; the trigger logs it. Event Grid delivers at least once, may reorder and may drop
@@ -29,16 +29,16 @@ from autoretrain.domain import (
     DataVersion,
     Fail,
     Finish,
+    JobState,
+    JobStatus,
     LedgerRecord,
     LedgerState,
     ListedBlob,
     ModelVersion,
     Move,
-    PipelineRun,
+    PipelineJob,
     Quarantine,
     Release,
-    RunState,
-    RunStatus,
     Skip,
     StartCompleting,
     Submit,
@@ -68,11 +68,11 @@ __all__ = [
     "Ignored",
     "InProgress",
     "IngestOutcome",
+    "JobFailed",
     "LoopConfig",
     "Quarantined",
     "ReconcileReport",
     "Registered",
-    "RunFailed",
     "Skipped",
     "Submitted",
     "complete",
@@ -132,7 +132,7 @@ class Deps:
 @dataclass(frozen=True, slots=True)
 class Submitted:
     record: LedgerRecord
-    run: PipelineRun
+    job: PipelineJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +172,10 @@ class Ignored:
 
 @dataclass(frozen=True, slots=True)
 class InProgress:
-    """The run has not finished (a RunStatusChanged to Running, or a reordered event)."""
+    """The job has not finished (a RunStatusChanged to Running, or a reordered event)."""
 
     record: LedgerRecord
-    status: RunStatus
+    status: JobStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +186,13 @@ class Registered:
 
 
 @dataclass(frozen=True, slots=True)
-class RunFailed:
+class JobFailed:
     record: LedgerRecord
-    status: RunStatus
+    status: JobStatus
 
 
 IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
-CompleteOutcome = Registered | RunFailed | InProgress | Duplicate | Failed | Ignored
+CompleteOutcome = Registered | JobFailed | InProgress | Duplicate | Failed | Ignored
 
 
 def _same_topic(a: str, b: str) -> bool:
@@ -287,14 +287,14 @@ def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps
         return _skip(record, str(exc), deps)
     log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        data, run = _register_and_submit(record, deps)
+        data, job = _register_and_submit(record, deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", run.name))
-    return Submitted(record, run)
+    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", job.name))
+    return Submitted(record, job)
 
 
-def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineRun]:
+def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineJob]:
     """Snapshot the blob version, register it and submit its job: each step idempotent by key."""
     blob, key = record.blob, record.key
     lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
@@ -304,9 +304,9 @@ def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion,
     )
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
-    run = deps.workspace.submit(data, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag})
-    log_event(log, logging.INFO, "ingest.pipeline_submitted", job=run.name, experiment=run.experiment)
-    return data, run
+    job = deps.workspace.submit(data, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag})
+    log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment)
+    return data, job
 
 
 def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
@@ -348,33 +348,34 @@ def _fail(record: LedgerRecord, reason: str, deps: Deps) -> Failed:
 
 
 def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
-    """Our pipeline run ended: record a failure, or register its model with metrics and gate it."""
+    """Our pipeline job ended (Azure ML calls the event a run event): record a failure, or register its
+    model with metrics and gate it."""
     config = deps.config
     if not _same_topic(event.topic, config.workspace_topic):
         return Ignored(f"topic {event.topic!r} is not our workspace {config.workspace_topic!r}")
     if event.run_type != PIPELINE_RUN_TYPE:
-        return Ignored(f"run {event.run_id} is a {event.run_type or 'untyped'} run, not a pipeline run")
+        return Ignored(f"job {event.run_id} is a {event.run_type or 'untyped'} run, not a pipeline job")
     tag = event.run_tags.get(RUN_TAG)
     if not tag:
-        return Ignored(f"run {event.run_id} has no {RUN_TAG!r} tag")
+        return Ignored(f"job {event.run_id} has no {RUN_TAG!r} tag")
     try:
         key = WorkKey(tag)
     except ValueError:
-        return Ignored(f"run {event.run_id} has tag {RUN_TAG}={tag!r}, which is not a work key")
+        return Ignored(f"job {event.run_id} has tag {RUN_TAG}={tag!r}, which is not a work key")
     if event.run_id != key.job_name:
-        return Ignored(f"run {event.run_id} is not job {key.job_name} that its tag names")
+        return Ignored(f"job {event.run_id} is not job {key.job_name} that its tag names")
     record = deps.ledger.get(key)
     if record is None:
-        # Reconcile adopts a run whose ledger record was lost, if its blob version still exists.
-        return Ignored(f"run {event.run_id}: no ledger record for work key {key}; reconcile will look at it")
+        # Reconcile adopts a job whose ledger record was lost, if its blob version still exists.
+        return Ignored(f"job {event.run_id}: no ledger record for work key {key}; reconcile will look at it")
     try:
         return complete_record(record, deps)
     except JobNotFoundError as exc:
-        return Ignored(f"run {event.run_id}: {exc}; reconcile submits it again")
+        return Ignored(f"job {event.run_id}: {exc}; reconcile submits it again")
 
 
 def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
-    """Finish a submitted record whose job ended: the path of a run event, and of reconcile."""
+    """Finish a submitted record whose job ended: the path of a job event, and of reconcile."""
     if record.state is LedgerState.CLAIMED:
         raise NotReadyError(
             f"{record.blob.path}: ingest has not recorded job {record.key.job_name} yet; the event will be retried."
@@ -386,7 +387,7 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
         return Duplicate(record)
     job = record.job or record.key.job_name
     # The event says what happened; the workspace is asked again, since events can be reordered.
-    status = deps.workspace.run_status(job)
+    status = deps.workspace.job_status(job)
     if not status.state.terminal:
         return InProgress(record, status)
     if record.state is LedgerState.SUBMITTED:
@@ -408,13 +409,13 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
         raise
 
 
-def _complete_leased(record: LedgerRecord, status: RunStatus, deps: Deps) -> CompleteOutcome:
+def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
     job = status.name
-    if status.state is not RunState.COMPLETED:
+    if status.state is not JobState.COMPLETED:
         step = status.failed_step or "pipeline"
         reason = f"{status.state.value} in step {step!r}: {status.error or 'no error message'} (log: {status.log})"
-        return RunFailed(_move(deps.ledger, record, Fail(reason)), status)
-    metrics = deps.workspace.run_metrics(job)
+        return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
+    metrics = deps.workspace.job_metrics(job)
     log_event(log, logging.INFO, "complete.metrics", **{metrics.primary: metrics.primary_value})
     lineage = {
         "blob": record.blob.path,
@@ -444,7 +445,7 @@ def _complete_leased(record: LedgerRecord, status: RunStatus, deps: Deps) -> Com
 class Found:
     """One thing a reconcile pass found out of step, and what it did about it."""
 
-    what: str  # unannounced | stale_claim | finished_job | stale_completion | orphan_run
+    what: str  # unannounced | stale_claim | finished_job | stale_completion | orphan_job
     blob: str
     work_key: str
     result: str
@@ -454,20 +455,20 @@ class Found:
 class ReconcileReport:
     blobs_listed: int
     records: int
-    runs: int
+    jobs: int
     found: tuple[Found, ...] = ()
     errors: tuple[str, ...] = field(default=())
 
 
 def _result(outcome: IngestOutcome | CompleteOutcome) -> str:
     match outcome:
-        case Submitted(record, run):
-            return f"submitted {run.name} on {record.data_version}"
+        case Submitted(record, job):
+            return f"submitted {job.name} on {record.data_version}"
         case Registered(record, _, promoted):
             return f"done: model {record.model_version}{', promoted' if promoted else ''}"
         case Quarantined(_, reason, _) | Skipped(_, reason) | Failed(_, reason):
             return f"{type(outcome).__name__.lower()}: {reason}"
-        case RunFailed(record, _):
+        case JobFailed(record, _):
             return f"failed: {record.reason}"
         case InProgress(_, status):
             return f"job {status.name} is {status.state.value.lower()}"
@@ -485,7 +486,7 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
     - `claimed` records whose lease ran out (the worker died): taken over and finished;
     - `submitted`/`completing` records whose job ended: completed; a job the workspace does not
       know is submitted again from the same blob version;
-    - runs of ours with no ledger record (the ledger lost a write): adopted when their blob version
+    - jobs of ours with no ledger record (the ledger lost a write): adopted when their blob version
       still exists, reported otherwise.
 
     Every step is the idempotent one of ingest or complete, so a live event or a second pass at the
@@ -530,10 +531,10 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
             what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
             attempt(what, record.blob, record.key, _complete_or_resubmit(record, deps))
 
-    runs = 0
-    for run in deps.workspace.runs():
-        runs += 1
-        tag = run.tags.get(RUN_TAG, "")
+    jobs = 0
+    for job in deps.workspace.jobs():
+        jobs += 1
+        tag = job.tags.get(RUN_TAG, "")
         try:
             key = WorkKey(tag)
         except ValueError:
@@ -542,35 +543,35 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
             continue
         survivor = listed.get(key.value)
         if survivor is not None:
-            attempt("orphan_run", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
+            attempt("orphan_job", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
             continue
-        attempt("orphan_run", _run_blob(run), key, _record_orphan(run, key, deps, now))
+        attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, deps, now))
 
-    report = ReconcileReport(len(listed), len(records), runs, tuple(found), tuple(errors))
+    report = ReconcileReport(len(listed), len(records), jobs, tuple(found), tuple(errors))
     log_event(
         log, logging.ERROR if errors else logging.INFO, "reconcile.done",
-        blobs=report.blobs_listed, records=report.records, runs=report.runs, found=len(found), errors=len(errors),
+        blobs=report.blobs_listed, records=report.records, jobs=report.jobs, found=len(found), errors=len(errors),
     )
     return report
 
 
-def _run_blob(run: PipelineRun) -> BlobRef:
-    container, _, name = run.tags.get("blob", "?/?").partition("/")
-    return BlobRef(container, name, run.tags.get("etag", "?"))
+def _job_blob(job: PipelineJob) -> BlobRef:
+    container, _, name = job.tags.get("blob", "?/?").partition("/")
+    return BlobRef(container, name, job.tags.get("etag", "?"))
 
 
-def _record_orphan(run: PipelineRun, key: WorkKey, deps: Deps, now: datetime) -> Callable[[], IngestOutcome]:
-    """A run whose blob version and ledger record are both gone: record it as skipped, once, so the
+def _record_orphan(job: PipelineJob, key: WorkKey, deps: Deps, now: datetime) -> Callable[[], IngestOutcome]:
+    """A job whose blob version and ledger record are both gone: record it as skipped, once, so the
     next pass knows it and ops see why it has no model."""
 
     def record() -> IngestOutcome:
-        blob = _run_blob(run)
+        blob = _job_blob(job)
         claimed, created = deps.ledger.claim(blob, key, f"reconcile-{now:%Y%m%dT%H%M%SZ}", now + deps.config.lease)
         if not created:
             return Duplicate(claimed)
         reason = (
             f"{blob.path}: the blob version is gone and its ledger record was lost (a storage emulator crash); "
-            f"job {run.name} is kept, not trained on again. Upload the file again to train on it."
+            f"job {job.name} is kept, not trained on again. Upload the file again to train on it."
         )
         return _skip(claimed, reason, deps)
 
@@ -582,8 +583,8 @@ def _ingest_then_complete(
 ) -> Callable[[], IngestOutcome | CompleteOutcome]:
     def run() -> IngestOutcome | CompleteOutcome:
         outcome = ingest_blob(blob, deps, event_id=f"reconcile-{now:%Y%m%dT%H%M%SZ}", content_length=size)
-        if isinstance(outcome, Submitted) and outcome.run.status.terminal:
-            # The job already ran (an adopted run, or one whose record was lost): finish it now.
+        if isinstance(outcome, Submitted) and outcome.job.status.terminal:
+            # The job already ran (an adopted job, or one whose record was lost): finish it now.
             return complete_record(outcome.record, deps)
         return outcome
 
@@ -633,8 +634,8 @@ def _champion_gate(workspace: Workspace, model: ModelVersion) -> tuple[ModelVers
 def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
     """One line per decision, at the level ops should see it: the trigger's last word."""
     match outcome:
-        case Submitted(record, run):
-            log_event(log, logging.INFO, "ingest.submitted", job=run.name, data_version=record.data_version)
+        case Submitted(record, job):
+            log_event(log, logging.INFO, "ingest.submitted", job=job.name, data_version=record.data_version)
         case Quarantined(record, reason, copy):
             log_event(log, logging.ERROR, "ingest.quarantined", reason=reason, copy=copy.path)
         case Failed(record, reason):
@@ -647,10 +648,10 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
                 model_version=record.model_version, promoted=promoted,
                 **({record.metrics.primary: record.metrics.primary_value} if record.metrics else {}),
             )
-        case RunFailed(record, status):
-            log_event(log, logging.ERROR, "complete.run_failed", job=status.name, reason=record.reason)
+        case JobFailed(record, status):
+            log_event(log, logging.ERROR, "complete.job_failed", job=status.name, reason=record.reason)
         case InProgress(record, status):
-            log_event(log, logging.INFO, "complete.in_progress", job=status.name, run_state=status.state.value)
+            log_event(log, logging.INFO, "complete.in_progress", job=status.name, job_state=status.state.value)
         case Duplicate(record):
             log_event(log, logging.INFO, "duplicate", state=record.state.value, job=record.job)
         case Ignored(reason):

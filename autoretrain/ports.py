@@ -14,13 +14,13 @@ from typing import Protocol
 from autoretrain.domain import (
     BlobRef,
     DataVersion,
+    JobStatus,
     LedgerRecord,
     ListedBlob,
     Metrics,
     ModelVersion,
     Move,
-    PipelineRun,
-    RunStatus,
+    PipelineJob,
     WorkKey,
 )
 
@@ -77,19 +77,19 @@ class Workspace(Protocol):
         """Register the blob as a data asset version. The same key gives the same version."""
         ...
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
         """Submit the training pipeline on `data` as job `key.job_name`; a second call returns the first."""
         ...
 
-    def run_status(self, job: str) -> RunStatus:
+    def job_status(self, job: str) -> JobStatus:
         """The job's state; JobNotFoundError when the workspace does not know it."""
         ...
 
-    def runs(self) -> Iterator[PipelineRun]:
+    def jobs(self) -> Iterator[PipelineJob]:
         """Every pipeline run that carries our run tag, with its tags (for reconcile)."""
         ...
 
-    def run_metrics(self, job: str) -> Metrics: ...
+    def job_metrics(self, job: str) -> Metrics: ...
 
     def register_model(
         self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]

@@ -7,8 +7,8 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
                     (the `datasets` container), lineage as tags and properties
     submit          pipeline job `key.job_name` from the registered pipeline component (label
                     latest), inputs bound to the data version and to the contract, our run tag
-    run_status      the job's status; for a failed job, the failed step, its error and studio link
-    run_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
+    job_status      the job's status; for a failed job, the failed step, its error and studio link
+    job_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
     register_model  model `model_name` from the job's `model` output, metrics as tags, lineage and
                     the metrics JSON as properties; found again by its `work_key` property
     champion        the newest version tagged `champion=true`
@@ -44,7 +44,8 @@ from typing import Any
 
 from azure.ai.ml import Input, MLClient
 from azure.ai.ml.constants import AssetTypes
-from azure.ai.ml.entities import Data, Model, PipelineJob, PipelineJobSettings
+from azure.ai.ml.entities import Data, Model, PipelineJobSettings
+from azure.ai.ml.entities import PipelineJob as SdkPipelineJob
 from azure.ai.ml.exceptions import MlException, ValidationException
 from azure.core.exceptions import (
     AzureError,
@@ -60,11 +61,11 @@ from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
     DataVersion,
+    JobState,
+    JobStatus,
     Metrics,
     ModelVersion,
-    PipelineRun,
-    RunState,
-    RunStatus,
+    PipelineJob,
     WorkKey,
 )
 from autoretrain.errors import (
@@ -88,30 +89,30 @@ CONTRACTS_PREFIX = "contracts"
 
 # Azure ML job statuses (azure.ai.ml.constants.JobStatus) in the port's words. Anything not listed
 # counts as running: a status added by the service later must not end a run in our ledger.
-_STATES: Mapping[str, RunState] = {
-    "NotStarted": RunState.QUEUED,
-    "Queued": RunState.QUEUED,
-    "Preparing": RunState.QUEUED,
-    "Provisioning": RunState.QUEUED,
-    "Starting": RunState.QUEUED,
-    "Running": RunState.RUNNING,
-    "Finalizing": RunState.RUNNING,
-    "CancelRequested": RunState.RUNNING,
-    "NotResponding": RunState.RUNNING,
-    "Paused": RunState.RUNNING,
-    "Unknown": RunState.RUNNING,
-    "Completed": RunState.COMPLETED,
-    "Failed": RunState.FAILED,
-    "Canceled": RunState.CANCELED,
+_STATES: Mapping[str, JobState] = {
+    "NotStarted": JobState.QUEUED,
+    "Queued": JobState.QUEUED,
+    "Preparing": JobState.QUEUED,
+    "Provisioning": JobState.QUEUED,
+    "Starting": JobState.QUEUED,
+    "Running": JobState.RUNNING,
+    "Finalizing": JobState.RUNNING,
+    "CancelRequested": JobState.RUNNING,
+    "NotResponding": JobState.RUNNING,
+    "Paused": JobState.RUNNING,
+    "Unknown": JobState.RUNNING,
+    "Completed": JobState.COMPLETED,
+    "Failed": JobState.FAILED,
+    "Canceled": JobState.CANCELED,
 }
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SPACE = re.compile(r"\s+")
 
 
-def run_state(status: object) -> RunState:
-    """The port's RunState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
+def run_state(status: object) -> JobState:
+    """The port's JobState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
     text = str(getattr(status, "value", status) or "NotStarted")
-    return _STATES.get(text, RunState.RUNNING)
+    return _STATES.get(text, JobState.RUNNING)
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -216,7 +217,7 @@ class AzureMLWorkspace:
         except ResourceNotFoundError:
             return None
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
         name = key.job_name
         with _translated(f"submit {name}"):
             existing = self._existing_job(name)
@@ -224,7 +225,7 @@ class AzureMLWorkspace:
                 return self._run(existing)
             component = self._component()
             contract = self._upload_contract()
-            job = PipelineJob(
+            job = SdkPipelineJob(
                 name=name,
                 display_name=name,
                 description=f"Retrain on {data.name}:{data.version}",
@@ -263,40 +264,40 @@ class AzureMLWorkspace:
         self._blobs.upload(self.datasets_container, blob, data)
         return self._datastore_uri(blob)
 
-    def _run(self, job: Any) -> PipelineRun:
-        return PipelineRun(name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status))
+    def _run(self, job: Any) -> PipelineJob:
+        return PipelineJob(name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status))
 
-    def run_status(self, job: str) -> RunStatus:
+    def job_status(self, job: str) -> JobStatus:
         with _translated(f"status of job {job}"):
             try:
                 found = self._client.jobs.get(job)
             except ResourceNotFoundError as exc:
                 raise JobNotFoundError(f"status of job {job} failed: {_reason(exc)}") from exc
             state = run_state(found.status)
-            if state is not RunState.FAILED:
-                return RunStatus(name=job, state=state, log=found.studio_url)
+            if state is not JobState.FAILED:
+                return JobStatus(name=job, state=state, log=found.studio_url)
             return self._failure(found)
 
-    def runs(self) -> Iterator[PipelineRun]:
+    def jobs(self) -> Iterator[PipelineJob]:
         with _translated("list jobs"):
             for job in self._client.jobs.list():
                 tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
                 if job is not None and RUN_TAG in tags:
-                    yield PipelineRun(str(job.name), str(job.experiment_name), run_state(job.status), tags)
+                    yield PipelineJob(str(job.name), str(job.experiment_name), run_state(job.status), tags)
 
-    def _failure(self, job: Any) -> RunStatus:
+    def _failure(self, job: Any) -> JobStatus:
         """The failed step of a failed pipeline job, its error and where to read its log."""
         failed = [
             child for child in self._client.jobs.list(parent_job_name=job.name)
-            if child is not None and run_state(child.status) is RunState.FAILED
+            if child is not None and run_state(child.status) is JobState.FAILED
         ]
         step = failed[0] if failed else None
         run_id = str(step.name) if step else str(job.name)
         error = self._run_error(run_id)
         log_url = (step.studio_url if step else None) or job.studio_url
-        return RunStatus(
+        return JobStatus(
             name=str(job.name),
-            state=RunState.FAILED,
+            state=JobState.FAILED,
             failed_step=str(step.display_name or step.name) if step else None,
             error=error,
             log=log_url,
@@ -314,7 +315,7 @@ class AzureMLWorkspace:
         message = getattr(error, "message", None)
         return _one_line(message, 500) if message else None
 
-    def run_metrics(self, job: str) -> Metrics:
+    def job_metrics(self, job: str) -> Metrics:
         with tempfile.TemporaryDirectory(prefix="autoretrain-metrics-") as tmp:
             with _translated(f"download metrics of job {job}"):
                 self._client.jobs.download(job, download_path=tmp, output_name="metrics")

@@ -39,11 +39,11 @@ from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
     DataVersion,
+    JobState,
+    JobStatus,
     Metrics,
     ModelVersion,
-    PipelineRun,
-    RunState,
-    RunStatus,
+    PipelineJob,
     WorkKey,
 )
 from autoretrain.errors import JobNotFoundError, WorkspaceError
@@ -210,7 +210,7 @@ class LocalWorkspace:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
         name = key.job_name
         data_path = self._data_path(data)
         with self._transaction() as db:
@@ -218,12 +218,12 @@ class LocalWorkspace:
                 "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, self.experiment, key.value, f"{data.name}:{data.version}", str(data_path),
-                 json.dumps(dict(tags)), RunState.QUEUED.value, _now()),
+                 json.dumps(dict(tags)), JobState.QUEUED.value, _now()),
             ).rowcount
         if inserted:
             self._start(name)
-        status = self.run_status(name)
-        return PipelineRun(name=name, experiment=self.experiment, status=status.state)
+        status = self.job_status(name)
+        return PipelineJob(name=name, experiment=self.experiment, status=status.state)
 
     def _data_path(self, data: DataVersion) -> Path:
         with self._connect() as db:
@@ -240,7 +240,7 @@ class LocalWorkspace:
             names = [
                 r["name"] for r in db.execute(
                     "SELECT name FROM jobs WHERE status IN (?, ?) ORDER BY created",
-                    (RunState.QUEUED.value, RunState.RUNNING.value),
+                    (JobState.QUEUED.value, JobState.RUNNING.value),
                 )
             ]
         for name in names:
@@ -258,9 +258,9 @@ class LocalWorkspace:
             if self._stopping.is_set():
                 return
             log.exception("job.crashed job=%s", job)
-            self._finish(job, RunState.FAILED, failed_step=None, error=f"local runner error: {exc}")
+            self._finish(job, JobState.FAILED, failed_step=None, error=f"local runner error: {exc}")
 
-    def _set_status(self, job: str, state: RunState, **fields: str | None) -> None:
+    def _set_status(self, job: str, state: JobState, **fields: str | None) -> None:
         columns = {"status": state.value, **fields}
         assignments = ", ".join(f"{c} = ?" for c in columns)
         with self._transaction() as db:
@@ -276,8 +276,8 @@ class LocalWorkspace:
         if base.exists():
             shutil.rmtree(base)  # a resumed job starts clean: no half-written outputs
         (base / "logs").mkdir(parents=True)
-        self._set_status(job, RunState.RUNNING, started=_now())
-        self._emit(job, RUN_STATUS_CHANGED, RunState.RUNNING)
+        self._set_status(job, JobState.RUNNING, started=_now())
+        self._emit(job, RUN_STATUS_CHANGED, JobState.RUNNING)
         log_event(log, logging.INFO, "job.started", job=job, data=row["data"])
 
         parent_inputs = {"data": row["data_path"], "contract": str(self._contract)}
@@ -297,7 +297,7 @@ class LocalWorkspace:
             with self._transaction() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO steps (job, step, status, started) VALUES (?, ?, ?, ?)",
-                    (job, step.name, RunState.RUNNING.value, _now()),
+                    (job, step.name, JobState.RUNNING.value, _now()),
                 )
             began = time.monotonic()
             code = self._call(job, argv, step.code, log_path, err_path)
@@ -310,16 +310,16 @@ class LocalWorkspace:
             with self._transaction() as db:
                 db.execute(
                     "UPDATE steps SET status = ?, ended = ?, seconds = ?, exit_code = ? WHERE job = ? AND step = ?",
-                    ((RunState.COMPLETED if code == 0 else RunState.FAILED).value, _now(), seconds, code,
+                    ((JobState.COMPLETED if code == 0 else JobState.FAILED).value, _now(), seconds, code,
                      job, step.name),
                 )
             if code != 0:
                 # The scripts write their one-line reason to stderr; fall back to the log's end.
                 error = _last_line(err_path) or _last_line(log_path) or "no output"
-                self._finish(job, RunState.FAILED, failed_step=step.name, error=f"{error} (exit code {code})")
+                self._finish(job, JobState.FAILED, failed_step=step.name, error=f"{error} (exit code {code})")
                 return
             log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name, seconds=seconds)
-        self._finish(job, RunState.COMPLETED)
+        self._finish(job, JobState.COMPLETED)
 
     def _call(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path) -> int:
         with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
@@ -379,17 +379,17 @@ class LocalWorkspace:
 
         return [self._python, *(substitute(a) for a in argv[1:])]
 
-    def _finish(self, job: str, state: RunState, *, failed_step: str | None = None, error: str | None = None) -> None:
+    def _finish(self, job: str, state: JobState, *, failed_step: str | None = None, error: str | None = None) -> None:
         self._set_status(job, state, ended=_now(), failed_step=failed_step, error=error)
-        if state is RunState.COMPLETED:
+        if state is JobState.COMPLETED:
             log_event(log, logging.INFO, "job.completed", job=job)
         else:
             log_event(log, logging.ERROR, "job.failed", job=job, step=failed_step, error=error)
         self._emit(job, RUN_STATUS_CHANGED, state)
-        if state is RunState.COMPLETED:
+        if state is JobState.COMPLETED:
             self._emit(job, RUN_COMPLETED, state)
 
-    def _emit(self, job: str, event_type: str, state: RunState) -> None:
+    def _emit(self, job: str, event_type: str, state: JobState) -> None:
         if self._on_event is None:
             return
         with self._connect() as db:
@@ -420,31 +420,31 @@ class LocalWorkspace:
         except Exception:  # the job's result is in the catalogue; reconcile can still find it
             log.exception("job.event_not_sent job=%s type=%s", job, event_type)
 
-    def run_status(self, job: str) -> RunStatus:
+    def job_status(self, job: str) -> JobStatus:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
         if row is None:
             raise JobNotFoundError(f"job {job!r} does not exist in the local workspace ({self._db}).")
-        state = RunState(row["status"])
+        state = JobState(row["status"])
         log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
-        return RunStatus(
+        return JobStatus(
             name=job, state=state, failed_step=row["failed_step"], error=row["error"],
             log=str(log_path) if log_path else str(self.job_dir(job) / "logs"),
         )
 
-    def runs(self) -> Iterator[PipelineRun]:
+    def jobs(self) -> Iterator[PipelineJob]:
         with self._connect() as db:
             rows = db.execute("SELECT name, experiment, status, tags FROM jobs ORDER BY created").fetchall()
         for row in rows:
             tags = json.loads(row["tags"])
             if RUN_TAG in tags:
-                yield PipelineRun(row["name"], row["experiment"], RunState(row["status"]), tags)
+                yield PipelineJob(row["name"], row["experiment"], JobState(row["status"]), tags)
 
-    def wait(self, job: str, timeout: float) -> RunStatus:
+    def wait(self, job: str, timeout: float) -> JobStatus:
         """Block until the job is finished (for the CLI and tests)."""
         deadline = time.monotonic() + timeout
         while True:
-            status = self.run_status(job)
+            status = self.job_status(job)
             if status.state.terminal or time.monotonic() > deadline:
                 return status
             time.sleep(0.1)
@@ -456,9 +456,9 @@ class LocalWorkspace:
                     return self.job_dir(job) / "outputs" / step.name / out
         raise WorkspaceError(f"{self._pipeline_path}: no step output is bound to pipeline output {pipeline_output!r}.")
 
-    def run_metrics(self, job: str) -> Metrics:
-        status = self.run_status(job)
-        if status.state is not RunState.COMPLETED:
+    def job_metrics(self, job: str) -> Metrics:
+        status = self.job_status(job)
+        if status.state is not JobState.COMPLETED:
             raise WorkspaceError(f"job {job} is {status.state.value}; metrics exist only for completed jobs.")
         path = self._output(job, "metrics") / "metrics.json"
         try:

@@ -12,7 +12,7 @@ from azure.storage.blob import BlobServiceClient
 from mlmodules import wine
 
 from autoretrain.bootstrap import PIPELINE
-from autoretrain.domain import RUN_TAG, Metrics, RunState, WorkKey
+from autoretrain.domain import RUN_TAG, JobState, Metrics, WorkKey
 from autoretrain.errors import WorkspaceError
 from autoretrain.storage import AzureBlobStore
 from autoretrain.workspace.local import LocalWorkspace, catalog_rows
@@ -78,7 +78,7 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
     assert run.name == again.name == key.job_name
 
     status = workspace.wait(run.name, timeout=180)
-    assert status.state is RunState.COMPLETED, status
+    assert status.state is JobState.COMPLETED, status
     assert events.wait_for(run.name, 3) == [
         ("RunStatusChanged", "Running"), ("RunStatusChanged", "Completed"), ("RunCompleted", None)
     ]
@@ -88,7 +88,7 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
     for step in ("prep", "train", "evaluate"):
         assert (workspace.job_dir(run.name) / "logs" / f"{step}.log").is_file()
 
-    metrics = workspace.run_metrics(run.name)
+    metrics = workspace.job_metrics(run.name)
     assert metrics.primary == "f1_macro" and 0.0 <= metrics.primary_value <= 1.0
     model = workspace.register_model(run.name, key, metrics, {"job": run.name})
     assert workspace.register_model(run.name, key, metrics, {"job": run.name}) == model
@@ -122,7 +122,7 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
 
     status = workspace.wait(run.name, timeout=120)
 
-    assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
+    assert (status.state, status.failed_step) == (JobState.FAILED, "prep")
     assert status.log is not None and Path(status.log).name == "prep.log" and Path(status.log).is_file()
     # Local file names come from the work key, never from the (untrusted) blob name.
     assert status.error == (
@@ -131,7 +131,7 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
     )
     assert events.wait_for(run.name, 2) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
     with pytest.raises(WorkspaceError, match="metrics exist only for completed jobs"):
-        workspace.run_metrics(run.name)
+        workspace.job_metrics(run.name)
     workspace.close()
 
 
@@ -151,7 +151,7 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     events = Events()
     second = make_workspace(tmp_path, store, events)
     assert second.resume() == [key.job_name]
-    assert second.wait(key.job_name, timeout=180).state is RunState.COMPLETED
+    assert second.wait(key.job_name, timeout=180).state is JobState.COMPLETED
     assert ("RunCompleted", None) in events.wait_for(key.job_name, 3)
     second.close()
 

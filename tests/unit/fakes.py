@@ -12,15 +12,15 @@ from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
     DataVersion,
+    JobState,
+    JobStatus,
     LedgerRecord,
     LedgerState,
     ListedBlob,
     Metrics,
     ModelVersion,
     Move,
-    PipelineRun,
-    RunState,
-    RunStatus,
+    PipelineJob,
     WorkKey,
 )
 from autoretrain.errors import BlobChangedError, JobNotFoundError, LedgerError
@@ -111,7 +111,7 @@ class FakeWorkspace:
 
     registered_data: list[tuple[BlobRef, WorkKey]] = field(default_factory=list)
     submitted: list[tuple[DataVersion, WorkKey, dict[str, str]]] = field(default_factory=list)
-    jobs: dict[str, RunStatus] = field(default_factory=dict)
+    statuses: dict[str, JobStatus] = field(default_factory=dict)
     metrics: dict[str, Metrics] = field(default_factory=dict)
     models: dict[str, ModelVersion] = field(default_factory=dict)
     promoted: list[str] = field(default_factory=list)
@@ -122,29 +122,29 @@ class FakeWorkspace:
         versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineRun:
+    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
         self.submitted.append((data, key, dict(tags)))
-        self.jobs.setdefault(key.job_name, RunStatus(key.job_name, RunState.QUEUED))
+        self.statuses.setdefault(key.job_name, JobStatus(key.job_name, JobState.QUEUED))
         self.tags.setdefault(key.job_name, dict(tags))
-        return PipelineRun(key.job_name, "autoretrain", self.jobs[key.job_name].state, self.tags[key.job_name])
+        return PipelineJob(key.job_name, "autoretrain", self.statuses[key.job_name].state, self.tags[key.job_name])
 
-    def finish(self, job: str, state: RunState, metrics: Metrics | None = None, **status: str) -> None:
-        self.jobs[job] = RunStatus(job, state, **status)
+    def finish(self, job: str, state: JobState, metrics: Metrics | None = None, **status: str) -> None:
+        self.statuses[job] = JobStatus(job, state, **status)
         if metrics is not None:
             self.metrics[job] = metrics
 
-    def run_status(self, job: str) -> RunStatus:
-        if job not in self.jobs:
+    def job_status(self, job: str) -> JobStatus:
+        if job not in self.statuses:
             raise JobNotFoundError(f"job {job!r} does not exist")
-        return self.jobs[job]
+        return self.statuses[job]
 
-    def runs(self) -> Iterator[PipelineRun]:
-        for name, status in list(self.jobs.items()):
+    def jobs(self) -> Iterator[PipelineJob]:
+        for name, status in list(self.statuses.items()):
             tags = self.tags.get(name, {})
             if RUN_TAG in tags:
-                yield PipelineRun(name, "autoretrain", status.state, tags)
+                yield PipelineJob(name, "autoretrain", status.state, tags)
 
-    def run_metrics(self, job: str) -> Metrics:
+    def job_metrics(self, job: str) -> Metrics:
         return self.metrics[job]
 
     def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:

@@ -30,7 +30,7 @@ from requests.adapters import BaseAdapter
 from urllib3 import HTTPResponse
 
 from autoretrain.bootstrap import bootstrap
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, Metrics, RunState, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, WorkKey
 from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
@@ -373,7 +373,7 @@ class TestSubmit:
         """One PUT of job key.job_name: our tags, the data version and contract bound, compute set."""
         run = workspace.submit(data_version(), KEY, TAGS)
 
-        assert (run.name, run.experiment, run.status) == (KEY.job_name, "autoretrain", RunState.QUEUED)
+        assert (run.name, run.experiment, run.status) == (KEY.job_name, "autoretrain", JobState.QUEUED)
         [put] = service.requests_to("PUT", "/jobs/")
         assert put.path == f"{ARM}{WS_ID}/jobs/{KEY.job_name}"
         job = put.body["properties"]
@@ -410,7 +410,7 @@ class TestSubmit:
 
         second = workspace.submit(data_version(), KEY, TAGS)
 
-        assert (second.name, second.experiment, second.status) == (first.name, first.experiment, RunState.QUEUED)
+        assert (second.name, second.experiment, second.status) == (first.name, first.experiment, JobState.QUEUED)
         assert [(s.method, s.path) for s in service.sent] == [("GET", f"{ARM}{WS_ID}/jobs/{KEY.job_name}")]
 
     def test_a_409_on_create_returns_the_job_another_delivery_created(
@@ -427,7 +427,7 @@ class TestSubmit:
 
         run = workspace.submit(data_version(), KEY, TAGS)
 
-        assert run.status is RunState.QUEUED
+        assert run.status is JobState.QUEUED
         assert [s.method for s in service.requests_to("PUT", "/jobs/")] == ["PUT"]
         assert len(service.requests_to("GET", f"/jobs/{KEY.job_name}$")) == 2
 
@@ -473,25 +473,25 @@ class TestRunStatus:
     def test_maps_azure_ml_statuses_to_run_states(self) -> None:
         """Every documented status has a state; unknown ones count as running, never as finished."""
         assert {s: run_state(s) for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")} == {
-            s: RunState.QUEUED for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")
+            s: JobState.QUEUED for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")
         }
         assert {run_state(s) for s in ("Running", "Finalizing", "CancelRequested", "NotResponding", "Paused")} == {
-            RunState.RUNNING
+            JobState.RUNNING
         }
         assert (run_state("Completed"), run_state("Failed"), run_state("Canceled")) == (
-            RunState.COMPLETED, RunState.FAILED, RunState.CANCELED,
+            JobState.COMPLETED, JobState.FAILED, JobState.CANCELED,
         )
-        assert run_state("SomethingNew") is RunState.RUNNING
+        assert run_state("SomethingNew") is JobState.RUNNING
 
     def test_a_completed_job(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
         """Completed, with the studio link as the place to look."""
         workspace.submit(data_version(), KEY, TAGS)
         service.finish(KEY.job_name, "Completed")
 
-        status = workspace.run_status(KEY.job_name)
+        status = workspace.job_status(KEY.job_name)
 
         assert (status.name, status.state, status.failed_step, status.error) == (
-            KEY.job_name, RunState.COMPLETED, None, None,
+            KEY.job_name, JobState.COMPLETED, None, None,
         )
         assert status.log is not None and status.log.startswith(f"https://ml.azure.com/runs/{KEY.job_name}")
 
@@ -510,9 +510,9 @@ class TestRunStatus:
         ]
         service.run_errors[step] = "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'"
 
-        status = workspace.run_status(KEY.job_name)
+        status = workspace.job_status(KEY.job_name)
 
-        assert (status.state, status.failed_step) == (RunState.FAILED, "prep")
+        assert (status.state, status.failed_step) == (JobState.FAILED, "prep")
         assert status.error == "Execution failed. User process 'python' exited with status code 2: column 'price'"
         assert status.log is not None and step in status.log
         assert service.requests_to("GET", f"/runs/{KEY.job_name}/children$")
@@ -522,7 +522,7 @@ class TestRunStatus:
                                                           service: FakeAzureML) -> None:
         """A 404 names the job, as the permanent JobNotFoundError reconcile resubmits on."""
         with pytest.raises(JobNotFoundError) as caught:
-            workspace.run_status("autoretrain-000000000000000000000000")
+            workspace.job_status("autoretrain-000000000000000000000000")
 
         assert str(caught.value) == (
             "status of job autoretrain-000000000000000000000000 failed: HTTP 404: "
@@ -658,7 +658,7 @@ class TestRunMetrics:
         service.finish(KEY.job_name, "Running")
 
         with pytest.raises(WorkspaceError) as caught:
-            workspace.run_metrics(KEY.job_name)
+            workspace.job_metrics(KEY.job_name)
 
         message = str(caught.value)
         assert message.startswith(f"download metrics of job {KEY.job_name} failed: This job is in state ")

@@ -100,7 +100,7 @@ class TestRunFinished:
             experiment_name="automl-local-regression",
             run_id="AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5",
             run_type="",
-            run_status="Completed",
+            job_status="Completed",
             run_tags={},
             run_properties={"runTemplate": "automl_child", "training_percent": "100", "predicted_cost": ""},
         )
@@ -110,7 +110,7 @@ class TestRunFinished:
         cloud = {"specversion": "1.0", "source": event["topic"], "type": event["eventType"],
                  "time": event["eventTime"], "id": event["id"], "subject": event["subject"], "data": event["data"]}
         parsed = parse_run_finished(cloud)
-        assert (parsed.run_status, parsed.run_type, dict(parsed.run_tags)) == (
+        assert (parsed.job_status, parsed.run_type, dict(parsed.run_tags)) == (
             "Failed", "azureml.PipelineRun", {"autoretrain": "ab" * 12}
         )
 

@@ -20,7 +20,7 @@ from test_loop import CONTRACT, GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import LedgerState, Metrics, RunState, WorkKey
+from autoretrain.domain import JobState, LedgerState, Metrics, WorkKey
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 
@@ -73,9 +73,9 @@ INGEST_POINTS = [
 # ... and every call complete makes.
 COMPLETE_POINTS = [
     ("ledger", "get", False),
-    ("workspace", "run_status", False),
+    ("workspace", "job_status", False),
     ("ledger", "move", False), ("ledger", "move", True),  # submitted -> completing
-    ("workspace", "run_metrics", False),
+    ("workspace", "job_metrics", False),
     ("workspace", "register_model", False), ("workspace", "register_model", True),
     ("workspace", "promote", False), ("workspace", "promote", True),
     ("ledger", "move", False, 2), ("ledger", "move", True, 2),  # completing -> done
@@ -102,7 +102,7 @@ def _assert_exactly_once(workspace: FakeWorkspace, ledger: FakeLedger, key: Work
     record = ledger.get(key)
     assert record is not None and record.state is LedgerState.DONE, record
     assert [k for _, k in workspace.registered_data] and {k for _, k in workspace.registered_data} == {key}
-    assert len(workspace.jobs) == 1 and len(workspace.models) == 1
+    assert len(workspace.statuses) == 1 and len(workspace.models) == 1
     assert record.model_version == f"autoretrain-model:{workspace.models[key.value].version}"
     assert workspace.promoted == [workspace.models[key.value].version]
 
@@ -123,7 +123,7 @@ def test_a_crash_anywhere_in_ingest_trains_the_blob_exactly_once(
     with pytest.raises(WorkerDied):
         loop.ingest(blob_event(ref), crashing)
     _recover(how, deps, ledger, lambda: loop.ingest(blob_event(ref, event_id="ev-redelivered"), deps))
-    workspace.finish(key.job_name, RunState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+    workspace.finish(key.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
     loop.complete(run_event(key), deps)
     if how != "redelivery":
         loop.reconcile(deps, grace=timedelta(0))
@@ -144,7 +144,7 @@ def test_a_crash_anywhere_in_complete_registers_exactly_one_model(
     key = WorkKey.for_blob(ref)
     deps = make_deps(tmp_path, ledger, workspace, blobs)
     loop.ingest(blob_event(ref), deps)
-    workspace.finish(key.job_name, RunState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+    workspace.finish(key.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
     wrapped_ledger, wrapped_workspace, wrapped_blobs = _wrap(port, method, after, nth, ledger, workspace, blobs)
     crashing = make_deps(tmp_path, ledger, wrapped_workspace, wrapped_blobs, ledger_port=wrapped_ledger)
 
@@ -182,8 +182,8 @@ class TestReconcileFinds:
         loop.ingest(blob_event(done_ref), deps)
         loop.ingest(blob_event(running_ref, event_id="ev-b"), deps)
         done_key, running_key = WorkKey.for_blob(done_ref), WorkKey.for_blob(running_ref)
-        workspace.finish(done_key.job_name, RunState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
-        workspace.finish(running_key.job_name, RunState.RUNNING)
+        workspace.finish(done_key.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+        workspace.finish(running_key.job_name, JobState.RUNNING)
 
         report = loop.reconcile(deps, grace=timedelta(0))
 
@@ -198,7 +198,7 @@ class TestReconcileFinds:
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
         loop.ingest(blob_event(ref), deps)
         key = WorkKey.for_blob(ref)
-        workspace.finish(key.job_name, RunState.CANCELED, error="canceled by ops")
+        workspace.finish(key.job_name, JobState.CANCELED, error="canceled by ops")
 
         report = loop.reconcile(deps, grace=timedelta(0))
 
@@ -212,14 +212,14 @@ class TestReconcileFinds:
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
         loop.ingest(blob_event(ref), deps)
         key = WorkKey.for_blob(ref)
-        del workspace.jobs[key.job_name]
+        del workspace.statuses[key.job_name]
 
         report = loop.reconcile(deps, grace=timedelta(0))
 
         assert [(f.what, f.result) for f in report.found] == [
             ("finished_job", f"submitted {key.job_name} on autoretrain-data:1")
         ]
-        assert key.job_name in workspace.jobs and len(workspace.submitted) == 2  # the same job name, once more
+        assert key.job_name in workspace.statuses and len(workspace.submitted) == 2  # the same job name, once more
 
     def test_a_run_whose_ledger_record_was_lost_is_adopted_or_reported(self, tmp_path: Path) -> None:
         """The ledger lost its writes (an emulator crash): a surviving blob's run is adopted and
@@ -228,7 +228,7 @@ class TestReconcileFinds:
         kept, gone = blobs.put("incoming", "kept.csv", GOOD_CSV), blobs.put("incoming", "gone.csv", GOOD_CSV)
         for i, ref in enumerate((kept, gone)):
             loop.ingest(blob_event(ref, event_id=f"ev-{i}"), deps)
-            workspace.finish(WorkKey.for_blob(ref).job_name, RunState.COMPLETED,
+            workspace.finish(WorkKey.for_blob(ref).job_name, JobState.COMPLETED,
                              Metrics({"f1_macro": 0.9}, primary="f1_macro"))
         ledger.rows.clear()
         del blobs.blobs[("incoming", "gone.csv")]
@@ -237,7 +237,7 @@ class TestReconcileFinds:
 
         kept_key, gone_key = WorkKey.for_blob(kept), WorkKey.for_blob(gone)
         assert [(f.what, f.work_key) for f in report.found] == [
-            ("orphan_run", kept_key.value), ("orphan_run", gone_key.value)
+            ("orphan_job", kept_key.value), ("orphan_job", gone_key.value)
         ]
         assert ledger.rows[kept_key.value].state is LedgerState.DONE
         gone_record = ledger.rows[gone_key.value]

@@ -10,7 +10,7 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, Metrics, ModelVersion, RunState, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, ModelVersion, WorkKey
 from autoretrain.errors import StorageError
 from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
@@ -46,7 +46,7 @@ def run_event(key: WorkKey, *, event_type: str = "Microsoft.MachineLearningServi
     return RunFinished(
         event_id=event_id, event_type=event_type, topic=topic, subject=f"experiments/x/runs/{key.job_name}",
         event_time=None, experiment_id="x", experiment_name="autoretrain", run_id=key.job_name,
-        run_type=run_type, run_status=status, run_tags={RUN_TAG: key.value} if tags is None else tags,
+        run_type=run_type, job_status=status, run_tags={RUN_TAG: key.value} if tags is None else tags,
     )
 
 
@@ -287,7 +287,7 @@ class TestComplete:
         """The first model has no champion to beat: it is registered and promoted."""
         workspace, ledger, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
 
         outcome = loop.complete(run_event(key), deps)
 
@@ -307,12 +307,12 @@ class TestComplete:
         """The champion gate compares the primary metric in its direction."""
         workspace, _, blobs = fakes(deps)
         first = self._submitted(deps)
-        workspace.finish(first.job_name, RunState.COMPLETED, METRICS)
+        workspace.finish(first.job_name, JobState.COMPLETED, METRICS)
         loop.complete(run_event(first), deps)
         ref = blobs.put("incoming", "b.csv", GOOD_CSV)
         loop.ingest(blob_event(ref, event_id="ev-b"), deps)
         second = WorkKey.for_blob(ref)
-        workspace.finish(second.job_name, RunState.COMPLETED, Metrics({"f1_macro": 0.5}, primary="f1_macro"))
+        workspace.finish(second.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.5}, primary="f1_macro"))
 
         outcome = loop.complete(run_event(second, event_id="run-ev-2"), deps)
 
@@ -323,7 +323,7 @@ class TestComplete:
         """promote() is a compare-and-swap: a better rival that won the race stays champion."""
         workspace, _, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
         rival_key = WorkKey("f" * 24)
         rival = workspace.register_model("rival-job", rival_key, Metrics({"f1_macro": 0.99}, primary="f1_macro"), {})
         racing_promote = workspace.promote
@@ -350,7 +350,7 @@ class TestComplete:
         """RunCompleted and RunStatusChanged(Completed) both arrive; one model results."""
         workspace, _, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
         loop.complete(run_event(key), deps)
 
         again = loop.complete(
@@ -364,14 +364,14 @@ class TestComplete:
         """A failed run has no RunCompleted; its RunStatusChanged records where it failed."""
         workspace, ledger, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.FAILED, failed_step="prep",
+        workspace.finish(key.job_name, JobState.FAILED, failed_step="prep",
                          error="column 'a' has 'x' on line 90", log="/logs/prep.log")
 
         outcome = loop.complete(
             run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", status="Failed"), deps
         )
 
-        assert isinstance(outcome, loop.RunFailed)
+        assert isinstance(outcome, loop.JobFailed)
         record = ledger.get(key)
         assert record is not None and record.state is LedgerState.FAILED
         assert record.reason == "Failed in step 'prep': column 'a' has 'x' on line 90 (log: /logs/prep.log)"
@@ -381,7 +381,7 @@ class TestComplete:
         """A RunStatusChanged to Running is noted; the record stays submitted."""
         workspace, ledger, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.RUNNING)
+        workspace.finish(key.job_name, JobState.RUNNING)
         outcome = loop.complete(
             run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", status="Running"), deps
         )
@@ -392,17 +392,17 @@ class TestComplete:
     @pytest.mark.parametrize(
         ("changes", "reason"),
         [
-            ({"run_type": "azureml.StepRun"}, "not a pipeline run"),
+            ({"run_type": "azureml.StepRun"}, "not a pipeline job"),
             ({"tags": {}}, "has no 'autoretrain' tag"),
             ({"tags": {RUN_TAG: "not-a-key"}}, "not a work key"),
             ({"topic": LOCAL_WORKSPACE_TOPIC.replace("/local", "/other")}, "is not our workspace"),
         ],
     )
-    def test_runs_that_are_not_ours_are_ignored(self, deps: loop.Deps, changes: dict[str, object], reason: str) -> None:
+    def test_jobs_that_are_not_ours_are_ignored(self, deps: loop.Deps, changes: dict[str, object], reason: str) -> None:
         """Step runs, other experiments' runs and other workspaces' events change nothing."""
         workspace, _, _ = fakes(deps)
         key = self._submitted(deps)
-        workspace.finish(key.job_name, RunState.COMPLETED, METRICS)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
         outcome = loop.complete(run_event(key, **changes), deps)  # type: ignore[arg-type]
         assert isinstance(outcome, loop.Ignored) and reason in outcome.reason
         assert workspace.models == {}
