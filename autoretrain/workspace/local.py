@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -329,7 +330,8 @@ class LocalWorkspace:
                 # Its own session: a Ctrl-C in the terminal reaches the stack, which stops the
                 # steps itself, instead of failing them half-way.
                 process = subprocess.Popen(argv, cwd=cwd, stdout=out_file, stderr=err_file,
-                                           stdin=subprocess.DEVNULL, env=self._step_env, start_new_session=True)
+                                           stdin=subprocess.DEVNULL, env=self._step_env, start_new_session=True,
+                                           preexec_fn=_die_with_parent)
                 self._steps[job] = process
             try:
                 return process.wait()
@@ -595,6 +597,15 @@ def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
         if "champion" in row:
             row["champion"] = bool(row["champion"])
     return rows
+
+
+def _die_with_parent() -> None:
+    """In the step's process, before exec: on Linux, die when the workspace's process dies (its own
+    session keeps the terminal's Ctrl-C away, so a SIGKILL of the stack would otherwise orphan it)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _last_line(path: Path) -> str | None:
