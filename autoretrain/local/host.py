@@ -18,6 +18,7 @@ Timer functions run on their NCRONTAB schedule. Log lines have the real host's s
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import inspect
 import json
@@ -256,7 +257,15 @@ class LocalHost:
             return self
         functions = self.functions
         self._stopping.clear()
-        self._server = ThreadingHTTPServer((self._host, self._requested_port), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer((self._host, self._requested_port), self._handler_class())
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(
+                f"{self._host}:{self._requested_port} is in use: another `autoretrain up` or host is running; "
+                "stop it, or set AUTORETRAIN_HOST_URL to another port."
+            ) from None
         self._server.daemon_threads = True
         # A short poll interval makes stop() quick; the idle cost is negligible.
         self._server_thread = threading.Thread(

@@ -93,14 +93,16 @@ class LocalStack:
             log.exception("reconcile.failed at start; the timer tries again")
 
     def stop(self) -> None:
-        """Stop in order: no new events, no new invocations, jobs stopped (left to resume), then
-        Azurite, which gets one SIGTERM and is waited for, so its last save completes."""
+        """Stop in order: no new events (those in flight are delivered for up to 5 s while the host
+        still answers; one left over is announced again at the next start), no new invocations,
+        jobs stopped (left to resume), then Azurite, which gets one SIGTERM and is waited for, so its
+        last save completes."""
         if self.watcher is not None:
             self.watcher.stop()
-        self.host.stop()
-        shutdown()
         if self.delivery is not None:
             self.delivery.close(timeout=5)
+        self.host.stop()
+        shutdown()
         self.azurite.stop()
 
     def __enter__(self) -> LocalStack:

@@ -71,18 +71,21 @@ def test_a_file_uploaded_while_event_grid_is_off_is_found_by_reconcile(
     assert len(catalog_rows(loop.home, "jobs")) == 1 and len(catalog_rows(loop.home, "models")) == 1
 
 
-def test_hostile_blobs_each_get_a_final_state_and_no_500(running: Loop, azurite: str) -> None:
-    """A 1,000-character name, an event for a vanished blob with a bad name, '../' in a subject:
-    each ends with a recorded reason, answered 200, holding no claim."""
+def test_hostile_blobs_each_get_a_final_state_and_no_500(running: Loop, azurite: str, tmp_path: Path) -> None:
+    """1,000-character names (a good file and a bad one), an event for a vanished blob with a bad
+    name, '../' in a subject: each ends with a recorded reason, answered 200, holding no claim."""
     long_name = "x" * 996 + ".csv"
     long_ref = running.blobs.upload(running.incoming, long_name, BAD)
+    long_good = running.blobs.upload(running.incoming, "y" * 996 + ".csv", _month(tmp_path))
     vanished = BlobRef(running.incoming, "gone/../..\x07.csv", "0x8DE00000000000A")
     climbing = BlobRef(running.incoming, "a/../../etc/passwd.csv", "0x8DE00000000000B")
 
     assert post_event(running.url, "ingest", _blob_created(vanished, event_id="vanished")) == 200
     assert post_event(running.url, "ingest", _blob_created(climbing, event_id="climbing")) == 200
     records = running.wait_final([WorkKey.for_blob(long_ref), WorkKey.for_blob(vanished),
-                                  WorkKey.for_blob(climbing)], timeout=60)
+                                  WorkKey.for_blob(climbing), WorkKey.for_blob(long_good)], timeout=120)
+
+    assert records[WorkKey.for_blob(long_good)].state is LedgerState.DONE  # local paths come from the key
 
     long_record = records[WorkKey.for_blob(long_ref)]
     assert long_record.state is LedgerState.QUARANTINED
