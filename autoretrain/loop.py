@@ -507,8 +507,8 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
                 log_event(log, logging.ERROR, "reconcile.error", what=what, error=_one_line(exc))
                 errors.append(message)
                 return
-            if isinstance(outcome, Duplicate | InProgress) and what != "unannounced":
-                return  # nothing was out of step after all
+            if isinstance(outcome, Duplicate | InProgress):
+                return  # a live event or another pass has it: nothing was out of step after all
             result = _result(outcome)
             log_event(log, logging.WARNING, "reconcile.found", what=what, result=result)
             found.append(Found(what, blob.path, key.value, result))

@@ -280,7 +280,8 @@ class AzureMLWorkspace:
 
     def jobs(self) -> Iterator[PipelineJob]:
         with _translated("list jobs"):
-            for job in self._client.jobs.list():
+            # The service filters by tag key, so a pass pages through our jobs only.
+            for job in self._client.jobs.list(tag=RUN_TAG):
                 tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
                 if job is not None and RUN_TAG in tags:
                     yield PipelineJob(str(job.name), str(job.experiment_name), run_state(job.status), tags)

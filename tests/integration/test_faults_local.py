@@ -8,10 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 from localstack import stack_env
 from mlmodules import wine
 
@@ -87,3 +89,42 @@ def test_a_worker_killed_after_any_step_leaves_nothing_lost_and_nothing_twice(
     models = catalog_rows(settings.home, "models")
     assert sorted(m["job"] for m in models) == sorted(k.job_name for k in keys)
     assert sum(m["champion"] for m in models) == 1
+
+
+def test_two_reconcile_passes_at_once_do_everything_once_and_find_a_lost_completion(
+    tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two passes racing over blobs whose events were lost (six bad files, one good): one record,
+    one quarantine copy and one job each. The good file's job ends with no completion event (no
+    host): the next pass completes it."""
+    env = stack_env(tmp_path, unique, azurite, 7071, {})
+    for name, value in env.items():
+        if name.startswith("AUTORETRAIN_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    deps = bootstrap(settings, worker=False)
+    workspace = deps.workspace
+    assert isinstance(workspace, LocalWorkspace)
+    [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=8)
+    good = deps.blobs.upload(settings.incoming_container, "good.csv", month.read_bytes())
+    bad = [deps.blobs.upload(settings.incoming_container, f"bad-{i}.csv", b"alcohol,cultivar\n1,a\n") for i in range(6)]
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: loop.reconcile(deps, grace=timedelta(0)), range(2)))
+
+    found = sorted(f.work_key for r in reports for f in r.found)
+    assert found == sorted(WorkKey.for_blob(b).value for b in [good, *bad])  # each found by one pass only
+    assert all(r.errors == () for r in reports)
+    quarantine = BlobServiceClient.from_connection_string(azurite).get_container_client(
+        settings.quarantine_container
+    )
+    assert len(list(quarantine.list_blobs())) == 6
+    assert workspace.drain(300)
+    assert [j["name"] for j in catalog_rows(settings.home, "jobs")] == [WorkKey.for_blob(good).job_name]
+
+    after = loop.reconcile(deps, grace=timedelta(0))
+    workspace.close()
+
+    assert [(f.what, f.work_key) for f in after.found] == [("finished_job", WorkKey.for_blob(good).value)]
+    record = deps.ledger.get(WorkKey.for_blob(good))
+    assert record is not None and record.state is LedgerState.DONE

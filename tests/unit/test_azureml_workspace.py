@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -154,6 +155,7 @@ class FakeAzureML(BaseAdapter):
             ("GET", re.escape(API) + "/discovery", lambda _s: (200, {"api": API, "history": API})),
             ("PUT", ws + r"/data/([^/]+)/versions/([^/]+)", self._put_data),
             ("GET", ws + r"/components/([^/]+)/versions", self._list_components),
+            ("GET", ws + r"/jobs", self._list_jobs),
             ("GET", ws + r"/jobs/([^/]+)", self._get_job),
             ("PUT", ws + r"/jobs/([^/]+)", self._put_job),
             ("GET", history + r"/runs/([^/]+)/children", self._children),
@@ -195,6 +197,12 @@ class FakeAzureML(BaseAdapter):
             "id": f"{WS_ID}/components/{COMPONENT}/versions/{COMPONENT_VERSION}", "name": COMPONENT_VERSION,
             "properties": {"componentSpec": spec, "isAnonymous": False, "isArchived": False}, "systemData": SYSTEM,
         }]}
+
+    def _list_jobs(self, sent: Sent) -> Answer:
+        query = parse_qs(sent.url.split("?", 1)[1]) if "?" in sent.url else {}
+        tag = (query.get("tag") or [None])[0]
+        jobs = [j for j in self.jobs.values() if tag is None or tag in (j["properties"].get("tags") or {})]
+        return 200, {"value": jobs, "nextLink": None}
 
     def _get_job(self, _sent: Sent, name: str) -> Answer:
         if name not in self.jobs:
@@ -398,6 +406,24 @@ class TestSubmit:
         assert container == "datasets"
         assert re.fullmatch(r"contracts/[0-9a-f]{16}/contract\.yaml", name)
         assert content == (ROOT / "ml" / "contract.yaml").read_bytes()
+
+    def test_jobs_lists_only_ours_by_tag_for_reconcile(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """GET .../jobs?tag=autoretrain: the service filters by our tag; each job carries its tags."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.jobs["someone-else"] = {
+            "id": f"{WS_ID}/jobs/someone-else", "name": "someone-else", "systemData": SYSTEM,
+            "properties": {**service.jobs[KEY.job_name]["properties"], "tags": {"team": "other"}},
+        }
+        service.sent.clear()
+
+        jobs = list(workspace.jobs())
+
+        assert [(j.name, j.status, dict(j.tags)) for j in jobs] == [(KEY.job_name, JobState.QUEUED, TAGS)]
+        [listing] = service.requests_to("GET", "/jobs$")
+        query = parse_qs(listing.url.split("?", 1)[1])
+        assert query["tag"] == ["autoretrain"] and query["api-version"] == ["2024-01-01-preview"]
 
     def test_second_submit_of_an_existing_job_sends_no_put(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
