@@ -1,12 +1,7 @@
 """The data contract, and the streaming check ingest runs on the head of a customer file.
 
-The contract is a YAML file (default `ml/contract.yaml`, `AUTORETRAIN_CONTRACT` to override):
-
-    target: species
-    task: classification        # classification | regression
-    primary_metric: f1_macro
-    features: {island: category, bill_length_mm: float, sex: category}
-    max_bytes: 536870912        # optional: larger files are quarantined before any full read
+The contract is a YAML file (default `ml/contract.yaml`, `AUTORETRAIN_CONTRACT` to override); its
+rules live in `autoretrain.datacontract`, the one module the pipeline steps share.
 
 Ingest reads only the first `HEAD_BYTES` of a file: enough to catch the wrong file, a missing
 column or a mistyped value early. The pipeline's prep step validates every row.
@@ -17,95 +12,37 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
+from autoretrain.datacontract import (
+    DEFAULT_MAX_BYTES,
+    FEATURE_TYPES,
+    METRICS,
+    MISSING,
+    TASKS,
+    Contract,
+    ContractRuleError,
+    read_contract,
+)
 from autoretrain.errors import ConfigError, ContractError
 
-__all__ = ["FEATURE_TYPES", "HEAD_BYTES", "METRICS", "TASKS", "Contract", "check_head", "check_name", "load_contract"]
+__all__ = [
+    "DEFAULT_MAX_BYTES", "FEATURE_TYPES", "HEAD_BYTES", "METRICS", "TASKS", "Contract", "check_head", "check_name",
+    "load_contract",
+]
 
-FEATURE_TYPES = ("float", "int", "category")
-TASKS = ("classification", "regression")
-# The metrics evaluate writes, per task, and whether greater is better. The pipeline's own copy is
-# ml/src/contract.py (uploaded alone to Azure ML, so it cannot import this package); a test holds
-# the two to the same rules.
-METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType(
-    {
-        "classification": MappingProxyType(
-            {"accuracy": True, "f1_macro": True, "precision_macro": True, "recall_macro": True}
-        ),
-        "regression": MappingProxyType({"r2": True, "rmse": False, "mae": False}),
-    }
-)
 HEAD_BYTES = 256 * 1024
 HEAD_ROWS = 1000
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-_MISSING = {"", "na", "nan", "null", "none"}
-
-
-@dataclass(frozen=True, slots=True)
-class Contract:
-    target: str
-    task: str
-    primary_metric: str
-    features: Mapping[str, str]
-    max_bytes: int = DEFAULT_MAX_BYTES
-    source: str = "contract.yaml"
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (*self.features, self.target)
+_MISSING = MISSING
 
 
 def load_contract(path: Path) -> Contract:
-    """Read and validate a contract file; ConfigError names the file, the key and the fix."""
-    import yaml  # here, not at the top: the loop imports this module and stays stdlib-only
-
-    where = path.name
+    """Read and check a contract file (the rules are `datacontract`'s, shared with the pipeline);
+    ConfigError names the file, the key and the fix."""
     try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the contract ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with target, task, primary_metric and features.")
-    for key in ("target", "task", "primary_metric", "features"):
-        if key not in raw:
-            raise ConfigError(f"{where}: '{key}' is missing; see ml/contract.yaml for the shape.")
-    target, task, metric, features = raw["target"], raw["task"], raw["primary_metric"], raw["features"]
-    if not isinstance(target, str) or not target:
-        raise ConfigError(f"{where}: 'target' must be a column name.")
-    if task not in TASKS:
-        raise ConfigError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}.")
-    if metric not in METRICS[task]:
-        raise ConfigError(
-            f"{where}: primary_metric {metric!r} is not written for {task}; use one of {', '.join(METRICS[task])}."
-        )
-    if not isinstance(features, Mapping) or not features:
-        raise ConfigError(f"{where}: 'features' must map at least one column name to a type.")
-    for name, kind in features.items():
-        if kind not in FEATURE_TYPES:
-            raise ConfigError(
-                f"{where}: feature {name!r} has type {kind!r}; use {', '.join(FEATURE_TYPES[:-1])} "
-                f"or {FEATURE_TYPES[-1]}."
-            )
-    if target in features:
-        raise ConfigError(f"{where}: the target {target!r} is also listed as a feature; remove it there.")
-    max_bytes = raw.get("max_bytes", DEFAULT_MAX_BYTES)
-    if not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ConfigError(f"{where}: max_bytes {max_bytes!r} must be a positive whole number of bytes.")
-    return Contract(
-        target=target,
-        task=task,
-        primary_metric=metric,
-        features=MappingProxyType({str(k): str(v) for k, v in features.items()}),
-        max_bytes=max_bytes,
-        source=where,
-    )
+        return read_contract(path)
+    except ContractRuleError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_name(blob: str, content_length: int | None, contract: Contract) -> None:

@@ -7,12 +7,19 @@ the demo data module load them from their files, through this one helper.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+from autoretrain import datacontract
 
 ML = Path(__file__).resolve().parent.parent / "ml"
 SRC = ML / "src"
+# The steps import the shared contract rules as `datacontract` (an additional include in every
+# component's snapshot); in this process that is the package's own module.
+sys.modules.setdefault("datacontract", datacontract)
 
 
 def load_ml_module(path: Path, name: str) -> ModuleType:
@@ -34,3 +41,13 @@ def load_ml_module(path: Path, name: str) -> ModuleType:
 def wine() -> ModuleType:
     """ml/sample/wine.py: the demo data set and its monthly drops."""
     return load_ml_module(ML / "sample" / "wine.py", "ml_sample_wine")
+
+
+def snapshot(component_path: Path, component: dict[str, Any], target: Path) -> Path:
+    """A component's code snapshot, as Azure ML builds it: `code`, plus each additional include."""
+    base = component_path.parent
+    if not target.exists():
+        shutil.copytree(base / component["code"], target, ignore=shutil.ignore_patterns("__pycache__"))
+        for include in component.get("additional_includes") or []:
+            shutil.copy2((base / include).resolve(), target / Path(include).name)
+    return target

@@ -301,7 +301,8 @@ class LocalWorkspace:
                     (job, step.name, JobState.RUNNING.value, _now()),
                 )
             began = time.monotonic()
-            code = self._call(job, argv, step.code, log_path, err_path)
+            code_dir = step.snapshot(base / "code" / step.name)
+            code = self._call(job, argv, code_dir, log_path, err_path)
             seconds = round(time.monotonic() - began, 3)
             if self._stopping.is_set():
                 # Stopped by close() (Ctrl-C, SIGTERM): not the job's fault. It stays running in the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,20 @@ class Step:
     """output name -> its type (uri_folder, mlflow_model, ...)"""
     promoted: Mapping[str, str] = field(default_factory=dict)
     """output name -> the pipeline output it is bound to"""
+    includes: tuple[Path, ...] = ()
+    """the component's additional_includes, resolved: copied into the code snapshot, as Azure ML does"""
+
+    def snapshot(self, target: Path) -> Path:
+        """The step's code as Azure ML uploads it: `code` plus each additional include at the root."""
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(self.code, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for include in self.includes:
+            if include.is_dir():
+                shutil.copytree(include, target / include.name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(include, target / include.name)
+        return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +143,12 @@ def load_pipeline(path: Path) -> PipelineSpec:
             if binding is not None:
                 inputs[input_name] = binding
         outputs = {out: str(decl.type) for out, decl in (component.outputs or {}).items()}
+        includes = []
+        for include in getattr(component, "additional_includes", None) or []:
+            resolved = (base / str(include)).resolve()
+            if not resolved.exists():
+                raise WorkspaceError(f"{path}: step {name!r} includes {include!r}, which does not exist.")
+            includes.append(resolved)
         promoted: dict[str, str] = {}
         for out, raw in (node.outputs or {}).items():
             data = getattr(raw, "_data", raw)
@@ -141,6 +162,7 @@ def load_pipeline(path: Path) -> PipelineSpec:
             inputs=inputs,
             outputs=outputs,
             promoted=promoted,
+            includes=tuple(includes),
         )
     return PipelineSpec(
         path=path,

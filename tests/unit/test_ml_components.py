@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from mlmodules import load_ml_module
+from mlmodules import load_ml_module, snapshot
 
 ML = Path(__file__).resolve().parents[2] / "ml"
 SRC = ML / "src"
@@ -30,6 +30,8 @@ DIABETES_CONTRACT = ML / "contracts" / "diabetes.yaml"
 WINE_CLASSES = {"class_0", "class_1", "class_2"}
 _PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.(\w+)\}\}")
 _PARENT = re.compile(r"\$\{\{parent\.(?:inputs\.(\w+)|jobs\.(\w+)\.outputs\.(\w+))\}\}")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]")
+_INPUT_NAME = re.compile(r"\$\{\{inputs\.(\w+)\}\}")
 
 
 
@@ -84,23 +86,34 @@ def _run_pipeline(
     for step, job in pipeline["jobs"].items():
         if only is not None and step not in only:
             continue
-        component = yaml.safe_load((ML / job["component"]).read_text())
+        component_path = ML / job["component"]
+        component = yaml.safe_load(component_path.read_text())
         values: dict[str, str] = {}
         for name, spec in component["inputs"].items():
             bound = job.get("inputs", {}).get(name)
             if bound is None:
-                values[name] = str(spec["default"])
+                if "default" in spec:
+                    values[name] = str(spec["default"])
                 continue
             parent = _PARENT.fullmatch(bound)
             assert parent, f"{step}.{name}: unexpected binding {bound}"
+            if parent[1] and parent[1] not in inputs:
+                assert spec.get("optional"), f"{step}.{name}: pipeline input {parent[1]} is not given"
+                continue
             values[name] = str(inputs[parent[1]] if parent[1] else run.outputs[parent[2]][parent[3]])
         run.outputs[step] = {name: workdir / step / name for name in component["outputs"]}
         bound = {("inputs", k): v for k, v in values.items()}
         bound |= {("outputs", k): str(v) for k, v in run.outputs[step].items()}
-        program, script, *args = shlex.split(_fill(component["command"], bound))
+        # $[[ ... ]] holds the flags of optional inputs: kept only when they have a value.
+        given = {k for kind, k in bound if kind == "inputs"}
+        command = _OPTIONAL.sub(
+            lambda m, given=given: m[1] if set(_INPUT_NAME.findall(m[1])) <= given else "", component["command"]
+        )
+        program, script, *args = shlex.split(_fill(command, bound))
         assert program == "python"
+        code = snapshot(component_path, component, workdir / "code" / step)
         done = subprocess.run(
-            [sys.executable, script, *args], cwd=SRC, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, script, *args], cwd=code, env=env, capture_output=True, text=True, timeout=120
         )
         if done.returncode != 0:
             return StepFailed(step, done.returncode, done.stderr)
