@@ -347,9 +347,10 @@ class LocalWorkspace:
         values = {}
         for name, binding in step.inputs.items():
             if isinstance(binding, FromParent):
-                if binding.input not in parent:
-                    raise WorkspaceError(f"step {step.name!r} input {name!r} needs pipeline input {binding.input!r}.")
-                values[name] = parent[binding.input]
+                if binding.input in parent:
+                    values[name] = parent[binding.input]
+                # else: an optional pipeline input left out (the champion of a first model); a
+                # command that needs it anyway fails in _argv, naming the input.
             elif isinstance(binding, FromStep):
                 values[name] = str(produced[(binding.step, binding.output)])
             elif isinstance(binding, Literal):

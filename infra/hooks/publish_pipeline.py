@@ -46,6 +46,8 @@ def main(subscription_id: str, resource_group: str, workspace: str, name: str) -
             sys.exit(f"publish_pipeline: {PIPELINE} is not a pipeline job (type: pipeline).")
         component.name = name
         component.version = version
+        # The job YAML cannot mark an input optional; the champion is absent for the first model.
+        component.inputs["champion"].optional = True
         client.components.create_or_update(component)
         print(f"publish_pipeline: registered {name}:{version}")
     else:

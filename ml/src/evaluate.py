@@ -1,8 +1,9 @@
-"""Evaluate step: score the trained model on prep's test split; write metrics.json.
+"""Evaluate step: score the trained model, and the current champion, on prep's test split.
 
-metrics.json is the portable record (Azure ML SDK v2 has no metrics API; the local workspace
-reads files): it names the primary metric and whether greater is better, so the champion gate
-compares models without knowing the task. Where MLFLOW_TRACKING_URI is set (Azure ML sets it
+Both models are scored on the same rows, so the champion gate compares like with like (a model is
+never judged on an easier test split than its rival's). metrics.json is the portable record (Azure
+ML SDK v2 has no metrics API; the local workspace reads files): it names the primary metric and
+whether greater is better, so the gate compares models without knowing the task. Where MLFLOW_TRACKING_URI is set (Azure ML sets it
 for every job) the metrics are logged to MLflow as well.
 """
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="folder of the MLflow model")
     parser.add_argument("--test_data", type=Path, required=True, help="folder prep wrote data.csv to")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
+    parser.add_argument("--champion", type=Path, default=None, help="folder of the champion's MLflow model")
     parser.add_argument("--metrics", type=Path, required=True, help=f"folder for {METRICS_FILE}")
     return parser
 
@@ -119,24 +121,36 @@ def _log_to_mlflow(values: Mapping[str, float], test_rows: int) -> None:
         _log.info("mlflow_logged uri=%s", mlflow.get_tracking_uri())
 
 
-def main(model: Path, test_data: Path, contract: Path, metrics: Path) -> dict[str, Any]:
-    """Score `model` on `test_data`; write metrics/metrics.json and return what it holds."""
+def main(
+    model: Path, test_data: Path, contract: Path, metrics: Path, champion: Path | None = None
+) -> dict[str, Any]:
+    """Score `model` (and `champion`) on `test_data`; write metrics/metrics.json and return it."""
     spec: Contract = load_contract(contract)
     features, truth = read_split(test_data, spec)
     if truth.empty:
         raise InputError(f"{test_data}: the test split has no rows; rerun prep with more data.")
     fitted = _load_model(model)
     values = score(spec.task, truth.tolist(), list(fitted.predict(features)))
+    champion_values: dict[str, float] | None = None
+    champion_error: str | None = None
+    if champion is not None:
+        try:
+            champion_values = score(spec.task, truth.tolist(), list(_load_model(champion).predict(features)))
+        except Exception as exc:  # a champion of another contract: the gate is told, not this step failed
+            champion_error = " ".join(str(exc).split())[:300] or type(exc).__name__
+            _log.warning("champion_not_scored error=%s", champion_error)
     result = {
         "primary_metric": spec.primary_metric,
         "greater_is_better": spec.greater_is_better,
         "metrics": values,
+        "champion_metrics": champion_values,
+        "champion_error": champion_error,
         "test_rows": len(truth),
     }
     metrics.mkdir(parents=True, exist_ok=True)
     (metrics / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for name, value in values.items():
-        _log.info("metric %s=%.6g", name, value)
+        _log.info("metric %s=%.6g champion=%s", name, value, champion_values.get(name) if champion_values else None)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         _log_to_mlflow(values, len(truth))
     return result

@@ -4,7 +4,7 @@ Every row is checked here (ingest only checked the head of the file), so a bad v
 fails the step with one line naming the column, the line and the value. Missing feature values
 are kept and counted: the model pipeline imputes them from the training split only, so test rows
 and rows scored after deployment are treated alike. Rows without a target cannot teach anything
-and are dropped and counted. The split is a pure function of the data and `seed`.
+and are dropped and counted. Each row's split is a function of its own content and `seed`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 from contract import DATA_FILE, MISSING, Contract, InputError, load_contract, run_step
 
-__all__ = ["build_parser", "main", "parse_args", "read_rows", "split_test_mask"]
+__all__ = ["build_parser", "hash_test_mask", "main", "parse_args", "read_rows"]
 
 MIN_ROWS = 10
 _log = logging.getLogger("prep")
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True, help="the customer CSV file")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--test_fraction", type=float, default=0.25, help="share of rows held out")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the train/test split")
+    parser.add_argument("--seed", type=int, default=42, help="key of the row hash that splits train/test")
     parser.add_argument("--train_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--test_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--report", type=Path, required=True, help="folder for report.json")
@@ -123,25 +122,21 @@ def _typed_column(
     return numbers.astype("Int64") if kind == "int" else numbers
 
 
-def split_test_mask(
-    n: int, labels: pd.Series | None, fraction: float, seed: int
-) -> tuple[np.ndarray, bool]:
-    """Which rows go to the test split, and whether the split is stratified.
-
-    Stratified by `labels` when every class has two rows or more, so each class is in both
-    splits; otherwise a plain shuffle. Depends only on the row order, `fraction` and `seed`.
+def hash_test_mask(rows: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Which rows go to the test split: decided by a hash of each row's own text and `seed`, never by
+    its position or a shuffle. So a row is in the same split in every retrain, whatever file or
+    window it comes in, and the champion is never scored on rows it was trained on. At least one
+    row is tested and two are trained on (the ones whose hashes sit at the ends), still by content.
     """
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(n, dtype=bool)
-    if labels is not None and labels.value_counts().min() >= 2:
-        for label in sorted(labels.unique()):
-            rows = np.flatnonzero((labels == label).to_numpy())
-            take = min(max(round(len(rows) * fraction), 1), len(rows) - 1)
-            mask[rng.permutation(rows)[:take]] = True
-        return mask, True
-    take = min(max(math.ceil(n * fraction), 1), n - 2)
-    mask[rng.permutation(n)[:take]] = True
-    return mask, False
+    key = f"{seed % 10**16:016d}"  # hash_pandas_object takes a 16-character key
+    hashes = pd.util.hash_pandas_object(rows.astype(str), index=False, hash_key=key).to_numpy()
+    mask = (hashes / float(2**64)) < fraction
+    order = np.argsort(hashes, kind="stable")
+    if not mask.any():
+        mask[order[0]] = True
+    while (~mask).sum() < 2 and mask.sum() > 1:
+        mask[order[-1 - int((~mask).sum())]] = False
+    return np.asarray(mask)
 
 
 def main(
@@ -186,9 +181,7 @@ def main(
         if count:
             _log.info("values_missing column=%s count=%d", column, count)
 
-    test_mask, stratified = split_test_mask(len(frame), labels, test_fraction, seed)
-    if labels is not None and not stratified:
-        _log.info("split_not_stratified reason=a class has fewer than two rows")
+    test_mask = hash_test_mask(raw[has_target].reset_index(drop=True), test_fraction, seed)
     for folder, part in ((train_data, frame[~test_mask]), (test_data, frame[test_mask])):
         folder.mkdir(parents=True, exist_ok=True)
         part.to_csv(folder / DATA_FILE, index=False)
@@ -199,7 +192,7 @@ def main(
         "values_imputed": imputed,
         "train_rows": int((~test_mask).sum()),
         "test_rows": int(test_mask.sum()),
-        "stratified": stratified,
+        "split": "row content hash",
     }
     report.mkdir(parents=True, exist_ok=True)
     (report / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -2,9 +2,9 @@
 
 The whole pipeline (imputation, scaling, one-hot encoding, estimator) is one saved model, so Azure
 ML can deploy it without a scoring script and a served row goes through the same preprocessing.
-The estimator is linear (logistic regression / ridge): decent on small tabular data with no
-tuning, and it fits, saves and loads in milliseconds (a 100-tree forest took about 1 s more per
-run, mostly in skops serialization, for no better score on the demo data).
+The estimator is the contract's `model:` (from the allow-list in datacontract.ESTIMATORS, never a
+name to import); by default a linear one (logistic regression / ridge), which is decent on small
+tabular data with no tuning and fits, saves and loads in milliseconds.
 
 MLflow 3 saves scikit-learn models with skops, which loads only types it is told to trust; the
 types this model needs are recorded in its MLmodel file (`skops_trusted_types`). MLflow also
@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract import Contract, load_contract, read_split, run_step
+from contract import ESTIMATORS, Contract, InputError, load_contract, read_split, run_step
 
 __all__ = ["build_model", "build_parser", "main", "parse_args"]
 
@@ -46,7 +46,6 @@ def build_model(contract: Contract, seed: int):  # type: ignore[no-untyped-def]
     """An unfitted scikit-learn Pipeline for the contract's columns and task."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -65,12 +64,31 @@ def build_model(contract: Contract, seed: int):  # type: ignore[no-untyped-def]
                        ("encode", OneHotEncoder(handle_unknown="ignore"))]),
              categories)
         )
-    estimator = (
-        LogisticRegression(max_iter=1000, random_state=seed)
-        if contract.task == "classification"
-        else Ridge(alpha=1.0, random_state=seed)
-    )
-    return Pipeline([("prepare", ColumnTransformer(parts)), ("estimate", estimator)])
+    return Pipeline([("prepare", ColumnTransformer(parts)), ("estimate", build_estimator(contract, seed))])
+
+
+def build_estimator(contract: Contract, seed: int):  # type: ignore[no-untyped-def]
+    """The contract's estimator with its parameters. The name was checked against the allow-list
+    (datacontract.ESTIMATORS) when the contract was read; here each name maps to its class."""
+    from sklearn import ensemble, linear_model
+
+    classes = {
+        "LogisticRegression": linear_model.LogisticRegression,
+        "Ridge": linear_model.Ridge,
+        "Lasso": linear_model.Lasso,
+        "ElasticNet": linear_model.ElasticNet,
+        "RandomForestClassifier": ensemble.RandomForestClassifier,
+        "RandomForestRegressor": ensemble.RandomForestRegressor,
+        "ExtraTreesClassifier": ensemble.ExtraTreesClassifier,
+        "HistGradientBoostingClassifier": ensemble.HistGradientBoostingClassifier,
+        "HistGradientBoostingRegressor": ensemble.HistGradientBoostingRegressor,
+    }
+    if set(classes) != set(ESTIMATORS):
+        raise InputError(f"train knows {sorted(classes)}, the contract allows {sorted(ESTIMATORS)}; fix train.py.")
+    estimator = classes[contract.model.estimator](**dict(contract.model.params))
+    if "random_state" in estimator.get_params():
+        estimator.set_params(random_state=seed)
+    return estimator
 
 
 def _requirements() -> list[str]:

@@ -39,6 +39,7 @@ _INPUT_NAME = re.compile(r"\$\{\{inputs\.(\w+)\}\}")
 wine = load_ml_module(ML / "sample" / "wine.py", "ml_sample_wine")
 prep = load_ml_module(SRC / "prep.py", "ml_step_prep")
 evaluate = load_ml_module(SRC / "evaluate.py", "ml_step_evaluate")
+contract_module = load_ml_module(SRC / "contract.py", "ml_step_contract")
 
 
 def diabetes_frame() -> pd.DataFrame:
@@ -200,21 +201,41 @@ class TestClassification:
             "values_imputed": imputed,
             "train_rows": report["train_rows"],
             "test_rows": report["test_rows"],
-            "stratified": True,
+            "split": "row content hash",
         }
         assert report["train_rows"] + report["test_rows"] == len(drop) - 3
-        assert 0.2 < report["test_rows"] / (len(drop) - 3) < 0.3
+        # A hash per row, not a quota: about the test fraction, within chance on 42 rows.
+        assert 0.1 < report["test_rows"] / (len(drop) - 3) < 0.4
 
-    def test_splits_hold_every_clean_row_once_with_every_class_in_both(
-        self, wine_run: tuple[Run, pd.DataFrame]
-    ) -> None:
-        """Train and test partition the rows that have a target; stratification keeps all classes."""
+    def test_splits_hold_every_clean_row_once(self, wine_run: tuple[Run, pd.DataFrame]) -> None:
+        """Train and test partition the rows that have a target."""
         run, drop = wine_run
         train = pd.read_csv(run.outputs["prep"]["train_data"] / "data.csv")
         test = pd.read_csv(run.outputs["prep"]["test_data"] / "data.csv")
         kept = drop[drop["cultivar"] != ""]
         assert sorted(pd.concat([train, test])["proline"]) == sorted(kept["proline"].astype(int))
-        assert set(train["cultivar"]) == set(test["cultivar"]) == set(kept["cultivar"])
+
+    def test_the_champion_is_scored_on_the_same_test_rows_as_the_new_model(
+        self, wine_run: tuple[Run, pd.DataFrame], tmp_path: Path
+    ) -> None:
+        """The gate's two numbers come from one test split: the champion's metrics in metrics.json
+        are exactly its score on the rows the new model was scored on."""
+        first, _ = wine_run
+        assert first.read_json("evaluate", "metrics", "metrics.json")["champion_metrics"] is None
+        later = wine.write_monthly_drops(tmp_path / "drops", months=4, seed=0)[1]
+        champion = first.outputs["train"]["model"]
+        second = _succeeded(_run_pipeline(
+            tmp_path / "second", {"data": later, "contract": WINE_CONTRACT, "champion": champion}
+        ))
+
+        metrics = second.read_json("evaluate", "metrics", "metrics.json")
+        spec = contract_module.load_contract(WINE_CONTRACT)
+        features, truth = contract_module.read_split(second.outputs["prep"]["test_data"], spec)
+        predicted = evaluate._load_model(champion).predict(features)
+        expected = evaluate.score("classification", truth.tolist(), list(predicted))
+        assert (metrics["champion_metrics"], metrics["champion_error"], metrics["test_rows"]) == (
+            expected, None, len(truth)
+        )
 
     def test_metrics_name_the_primary_metric_and_hold_every_classification_metric(
         self, wine_run: tuple[Run, pd.DataFrame]
@@ -299,13 +320,14 @@ class TestRegression:
         assert sorted(metrics["metrics"]) == ["mae", "r2", "rmse"]
         assert -1.0 < metrics["metrics"]["r2"] <= 1.0
         assert 0 < metrics["metrics"]["mae"] <= metrics["metrics"]["rmse"]
-        assert metrics["test_rows"] == 20
+        report = diabetes_run.read_json("prep", "report", "report.json")
+        assert metrics["test_rows"] == report["test_rows"] > 0
 
     def test_category_gaps_are_counted_and_the_model_encodes_categories(self, diabetes_run: Run) -> None:
         """The two missing `sex` values are counted; the model one-hot encodes the category column."""
         report = diabetes_run.read_json("prep", "report", "report.json")
         assert report["values_imputed"]["sex"] == 2
-        assert (report["stratified"], report["train_rows"], report["test_rows"]) == (False, 60, 20)
+        assert (report["split"], report["train_rows"] + report["test_rows"]) == ("row content hash", 80)
         mlmodel = yaml.safe_load((diabetes_run.outputs["train"]["model"] / "MLmodel").read_text())
         inputs = json.loads(mlmodel["signature"]["inputs"])
         assert {c["name"]: c["type"] for c in inputs}["sex"] == "string"
@@ -390,15 +412,31 @@ class TestSplit:
         assert split(7, "a") == split(7, "b")
         assert split(7, "a") != split(8, "c")
 
-    def test_stratified_split_keeps_class_shares(self) -> None:
-        """Each class sends about the test fraction of its rows to the test split."""
-        labels = pd.Series(["a"] * 40 + ["b"] * 8 + ["c"] * 2)
-        mask, stratified = prep.split_test_mask(len(labels), labels, 0.25, seed=1)
-        assert stratified
-        assert labels[mask].value_counts().to_dict() == {"a": 10, "b": 2, "c": 1}
+    def test_a_row_keeps_its_split_whatever_file_or_order_it_comes_in(self, tmp_path: Path) -> None:
+        """Split by a hash of the row: the rows of one month stay in their split when the month
+        comes again inside a bigger, shuffled window. The champion is never scored on its own
+        training rows."""
+        frame = wine.wine_frame()
+        one_month, window = frame.iloc[:60], frame.sample(frac=1.0, random_state=3)
 
-    def test_a_class_with_one_row_falls_back_to_a_plain_split(self) -> None:
-        """Stratifying needs two rows per class; with fewer the split is a plain shuffle."""
-        labels = pd.Series(["a"] * 19 + ["b"])
-        mask, stratified = prep.split_test_mask(len(labels), labels, 0.25, seed=1)
-        assert (stratified, int(mask.sum())) == (False, 5)
+        def rows(data_frame: pd.DataFrame) -> set[tuple[str, ...]]:
+            return set(data_frame.astype(str).itertuples(index=False, name=None))
+
+        def test_rows(data_frame: pd.DataFrame, name: str) -> set[tuple[str, ...]]:
+            data = tmp_path / f"{name}.csv"
+            data_frame.to_csv(data, index=False)
+            out = tmp_path / name
+            prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train", test_data=out / "test",
+                      report=out / "report")
+            return rows(pd.read_csv(out / "test" / "data.csv", dtype=str)[list(data_frame.columns)])
+
+        month_test = test_rows(one_month, "month")
+        window_test = test_rows(window, "window")
+        assert month_test and month_test == window_test & rows(pd.read_csv(tmp_path / "month.csv", dtype=str))
+
+    def test_about_the_test_fraction_is_held_out_and_at_least_one_row(self) -> None:
+        rows = pd.DataFrame({"a": [str(i) for i in range(1000)], "y": ["x"] * 1000})
+        assert 200 < prep.hash_test_mask(rows, 0.25, seed=1).sum() < 300
+        tiny = rows.head(3)
+        mask = prep.hash_test_mask(tiny, 0.01, seed=1)
+        assert (mask.sum(), (~mask).sum()) == (1, 2)

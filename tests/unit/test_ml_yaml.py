@@ -84,7 +84,7 @@ class TestComponents:
         assert sorted(options) == sorted([*component.inputs, *component.outputs])
         for name, spec in component.inputs.items():
             assert options[name].default == spec.default
-            assert options[name].required == (spec.default is None)
+            assert options[name].required == (spec.default is None and not spec.optional)
 
     @pytest.mark.parametrize("step", STEPS)
     def test_parsed_command_line_calls_main_with_its_parameters(
@@ -99,7 +99,9 @@ class TestComponents:
             kind, name = match[1], match[2]
             return sample.get(component.inputs[name].type, f"x/{name}") if kind == "inputs" else f"x/{name}"
 
-        filled = re.sub(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", value, component.command).split()[2:]
+        # $[[ ... ]] (an optional input's flags) is kept here: every parameter is given.
+        command = re.sub(r"\$\[\[(.*?)\]\]", r"\1", component.command)
+        filled = re.sub(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", value, command).split()[2:]
         parsed = vars(module.parse_args(filled))
         assert sorted(parsed) == sorted(inspect.signature(module.main).parameters)
 
@@ -143,6 +145,7 @@ class TestPipeline:
                 "model": "${{parent.jobs.train.outputs.model}}",
                 "test_data": "${{parent.jobs.prep.outputs.test_data}}",
                 "contract": "${{parent.inputs.contract}}",
+                "champion": "${{parent.inputs.champion}}",
             },
         }
 
