@@ -37,7 +37,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("autoretrain.cli")
 ROOT = Path(__file__).resolve().parent.parent
-STATUS_COLUMNS = ("blob", "etag", "state", "data_version", "job", "model_version", "metrics", "promoted", "reason")
+STATUS_COLUMNS = ("blob", "etag", "state", "data_version", "job", "model_version", "metrics", "promoted", "decision",
+                  "reason")
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
@@ -61,7 +62,13 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, 
 def _status_row(record: LedgerRecord) -> dict[str, Any]:
     row = record.as_row()
     if record.metrics:
-        row["metrics"] = {record.metrics.primary: record.metrics.primary_value}
+        # The gate's two numbers, on the same test rows: this model's and the champion's.
+        metrics: dict[str, Any] = {record.metrics.primary: record.metrics.primary_value}
+        if record.metrics.champion_value is not None:
+            metrics["champion"] = record.metrics.champion_value
+        if record.metrics.test_rows is not None:
+            metrics["rows"] = record.metrics.test_rows
+        row["metrics"] = metrics
     return row
 
 
@@ -444,10 +451,8 @@ class _Progress:
         detail = {
             LedgerState.SUBMITTED: f"data {record.data_version}, job {record.job}",
             LedgerState.DONE: (
-                f"model {record.model_version}, "
-                + (f"{record.metrics.primary}={record.metrics.primary_value:.3f}, " if record.metrics else "")
-                + ("promoted" if record.promoted else "not promoted")
-                + f", {time.monotonic() - at:.1f} s after the drop"
+                f"model {record.model_version}, {time.monotonic() - at:.1f} s after the drop; gate: "
+                + (record.decision or ("promoted" if record.promoted else "not promoted"))
             ),
         }.get(record.state, record.reason or "")
         print(f"  [{time.monotonic() - self._started:6.1f}s] {name:<18} {record.state.value:<11} {detail}", flush=True)

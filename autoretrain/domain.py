@@ -169,20 +169,40 @@ class JobStatus:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """What evaluate wrote: the numbers, and which one decides and in which direction."""
+    """What evaluate wrote: the new model's numbers, which one decides and in which direction, and
+    the champion's numbers on the same test rows (None for a first model)."""
 
     values: Mapping[str, float]
     primary: str
     greater_is_better: bool = True
+    champion: Mapping[str, float] | None = None
+    champion_error: str | None = None
+    test_rows: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+        if self.champion is not None:
+            object.__setattr__(self, "champion", MappingProxyType(dict(self.champion)))
         if self.primary not in self.values:
             raise ValueError(f"primary metric {self.primary!r} is not among {sorted(self.values)}")
 
     @property
     def primary_value(self) -> float:
         return self.values[self.primary]
+
+    @property
+    def champion_value(self) -> float | None:
+        return self.champion.get(self.primary) if self.champion else None
+
+    def gain_over_champion(self) -> float | None:
+        """How much better than the champion on the same rows (negative: worse); None without one."""
+        theirs = self.champion_value
+        if theirs is None:
+            return None
+        return self.primary_value - theirs if self.greater_is_better else theirs - self.primary_value
+
+    def reaches(self, floor: float) -> bool:
+        return self.primary_value >= floor if self.greater_is_better else self.primary_value <= floor
 
     def beats(self, other: Metrics | None) -> bool:
         """True when this is better than `other` on the primary metric (or there is no other)."""
@@ -191,19 +211,48 @@ class Metrics:
         mine, theirs = self.primary_value, other.values.get(self.primary, other.primary_value)
         return mine > theirs if self.greater_is_better else mine < theirs
 
+    def as_tags(self) -> dict[str, str]:
+        """A model's tags: its metrics, the champion's on the same test rows, and how many rows."""
+        tags = {name: repr(value) for name, value in self.values.items()}
+        tags.update({f"champion_{name}": repr(value) for name, value in (self.champion or {}).items()})
+        if self.test_rows is not None:
+            tags["test_rows"] = str(self.test_rows)
+        return tags
+
     def to_json(self) -> str:
         return json.dumps(
-            {"primary": self.primary, "greater_is_better": self.greater_is_better, "values": dict(self.values)},
+            {
+                "primary": self.primary, "greater_is_better": self.greater_is_better, "values": dict(self.values),
+                "champion": dict(self.champion) if self.champion is not None else None,
+                "champion_error": self.champion_error, "test_rows": self.test_rows,
+            },
             sort_keys=True,
         )
 
     @classmethod
     def from_json(cls, text: str) -> Metrics:
         raw = json.loads(text)
+        champion = raw.get("champion")
         return cls(
             values={k: float(v) for k, v in raw["values"].items()},
             primary=raw["primary"],
             greater_is_better=bool(raw.get("greater_is_better", True)),
+            champion={k: float(v) for k, v in champion.items()} if champion else None,
+            champion_error=raw.get("champion_error"),
+            test_rows=raw.get("test_rows"),
+        )
+
+    @classmethod
+    def from_evaluate(cls, raw: Mapping[str, Any]) -> Metrics:
+        """evaluate's metrics.json."""
+        champion = raw.get("champion_metrics")
+        return cls(
+            values={k: float(v) for k, v in raw["metrics"].items()},
+            primary=raw["primary_metric"],
+            greater_is_better=bool(raw.get("greater_is_better", True)),
+            champion={k: float(v) for k, v in champion.items()} if champion else None,
+            champion_error=raw.get("champion_error"),
+            test_rows=int(raw["test_rows"]) if raw.get("test_rows") is not None else None,
         )
 
 
@@ -289,6 +338,7 @@ class Skip:
 class Submit:
     data_version: str
     job: str
+    champion: str | None = None  # the champion version the job scores the new model against
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +351,7 @@ class Finish:
     model_version: str
     metrics: Metrics
     promoted: bool
+    decision: str = ""  # the champion gate's one line: what it compared and what it decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +384,8 @@ class LedgerRecord:
     reason: str | None = None
     lease_until: datetime | None = None
     attempts: int = 1
+    champion: str | None = None
+    decision: str | None = None
     etag: str | None = None
 
     def lease_expired(self, now: datetime) -> bool:
@@ -350,13 +403,16 @@ class LedgerRecord:
                 state, changes = LedgerState.QUARANTINED, {"reason": reason}
             case Skip(reason):
                 state, changes = LedgerState.SKIPPED, {"reason": reason}
-            case Submit(data_version, job):
-                state, changes = LedgerState.SUBMITTED, {"data_version": data_version, "job": job, "reason": None}
+            case Submit(data_version, job, champion):
+                state, changes = LedgerState.SUBMITTED, {
+                    "data_version": data_version, "job": job, "champion": champion, "reason": None,
+                }
             case StartCompleting(lease_until):
                 state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
-            case Finish(model_version, metrics, promoted):
+            case Finish(model_version, metrics, promoted, decision):
                 state, changes = LedgerState.DONE, {
-                    "model_version": model_version, "metrics": metrics, "promoted": promoted, "reason": None,
+                    "model_version": model_version, "metrics": metrics, "promoted": promoted,
+                    "decision": decision or None, "reason": None,
                 }
             case Fail(reason):
                 state, changes = LedgerState.FAILED, {"reason": reason}
@@ -381,6 +437,9 @@ class LedgerRecord:
             "metrics": dict(self.metrics.values) if self.metrics else None,
             "primary_metric": self.metrics.primary if self.metrics else None,
             "promoted": self.promoted,
+            "champion_metrics": dict(self.metrics.champion) if self.metrics and self.metrics.champion else None,
+            "test_rows": self.metrics.test_rows if self.metrics else None,
+            "decision": self.decision,
             "reason": self.reason,
             "attempts": self.attempts,
             "lease_until": self.lease_until.isoformat() if self.lease_until else None,

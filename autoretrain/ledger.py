@@ -145,6 +145,8 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "promoted": record.promoted,
         "reason": record.reason,
         "lease_until": record.lease_until,
+        "champion": record.champion,
+        "decision": record.decision,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     return entity
@@ -168,5 +170,7 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         reason=entity.get("reason"),
         lease_until=_when(lease) if lease else None,
         attempts=int(entity.get("attempts") or 1),
+        champion=entity.get("champion"),
+        decision=entity.get("decision"),
         etag=entity.get("etag"),
     )

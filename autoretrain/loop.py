@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from autoretrain.contract import HEAD_BYTES, Contract, check_head, check_name
+from autoretrain.datacontract import PromoteRule
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
@@ -34,6 +35,7 @@ from autoretrain.domain import (
     LedgerRecord,
     LedgerState,
     ListedBlob,
+    Metrics,
     ModelVersion,
     Move,
     PipelineJob,
@@ -290,7 +292,8 @@ def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps
         data, job = _register_and_submit(record, deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", job.name))
+    champion = job.tags.get("champion") or None
+    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", job.name, champion))
     return Submitted(record, job)
 
 
@@ -304,8 +307,12 @@ def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion,
     )
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
-    job = deps.workspace.submit(data, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag})
-    log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment)
+    # The job scores the current champion on its own test rows: the gate compares like with like.
+    champion = deps.workspace.champion()
+    tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
+    job = deps.workspace.submit(data, key, tags, champion=champion)
+    log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
+              champion_version=champion.version if champion else None)
     return data, job
 
 
@@ -426,15 +433,12 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
-    champion, promoted = _champion_gate(deps.workspace, model)
+    promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
     log_event(
-        log, logging.INFO, "complete.champion_gate",
-        promoted=promoted,
-        champion_version=champion.version if champion else None,
-        champion_value=champion.metrics.values.get(metrics.primary) if champion else None,
-        value=metrics.primary_value,
+        log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
+        value=metrics.primary_value, champion_value=metrics.champion_value, test_rows=metrics.test_rows,
     )
-    record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted))
+    record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
     return Registered(record, model, promoted)
 
 
@@ -610,20 +614,50 @@ def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], Inge
     return run
 
 
-def _champion_gate(workspace: Workspace, model: ModelVersion) -> tuple[ModelVersion | None, bool]:
-    """Promote `model` if it beats the champion; (the champion it was compared with, promoted?).
+def _decide(
+    metrics: Metrics, champion: ModelVersion | None, evaluated: str | None, rule: PromoteRule
+) -> tuple[bool, str]:
+    """The champion gate: (promote?, one line saying why). Both numbers come from the same test rows."""
+    name, mine = metrics.primary, metrics.primary_value
+    rows = f"{metrics.test_rows} test rows" if metrics.test_rows is not None else "the test rows"
+    if rule.min_value is not None and not metrics.reaches(rule.min_value):
+        return False, f"kept: {name} {mine:.4f} does not reach the contract's min_value {rule.min_value:g}"
+    if champion is None:
+        return True, f"promoted: first model, {name} {mine:.4f} on {rows}"
+    if champion.version != evaluated:
+        # Its numbers are not on this job's rows: comparing them would be unfair either way.
+        return False, (
+            f"kept v{champion.version}: it became champion after this job was submitted "
+            f"(the job scored {'v' + evaluated if evaluated else 'no champion'}), so the two were not "
+            "scored on the same rows; retrain this file to compare them"
+        )
+    theirs, gain = metrics.champion_value, metrics.gain_over_champion()
+    if (theirs is None or gain is None) and metrics.champion_error:
+        # The champion cannot score today's data (another contract): it cannot serve it either.
+        return True, f"promoted over v{champion.version}: it could not be scored ({metrics.champion_error})"
+    if theirs is None or gain is None:
+        return False, f"kept v{champion.version}: the job did not score it on the same rows, so no fair comparison"
+    versus = f"{name} {mine:.4f} vs v{champion.version}'s {theirs:.4f} on the same {rows}"
+    if gain > rule.min_delta:
+        return True, f"promoted: {versus}"
+    need = f"more than {rule.min_delta:g} better" if rule.min_delta else "better (a tie keeps the champion)"
+    return False, f"kept v{champion.version}: {versus}; needs {need}"
 
-    promote() is a compare-and-swap: when another completion changed the champion in between,
-    the comparison is made again with the new one.
-    """
+
+def _champion_gate(
+    deps: Deps, model: ModelVersion, metrics: Metrics, *, evaluated: str | None
+) -> tuple[bool, str]:
+    """Decide, then promote with a compare-and-swap: when another completion changed the champion in
+    between, decide again against the new one (which this job did not score, so it is kept)."""
     for _ in range(_GATE_ATTEMPTS):
-        champion = workspace.champion()
+        champion = deps.workspace.champion()
         if model.champion or (champion is not None and champion.version == model.version):
-            return champion, True  # a retry after promote(): it stays promoted
-        if not model.metrics.beats(champion.metrics if champion else None):
-            return champion, False
-        if workspace.promote(model, replacing=champion) is not None:
-            return champion, True
+            return True, "promoted"  # a retry after promote(): it stays promoted
+        promote, decision = _decide(metrics, champion, evaluated, deps.contract.promote)
+        if not promote:
+            return False, decision
+        if deps.workspace.promote(model, replacing=champion) is not None:
+            return True, decision
         log_event(log, logging.INFO, "complete.champion_changed", model_version=model.version)
     raise WorkspaceError(
         f"model {model.name}:{model.version}: the champion changed {_GATE_ATTEMPTS} times during the gate; "

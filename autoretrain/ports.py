@@ -77,8 +77,11 @@ class Workspace(Protocol):
         """Register the blob as a data asset version. The same key gives the same version."""
         ...
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
-        """Submit the training pipeline on `data` as job `key.job_name`; a second call returns the first."""
+    def submit(
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+    ) -> PipelineJob:
+        """Submit the training pipeline on `data` as job `key.job_name`, with the current `champion`
+        to score on the same test rows; a second call returns the first."""
         ...
 
     def job_status(self, job: str) -> JobStatus:

@@ -217,7 +217,9 @@ class AzureMLWorkspace:
         except ResourceNotFoundError:
             return None
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
+    def submit(
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+    ) -> PipelineJob:
         name = key.job_name
         with _translated(f"submit {name}"):
             existing = self._existing_job(name)
@@ -225,6 +227,15 @@ class AzureMLWorkspace:
                 return self._run(existing)
             component = self._component()
             contract = self._upload_contract()
+            inputs: dict[str, Any] = {
+                "data": Input(type=AssetTypes.URI_FILE, path=f"azureml:{data.name}:{data.version}"),
+                "contract": Input(type=AssetTypes.URI_FILE, path=contract),
+            }
+            if champion is not None:
+                # Scored by evaluate on the same test rows as the new model.
+                inputs["champion"] = Input(
+                    type=AssetTypes.MLFLOW_MODEL, path=f"azureml:{champion.name}:{champion.version}"
+                )
             job = SdkPipelineJob(
                 name=name,
                 display_name=name,
@@ -232,10 +243,7 @@ class AzureMLWorkspace:
                 component=component,
                 experiment_name=self.experiment,
                 tags=dict(tags),
-                inputs={
-                    "data": Input(type=AssetTypes.URI_FILE, path=f"azureml:{data.name}:{data.version}"),
-                    "contract": Input(type=AssetTypes.URI_FILE, path=contract),
-                },
+                inputs=inputs,
                 settings=PipelineJobSettings(default_compute=self.compute),
             )
             try:
@@ -324,11 +332,7 @@ class AzureMLWorkspace:
             path = folder / "metrics.json"
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
-                return Metrics(
-                    values={k: float(v) for k, v in raw["metrics"].items()},
-                    primary=raw["primary_metric"],
-                    greater_is_better=bool(raw.get("greater_is_better", True)),
-                )
+                return Metrics.from_evaluate(raw)
             except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise WorkspaceError(
                     f"job {job}: its metrics output has no readable metrics.json ({_one_line(exc)})."
@@ -353,7 +357,7 @@ class AzureMLWorkspace:
                 path=f"azureml://jobs/{job}/outputs/model",
                 type=AssetTypes.MLFLOW_MODEL,
                 description=f"Trained by {job}",
-                tags={name: repr(value) for name, value in metrics.values.items()},
+                tags=metrics.as_tags(),
                 properties={**lineage, WORK_KEY_PROPERTY: key.value, METRICS_PROPERTY: metrics.to_json()},
             )
             return self._model(self._client.models.create_or_update(model))

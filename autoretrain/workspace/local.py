@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS data_versions (
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
     data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
-    failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT);
+    failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT, champion TEXT);
 CREATE TABLE IF NOT EXISTS steps (
     job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
     seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
@@ -134,6 +134,9 @@ class LocalWorkspace:
         self._step_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "champion" not in columns:  # a catalogue made before the champion was an input
+                db.execute("ALTER TABLE jobs ADD COLUMN champion TEXT")
         # Loading the pipeline imports azure-ai-ml (~2 s): do it now, off the caller's thread,
         # so the first job does not wait for it and a broken pipeline.yml shows in the log at once.
         threading.Thread(target=self._preload, name="local-pipeline-load", daemon=True).start()
@@ -211,20 +214,32 @@ class LocalWorkspace:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
+    def submit(
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+    ) -> PipelineJob:
         name = key.job_name
         data_path = self._data_path(data)
+        champion_path = self._model_path(champion) if champion is not None else None
         with self._transaction() as db:
             inserted = db.execute(
-                "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created,"
+                " champion) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, self.experiment, key.value, f"{data.name}:{data.version}", str(data_path),
-                 json.dumps(dict(tags)), JobState.QUEUED.value, _now()),
+                 json.dumps(dict(tags)), JobState.QUEUED.value, _now(), champion_path),
             ).rowcount
         if inserted:
             self._start(name)
         status = self.job_status(name)
         return PipelineJob(name=name, experiment=self.experiment, status=status.state)
+
+    def _model_path(self, model: ModelVersion) -> str:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT path FROM models WHERE name = ? AND version = ?", (model.name, int(model.version))
+            ).fetchone()
+        if row is None:
+            raise WorkspaceError(f"model {model.name}:{model.version} is not registered in {self._db}.")
+        return str(row["path"])
 
     def _data_path(self, data: DataVersion) -> Path:
         with self._connect() as db:
@@ -282,6 +297,8 @@ class LocalWorkspace:
         log_event(log, logging.INFO, "job.started", job=job, data=row["data"])
 
         parent_inputs = {"data": row["data_path"], "contract": str(self._contract)}
+        if row["champion"]:
+            parent_inputs["champion"] = row["champion"]
         produced: dict[tuple[str, str], Path] = {}
         for step in spec.steps:
             outputs = {}
@@ -467,11 +484,7 @@ class LocalWorkspace:
         path = self._output(job, "metrics") / "metrics.json"
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            return Metrics(
-                values={k: float(v) for k, v in raw["metrics"].items()},
-                primary=raw["primary_metric"],
-                greater_is_better=bool(raw.get("greater_is_better", True)),
-            )
+            return Metrics.from_evaluate(raw)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise WorkspaceError(f"job {job}: {path} is missing or not evaluate's metrics JSON ({exc}).") from exc
 
@@ -484,7 +497,7 @@ class LocalWorkspace:
         source = self._output(job, "model")
         if not (source / "MLmodel").is_file():
             raise WorkspaceError(f"job {job}: {source} holds no MLflow model (no MLmodel file).")
-        tags = {name: repr(value) for name, value in metrics.values.items()}
+        tags = metrics.as_tags()
         with self._transaction() as db:
             row = db.execute("SELECT version FROM models WHERE work_key = ?", (key.value,)).fetchone()
             if row is None:

@@ -116,14 +116,18 @@ class FakeWorkspace:
     models: dict[str, ModelVersion] = field(default_factory=dict)
     promoted: list[str] = field(default_factory=list)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
 
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         self.registered_data.append((source, key))
         versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
 
-    def submit(self, data: DataVersion, key: WorkKey, tags: Mapping[str, str]) -> PipelineJob:
+    def submit(
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+    ) -> PipelineJob:
         self.submitted.append((data, key, dict(tags)))
+        self.champions.setdefault(key.job_name, champion.version if champion else None)
         self.statuses.setdefault(key.job_name, JobStatus(key.job_name, JobState.QUEUED))
         self.tags.setdefault(key.job_name, dict(tags))
         return PipelineJob(key.job_name, "autoretrain", self.statuses[key.job_name].state, self.tags[key.job_name])

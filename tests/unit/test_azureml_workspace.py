@@ -31,7 +31,7 @@ from requests.adapters import BaseAdapter
 from urllib3 import HTTPResponse
 
 from autoretrain.bootstrap import bootstrap
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, WorkKey
 from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
@@ -394,6 +394,19 @@ class TestSubmit:
         assert job["inputs"] == {
             "data": {"jobInputType": "uri_file", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
+        }
+
+    def test_binds_the_champion_model_for_evaluate_to_score_on_the_same_rows(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The champion model asset version is the pipeline's optional `champion` input."""
+        champion = ModelVersion("autoretrain-model", "3", "autoretrain-old", Metrics({"r2": 0.5}, primary="r2"))
+
+        workspace.submit(data_version(), KEY, TAGS, champion=champion)
+
+        [put] = service.requests_to("PUT", "/jobs/")
+        assert put.body["properties"]["inputs"]["champion"] == {
+            "jobInputType": "mlflow_model", "uri": f"{WS_ID}/models/autoretrain-model/versions/3",
         }
 
     def test_uploads_the_contract_content_addressed_to_the_datastore_container(

@@ -22,6 +22,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+BASE = "target: y\ntask: regression\nprimary_metric: r2\nfeatures: {a: float}\n"
+
 class TestLoadContract:
     def test_shipped_contracts_load(self) -> None:
         """The demo contract and the second data set's contract are valid."""
@@ -42,12 +44,39 @@ class TestLoadContract:
             ("target: y\ntask: regression\nprimary_metric: r2\nfeatures: {y: float}\n", "also listed as a feature"),
             ("target: [y\n", "not valid YAML"),
             ("target: y\ntask: regression\nprimary_metric: f1_macro\nfeatures: {a: float}\n", "is not written for"),
+            (BASE + "model: {estimator: os.system}\n", "model.estimator 'os.system' is not allowed for regression"),
+            (BASE + "model: {estimator: LogisticRegression}\n", "is not allowed for regression; use one of Ridge"),
+            (BASE + "model: {estimator: Ridge, params: {solver: x}}\n", "Ridge has no parameter 'solver' here"),
+            (BASE + "model: {estimator: Ridge, params: {alpha: high}}\n", "model.params.alpha is 'high'; it must be"),
+            (BASE + "promote: {min_delta: -1}\n", "promote.min_delta is -1; it must be a number of at least 0"),
+            (BASE + "promote: {margin: 1}\n", "promote has unknown key(s) margin"),
+            (BASE + "training: {window: last}\n", "training.versions is None; it must be a whole number of at least 1"),
+            (BASE + "training: {window: week}\n", "training.window 'week' is not one of all, last, days"),
+            (BASE + "training: {window: all, days: 3}\n", "training window 'all' takes no days"),
         ],
     )
     def test_bad_contract_names_the_problem(self, tmp_path: Path, text: str, message: str) -> None:
         with pytest.raises(ConfigError) as info:
             load_contract(write(tmp_path, text))
         assert message in str(info.value) and "\n" not in str(info.value)
+
+
+class TestModelPromoteAndWindow:
+    def test_defaults_are_todays_estimators_no_margin_and_every_version(self, tmp_path: Path) -> None:
+        contract = load_contract(write(tmp_path, BASE))
+        assert (contract.model.estimator, dict(contract.model.params)) == ("Ridge", {"alpha": 1.0})
+        assert (contract.promote.min_delta, contract.promote.min_value) == (0.0, None)
+        assert contract.training.window == "all"
+
+    def test_an_allowed_estimator_with_its_parameters_a_rule_and_a_window(self, tmp_path: Path) -> None:
+        text = (BASE.replace("regression", "classification").replace("r2", "f1_macro")
+                + "model: {estimator: HistGradientBoostingClassifier, params: {max_iter: 200}}\n"
+                + "promote: {min_delta: 0.01, min_value: 0.8}\ntraining: {window: last, versions: 3}\n")
+        contract = load_contract(write(tmp_path, text))
+        assert (contract.model.estimator, dict(contract.model.params)) == ("HistGradientBoostingClassifier",
+                                                                           {"max_iter": 200})
+        assert (contract.promote.min_delta, contract.promote.min_value) == (0.01, 0.8)
+        assert (contract.training.window, contract.training.versions) == ("last", 3)
 
 
 class TestCheckHead:

@@ -73,7 +73,7 @@ class TestIngest:
         snapshot = BlobRef("datasets", f"{key}/2026-01.csv", blobs.blobs[("datasets", f"{key}/2026-01.csv")][0])
         assert workspace.registered_data == [(snapshot, key)]
         assert [(d.version, k, t) for d, k, t in workspace.submitted] == [
-            ("1", key, {RUN_TAG: key.value, "blob": "incoming/2026-01.csv", "etag": ref.etag})
+            ("1", key, {RUN_TAG: key.value, "blob": "incoming/2026-01.csv", "etag": ref.etag, "champion": ""})
         ]
         record = ledger.get(key)
         assert record is not None
@@ -312,12 +312,16 @@ class TestComplete:
         ref = blobs.put("incoming", "b.csv", GOOD_CSV)
         loop.ingest(blob_event(ref, event_id="ev-b"), deps)
         second = WorkKey.for_blob(ref)
-        workspace.finish(second.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.5}, primary="f1_macro"))
+        workspace.finish(second.job_name, JobState.COMPLETED,
+                         Metrics({"f1_macro": 0.5}, primary="f1_macro", champion={"f1_macro": 0.9}, test_rows=40))
 
         outcome = loop.complete(run_event(second, event_id="run-ev-2"), deps)
 
         assert isinstance(outcome, loop.Registered) and not outcome.promoted
         assert workspace.promoted == ["1"]
+        assert outcome.record.decision == (
+            "kept v1: f1_macro 0.5000 vs v1's 0.9000 on the same 40 test rows; needs better (a tie keeps the champion)"
+        )
 
     def test_gate_compares_again_when_another_completion_promoted_meanwhile(self, deps: loop.Deps) -> None:
         """promote() is a compare-and-swap: a better rival that won the race stays champion."""
@@ -406,3 +410,95 @@ class TestComplete:
         outcome = loop.complete(run_event(key, **changes), deps)  # type: ignore[arg-type]
         assert isinstance(outcome, loop.Ignored) and reason in outcome.reason
         assert workspace.models == {}
+
+
+class TestChampionGate:
+    """Both numbers come from the same test rows (evaluate scores the champion too); the contract's
+    promote rule decides; a tie keeps the champion."""
+
+    def _with_champion(self, deps: loop.Deps, contract: str = CONTRACT) -> WorkKey:
+        workspace, _, blobs = fakes(deps)
+        first = blobs.put("incoming", "a.csv", GOOD_CSV)
+        loop.ingest(blob_event(first), deps)
+        key = WorkKey.for_blob(first)
+        first_metrics = Metrics({"f1_macro": 0.90}, primary="f1_macro", test_rows=30)
+        workspace.finish(key.job_name, JobState.COMPLETED, first_metrics)
+        loop.complete(run_event(key), deps)
+        second = blobs.put("incoming", "b.csv", GOOD_CSV)
+        loop.ingest(blob_event(second, event_id="ev-b"), deps)
+        return WorkKey.for_blob(second)
+
+    def _finish(self, deps: loop.Deps, key: WorkKey, mine: float, theirs: float) -> loop.Registered:
+        workspace, _, _ = fakes(deps)
+        workspace.finish(key.job_name, JobState.COMPLETED,
+                         Metrics({"f1_macro": mine}, primary="f1_macro", champion={"f1_macro": theirs}, test_rows=50))
+        outcome = loop.complete(run_event(key, event_id="run-ev-2"), deps)
+        assert isinstance(outcome, loop.Registered)
+        return outcome
+
+    def test_an_easy_test_split_no_longer_wins(self, deps: loop.Deps) -> None:
+        """0.99 on its own rows beat the champion's stored 0.90 before; on the same rows the champion
+        scores 0.995, so it stays."""
+        workspace, _, _ = fakes(deps)
+        key = self._with_champion(deps)
+        assert workspace.champions[key.job_name] == "1"  # the job was given the champion to score
+
+        outcome = self._finish(deps, key, mine=0.99, theirs=0.995)
+
+        assert not outcome.promoted and workspace.promoted == ["1"]
+        record = outcome.record
+        assert (record.promoted, record.metrics.champion_value, record.metrics.test_rows) == (False, 0.995, 50)
+        assert record.as_row()["decision"].startswith("kept v1: f1_macro 0.9900 vs v1's 0.9950 on the same 50")
+
+    @pytest.mark.parametrize(
+        ("mine", "theirs", "promoted"),
+        [(0.905, 0.90, False), (0.92, 0.90, True), (0.90, 0.90, False)],
+        ids=["within-min-delta", "beyond-min-delta", "tie"],
+    )
+    def test_min_delta_decides_and_a_tie_keeps_the_champion(
+        self, tmp_path: Path, mine: float, theirs: float, promoted: bool
+    ) -> None:
+        deps = _deps_with(tmp_path, CONTRACT + "promote: {min_delta: 0.01}\n")
+        key = self._with_champion(deps)
+        outcome = self._finish(deps, key, mine, theirs)
+        assert outcome.promoted is promoted
+
+    def test_a_first_model_below_min_value_is_not_promoted(self, tmp_path: Path) -> None:
+        deps = _deps_with(tmp_path, CONTRACT + "promote: {min_value: 0.95}\n")
+        workspace, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        loop.ingest(blob_event(ref), deps)
+        key = WorkKey.for_blob(ref)
+        workspace.finish(key.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+        outcome = loop.complete(run_event(key), deps)
+        assert isinstance(outcome, loop.Registered) and not outcome.promoted
+        assert workspace.champion() is None
+        assert outcome.record.decision == "kept: f1_macro 0.9000 does not reach the contract's min_value 0.95"
+
+    def test_a_champion_this_job_did_not_score_is_not_compared_with(self, deps: loop.Deps) -> None:
+        """Two jobs submitted before either finished: the second scored no champion, so when the
+        first becomes champion meanwhile, the second is kept out rather than compared unfairly."""
+        workspace, _, blobs = fakes(deps)
+        a, b = blobs.put("incoming", "a.csv", GOOD_CSV), blobs.put("incoming", "b.csv", GOOD_CSV)
+        loop.ingest(blob_event(a), deps)
+        loop.ingest(blob_event(b, event_id="ev-b"), deps)
+        first, second = WorkKey.for_blob(a), WorkKey.for_blob(b)
+        for key in (first, second):
+            workspace.finish(key.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+        loop.complete(run_event(first), deps)
+
+        outcome = loop.complete(run_event(second, event_id="run-ev-2"), deps)
+
+        assert isinstance(outcome, loop.Registered) and not outcome.promoted
+        assert "it became champion after this job was submitted" in (outcome.record.decision or "")
+
+
+def _deps_with(tmp_path: Path, contract_text: str) -> loop.Deps:
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(contract_text)
+    ledger = FakeLedger()
+    return loop.Deps(
+        config=loop.LoopConfig(storage_topic=LOCAL_STORAGE_TOPIC, workspace_topic=LOCAL_WORKSPACE_TOPIC),
+        contract=load_contract(contract), workspace=FakeWorkspace(), ledger=ledger, blobs=FakeBlobStore(),
+        clock=lambda: ledger.now,
+    )
