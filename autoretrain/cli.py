@@ -411,9 +411,10 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             key = WorkKey.for_blob(ref)
             progress.dropped[key] = (path.name, time.monotonic())
             print(f"  dropped {ref.path} ({path.stat().st_size} bytes)", flush=True)
-            # One month after the other, as a customer would: the next drop waits until this one
-            # is ingested, so data versions follow the months. Training still overlaps.
-            progress.wait([key], lambda r: r.state is not LedgerState.CLAIMED, args.timeout)
+            # One month after the other, as a customer would: the next drop waits until this one is
+            # trained, so each new model is scored against the champion of the month before, on the
+            # same test rows (a job scores the champion it was submitted with).
+            progress.wait([key], lambda r: r.state.final, args.timeout)
         progress.wait(progress.dropped, lambda r: r.state.final, args.timeout)
         records = sorted(progress.records.values(), key=lambda r: r.blob.name)
         dropped = progress.dropped

@@ -289,15 +289,14 @@ def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps
         return _skip(record, str(exc), deps)
     log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        data, job = _register_and_submit(record, deps)
+        data, job, champion = _register_and_submit(record, deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    champion = job.tags.get("champion") or None
     record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", job.name, champion))
     return Submitted(record, job)
 
 
-def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineJob]:
+def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineJob, str | None]:
     """Snapshot the blob version, register it and submit its job: each step idempotent by key."""
     blob, key = record.blob, record.key
     lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
@@ -311,9 +310,11 @@ def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion,
     champion = deps.workspace.champion()
     tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
     job = deps.workspace.submit(data, key, tags, champion=champion)
+    # A resubmit finds the first job, which scored the champion named in its tags.
+    scored = job.tags.get("champion", champion.version if champion else "") or None
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
-              champion_version=champion.version if champion else None)
-    return data, job
+              champion_version=scored)
+    return data, job, scored
 
 
 def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
@@ -604,7 +605,7 @@ def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], Inge
         # The workspace lost the job (or never got it): submit it again, from the same blob version.
         log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
         try:
-            _, submitted = _register_and_submit(record, deps)
+            _, submitted, _ = _register_and_submit(record, deps)
         except BlobChangedError as exc:
             latest = deps.ledger.get(record.key) or record
             completing = _move(deps.ledger, latest, StartCompleting(deps.clock() + deps.config.lease))

@@ -273,7 +273,10 @@ class AzureMLWorkspace:
         return self._datastore_uri(blob)
 
     def _run(self, job: Any) -> PipelineJob:
-        return PipelineJob(name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status))
+        tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
+        return PipelineJob(
+            name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status), tags=tags
+        )
 
     def job_status(self, job: str) -> JobStatus:
         with _translated(f"status of job {job}"):

@@ -229,8 +229,10 @@ class LocalWorkspace:
             ).rowcount
         if inserted:
             self._start(name)
+        with self._connect() as db:
+            row = db.execute("SELECT tags FROM jobs WHERE name = ?", (name,)).fetchone()
         status = self.job_status(name)
-        return PipelineJob(name=name, experiment=self.experiment, status=status.state)
+        return PipelineJob(name=name, experiment=self.experiment, status=status.state, tags=json.loads(row["tags"]))
 
     def _model_path(self, model: ModelVersion) -> str:
         with self._connect() as db:
