@@ -483,7 +483,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one record per blob version")
     status.add_argument("--json", action="store_true")
     listing = sub.add_parser("list", help="the local workspace's data versions, jobs or models")
-    listing.add_argument("kind", choices=("data", "jobs", "steps", "models"))
+    listing.add_argument("kind", choices=("data", "trainsets", "jobs", "steps", "models"))
     listing.add_argument("--json", action="store_true")
     rec = sub.add_parser("reconcile", help="one reconcile pass now: print what it found and did")
     rec.add_argument("--grace", type=float, default=None,

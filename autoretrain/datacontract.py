@@ -20,7 +20,8 @@ side maps to its own (`ConfigError` in the app, `InputError` in a step).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +40,8 @@ __all__ = [
     "ModelSpec",
     "PromoteRule",
     "TrainingWindow",
+    "mltable_files",
+    "mltable_text",
     "parse_contract",
     "read_contract",
 ]
@@ -283,3 +286,34 @@ def parse_contract(raw: Any, where: str) -> Contract:
         training=_training(raw, where),
         source=where,
     )
+
+
+# ---- the training set: which files a job trains on -------------------------------------------
+
+
+def mltable_text(files: Iterable[str]) -> str:
+    """An MLTable (Azure ML's own format for a set of files) naming exactly these CSV files."""
+    lines = ["# The exact, immutable data versions one job trains on.", "type: mltable", "paths:"]
+    lines += [f"  - file: {json.dumps(f)}" for f in files]
+    lines += ["transformations:", "  - read_delimited:", '      delimiter: ","',
+              "      header: all_files_same_headers", "      encoding: utf8"]
+    return "\n".join(lines) + "\n"
+
+
+def mltable_files(folder: Path) -> list[str]:
+    """The files an MLTable folder names, in order: local paths resolved against the folder, URIs
+    (azureml://, https://) as they are."""
+    import yaml
+
+    try:
+        raw: Any = yaml.safe_load((folder / "MLTable").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ContractRuleError(f"{folder}: no readable MLTable file ({exc}); pass a training set.") from None
+    paths = raw.get("paths") if isinstance(raw, Mapping) else None
+    if not isinstance(paths, list) or not all(isinstance(p, Mapping) and "file" in p for p in paths):
+        raise ContractRuleError(f"{folder}/MLTable: 'paths' must list '- file: ...' entries.")
+    files = []
+    for entry in paths:
+        name = str(entry["file"])
+        files.append(name if "://" in name else str((folder / name).resolve()))
+    return files

@@ -339,6 +339,8 @@ class Submit:
     data_version: str
     job: str
     champion: str | None = None  # the champion version the job scores the new model against
+    training_set: str | None = None  # the training-set data version the job trains on
+    window: tuple[str, ...] = ()  # the data versions in it, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +388,8 @@ class LedgerRecord:
     attempts: int = 1
     champion: str | None = None
     decision: str | None = None
+    training_set: str | None = None
+    window: tuple[str, ...] = ()
     etag: str | None = None
 
     def lease_expired(self, now: datetime) -> bool:
@@ -403,9 +407,10 @@ class LedgerRecord:
                 state, changes = LedgerState.QUARANTINED, {"reason": reason}
             case Skip(reason):
                 state, changes = LedgerState.SKIPPED, {"reason": reason}
-            case Submit(data_version, job, champion):
+            case Submit(data_version, job, champion, training_set, window):
                 state, changes = LedgerState.SUBMITTED, {
                     "data_version": data_version, "job": job, "champion": champion, "reason": None,
+                    "training_set": training_set, "window": tuple(window),
                 }
             case StartCompleting(lease_until):
                 state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
@@ -440,6 +445,8 @@ class LedgerRecord:
             "champion_metrics": dict(self.metrics.champion) if self.metrics and self.metrics.champion else None,
             "test_rows": self.metrics.test_rows if self.metrics else None,
             "decision": self.decision,
+            "training_set": self.training_set,
+            "window": list(self.window),
             "reason": self.reason,
             "attempts": self.attempts,
             "lease_until": self.lease_until.isoformat() if self.lease_until else None,

@@ -8,6 +8,7 @@ which allows only the moves in `domain.ALLOWED_MOVES`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -147,6 +148,8 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "lease_until": record.lease_until,
         "champion": record.champion,
         "decision": record.decision,
+        "training_set": record.training_set,
+        "window": json.dumps(list(record.window)) if record.window else None,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     return entity
@@ -172,5 +175,7 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         attempts=int(entity.get("attempts") or 1),
         champion=entity.get("champion"),
         decision=entity.get("decision"),
+        training_set=entity.get("training_set"),
+        window=tuple(json.loads(entity["window"])) if entity.get("window") else (),
         etag=entity.get("etag"),
     )

@@ -289,15 +289,40 @@ def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps
         return _skip(record, str(exc), deps)
     log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        data, job, champion = _register_and_submit(record, deps)
+        data, job, champion, training_set, window = _register_and_submit(record, deps)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    record = _move(deps.ledger, record, Submit(f"{data.name}:{data.version}", job.name, champion))
+    submit = Submit(f"{data.name}:{data.version}", job.name, champion,
+                    f"{training_set.name}:{training_set.version}", window)
+    record = _move(deps.ledger, record, submit)
     return Submitted(record, job)
 
 
-def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion, PipelineJob, str | None]:
-    """Snapshot the blob version, register it and submit its job: each step idempotent by key."""
+def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tuple[str, ...]:
+    """The data versions this job trains on, oldest first: the accepted ones so far (submitted,
+    completing or done; never quarantined, skipped or failed) as the contract's window selects
+    them, and this one. Fixed here, at submission: a version registered later does not leak in."""
+    rule = deps.contract.training
+    accepted = sorted(
+        (r for r in deps.ledger.records()
+         if r.key != record.key and r.data_version
+         and r.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING, LedgerState.DONE)),
+        key=lambda r: (r.created, r.key.value),
+    )
+    if rule.window == "days" and rule.days is not None:
+        since = deps.clock() - timedelta(days=rule.days)
+        accepted = [r for r in accepted if r.created >= since]
+    members = [str(r.data_version) for r in accepted] + [f"{data.name}:{data.version}"]
+    if rule.window == "last" and rule.versions is not None:
+        members = members[-rule.versions:]
+    return tuple(dict.fromkeys(members))
+
+
+def _register_and_submit(
+    record: LedgerRecord, deps: Deps
+) -> tuple[DataVersion, PipelineJob, str | None, DataVersion, tuple[str, ...]]:
+    """Snapshot the blob version, register it and its training set, submit the job: each step
+    idempotent by key."""
     blob, key = record.blob, record.key
     lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
     snapshot = deps.blobs.copy_to(
@@ -306,15 +331,19 @@ def _register_and_submit(record: LedgerRecord, deps: Deps) -> tuple[DataVersion,
     )
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
+    window = _training_window(record, data, deps)
+    training_set = deps.workspace.register_training_set(key, window)
+    log_event(log, logging.INFO, "ingest.training_set", training_set=f"{training_set.name}:{training_set.version}",
+              window=",".join(window))
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
     tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
-    job = deps.workspace.submit(data, key, tags, champion=champion)
+    job = deps.workspace.submit(training_set, key, tags, champion=champion)
     # A resubmit finds the first job, which scored the champion named in its tags.
     scored = job.tags.get("champion", champion.version if champion else "") or None
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
               champion_version=scored)
-    return data, job, scored
+    return data, job, scored, training_set, window
 
 
 def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
@@ -431,6 +460,9 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         "work_key": record.key.value,
         "job": job,
         "data_version": record.data_version or "",
+        # Exactly the files it trained on: the training set and its data versions, oldest first.
+        "training_set": record.training_set or "",
+        "training_window": ",".join(record.window),
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
@@ -605,7 +637,7 @@ def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], Inge
         # The workspace lost the job (or never got it): submit it again, from the same blob version.
         log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
         try:
-            _, submitted, _ = _register_and_submit(record, deps)
+            _, submitted, *_ = _register_and_submit(record, deps)
         except BlobChangedError as exc:
             latest = deps.ledger.get(record.key) or record
             completing = _move(deps.ledger, latest, StartCompleting(deps.clock() + deps.config.lease))

@@ -6,7 +6,7 @@ No SDK type crosses a port. Adapters: `storage.AzureBlobStore`, `ledger.TableLed
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +75,11 @@ class Ledger(Protocol):
 class Workspace(Protocol):
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         """Register the blob as a data asset version. The same key gives the same version."""
+        ...
+
+    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+        """Register the exact, immutable data versions ("name:version", oldest first) a job trains on
+        as one training-set data asset version, named by `key`. The same key gives the same version."""
         ...
 
     def submit(

@@ -37,7 +37,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from autoretrain.datacontract import mltable_text
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
@@ -209,6 +210,27 @@ class AzureMLWorkspace:
             self._client.data.create_or_update(asset)
         return DataVersion(name=self.data_asset, version=key.value, uri=uri)
 
+    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+        """An MLTable data asset version (Azure ML's own format for a set of files) that names the
+        members' files on the datastore; its MLTable file is uploaded under trainsets/<key>/."""
+        name = f"{self.data_asset}-trainset"
+        files = []
+        for member in members:
+            member_name, _, member_version = member.rpartition(":")
+            with _translated(f"read data {member} for the training set of {key}"):
+                files.append(str(self._client.data.get(member_name, version=member_version).path))
+        folder = f"trainsets/{key.value}"
+        self._blobs.upload(self.datasets_container, f"{folder}/MLTable", mltable_text(files).encode())
+        uri = self._datastore_uri(f"{folder}/")
+        asset = Data(
+            name=name, version=key.value, type=AssetTypes.MLTABLE, path=uri,
+            description=f"The {len(files)} data version(s) job {key.job_name} trains on",
+            tags={"work_key": key.value}, properties={"members": ",".join(members)[:1000]},
+        )
+        with _translated(f"register training set {name}:{key} ({uri})"):
+            self._client.data.create_or_update(asset)
+        return DataVersion(name=name, version=key.value, uri=uri)
+
     # -- jobs ----------------------------------------------------------------------------------
 
     def _existing_job(self, name: str) -> Any | None:
@@ -228,7 +250,7 @@ class AzureMLWorkspace:
             component = self._component()
             contract = self._upload_contract()
             inputs: dict[str, Any] = {
-                "data": Input(type=AssetTypes.URI_FILE, path=f"azureml:{data.name}:{data.version}"),
+                "data": Input(type=AssetTypes.MLTABLE, path=f"azureml:{data.name}:{data.version}"),
                 "contract": Input(type=AssetTypes.URI_FILE, path=contract),
             }
             if champion is not None:

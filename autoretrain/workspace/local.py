@@ -29,13 +29,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from autoretrain.datacontract import mltable_text
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
@@ -70,6 +71,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS steps (
     job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
     seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
+CREATE TABLE IF NOT EXISTS training_sets (
+    name TEXT NOT NULL, version INTEGER NOT NULL, work_key TEXT NOT NULL UNIQUE, path TEXT NOT NULL,
+    members TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL, version INTEGER NOT NULL, work_key TEXT NOT NULL UNIQUE, job TEXT NOT NULL,
     path TEXT NOT NULL, tags TEXT NOT NULL, properties TEXT NOT NULL, metrics TEXT NOT NULL,
@@ -203,6 +207,25 @@ class LocalWorkspace:
         shutil.rmtree(staging.parent, ignore_errors=True)
         return self._data(row)
 
+    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+        name = f"{self.data_asset}-trainset"
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
+            if row is None:
+                files = [self._data_path(_data_ref(member)) for member in members]
+                version = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM training_sets WHERE name = ?", (name,)
+                ).fetchone()[0]
+                folder = self.root / "data" / name / str(version)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "MLTable").write_text(mltable_text(str(f) for f in files), encoding="utf-8")
+                db.execute(
+                    "INSERT INTO training_sets VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, version, key.value, str(folder), json.dumps(list(members)), _now()),
+                )
+                row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
+        return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
+
     def _data_by_key(self, key: WorkKey) -> DataVersion | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
@@ -246,7 +269,9 @@ class LocalWorkspace:
     def _data_path(self, data: DataVersion) -> Path:
         with self._connect() as db:
             row = db.execute(
-                "SELECT path FROM data_versions WHERE name = ? AND version = ?", (data.name, int(data.version))
+                "SELECT path FROM data_versions WHERE name = ? AND version = ?"
+                " UNION ALL SELECT path FROM training_sets WHERE name = ? AND version = ?",
+                (data.name, int(data.version), data.name, int(data.version)),
             ).fetchone()
         if row is None:
             raise WorkspaceError(f"data version {data.name}:{data.version} is not registered in {self._db}.")
@@ -586,6 +611,7 @@ class LocalWorkspace:
 
 _LISTINGS = {
     "data": "SELECT name, version, source, path, created FROM data_versions ORDER BY name, version",
+    "trainsets": "SELECT name, version, members, path, created FROM training_sets ORDER BY name, version",
     "jobs": "SELECT name, experiment, data, status, failed_step, error, created, started, ended"
     " FROM jobs ORDER BY created",
     "models": "SELECT name, version, job, metrics, champion, properties, created FROM models ORDER BY name, version",
@@ -611,9 +637,16 @@ def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
             row["metrics"] = json.loads(row["metrics"])["values"]
         if "properties" in row:
             row["properties"] = json.loads(row["properties"])
+        if "members" in row:
+            row["members"] = json.loads(row["members"])
         if "champion" in row:
             row["champion"] = bool(row["champion"])
     return rows
+
+
+def _data_ref(member: str) -> DataVersion:
+    name, _, version = member.rpartition(":")
+    return DataVersion(name=name, version=version, uri="")
 
 
 def _die_with_parent() -> None:

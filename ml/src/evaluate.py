@@ -3,8 +3,8 @@
 Both models are scored on the same rows, so the champion gate compares like with like (a model is
 never judged on an easier test split than its rival's). metrics.json is the portable record (Azure
 ML SDK v2 has no metrics API; the local workspace reads files): it names the primary metric and
-whether greater is better, so the gate compares models without knowing the task. Where MLFLOW_TRACKING_URI is set (Azure ML sets it
-for every job) the metrics are logged to MLflow as well.
+whether greater is better, so the gate compares models without knowing the task. Where
+MLFLOW_TRACKING_URI is set (Azure ML sets it for every job) the metrics are logged to MLflow as well.
 """
 
 from __future__ import annotations

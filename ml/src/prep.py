@@ -1,4 +1,7 @@
-"""Prep step: validate a customer CSV against the contract, clean it and split it train/test.
+"""Prep step: validate the training set's files against the contract, clean them, split train/test.
+
+The training set is the job's window of data versions (an MLTable naming their files, fixed when
+the job was submitted), or one CSV file.
 
 Every row is checked here (ingest only checked the head of the file), so a bad value anywhere
 fails the step with one line naming the column, the line and the value. Missing feature values
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from contract import DATA_FILE, MISSING, Contract, InputError, load_contract, run_step
+from datacontract import ContractRuleError, mltable_files
 
 __all__ = ["build_parser", "hash_test_mask", "main", "parse_args", "read_rows"]
 
@@ -29,7 +33,8 @@ _log = logging.getLogger("prep")
 def build_parser() -> argparse.ArgumentParser:
     """The flags are the component's input and output names (components/prep.yml)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="the customer CSV file")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the training set (a folder with an MLTable file) or one CSV file")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--test_fraction", type=float, default=0.25, help="share of rows held out")
     parser.add_argument("--seed", type=int, default=42, help="key of the row hash that splits train/test")
@@ -99,8 +104,49 @@ def read_rows(path: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]]:
     return frame.reset_index(drop=True), lines
 
 
+def read_training_set(data: Path, contract: Contract) -> tuple[pd.DataFrame, list[int], list[str], str]:
+    """The rows of every file in the training set, in order; each row's line and file; a name for
+    messages. `data` is a training set (a folder with an MLTable file naming the files, as the
+    workspace registers it) or one CSV file."""
+    if not data.is_dir():
+        frame, lines = read_rows(data, contract)
+        return frame, lines, [data.name] * len(lines), data.name
+    try:
+        files = mltable_files(data)
+    except ContractRuleError as exc:
+        raise InputError(str(exc)) from None
+    if any("://" in f for f in files):
+        return _read_remote(data, contract, files)
+    frames, lines, names = [], [], []
+    for file in files:
+        frame, file_lines = read_rows(Path(file), contract)
+        frames.append(frame)
+        lines += file_lines
+        names += [Path(file).name] * len(file_lines)
+    _log.info("training_set files=%d rows=%d", len(files), len(lines))
+    label = f"training set of {len(files)} file(s)" if len(files) > 1 else Path(files[0]).name
+    return pd.concat(frames, ignore_index=True), lines, names, label
+
+
+def _read_remote(
+    data: Path, contract: Contract, files: Sequence[str]
+) -> tuple[pd.DataFrame, list[int], list[str], str]:
+    """On Azure ML the MLTable names datastore URIs; the `mltable` package (in the step's
+    environment) reads them with the job's identity. Line numbers count data rows per table."""
+    import mltable
+
+    frame = mltable.load(str(data)).to_pandas_dataframe().astype(str)
+    missing = [c for c in contract.columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{data}: the training set lacks column(s) {', '.join(map(repr, missing))}.")
+    frame = frame[list(contract.columns)].apply(lambda column: column.str.strip())
+    return frame.reset_index(drop=True), [i + 2 for i in range(len(frame))], ["training set"] * len(frame), (
+        f"training set of {len(files)} file(s)"
+    )
+
+
 def _typed_column(
-    values: pd.Series, kind: str, column: str, lines: Sequence[int], file: str
+    values: pd.Series, kind: str, column: str, lines: Sequence[int], files: Sequence[str]
 ) -> pd.Series:
     """Convert one column to its declared type; the first bad value fails with its line."""
     missing = values.str.lower().isin(MISSING)
@@ -116,7 +162,7 @@ def _typed_column(
         expected = "a whole number" if kind == "int" else "a number"
         also = f" ({more} more bad value(s) in that column)" if more else ""
         raise InputError(
-            f"{file}: column {column!r} has {values.iloc[first]!r} on line {lines[first]}; "
+            f"{files[first]}: column {column!r} has {values.iloc[first]!r} on line {lines[first]}; "
             f"expected {expected}{also}. Fix the file and upload it again."
         )
     return numbers.astype("Int64") if kind == "int" else numbers
@@ -152,13 +198,13 @@ def main(
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
     spec = load_contract(contract)
-    raw, lines = read_rows(data, spec)
+    raw, lines, files, label = read_training_set(data, spec)
     rows_in = len(raw)
     frame = pd.DataFrame(index=raw.index)
     for column, kind in spec.features.items():
-        frame[column] = _typed_column(raw[column], kind, column, lines, data.name)
+        frame[column] = _typed_column(raw[column], kind, column, lines, files)
     target_kind = "category" if spec.task == "classification" else "float"
-    frame[spec.target] = _typed_column(raw[spec.target], target_kind, spec.target, lines, data.name)
+    frame[spec.target] = _typed_column(raw[spec.target], target_kind, spec.target, lines, files)
 
     has_target = frame[spec.target].notna()
     dropped = int((~has_target).sum())
@@ -167,13 +213,13 @@ def main(
         _log.info("rows_dropped_missing_target %d", dropped)
     if len(frame) < MIN_ROWS:
         raise InputError(
-            f"{data.name}: {len(frame)} row(s) have a {spec.target!r} value; at least {MIN_ROWS} are "
+            f"{label}: {len(frame)} row(s) have a {spec.target!r} value; at least {MIN_ROWS} are "
             "needed to train and test. Upload a file with more rows."
         )
     labels = frame[spec.target] if spec.task == "classification" else None
     if labels is not None and labels.nunique() < 2:
         raise InputError(
-            f"{data.name}: {spec.target!r} has the single value {labels.iloc[0]!r}; a classifier needs "
+            f"{label}: {spec.target!r} has the single value {labels.iloc[0]!r}; a classifier needs "
             "at least two classes. Upload a file with more than one class."
         )
     imputed = {column: int(frame[column].isna().sum()) for column in spec.features}

@@ -109,3 +109,30 @@ def test_another_data_sets_contract_needs_no_code_change(running_diabetes: Loop,
     assert record.state is LedgerState.DONE, record.reason
     assert record.metrics is not None and record.metrics.primary == "r2"
     assert {"r2", "rmse", "mae"} <= set(record.metrics.values)
+
+
+def test_a_window_of_three_drops_is_trained_on_exactly_those_three_files(running: Loop, tmp_path: Path) -> None:
+    """window: all. The third drop's job trains on the three data versions, fixed at submission:
+    its MLTable names exactly their three files, and the model's lineage names the three versions."""
+    from autoretrain.datacontract import mltable_files
+
+    drops = _wine_months(tmp_path / "drops", 3)
+    keys = []
+    for path in drops:
+        ref = running.blobs.upload(running.incoming, path.name, path.read_bytes())
+        keys.append(WorkKey.for_blob(ref))
+        deadline = time.monotonic() + 60
+        while (record := running.ledger.get(keys[-1])) is None or record.state is LedgerState.CLAIMED:
+            assert time.monotonic() < deadline, "not submitted in 60 s"
+            time.sleep(0.2)
+
+    third = running.wait_final(keys, timeout=240)[keys[-1]]
+
+    assert third.window == ("autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3")
+    [trainset] = [t for t in catalog_rows(running.home, "trainsets") if t["version"] == 3]
+    assert trainset["members"] == list(third.window)
+    data_files = {str(d["version"]): d["path"] for d in catalog_rows(running.home, "data")}
+    assert mltable_files(Path(trainset["path"])) == [data_files["1"], data_files["2"], data_files["3"]]
+    [model] = [m for m in catalog_rows(running.home, "models") if m["job"] == keys[-1].job_name]
+    assert model["properties"]["training_window"] == ",".join(third.window)
+    assert model["properties"]["training_set"] == "autoretrain-data-trainset:3"

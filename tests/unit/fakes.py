@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,11 +117,17 @@ class FakeWorkspace:
     promoted: list[str] = field(default_factory=list)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
     champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
+    training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its window
 
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         self.registered_data.append((source, key))
         versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
+
+    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+        self.training_sets.setdefault(key.value, tuple(members))
+        version = list(self.training_sets).index(key.value) + 1
+        return DataVersion("autoretrain-data-trainset", str(version), f"trainset://{key}")
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None

@@ -154,6 +154,7 @@ class FakeAzureML(BaseAdapter):
             ("GET", ws, self._workspace),
             ("GET", re.escape(API) + "/discovery", lambda _s: (200, {"api": API, "history": API})),
             ("PUT", ws + r"/data/([^/]+)/versions/([^/]+)", self._put_data),
+            ("GET", ws + r"/data/([^/]+)/versions/([^/]+)", self._get_data),
             ("GET", ws + r"/components/([^/]+)/versions", self._list_components),
             ("GET", ws + r"/jobs", self._list_jobs),
             ("GET", ws + r"/jobs/([^/]+)", self._get_job),
@@ -181,6 +182,11 @@ class FakeAzureML(BaseAdapter):
             "properties": sent.body["properties"], "systemData": SYSTEM,
         }
         return (200 if previous else 201), self.data[(name, version)]
+
+    def _get_data(self, _sent: Sent, name: str, version: str) -> Answer:
+        if (name, version) not in self.data:
+            return 404, _error("UserError", f"Could not find asset with name {name} and version {version}.")
+        return 200, self.data[(name, version)]
 
     def _list_components(self, _sent: Sent, name: str) -> Answer:
         if name != COMPONENT:
@@ -374,6 +380,34 @@ class TestRegisterData:
         assert service.sent == []
 
 
+class TestTrainingSet:
+    def test_registers_an_mltable_naming_exactly_the_window_s_files(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
+    ) -> None:
+        """GET each member's data version for its path, upload trainsets/<key>/MLTable naming those
+        paths, PUT the training set as an mltable data asset version named by the key."""
+        members = []
+        for i, name in enumerate(["2026-01.csv", "2026-02.csv", "2026-03.csv"]):
+            key = WorkKey(f"{i:024x}")
+            source = blobs.put("datasets", f"{key}/{name}", b"a,b\n1,2\n")
+            workspace.register_data(source, key, {})
+            members.append(f"autoretrain-data:{key}")
+        service.sent.clear()
+
+        training_set = workspace.register_training_set(KEY, members)
+
+        assert [s.method for s in service.sent if "/data/" in s.path] == ["GET", "GET", "GET", "PUT"]
+        [put] = service.requests_to("PUT", "/data/")
+        assert put.path == f"{ARM}{WS_ID}/data/autoretrain-data-trainset/versions/{KEY}"
+        assert put.body["properties"]["dataType"] == "mltable"
+        assert put.body["properties"]["dataUri"] == f"azureml://datastores/{DATASTORE}/paths/trainsets/{KEY}/"
+        _, mltable, _ = blobs.blobs[("datasets", f"trainsets/{KEY}/MLTable")]
+        files = [line.split("file: ")[1].strip('"') for line in mltable.decode().splitlines() if "file: " in line]
+        assert files == [f"azureml://datastores/{DATASTORE}/paths/{WorkKey(f'{i:024x}')}/{n}"
+                         for i, n in enumerate(["2026-01.csv", "2026-02.csv", "2026-03.csv"])]
+        assert (training_set.name, training_set.version) == ("autoretrain-data-trainset", KEY.value)
+
+
 class TestSubmit:
     def test_creates_the_pipeline_job_from_the_registered_component(
         self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
@@ -392,7 +426,7 @@ class TestSubmit:
         assert job["settings"]["default_compute"] == f"{WS_ID}/computes/{COMPUTE}"
         [(contract_name, _)] = [(n, b) for (c, n), b in blobs.blobs.items() if c == "datasets"]
         assert job["inputs"] == {
-            "data": {"jobInputType": "uri_file", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
+            "data": {"jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
         }
 

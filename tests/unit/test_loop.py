@@ -271,6 +271,7 @@ class TestIngest:
             ("ingest.claimed", key.value),
             ("ingest.contract_ok", key.value),
             ("ingest.data_registered", key.value),
+            ("ingest.training_set", key.value),
             ("ingest.pipeline_submitted", key.value),
             ("ingest.submitted", key.value),
         ]
@@ -296,6 +297,7 @@ class TestComplete:
         assert model.properties == {
             "blob": "incoming/a.csv", "etag": outcome.record.blob.etag, "work_key": key.value,
             "job": key.job_name, "data_version": "autoretrain-data:1",
+            "training_set": "autoretrain-data-trainset:1", "training_window": "autoretrain-data:1",
         }
         record = ledger.get(key)
         assert record is not None
@@ -502,3 +504,44 @@ def _deps_with(tmp_path: Path, contract_text: str) -> loop.Deps:
         contract=load_contract(contract), workspace=FakeWorkspace(), ledger=ledger, blobs=FakeBlobStore(),
         clock=lambda: ledger.now,
     )
+
+
+class TestTrainingWindow:
+    """The exact data versions a job trains on are fixed when it is submitted, and recorded."""
+
+    def _drop(self, deps: loop.Deps, name: str) -> WorkKey:
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", name, GOOD_CSV)
+        loop.ingest(blob_event(ref, event_id=f"ev-{name}"), deps)
+        return WorkKey.for_blob(ref)
+
+    def test_all_accepted_versions_and_never_a_quarantined_or_failed_one(self, deps: loop.Deps) -> None:
+        workspace, ledger, blobs = fakes(deps)
+        first = self._drop(deps, "a.csv")
+        bad = blobs.put("incoming", "bad.csv", b"a,b\n1,2\n")
+        loop.ingest(blob_event(bad, event_id="ev-bad"), deps)  # quarantined: never in a window
+        failed = self._drop(deps, "f.csv")
+        workspace.finish(failed.job_name, JobState.FAILED, failed_step="train", error="boom")
+        loop.complete(run_event(failed, event_id="run-f"), deps)
+        third = self._drop(deps, "c.csv")
+
+        assert workspace.training_sets[third.value] == ("autoretrain-data:1", "autoretrain-data:3")
+        record = ledger.get(third)
+        assert record is not None and record.window == ("autoretrain-data:1", "autoretrain-data:3")
+        assert record.training_set == "autoretrain-data-trainset:3"
+        assert workspace.training_sets[first.value] == ("autoretrain-data:1",)
+
+    def test_last_n_versions(self, tmp_path: Path) -> None:
+        deps = _deps_with(tmp_path, CONTRACT + "training: {window: last, versions: 2}\n")
+        keys = [self._drop(deps, f"{m}.csv") for m in ("a", "b", "c")]
+        workspace, _, _ = fakes(deps)
+        assert workspace.training_sets[keys[-1].value] == ("autoretrain-data:2", "autoretrain-data:3")
+
+    def test_the_model_s_lineage_names_the_window(self, deps: loop.Deps) -> None:
+        workspace, _, _ = fakes(deps)
+        keys = [self._drop(deps, f"{m}.csv") for m in ("a", "b", "c")]
+        workspace.finish(keys[-1].job_name, JobState.COMPLETED, METRICS)
+        loop.complete(run_event(keys[-1]), deps)
+        model = workspace.models[keys[-1].value]
+        assert model.properties["training_window"] == "autoretrain-data:1,autoretrain-data:2,autoretrain-data:3"
+        assert model.properties["training_set"] == "autoretrain-data-trainset:3"

@@ -440,3 +440,28 @@ class TestSplit:
         tiny = rows.head(3)
         mask = prep.hash_test_mask(tiny, 0.01, seed=1)
         assert (mask.sum(), (~mask).sum()) == (1, 2)
+
+
+class TestTrainingSet:
+    def test_every_file_of_the_training_set_is_read_and_a_bad_value_names_its_file(self, tmp_path: Path) -> None:
+        """prep reads the MLTable the workspace registers: all its files, in order; an error names the
+        file and its own line."""
+        from autoretrain.datacontract import mltable_text
+
+        drops = wine.write_monthly_drops(tmp_path / "drops", months=3, seed=0)
+        folder = tmp_path / "trainset"
+        folder.mkdir()
+        (folder / "MLTable").write_text(mltable_text(str(d) for d in drops))
+        report = prep.main(data=folder, contract=WINE_CONTRACT, train_data=tmp_path / "train",
+                           test_data=tmp_path / "test", report=tmp_path / "report")
+        assert report["rows_in"] == sum(len(pd.read_csv(d)) for d in drops)
+
+        lines = drops[1].read_text().splitlines()
+        cells = lines[3].split(",")
+        cells[0] = "twelve"
+        lines[3] = ",".join(cells)
+        drops[1].write_text("\n".join(lines) + "\n")
+        with pytest.raises(prep.InputError) as caught:
+            prep.main(data=folder, contract=WINE_CONTRACT, train_data=tmp_path / "t2", test_data=tmp_path / "s2",
+                      report=tmp_path / "r2")
+        assert str(caught.value).startswith(f"{drops[1].name}: column 'alcohol' has 'twelve' on line 4;")

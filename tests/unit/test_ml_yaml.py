@@ -116,10 +116,11 @@ class TestPipeline:
 
     def test_pipeline_defaults_point_at_shipped_files(self, pipeline: PipelineJob) -> None:
         """The placeholder data and contract inputs exist, so the YAML runs as it is."""
-        for name, relative in (("data", "./sample/sample.csv"), ("contract", "./contract.yaml")):
+        for name, kind, relative, file in (("data", "mltable", "./sample/trainset", "MLTable"),
+                                           ("contract", "uri_file", "./contract.yaml", "")):
             given = pipeline.inputs[name]._data
-            assert (given.type, given.path) == ("uri_file", relative)
-            assert (Path(pipeline.base_path) / relative).is_file()
+            assert (given.type, given.path) == (kind, relative)
+            assert (Path(pipeline.base_path) / relative / file).is_file()
         assert {n: o.type for n, o in pipeline.outputs.items()} == {
             "model": "mlflow_model", "metrics": "uri_folder", "report": "uri_folder",
         }
