@@ -298,10 +298,12 @@ def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps
     return Submitted(record, job)
 
 
-def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tuple[str, ...]:
-    """The data versions this job trains on, oldest first: the accepted ones so far (submitted,
-    completing or done; never quarantined, skipped or failed) as the contract's window selects
-    them, and this one. Fixed here, at submission: a version registered later does not leak in."""
+def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tuple[tuple[str, ...], int]:
+    """(every accepted data version so far, oldest first, this one last; how many of the last ones
+    the job trains on, 0 for all). Accepted: submitted, completing or done; never quarantined,
+    skipped or failed. Fixed here, at submission: a version registered later does not leak in. The
+    window selects what the model learns from; the test rows come from every accepted version, so
+    a model that forgot old data is judged on it too."""
     rule = deps.contract.training
     accepted = sorted(
         (r for r in deps.ledger.records()
@@ -309,13 +311,19 @@ def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tup
          and r.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING, LedgerState.DONE)),
         key=lambda r: (r.created, r.key.value),
     )
+    history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), f"{data.name}:{data.version}"]))
+    if rule.window == "last" and rule.versions is not None:
+        return history, min(rule.versions, len(history))
     if rule.window == "days" and rule.days is not None:
         since = deps.clock() - timedelta(days=rule.days)
-        accepted = [r for r in accepted if r.created >= since]
-    members = [str(r.data_version) for r in accepted] + [f"{data.name}:{data.version}"]
-    if rule.window == "last" and rule.versions is not None:
-        members = members[-rule.versions:]
-    return tuple(dict.fromkeys(members))
+        recent = {str(r.data_version) for r in accepted if r.created >= since}
+        inside = 1  # this version, and the run of recent ones just before it
+        for version in reversed(history[:-1]):
+            if version not in recent:
+                break
+            inside += 1
+        return history, inside
+    return history, 0
 
 
 def _register_and_submit(
@@ -331,14 +339,15 @@ def _register_and_submit(
     )
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
-    window = _training_window(record, data, deps)
-    training_set = deps.workspace.register_training_set(key, window)
+    history, train_last = _training_window(record, data, deps)
+    window = history[-train_last:] if train_last else history
+    training_set = deps.workspace.register_training_set(key, history)
     log_event(log, logging.INFO, "ingest.training_set", training_set=f"{training_set.name}:{training_set.version}",
-              window=",".join(window))
+              window=",".join(window), tested_on=len(history))
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
     tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
-    job = deps.workspace.submit(training_set, key, tags, champion=champion)
+    job = deps.workspace.submit(training_set, key, tags, champion=champion, train_last=train_last)
     # A resubmit finds the first job, which scored the champion named in its tags.
     scored = job.tags.get("champion", champion.version if champion else "") or None
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,

@@ -83,10 +83,12 @@ class Workspace(Protocol):
         ...
 
     def submit(
-        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
+        train_last: int = 0,
     ) -> PipelineJob:
-        """Submit the training pipeline on `data` as job `key.job_name`, with the current `champion`
-        to score on the same test rows; a second call returns the first."""
+        """Submit the training pipeline on the training set `data` as job `key.job_name`, with the
+        current `champion` to score on the same test rows, training on the last `train_last` files
+        (0: all); a second call returns the first."""
         ...
 
     def job_status(self, job: str) -> JobStatus:

@@ -240,7 +240,8 @@ class AzureMLWorkspace:
             return None
 
     def submit(
-        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
+        train_last: int = 0,
     ) -> PipelineJob:
         name = key.job_name
         with _translated(f"submit {name}"):
@@ -252,6 +253,7 @@ class AzureMLWorkspace:
             inputs: dict[str, Any] = {
                 "data": Input(type=AssetTypes.MLTABLE, path=f"azureml:{data.name}:{data.version}"),
                 "contract": Input(type=AssetTypes.URI_FILE, path=contract),
+                "train_last": train_last,
             }
             if champion is not None:
                 # Scored by evaluate on the same test rows as the new model.

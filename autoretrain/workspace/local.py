@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS data_versions (
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
     data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
-    failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT, champion TEXT);
+    failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT, champion TEXT,
+    train_last INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS steps (
     job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
     seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
@@ -139,8 +140,11 @@ class LocalWorkspace:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-            if "champion" not in columns:  # a catalogue made before the champion was an input
+            # A catalogue made before these were pipeline inputs.
+            if "champion" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN champion TEXT")
+            if "train_last" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN train_last INTEGER NOT NULL DEFAULT 0")
         # Loading the pipeline imports azure-ai-ml (~2 s): do it now, off the caller's thread,
         # so the first job does not wait for it and a broken pipeline.yml shows in the log at once.
         threading.Thread(target=self._preload, name="local-pipeline-load", daemon=True).start()
@@ -238,7 +242,8 @@ class LocalWorkspace:
     # -- jobs ----------------------------------------------------------------------------------
 
     def submit(
-        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
+        train_last: int = 0,
     ) -> PipelineJob:
         name = key.job_name
         data_path = self._data_path(data)
@@ -246,9 +251,9 @@ class LocalWorkspace:
         with self._transaction() as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created,"
-                " champion) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " champion, train_last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, self.experiment, key.value, f"{data.name}:{data.version}", str(data_path),
-                 json.dumps(dict(tags)), JobState.QUEUED.value, _now(), champion_path),
+                 json.dumps(dict(tags)), JobState.QUEUED.value, _now(), champion_path, train_last),
             ).rowcount
         if inserted:
             self._start(name)
@@ -326,6 +331,7 @@ class LocalWorkspace:
         parent_inputs = {"data": row["data_path"], "contract": str(self._contract)}
         if row["champion"]:
             parent_inputs["champion"] = row["champion"]
+        parent_inputs["train_last"] = str(row["train_last"] or 0)
         produced: dict[tuple[str, str], Path] = {}
         for step in spec.steps:
             outputs = {}

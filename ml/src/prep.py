@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--test_fraction", type=float, default=0.25, help="share of rows held out")
     parser.add_argument("--seed", type=int, default=42, help="key of the row hash that splits train/test")
+    parser.add_argument("--train_last", type=int, default=0,
+                        help="train on the last N files of the training set (0: all); test on all of them")
     parser.add_argument("--train_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--test_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--report", type=Path, required=True, help="folder for report.json")
@@ -104,33 +106,36 @@ def read_rows(path: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]]:
     return frame.reset_index(drop=True), lines
 
 
-def read_training_set(data: Path, contract: Contract) -> tuple[pd.DataFrame, list[int], list[str], str]:
-    """The rows of every file in the training set, in order; each row's line and file; a name for
-    messages. `data` is a training set (a folder with an MLTable file naming the files, as the
-    workspace registers it) or one CSV file."""
+def read_training_set(
+    data: Path, contract: Contract
+) -> tuple[pd.DataFrame, list[int], list[str], str, list[int]]:
+    """The rows of every file in the training set, in order; each row's line, file name and file
+    number; a name for messages. `data` is a training set (a folder with an MLTable file naming the
+    files, as the workspace registers it) or one CSV file."""
     if not data.is_dir():
         frame, lines = read_rows(data, contract)
-        return frame, lines, [data.name] * len(lines), data.name
+        return frame, lines, [data.name] * len(lines), data.name, [0] * len(lines)
     try:
         files = mltable_files(data)
     except ContractRuleError as exc:
         raise InputError(str(exc)) from None
     if any("://" in f for f in files):
         return _read_remote(data, contract, files)
-    frames, lines, names = [], [], []
-    for file in files:
+    frames, lines, names, positions = [], [], [], []
+    for position, file in enumerate(files):
         frame, file_lines = read_rows(Path(file), contract)
         frames.append(frame)
         lines += file_lines
         names += [Path(file).name] * len(file_lines)
+        positions += [position] * len(file_lines)
     _log.info("training_set files=%d rows=%d", len(files), len(lines))
     label = f"training set of {len(files)} file(s)" if len(files) > 1 else Path(files[0]).name
-    return pd.concat(frames, ignore_index=True), lines, names, label
+    return pd.concat(frames, ignore_index=True), lines, names, label, positions
 
 
 def _read_remote(
     data: Path, contract: Contract, files: Sequence[str]
-) -> tuple[pd.DataFrame, list[int], list[str], str]:
+) -> tuple[pd.DataFrame, list[int], list[str], str, list[int]]:
     """On Azure ML the MLTable names datastore URIs; the `mltable` package (in the step's
     environment) reads them with the job's identity. Line numbers count data rows per table."""
     import mltable
@@ -140,9 +145,12 @@ def _read_remote(
     if missing:
         raise InputError(f"{data}: the training set lacks column(s) {', '.join(map(repr, missing))}.")
     frame = frame[list(contract.columns)].apply(lambda column: column.str.strip())
-    return frame.reset_index(drop=True), [i + 2 for i in range(len(frame))], ["training set"] * len(frame), (
+    # mltable reads the files as one table: which row came from which file is not kept, so the
+    # window (train_last) cannot narrow it; every row trains.
+    n = len(frame)
+    return frame.reset_index(drop=True), [i + 2 for i in range(n)], ["training set"] * n, (
         f"training set of {len(files)} file(s)"
-    )
+    ), [len(files) - 1] * n
 
 
 def _typed_column(
@@ -193,12 +201,20 @@ def main(
     report: Path,
     test_fraction: float = 0.25,
     seed: int = 42,
+    train_last: int = 0,
 ) -> dict[str, object]:
-    """Validate, clean and split `data`; write the two splits and report.json; return the report."""
+    """Validate, clean and split `data`; write the two splits and report.json; return the report.
+
+    The training set lists every accepted data version; the model trains on the last `train_last`
+    of them (the contract's window; 0: all), and is tested, with the champion, on the test rows of
+    all of them: a model that forgot a class is judged on that class too.
+    """
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
+    if train_last < 0:
+        raise InputError(f"train_last {train_last} must be 0 (every file) or more.")
     spec = load_contract(contract)
-    raw, lines, files, label = read_training_set(data, spec)
+    raw, lines, files, label, positions = read_training_set(data, spec)
     rows_in = len(raw)
     frame = pd.DataFrame(index=raw.index)
     for column, kind in spec.features.items():
@@ -228,7 +244,15 @@ def main(
             _log.info("values_missing column=%s count=%d", column, count)
 
     test_mask = hash_test_mask(raw[has_target].reset_index(drop=True), test_fraction, seed)
-    for folder, part in ((train_data, frame[~test_mask]), (test_data, frame[test_mask])):
+    position = np.asarray(positions)[has_target.to_numpy()]
+    in_window = position >= (position.max() + 1 - train_last) if train_last else np.ones(len(frame), dtype=bool)
+    train_mask = ~test_mask & in_window
+    if train_mask.sum() < 2:
+        raise InputError(
+            f"{label}: the window's last {train_last} file(s) leave {int(train_mask.sum())} training row(s); "
+            "widen the contract's training window or upload more rows."
+        )
+    for folder, part in ((train_data, frame[train_mask]), (test_data, frame[test_mask])):
         folder.mkdir(parents=True, exist_ok=True)
         part.to_csv(folder / DATA_FILE, index=False)
     summary: dict[str, object] = {
@@ -236,7 +260,9 @@ def main(
         "rows_out": len(frame),
         "rows_dropped_missing_target": dropped,
         "values_imputed": imputed,
-        "train_rows": int((~test_mask).sum()),
+        "train_rows": int(train_mask.sum()),
+        "files": int(position.max()) + 1 if len(position) else 0,
+        "train_files": train_last or (int(position.max()) + 1 if len(position) else 0),
         "test_rows": int(test_mask.sum()),
         "split": "row content hash",
     }

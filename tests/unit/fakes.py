@@ -117,7 +117,8 @@ class FakeWorkspace:
     promoted: list[str] = field(default_factory=list)
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
     champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
-    training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its window
+    training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its versions
+    train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
 
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         self.registered_data.append((source, key))
@@ -130,10 +131,12 @@ class FakeWorkspace:
         return DataVersion("autoretrain-data-trainset", str(version), f"trainset://{key}")
 
     def submit(
-        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None
+        self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
+        train_last: int = 0,
     ) -> PipelineJob:
         self.submitted.append((data, key, dict(tags)))
         self.champions.setdefault(key.job_name, champion.version if champion else None)
+        self.train_last.setdefault(key.job_name, train_last)
         self.statuses.setdefault(key.job_name, JobStatus(key.job_name, JobState.QUEUED))
         self.tags.setdefault(key.job_name, dict(tags))
         return PipelineJob(key.job_name, "autoretrain", self.statuses[key.job_name].state, self.tags[key.job_name])

@@ -195,7 +195,8 @@ class FakeAzureML(BaseAdapter):
         spec = {
             "name": COMPONENT, "version": COMPONENT_VERSION, "type": "pipeline",
             "display_name": pipeline["display_name"],
-            "inputs": {n: {"type": i["type"]} for n, i in pipeline["inputs"].items()},
+            "inputs": {n: {"type": i["type"] if isinstance(i, dict) else "integer"}
+                       for n, i in pipeline["inputs"].items()},
             "outputs": {n: {"type": o["type"]} for n, o in pipeline["outputs"].items()},
             "jobs": {},
         }
@@ -426,6 +427,7 @@ class TestSubmit:
         assert job["settings"]["default_compute"] == f"{WS_ID}/computes/{COMPUTE}"
         [(contract_name, _)] = [(n, b) for (c, n), b in blobs.blobs.items() if c == "datasets"]
         assert job["inputs"] == {
+            "train_last": {"jobInputType": "literal", "value": "0"},
             "data": {"jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
         }

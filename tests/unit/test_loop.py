@@ -531,11 +531,18 @@ class TestTrainingWindow:
         assert record.training_set == "autoretrain-data-trainset:3"
         assert workspace.training_sets[first.value] == ("autoretrain-data:1",)
 
-    def test_last_n_versions(self, tmp_path: Path) -> None:
+    def test_last_n_versions_train_and_every_version_tests(self, tmp_path: Path) -> None:
+        """The job trains on the last two; its test rows come from all three, so a model that forgot
+        the first month is judged on it too."""
         deps = _deps_with(tmp_path, CONTRACT + "training: {window: last, versions: 2}\n")
         keys = [self._drop(deps, f"{m}.csv") for m in ("a", "b", "c")]
-        workspace, _, _ = fakes(deps)
-        assert workspace.training_sets[keys[-1].value] == ("autoretrain-data:2", "autoretrain-data:3")
+        workspace, ledger, _ = fakes(deps)
+        assert workspace.training_sets[keys[-1].value] == (
+            "autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3"
+        )
+        assert workspace.train_last[keys[-1].job_name] == 2
+        record = ledger.get(keys[-1])
+        assert record is not None and record.window == ("autoretrain-data:2", "autoretrain-data:3")
 
     def test_the_model_s_lineage_names_the_window(self, deps: loop.Deps) -> None:
         workspace, _, _ = fakes(deps)

@@ -77,7 +77,7 @@ def _fill(command: str, bound: Mapping[tuple[str, str], str]) -> str:
 
 
 def _run_pipeline(
-    workdir: Path, inputs: Mapping[str, Path], *, only: tuple[str, ...] | None = None
+    workdir: Path, inputs: Mapping[str, Path | int], *, only: tuple[str, ...] | None = None
 ) -> Run | StepFailed:
     """Run pipeline.yml's steps in order: each component's command with its inputs bound as wired."""
     pipeline = yaml.safe_load((ML / "pipeline.yml").read_text())
@@ -99,7 +99,9 @@ def _run_pipeline(
             parent = _PARENT.fullmatch(bound)
             assert parent, f"{step}.{name}: unexpected binding {bound}"
             if parent[1] and parent[1] not in inputs:
-                assert spec.get("optional"), f"{step}.{name}: pipeline input {parent[1]} is not given"
+                assert spec.get("optional") or "default" in spec, f"{step}.{name}: {parent[1]} is not given"
+                if "default" in spec:
+                    values[name] = str(spec["default"])
                 continue
             values[name] = str(inputs[parent[1]] if parent[1] else run.outputs[parent[2]][parent[3]])
         run.outputs[step] = {name: workdir / step / name for name in component["outputs"]}
@@ -202,6 +204,8 @@ class TestClassification:
             "train_rows": report["train_rows"],
             "test_rows": report["test_rows"],
             "split": "row content hash",
+            "files": 1,
+            "train_files": 1,
         }
         assert report["train_rows"] + report["test_rows"] == len(drop) - 3
         # A hash per row, not a quota: about the test fraction, within chance on 42 rows.
@@ -465,3 +469,61 @@ class TestTrainingSet:
             prep.main(data=folder, contract=WINE_CONTRACT, train_data=tmp_path / "t2", test_data=tmp_path / "s2",
                       report=tmp_path / "r2")
         assert str(caught.value).startswith(f"{drops[1].name}: column 'alcohol' has 'twelve' on line 4;")
+
+
+class TestFairGate:
+    def test_a_partial_export_with_two_of_three_classes_does_not_replace_the_champion(
+        self, tmp_path: Path
+    ) -> None:
+        """The case that broke the old gate. A model trained on a partial export (two cultivars of
+        three) scores near 1.0 on that export's own test rows and beat the champion's own number.
+        Scored on the same rows as the champion, rows of every accepted month, it loses, and the
+        gate keeps the champion."""
+        from autoretrain.datacontract import mltable_text, read_contract
+        from autoretrain.domain import Metrics, ModelVersion
+        from autoretrain.loop import _decide
+
+        # Two features only: a harder problem than the whole wine data, where every model scores 1.0.
+        contract = tmp_path / "contract.yaml"
+        contract.write_text("target: cultivar\ntask: classification\nprimary_metric: f1_macro\n"
+                            "features: {alcohol: float, hue: float}\n")
+        frame = wine.wine_frame().sample(frac=1.0, random_state=11)
+        full, partial = frame.iloc[:120], frame.iloc[120:]
+        partial = partial[partial["cultivar"] != "class_2"]
+        files = {"full": tmp_path / "2026-01.csv", "partial": tmp_path / "2026-02.csv"}
+        full.to_csv(files["full"], index=False)
+        partial.to_csv(files["partial"], index=False)
+
+        def training_set(name: str, members: list[Path]) -> Path:
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / "MLTable").write_text(mltable_text(str(m) for m in members))
+            return folder
+
+        champion_run = _succeeded(_run_pipeline(
+            tmp_path / "champion", {"data": training_set("set1", [files["full"]]), "contract": contract}
+        ))
+        champion_own = champion_run.read_json("evaluate", "metrics", "metrics.json")["metrics"]["f1_macro"]
+        champion = champion_run.outputs["train"]["model"]
+        # The old way: the partial export trained and tested on itself, against the stored number.
+        alone = _succeeded(_run_pipeline(
+            tmp_path / "alone", {"data": training_set("set2", [files["partial"]]), "contract": contract}
+        ))
+        alone_score = alone.read_json("evaluate", "metrics", "metrics.json")["metrics"]["f1_macro"]
+        assert alone_score > champion_own  # the old gate promoted it
+        # The fair way: trained on the partial export (window: last 1), tested with the champion on
+        # the test rows of both months.
+        fair = _succeeded(_run_pipeline(
+            tmp_path / "fair",
+            {"data": training_set("set3", [files["full"], files["partial"]]), "contract": contract,
+             "champion": champion, "train_last": 1},
+        ))
+
+        raw = fair.read_json("evaluate", "metrics", "metrics.json")
+        assert raw["metrics"]["f1_macro"] < raw["champion_metrics"]["f1_macro"]
+        promote, decision = _decide(
+            Metrics.from_evaluate(raw),
+            ModelVersion("autoretrain-model", "1", "j", Metrics({"f1_macro": 1.0}, "f1_macro")),
+            "1", read_contract(contract).promote,
+        )
+        assert not promote and decision.startswith("kept v1: f1_macro")

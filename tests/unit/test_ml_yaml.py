@@ -136,6 +136,7 @@ class TestPipeline:
                 "contract": "${{parent.inputs.contract}}",
                 "test_fraction": None,
                 "seed": None,
+                "train_last": "${{parent.inputs.train_last}}",
             },
             "train": {
                 "train_data": "${{parent.jobs.prep.outputs.train_data}}",
