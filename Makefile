@@ -39,6 +39,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/loop_latency.py
 
 clean:

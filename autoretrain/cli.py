@@ -450,7 +450,10 @@ class _Progress:
         self.records[key] = record
         name, at = self.dropped[key]
         detail = {
-            LedgerState.SUBMITTED: f"data {record.data_version}, job {record.job}",
+            LedgerState.SUBMITTED: (
+                f"data {record.data_version}, job {record.job}, trains on {len(record.window)} version(s)"
+                + (f", scores v{record.champion} on the same rows" if record.champion else "")
+            ),
             LedgerState.DONE: (
                 f"model {record.model_version}, {time.monotonic() - at:.1f} s after the drop; gate: "
                 + (record.decision or ("promoted" if record.promoted else "not promoted"))

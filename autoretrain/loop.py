@@ -476,6 +476,7 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
     promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
+    deps.workspace.record_decision(model, decision)
     log_event(
         log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
         value=metrics.primary_value, champion_value=metrics.champion_value, test_rows=metrics.test_rows,

@@ -107,6 +107,10 @@ class Workspace(Protocol):
         """Register the job's model output, metrics as tags, lineage as properties. Idempotent per key."""
         ...
 
+    def record_decision(self, model: ModelVersion, decision: str) -> None:
+        """Tag the model with the champion gate's one-line decision (tag `gate`)."""
+        ...
+
     def champion(self) -> ModelVersion | None: ...
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:

@@ -82,6 +82,7 @@ __all__ = ["CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PRO
 
 log = logging.getLogger("autoretrain.workspace.azureml")
 
+GATE_TAG = "gate"
 CHAMPION_TAG = "champion"
 WORK_KEY_PROPERTY = "work_key"
 # Properties cannot be changed once set: the metrics as evaluate reported them, whole.
@@ -414,6 +415,10 @@ class AzureMLWorkspace:
         # promote() tags the new champion before it untags the old one: if it died in between,
         # two carry the tag and the newer one is the champion.
         return self._model(max(champions, key=_version_number)) if champions else None
+
+    def record_decision(self, model: ModelVersion, decision: str) -> None:
+        with _translated(f"tag model {model.name}:{model.version} with the gate's decision"):
+            self._retag(model.version, lambda tags: {**tags, GATE_TAG: decision[:256]})
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
         # Tags have no compare-and-swap in Azure ML: the check narrows the race to the moment

@@ -563,6 +563,17 @@ class LocalWorkspace:
             champion=bool(row["champion"]),
         )
 
+    def record_decision(self, model: ModelVersion, decision: str) -> None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT tags FROM models WHERE name = ? AND version = ?", (model.name, int(model.version))
+            ).fetchone()
+            if row is None:
+                raise WorkspaceError(f"model {model.name}:{model.version} is not registered in {self._db}.")
+            tags = {**json.loads(row["tags"]), "gate": decision}
+            db.execute("UPDATE models SET tags = ? WHERE name = ? AND version = ?",
+                       (json.dumps(tags), model.name, int(model.version)))
+
     def champion(self) -> ModelVersion | None:
         return self._model_where("champion = 1")
 
@@ -620,7 +631,8 @@ _LISTINGS = {
     "trainsets": "SELECT name, version, members, path, created FROM training_sets ORDER BY name, version",
     "jobs": "SELECT name, experiment, data, status, failed_step, error, created, started, ended"
     " FROM jobs ORDER BY created",
-    "models": "SELECT name, version, job, metrics, champion, properties, created FROM models ORDER BY name, version",
+    "models": "SELECT name, version, job, metrics, champion, tags, properties, created FROM models"
+    " ORDER BY name, version",
     "steps": "SELECT job, step, status, seconds, exit_code, started, ended FROM steps ORDER BY started",
 }
 
@@ -645,6 +657,8 @@ def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
             row["properties"] = json.loads(row["properties"])
         if "members" in row:
             row["members"] = json.loads(row["members"])
+        if "tags" in row:
+            row["tags"] = json.loads(row["tags"])
         if "champion" in row:
             row["champion"] = bool(row["champion"])
     return rows

@@ -119,6 +119,7 @@ class FakeWorkspace:
     champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
     training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its versions
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
+    decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
 
     def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
         self.registered_data.append((source, key))
@@ -166,6 +167,9 @@ class FakeWorkspace:
                 "autoretrain-model", str(len(self.models) + 1), job, metrics, dict(lineage)
             )
         return self.models[key.value]
+
+    def record_decision(self, model: ModelVersion, decision: str) -> None:
+        self.decisions[model.version] = decision
 
     def champion(self) -> ModelVersion | None:
         return next((m for m in self.models.values() if m.champion), None)

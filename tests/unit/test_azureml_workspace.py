@@ -669,6 +669,22 @@ class TestModels:
         puts = [s.path.rsplit("/", 1)[1] for s in service.requests_to("PUT", "/models/")]
         assert puts == ["2", "1"]
 
+    def test_the_gate_s_decision_is_a_tag_on_the_model(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """One PUT of the same version with a `gate` tag: the decision, kept beside the metrics."""
+        model = self.register(workspace)
+        service.sent.clear()
+
+        workspace.record_decision(model, "kept v1: f1_macro 0.9100 vs v1's 0.9300 on the same 40 test rows")
+
+        [put] = service.requests_to("PUT", "/models/")
+        assert put.path.endswith("/models/autoretrain-model/versions/1")
+        assert service.models["1"]["properties"]["tags"] == {
+            "f1_macro": "0.91", "accuracy": "0.93",
+            "gate": "kept v1: f1_macro 0.9100 vs v1's 0.9300 on the same 40 test rows",
+        }
+
     def test_champion_is_the_newest_tagged_version_after_a_half_done_promote(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:

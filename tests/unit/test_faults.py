@@ -67,6 +67,7 @@ INGEST_POINTS = [
     ("blobs", "read_head", False),
     ("blobs", "copy_to", False), ("blobs", "copy_to", True),
     ("workspace", "register_data", False), ("workspace", "register_data", True),
+    ("workspace", "register_training_set", False), ("workspace", "register_training_set", True),
     ("workspace", "submit", False), ("workspace", "submit", True),
     ("ledger", "move", False), ("ledger", "move", True),
 ]
@@ -78,6 +79,7 @@ COMPLETE_POINTS = [
     ("workspace", "job_metrics", False),
     ("workspace", "register_model", False), ("workspace", "register_model", True),
     ("workspace", "promote", False), ("workspace", "promote", True),
+    ("workspace", "record_decision", False), ("workspace", "record_decision", True),
     ("ledger", "move", False, 2), ("ledger", "move", True, 2),  # completing -> done
 ]
 RECOVERIES = ["redelivery", "reconcile", "both"]

@@ -451,6 +451,7 @@ class TestChampionGate:
         record = outcome.record
         assert (record.promoted, record.metrics.champion_value, record.metrics.test_rows) == (False, 0.995, 50)
         assert record.as_row()["decision"].startswith("kept v1: f1_macro 0.9900 vs v1's 0.9950 on the same 50")
+        assert workspace.decisions["2"] == record.decision  # the model's `gate` tag
 
     @pytest.mark.parametrize(
         ("mine", "theirs", "promoted"),

@@ -1,0 +1,162 @@
+"""Benchmark: the pipeline against the bare work it does, as ratios measured in one run.
+
+For each size (rows of wine-shaped data under ml/contract.yaml):
+  - bare job: one process reads the CSV with pandas, splits it by row hash, fits the same
+    scikit-learn pipeline train.py builds and scores it. The floor.
+  - local job: the embedded workspace runs ml/pipeline.yml (prep -> train -> evaluate, each a
+    subprocess in its code snapshot) on a training set of that one file, from submit to completed,
+    plus the model registration that completion does.
+  - prep's peak memory (max RSS of the prep step, read from the kernel) against the size of the
+    data as a typed pandas DataFrame.
+
+    .venv/bin/python bench/pipeline.py [--rows 10000 1000000] [--repeat 3]
+
+Numbers go to stdout; latest ones in bench/README.md. Not run by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "ml" / "src"))
+
+from autoretrain import datacontract  # noqa: E402
+
+sys.modules.setdefault("datacontract", datacontract)
+
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, WorkKey  # noqa: E402
+from autoretrain.workspace.local import LocalWorkspace  # noqa: E402
+
+CONTRACT = ROOT / "ml" / "contract.yaml"
+
+
+class FolderBlobs:
+    """The BlobStore port on a local folder: the benchmark measures the pipeline, not Azurite."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def download_to(self, ref: BlobRef, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.folder / ref.name, path)
+
+
+def write_rows(path: Path, rows: int) -> None:
+    """`rows` wine-shaped rows: the wine data repeated, with a little noise so rows differ."""
+    sys.path.insert(0, str(ROOT / "ml" / "sample"))
+    import wine
+
+    base = wine.wine_frame()
+    reps = -(-rows // len(base))
+    frame = pd.concat([base] * reps, ignore_index=True).iloc[:rows]
+    noise = np.random.default_rng(0).normal(0, 0.01, size=(rows, 1))
+    frame["alcohol"] = (frame["alcohol"] + noise[:, 0]).round(3)
+    frame.to_csv(path, index=False)
+
+
+def bare_job(path: Path) -> float:
+    """Read, split by hash, fit and score in one process: what the pipeline does, with no overhead."""
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT / 'ml' / 'src')!r})
+from autoretrain import datacontract
+sys.modules['datacontract'] = datacontract
+t0 = time.perf_counter()
+import pandas as pd
+from contract import load_contract
+from prep import hash_test_mask, _hash_view, read_fast
+from train import build_model
+from evaluate import score
+spec = load_contract(__import__('pathlib').Path({str(CONTRACT)!r}))
+frame, _ = read_fast(__import__('pathlib').Path({str(path)!r}), spec)
+frame = frame[frame[spec.target].notna()].reset_index(drop=True)
+test = hash_test_mask(_hash_view(frame, spec), 0.25, 42)
+features = frame[list(spec.features)].astype('float64')
+model = build_model(spec, 42).fit(features[~test], frame[spec.target][~test])
+score(spec.task, frame[spec.target][test].tolist(), list(model.predict(features[test])))
+print(time.perf_counter() - t0)
+"""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bare job failed: {done.stderr.strip().splitlines()[-1]}")
+    return time.perf_counter() - started
+
+
+def local_job(home: Path, folder: Path, name: str, attempt: int) -> tuple[float, Mapping[str, float]]:
+    workspace = LocalWorkspace(home, pipeline=ROOT / "ml" / "pipeline.yml", contract=CONTRACT,
+                               blobs=FolderBlobs(folder))  # type: ignore[arg-type]
+    workspace.pipeline()  # the one-time azure-ai-ml load is the host's start-up, not a job's cost
+    key = WorkKey(f"{attempt:024x}")
+    data = workspace.register_data(BlobRef("datasets", name, "0x1"), key, {})
+    started = time.perf_counter()
+    training_set = workspace.register_training_set(key, [f"{data.name}:{data.version}"])
+    job = workspace.submit(training_set, key, {RUN_TAG: key.value})
+    status = workspace.wait(job.name, timeout=3600)
+    assert status.state is JobState.COMPLETED, status
+    workspace.register_model(job.name, key, workspace.job_metrics(job.name), {})
+    elapsed = time.perf_counter() - started
+    import sqlite3
+
+    db = sqlite3.connect(home.resolve() / "workspace" / "catalog.sqlite")
+    steps = dict(db.execute("SELECT step, seconds FROM steps WHERE job = ?", (job.name,)).fetchall())
+    db.close()
+    workspace.close()
+    return elapsed, steps
+
+
+def prep_memory(path: Path, out: Path) -> tuple[float, float]:
+    """(prep's peak RSS in MB, read by GNU time from the kernel; the data as a typed DataFrame in MB)."""
+    snapshot = out / "code"
+    shutil.copytree(ROOT / "ml" / "src", snapshot, dirs_exist_ok=True)
+    shutil.copy2(ROOT / "autoretrain" / "datacontract.py", snapshot / "datacontract.py")
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "prep.py", "--data", str(path), "--contract", str(CONTRACT),
+         "--train_data", str(out / "train"), "--test_data", str(out / "test"), "--report", str(out / "report")],
+        cwd=snapshot, check=True, capture_output=True, text=True,
+    )
+    peak_kb = int(done.stderr.strip().splitlines()[-1])
+    spec = datacontract.read_contract(CONTRACT)
+    dtypes = {c: ("float64" if k != "category" else object) for c, k in spec.features.items()}
+    typed = pd.read_csv(path, dtype={**dtypes, spec.target: object})
+    return peak_kb / 1024, typed.memory_usage(deep=True).sum() / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    for rows in args.rows:
+        with tempfile.TemporaryDirectory(prefix="autoretrain-bench-") as tmp:
+            folder = Path(tmp)
+            name = f"rows-{rows}.csv"
+            write_rows(folder / name, rows)
+            size = (folder / name).stat().st_size / 1e6
+            bare = [bare_job(folder / name) for _ in range(args.repeat)]
+            local = [local_job(folder / "home", folder, name, i + 1) for i in range(args.repeat)]
+            peak, frame_mb = prep_memory(folder / name, folder / "prep")
+            bare_s, local_s = statistics.median(bare), statistics.median(t for t, _ in local)
+            steps = {s: statistics.median(r[1][s] for r in local) for s in local[0][1]}
+            print(f"{rows:>9,} rows ({size:.1f} MB CSV): bare job {bare_s:.2f} s, local job {local_s:.2f} s "
+                  f"-> {local_s / bare_s:.2f}x (median of {args.repeat})")
+            print("           steps: " + ", ".join(f"{s} {v:.2f} s" for s, v in steps.items()))
+            print(f"           prep peak RSS {peak:.0f} MB vs the typed DataFrame {frame_mb:.0f} MB "
+                  f"-> {peak / frame_mb:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
