@@ -84,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequential", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=0,
+                        help="drop files of this many wine-shaped rows (default: the monthly wine drops)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="autoretrain-bench-"))
@@ -104,7 +106,17 @@ def main() -> None:
         ledger = TableLedger.connect(table_service(settings), settings.ledger_table)
 
         single: list[dict[str, float]] = []
-        for path in _drops(home / "seq", args.sequential, seed=11):
+        if args.rows:
+            from pipeline import write_rows
+
+            (home / "seq").mkdir(parents=True, exist_ok=True)
+            files = []
+            for i in range(args.sequential):
+                write_rows(home / "seq" / f"rows-{i}.csv", args.rows)
+                files.append(home / "seq" / f"rows-{i}.csv")
+        else:
+            files = _drops(home / "seq", args.sequential, seed=11)
+        for path in files:
             ref = blobs.upload(settings.incoming_container, f"seq-{path.name}", path.read_bytes())
             key = WorkKey.for_blob(ref)
             single.append(_wait(ledger, {key: time.monotonic()})[key])
@@ -114,14 +126,15 @@ def main() -> None:
         done = [t["done"] for t in single]
         print(f"  drop -> model: median {statistics.median(done):.2f} s, min {min(done):.2f}, max {max(done):.2f}")
 
-        batch_start = time.monotonic()
-        keys = {}
-        for path in _drops(home / "batch", args.batch, seed=12):
-            ref = blobs.upload(settings.incoming_container, f"batch-{path.name}", path.read_bytes())
-            keys[WorkKey.for_blob(ref)] = time.monotonic()
-        result = _wait(ledger, keys)
-        print(f"\n{args.batch} files at once: all done in {time.monotonic() - batch_start:.2f} s; per file "
-              + ", ".join(f"{t['done']:.1f}" for t in result.values()))
+        if args.batch:
+            batch_start = time.monotonic()
+            keys = {}
+            for path in _drops(home / "batch", args.batch, seed=12):
+                ref = blobs.upload(settings.incoming_container, f"batch-{path.name}", path.read_bytes())
+                keys[WorkKey.for_blob(ref)] = time.monotonic()
+            result = _wait(ledger, keys)
+            print(f"\n{args.batch} files at once: all done in {time.monotonic() - batch_start:.2f} s; per file "
+                  + ", ".join(f"{t['done']:.1f}" for t in result.values()))
 
     print("\nstep durations (s), all jobs:")
     for step, values in sorted(_step_times(home).items()):

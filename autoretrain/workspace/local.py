@@ -16,9 +16,11 @@ sends (RunStatusChanged, and RunCompleted on success), in the Event Grid schema,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -54,6 +56,7 @@ from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
 from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
+from autoretrain.workspace.warm import WarmRunner
 
 __all__ = ["LocalWorkspace", "catalog_rows"]
 
@@ -114,6 +117,7 @@ class LocalWorkspace:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_parallel_jobs: int = 2,
         python: str = sys.executable,
+        warm: bool = True,
     ) -> None:
         self.root = Path(home).resolve() / "workspace"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,13 @@ class LocalWorkspace:
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_jobs, thread_name_prefix="local-job")
         # Set by close(): running steps are stopped and their jobs left queued/running, to resume.
         self._stopping = threading.Event()
-        self._steps: dict[str, subprocess.Popen[bytes]] = {}
+        self._steps: dict[str, subprocess.Popen[bytes] | _ForkedStep] = {}
+        # Steps run in forks of a warm server that has imported the heavy libraries once.
+        self._warm = warm
+        self._thread_state = threading.local()
+        self._runners: list[WarmRunner] = []
+        self._spare: queue.Queue[WarmRunner | None] = queue.Queue()
+
         self._futures: set[Future[None]] = set()
         self._steps_lock = threading.Lock()
         self._spec: PipelineSpec | None = None
@@ -137,6 +147,9 @@ class LocalWorkspace:
         self._write_lock = threading.Lock()
         # Steps run offline: MLflow's telemetry would only wait on a network that is not there.
         self._step_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        if warm:
+            threading.Thread(target=self._start_runners, args=(max_parallel_jobs,), name="local-warm-runners",
+                             daemon=True).start()
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
@@ -374,6 +387,19 @@ class LocalWorkspace:
         self._finish(job, JobState.COMPLETED)
 
     def _call(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path) -> int:
+        runner = self._warm_runner()
+        if runner is not None:
+            def started(pid: int) -> None:
+                with self._steps_lock:
+                    self._steps[job] = _ForkedStep(pid)
+                if self._stopping.is_set():
+                    self._steps[job].terminate()
+
+            try:
+                return runner.run(argv, cwd, log_path, err_path, self._step_env, on_start=started)
+            finally:
+                with self._steps_lock:
+                    self._steps.pop(job, None)
         with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
             with self._steps_lock:
                 if self._stopping.is_set():
@@ -389,6 +415,45 @@ class LocalWorkspace:
             finally:
                 with self._steps_lock:
                     self._steps.pop(job, None)
+
+    def _warm_runner(self) -> WarmRunner | None:
+        """This job thread's prefork server (started on first use), or None to run steps cold."""
+        if not self._warm:
+            return None
+        runner: WarmRunner | None = getattr(self._thread_state, "runner", None)
+        if runner is not None and runner.alive:
+            return runner
+        try:
+            runner = self._spare.get(timeout=60)  # started with the workspace, warm by now
+        except queue.Empty:
+            runner = None
+        if runner is None or not runner.alive:
+            runner = self._new_runner()
+            if runner is None:
+                return None
+        self._thread_state.runner = runner
+        return runner
+
+    def _new_runner(self) -> WarmRunner | None:
+        try:
+            runner = WarmRunner(self._python, self._step_env)
+        except (OSError, RuntimeError) as exc:
+            log_event(log, logging.WARNING, "workspace.warm_runner_unavailable", error=str(exc))
+            self._warm = False
+            return None
+        with self._steps_lock:
+            self._runners.append(runner)
+        return runner
+
+    def _start_runners(self, count: int) -> None:
+        for _ in range(count):
+            runner = self._new_runner()
+            if runner is None:
+                self._spare.put(None)
+                return
+            self._spare.put(runner)
+        # The servers die with the thread that started them (PR_SET_PDEATHSIG): it lives until close().
+        self._stopping.wait()
 
     @staticmethod
     def _resolve_inputs(
@@ -624,6 +689,8 @@ class LocalWorkspace:
             except subprocess.TimeoutExpired:
                 process.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for runner in self._runners:
+            runner.close()
 
 
 _LISTINGS = {
@@ -662,6 +729,31 @@ def catalog_rows(home: Path, kind: str) -> list[dict[str, Any]]:
         if "champion" in row:
             row["champion"] = bool(row["champion"])
     return rows
+
+
+class _ForkedStep:
+    """A step running in a fork of the warm server: what close() needs to stop it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise subprocess.TimeoutExpired(str(self.pid), timeout)
 
 
 def _data_ref(member: str) -> DataVersion:

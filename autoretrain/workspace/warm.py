@@ -1,0 +1,161 @@
+"""A warm step runner for the local workspace: a prefork server, so a step does not pay for a fresh
+interpreter and its imports (pandas, scikit-learn, skops, MLflow: about two seconds a step).
+
+The server is a Python process that imports the pipeline's heavy libraries once, then, for each
+step, forks. The child is the step: it changes to the step's code snapshot, points stdout and
+stderr at the step's log files, sets the step's environment and `sys.argv`, and runs the
+component's own script as `__main__`, exactly the command the YAML names; its exit code is the
+step's. Nothing is shared between steps but the already-imported modules.
+
+Protocol (one JSON object per line): the workspace writes
+`{"argv": [...], "cwd": ..., "stdout": ..., "stderr": ..., "env": {...}}`; the server answers
+`{"pid": N}` when the step starts and `{"code": N}` when it ends. One server runs one step at a time;
+the workspace keeps one server per job thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["WarmRunner", "serve"]
+
+# Imported once by the server; each step's fork starts with them in memory.
+_PRELOAD = ("numpy", "pandas", "yaml", "sklearn.pipeline", "sklearn.compose", "sklearn.linear_model",
+            "sklearn.ensemble", "sklearn.metrics", "sklearn.impute", "sklearn.preprocessing", "skops.io",
+            "mlflow.sklearn", "mlflow.models")
+
+
+class WarmRunner:
+    """One prefork server process; `run(...)` runs one step in a fork of it and returns its exit code."""
+
+    def __init__(self, python: str, env: Mapping[str, str]) -> None:
+        self._lock = threading.Lock()
+        # BLAS and OpenMP threads must not exist before a fork: one thread each in the server.
+        server_env = {**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._process = subprocess.Popen(
+            [python, "-c", "from autoretrain.workspace.warm import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
+            # started the server ends, so runners are started on threads that live as long.
+            env=server_env, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        ready = self._read()
+        if ready.get("ready") is not True:
+            raise RuntimeError(f"the warm step runner did not start: {ready}")
+
+    def _read(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError("the warm step runner exited")
+        return dict(json.loads(line))
+
+    def run(
+        self, argv: Sequence[str], cwd: Path, stdout: Path, stderr: Path, env: Mapping[str, str],
+        on_start: Callable[[int], None],
+    ) -> int:
+        with self._lock:
+            assert self._process.stdin is not None
+            request = {"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr),
+                       "env": dict(env)}
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+            on_start(int(self._read()["pid"]))
+            return int(self._read()["code"])
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _write(out: IO[str], message: Mapping[str, Any]) -> None:
+    out.write(json.dumps(dict(message)) + "\n")
+    out.flush()
+
+
+def serve() -> None:
+    """The server's loop (in its own process)."""
+    import importlib
+
+    for name in _PRELOAD:
+        # A library that is missing is imported by the step that needs it, as it would be cold.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    out = sys.stdout
+    _write(out, {"ready": True})
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the step
+            _run_step(request)
+        _write(out, {"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        _write(out, {"code": code})
+
+
+def _run_step(request: Mapping[str, Any]) -> None:
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        _die_with_parent()
+        os.setpgid(0, 0)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(handle, fd)
+            os.close(handle)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stdin = open(os.devnull)  # noqa: SIM115
+        script, *args = request["argv"][1:]
+        sys.argv = [script, *args]
+        sys.path[0] = request["cwd"]
+        # Modules of the code snapshot (contract, datacontract) are the step's own: never a cached copy.
+        for name in ("contract", "datacontract", "prep", "train", "evaluate"):
+            sys.modules.pop(name, None)
+        import logging
+
+        logging.root.handlers.clear()
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
