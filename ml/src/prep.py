@@ -194,20 +194,24 @@ def _read_remote(
     data: Path, contract: Contract, files: Sequence[str]
 ) -> tuple[pd.DataFrame, list[int], list[str], str, list[int]]:
     """On Azure ML the MLTable names datastore URIs; the `mltable` package (in the step's
-    environment) reads them with the job's identity. Line numbers count data rows per table."""
+    environment) reads them with the job's identity, one file at a time so that the window
+    (train_last) still knows which row came from which file. Line numbers count data rows."""
     import mltable
 
-    frame = mltable.load(str(data)).to_pandas_dataframe().astype(str)
-    missing = [c for c in contract.columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{data}: the training set lacks column(s) {', '.join(map(repr, missing))}.")
-    frame = frame[list(contract.columns)].apply(lambda column: column.str.strip())
-    # mltable reads the files as one table: which row came from which file is not kept, so the
-    # window (train_last) cannot narrow it; every row trains.
-    n = len(frame)
-    return frame.reset_index(drop=True), [i + 2 for i in range(n)], ["training set"] * n, (
-        f"training set of {len(files)} file(s)"
-    ), [len(files) - 1] * n
+    frames, lines, names, positions = [], [], [], []
+    for position, uri in enumerate(files):
+        table = mltable.from_delimited_files(
+            paths=[{"file": uri}], header="all_files_same_headers", infer_column_types=False
+        )
+        frame = table.to_pandas_dataframe().astype(str)
+        missing = [c for c in contract.columns if c not in frame.columns]
+        if missing:
+            raise InputError(f"{uri.rsplit('/', 1)[-1]}: lacks column(s) {', '.join(map(repr, missing))}.")
+        frames.append(frame[list(contract.columns)].apply(lambda column: column.str.strip()))
+        lines += [i + 2 for i in range(len(frame))]
+        names += [uri.rsplit("/", 1)[-1]] * len(frame)
+        positions += [position] * len(frame)
+    return pd.concat(frames, ignore_index=True), lines, names, f"training set of {len(files)} file(s)", positions
 
 
 def _typed_column(
