@@ -18,6 +18,7 @@ from autoretrain.datacontract import (
     DEFAULT_MAX_BYTES,
     FEATURE_TYPES,
     METRICS,
+    MIN_ROWS,
     MISSING,
     TASKS,
     Contract,
@@ -104,10 +105,17 @@ def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) ->
             f"{blob}: missing column(s) {', '.join(repr(m) for m in missing)} required by "
             f"{contract.source}; add them and upload the file again."
         )
+    doubled = sorted({c for c in contract.columns if header.count(c) > 1})
+    if doubled:
+        raise ContractError(
+            f"{blob}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
+            "upload the file again."
+        )
     position = {name: header.index(name) for name in contract.columns}
     kinds = dict(contract.features)
     kinds[contract.target] = "category" if contract.task == "classification" else "float"
     rows = 0
+    targets: list[str] = []
     try:
         for line_no, row in enumerate(reader, start=2):
             if rows >= HEAD_ROWS:
@@ -127,9 +135,32 @@ def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) ->
                         f"{blob}: column {name!r} has {value!r} on line {line_no}; expected {expected}. "
                         "Fix the file and upload it again."
                     )
+            target = row[position[contract.target]].strip()
+            if target.lower() not in _MISSING:
+                targets.append(target)
             rows += 1
     except csv.Error as exc:
         raise ContractError(f"{blob}: not valid CSV near line {reader.line_num} ({exc}).") from None
     if rows == 0:
         raise ContractError(f"{blob}: the header has no data rows under it; upload a file with data.")
+    if complete and rows <= HEAD_ROWS:
+        # The whole file was read: what prep would refuse after registering it is refused here.
+        _check_whole_file(blob, targets, contract)
     return rows
+
+
+def _check_whole_file(blob: str, targets: list[str], contract: Contract) -> None:
+    if not targets:
+        raise ContractError(
+            f"{blob}: the target column {contract.target!r} has no values; fill it in and upload the file again."
+        )
+    if len(targets) < MIN_ROWS:
+        raise ContractError(
+            f"{blob}: {len(targets)} row(s) have a {contract.target!r} value; at least {MIN_ROWS} are needed to "
+            "train and test. Upload a file with more rows."
+        )
+    if contract.task == "classification" and len(set(targets)) < 2:
+        raise ContractError(
+            f"{blob}: {contract.target!r} has the single value {targets[0]!r}; a classifier needs at least two "
+            "classes. Upload a file with more than one class."
+        )

@@ -32,6 +32,7 @@ __all__ = [
     "ESTIMATORS",
     "FEATURE_TYPES",
     "METRICS",
+    "MIN_ROWS",
     "MISSING",
     "TASKS",
     "WINDOWS",
@@ -60,6 +61,8 @@ METRICS: Mapping[str, Mapping[str, bool]] = MappingProxyType(
 # Cell values read as "no value", compared lower-cased after stripping.
 MISSING = frozenset({"", "na", "nan", "null", "none"})
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# Rows with a target a file needs to train and test on (ingest checks it when the head is the whole file).
+MIN_ROWS = 10
 WINDOWS = ("all", "last", "days")
 
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)

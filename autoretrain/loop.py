@@ -87,7 +87,6 @@ __all__ = [
 
 log = logging.getLogger("autoretrain.loop")
 
-PIPELINE_RUN_TYPE = "azureml.PipelineRun"
 _GATE_ATTEMPTS = 5
 
 
@@ -399,8 +398,9 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     config = deps.config
     if not _same_topic(event.topic, config.workspace_topic):
         return Ignored(f"topic {event.topic!r} is not our workspace {config.workspace_topic!r}")
-    if event.run_type != PIPELINE_RUN_TYPE:
-        return Ignored(f"job {event.run_id} is a {event.run_type or 'untyped'} run, not a pipeline job")
+    # Ours: it carries our tag, and it is the very job the tag names (a step run of our job, or
+    # any other run that copied the tag, is not). runType is not relied on: Microsoft does not
+    # document what v2 pipeline jobs send there.
     tag = event.run_tags.get(RUN_TAG)
     if not tag:
         return Ignored(f"job {event.run_id} has no {RUN_TAG!r} tag")
@@ -457,6 +457,9 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
 
 def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
     job = status.name
+    if status.state is JobState.CANCELED:
+        reason = "canceled" + (f": {status.error}" if status.error else "") + f" (log: {status.log})"
+        return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
     if status.state is not JobState.COMPLETED:
         step = status.failed_step or "pipeline"
         reason = f"{status.state.value} in step {step!r}: {status.error or 'no error message'} (log: {status.log})"

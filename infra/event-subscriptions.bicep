@@ -82,6 +82,7 @@ resource ingestSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions
             'PutBlockList'
             'FlushWithClose'
             'CopyBlob'
+            'SftpCommit'
           ]
         }
       ]
@@ -89,6 +90,14 @@ resource ingestSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions
     retryPolicy: retryPolicy
     deadLetterWithResourceIdentity: deadLetter
   }
+}
+
+// Our pipeline jobs are those with our run tag; the function checks the tag again and that the run
+// is the job the tag names. runType is not filtered on: Microsoft does not document the value v2
+// pipeline jobs send (the docs' sample has null).
+var ourRuns = {
+  operatorType: 'IsNotNull'
+  key: 'data.runTags.${runTagKey}'
 }
 
 resource completionSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
@@ -105,23 +114,45 @@ resource completionSubscription 'Microsoft.EventGrid/systemTopics/eventSubscript
     }
     eventDeliverySchema: 'EventGridSchema'
     filter: {
-      // Failed and canceled runs raise only RunStatusChanged, so both types are needed.
       includedEventTypes: [
         'Microsoft.MachineLearningServices.RunCompleted'
+      ]
+      advancedFilters: [
+        ourRuns
+      ]
+    }
+    retryPolicy: retryPolicy
+    deadLetterWithResourceIdentity: deadLetter
+  }
+}
+
+// Failed and canceled runs raise no RunCompleted, only RunStatusChanged; the other statuses are
+// not delivered (a successful run's RunCompleted is enough).
+resource completionFailedSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
+  parent: workspaceTopic
+  name: 'completion-failed'
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${functionApp.id}/functions/completion'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    filter: {
+      includedEventTypes: [
         'Microsoft.MachineLearningServices.RunStatusChanged'
       ]
-      // Our pipeline runs only: step runs and other experiments' runs are not delivered (and the
-      // function checks again).
       advancedFilters: [
-        {
-          operatorType: 'IsNotNull'
-          key: 'data.runTags.${runTagKey}'
-        }
+        ourRuns
         {
           operatorType: 'StringIn'
-          key: 'data.runType'
+          key: 'data.runStatus'
           values: [
-            'azureml.PipelineRun'
+            'Failed'
+            'Canceled'
           ]
         }
       ]
@@ -133,3 +164,4 @@ resource completionSubscription 'Microsoft.EventGrid/systemTopics/eventSubscript
 
 output ingestSubscriptionId string = ingestSubscription.id
 output completionSubscriptionId string = completionSubscription.id
+output completionFailedSubscriptionId string = completionFailedSubscription.id

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from contract import DATA_FILE, MISSING, Contract, InputError, load_contract, run_step
-from datacontract import ContractRuleError, mltable_files
+from datacontract import MIN_ROWS, ContractRuleError, mltable_files
 
 __all__ = ["build_parser", "hash_test_mask", "main", "parse_args", "read_rows"]
 
-MIN_ROWS = 10
 _log = logging.getLogger("prep")
 
 

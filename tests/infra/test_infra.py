@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from autoretrain.events import COMMITTED_APIS
 from autoretrain.settings import SETTING_NAMES, Settings, WorkspaceKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -497,25 +498,33 @@ class TestEventSubscriptions:
             == "/blobServices/default/containers/${incomingContainerName}/"
         )
         (api,) = props["filter"]["advancedFilters"]
+        # The same committed writes as the function accepts (events.COMMITTED_APIS), SftpCommit too.
         assert (api["operatorType"], api["key"], sorted(api["values"])) == (
-            "StringIn",
-            "data.api",
-            ["CopyBlob", "FlushWithClose", "PutBlob", "PutBlockList"],
+            "StringIn", "data.api", sorted(COMMITTED_APIS),
         )
 
-    def test_completion_gets_our_pipeline_runs_only(self, trees: dict[str, Any]) -> None:
-        props = self._subscription(trees, "completion")
-        assert props["destination"]["properties"]["resourceId"].endswith("/functions/completion")
-        assert sorted(props["filter"]["includedEventTypes"]) == [
-            "Microsoft.MachineLearningServices.RunCompleted",
-            "Microsoft.MachineLearningServices.RunStatusChanged",
-        ]
-        filters = {(f["operatorType"], f["key"]): f.get("values") for f in props["filter"]["advancedFilters"]}
-        assert filters == {
-            ("IsNotNull", "data.runTags.${runTagKey}"): None,
-            ("StringIn", "data.runType"): ["azureml.PipelineRun"],
+    def test_completion_gets_our_runs_completed_and_failed_or_canceled(self, trees: dict[str, Any]) -> None:
+        """RunCompleted of runs with our tag; RunStatusChanged only for Failed and Canceled (which raise
+        no RunCompleted). No runType filter: the function identifies runs by the tag and job name."""
+        tree = trees["event-subscriptions.bicep"]
+        assert tree["variables"]["ourRuns"]["value"] == {
+            "operatorType": "IsNotNull", "key": "data.runTags.${runTagKey}",
         }
-        assert _literal(trees["event-subscriptions.bicep"], "runTagKey") == "autoretrain"
+        completed = self._subscription(trees, "completion")
+        failed = self._subscription(trees, "completion-failed")
+        for props in (completed, failed):
+            assert props["destination"]["properties"]["resourceId"].endswith("/functions/completion")
+            assert props["deadLetterWithResourceIdentity"] == "deadLetter"
+            assert "runType" not in str(props["filter"])
+        assert completed["filter"]["includedEventTypes"] == ["Microsoft.MachineLearningServices.RunCompleted"]
+        assert completed["filter"]["advancedFilters"] == ["ourRuns"]
+        assert failed["filter"]["includedEventTypes"] == ["Microsoft.MachineLearningServices.RunStatusChanged"]
+        ours, status = failed["filter"]["advancedFilters"]
+        assert ours == "ourRuns"
+        assert (status["operatorType"], status["key"], status["values"]) == (
+            "StringIn", "data.runStatus", ["Failed", "Canceled"],
+        )
+        assert _literal(tree, "runTagKey") == "autoretrain"
 
     def test_both_retry_and_dead_letter_with_the_topic_identity(self, trees: dict[str, Any]) -> None:
         tree = trees["event-subscriptions.bicep"]
@@ -523,7 +532,7 @@ class TestEventSubscriptions:
         assert dead_letter["identity"] == {"type": "SystemAssigned"}
         assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
         assert _literal(tree, "deadLetterContainerName") == "deadletter"
-        for name in ("ingest", "completion"):
+        for name in ("ingest", "completion", "completion-failed"):
             props = self._subscription(trees, name)
             assert props["deadLetterWithResourceIdentity"] == "deadLetter"
             assert props["retryPolicy"] == "retryPolicy"

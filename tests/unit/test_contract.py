@@ -81,14 +81,29 @@ class TestModelPromoteAndWindow:
 
 class TestCheckHead:
     def test_good_head_counts_rows_and_ignores_column_order_and_extra_columns(self) -> None:
-        head = b"\xef\xbb\xbfextra,y,c,k,n\nz,yes,a,1,1.5\nz,no,b,,NaN\n"
-        assert check_head("in/a.csv", head, CONTRACT, complete=True) == 2
+        head = b"\xef\xbb\xbfextra,y,c,k,n\n" + b"z,yes,a,1,1.5\nz,no,b,,NaN\n" * 5
+        assert check_head("in/a.csv", head, CONTRACT, complete=True) == 10
 
     def test_cut_last_line_of_a_partial_head_is_not_judged(self) -> None:
         """Only the first bytes were read: a row cut in the middle is not an error."""
         head = b"n,k,c,y\n1.5,1,a,yes\n2.5,2,b,n"
-        assert check_head("in/a.csv", head + b"o\n", CONTRACT, complete=True) == 2
+        assert check_head("in/a.csv", head + b"o\n" + b"3.5,3,a,yes\n4.5,4,b,no\n" * 4, CONTRACT, complete=True) == 10
         assert check_head("in/a.csv", head[:-3] + b"x" * 0 + b"2.", CONTRACT, complete=False) == 1
+
+    @pytest.mark.parametrize(
+        ("head", "message"),
+        [
+            (b"n,k,c,y\n" + b"1.5,1,a,\n" * 12, "the target column 'y' has no values"),
+            (b"n,k,c,y,y\n" + b"1.5,1,a,yes,no\n" * 12, "column(s) 'y' appear twice in line 1"),
+            (b"n,k,c,y\n" + b"1.5,1,a,yes\n2.5,2,b,no\n" * 2, "4 row(s) have a 'y' value; at least 10 are needed"),
+            (b"n,k,c,y\n" + b"1.5,1,a,yes\n" * 12, "'y' has the single value 'yes'; a classifier needs"),
+        ],
+    )
+    def test_a_whole_file_in_the_head_is_refused_for_what_prep_would_refuse(self, head: bytes, message: str) -> None:
+        """Empty target, a doubled column, too few rows, one class: quarantined at ingest, not failed in prep."""
+        with pytest.raises(ContractError) as info:
+            check_head("in/a.csv", head, CONTRACT, complete=True)
+        assert message in str(info.value) and "\n" not in str(info.value)
 
     @pytest.mark.parametrize(
         ("head", "message"),

@@ -206,7 +206,7 @@ class TestReconcileFinds:
 
         record = ledger.rows[key.value]
         assert record.state is LedgerState.FAILED
-        assert record.reason == "Canceled in step 'pipeline': canceled by ops (log: None)"
+        assert record.reason == "canceled: canceled by ops (log: None)"
         assert [f.what for f in report.found] == ["finished_job"] and workspace.models == {}
 
     def test_a_job_the_workspace_lost_is_submitted_again(self, tmp_path: Path) -> None:

@@ -15,7 +15,10 @@ from autoretrain.errors import StorageError
 from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
-GOOD_CSV = b"a,b,c,label\n1.5,2,x,yes\n2.5,3,y,no\n3.5,4,x,yes\n"
+# Twelve rows and two classes: enough for the pipeline, so ingest's whole-file checks pass it.
+GOOD_CSV = b"a,b,c,label\n" + b"".join(
+    f"{i}.5,{i},{'xy'[i % 2]},{('yes', 'no')[i % 2]}\n".encode() for i in range(1, 13)
+)
 CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: int, c: category}\n"
 
 
@@ -42,10 +45,10 @@ def blob_event(ref: BlobRef, *, event_id: str = "ev-1", api: str = "PutBlob", to
 
 def run_event(key: WorkKey, *, event_type: str = "Microsoft.MachineLearningServices.RunCompleted",
               run_type: str = "azureml.PipelineRun", status: str = "Completed", tags: dict[str, str] | None = None,
-              topic: str = LOCAL_WORKSPACE_TOPIC, event_id: str = "run-ev-1") -> RunFinished:
+              topic: str = LOCAL_WORKSPACE_TOPIC, event_id: str = "run-ev-1", run_id: str | None = None) -> RunFinished:
     return RunFinished(
         event_id=event_id, event_type=event_type, topic=topic, subject=f"experiments/x/runs/{key.job_name}",
-        event_time=None, experiment_id="x", experiment_name="autoretrain", run_id=key.job_name,
+        event_time=None, experiment_id="x", experiment_name="autoretrain", run_id=run_id or key.job_name,
         run_type=run_type, job_status=status, run_tags={RUN_TAG: key.value} if tags is None else tags,
     )
 
@@ -352,6 +355,14 @@ class TestComplete:
         assert Metrics({"rmse": 2.0}, primary="rmse", greater_is_better=False).beats(champion)
         assert not Metrics({"rmse": 4.0}, primary="rmse", greater_is_better=False).beats(champion)
 
+    def test_our_job_is_completed_whatever_runtype_the_event_says(self, deps: loop.Deps) -> None:
+        """The docs' sample has runType null: the tag and the job name identify our job."""
+        workspace, _, _ = fakes(deps)
+        key = self._submitted(deps)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        outcome = loop.complete(run_event(key, run_type=""), deps)
+        assert isinstance(outcome, loop.Registered)
+
     def test_second_completion_event_registers_nothing_more(self, deps: loop.Deps) -> None:
         """RunCompleted and RunStatusChanged(Completed) both arrive; one model results."""
         workspace, _, _ = fakes(deps)
@@ -398,14 +409,15 @@ class TestComplete:
     @pytest.mark.parametrize(
         ("changes", "reason"),
         [
-            ({"run_type": "azureml.StepRun"}, "not a pipeline job"),
+            ({"run_id": "step-run-of-our-job"}, "is not job autoretrain-"),
             ({"tags": {}}, "has no 'autoretrain' tag"),
             ({"tags": {RUN_TAG: "not-a-key"}}, "not a work key"),
             ({"topic": LOCAL_WORKSPACE_TOPIC.replace("/local", "/other")}, "is not our workspace"),
         ],
     )
     def test_jobs_that_are_not_ours_are_ignored(self, deps: loop.Deps, changes: dict[str, object], reason: str) -> None:
-        """Step runs, other experiments' runs and other workspaces' events change nothing."""
+        """Step runs of our job, runs without our tag and other workspaces' events change nothing, whatever
+    their runType (Microsoft does not document what v2 pipeline jobs send there)."""
         workspace, _, _ = fakes(deps)
         key = self._submitted(deps)
         workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
