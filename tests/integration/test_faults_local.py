@@ -128,3 +128,46 @@ def test_two_reconcile_passes_at_once_do_everything_once_and_find_a_lost_complet
     assert [(f.what, f.work_key) for f in after.found] == [("finished_job", WorkKey.for_blob(good).value)]
     record = deps.ledger.get(WorkKey.for_blob(good))
     assert record is not None and record.state is LedgerState.DONE
+
+
+def test_run_completed_and_run_status_changed_at_once_register_one_model(
+    tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One successful job can raise RunCompleted and RunStatusChanged(Completed); delivered at the
+    same moment (eight deliveries of each), the completing compare-and-swap lets one register."""
+    from autoretrain.domain import RUN_TAG
+    from autoretrain.events import RunFinished
+    from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
+
+    env = stack_env(tmp_path, unique, azurite, 7071, {})
+    for name, value in env.items():
+        if name.startswith("AUTORETRAIN_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    deps = bootstrap(settings, worker=False)
+    workspace = deps.workspace
+    assert isinstance(workspace, LocalWorkspace)
+    [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=9)
+    ref = deps.blobs.upload(settings.incoming_container, "m.csv", month.read_bytes())
+    loop.ingest_blob(ref, deps, event_id="ev", content_length=None)
+    key = WorkKey.for_blob(ref)
+    assert workspace.drain(300)
+
+    def event(kind: str, i: int) -> RunFinished:
+        return RunFinished(
+            event_id=f"{kind}-{i}", event_type=f"Microsoft.MachineLearningServices.{kind}",
+            topic=LOCAL_WORKSPACE_TOPIC, subject=f"experiments/x/runs/{key.job_name}", event_time=None,
+            experiment_id="x", experiment_name="autoretrain", run_id=key.job_name, run_type="",
+            job_status="Completed", run_tags={RUN_TAG: key.value},
+        )
+
+    events = [event(kind, i) for i in range(8) for kind in ("RunCompleted", "RunStatusChanged")]
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda e: loop.complete(e, deps), events))
+    workspace.close()
+
+    assert sum(isinstance(o, loop.Registered) for o in outcomes) == 1
+    assert all(isinstance(o, loop.Registered | loop.Duplicate) for o in outcomes), outcomes
+    assert len(catalog_rows(settings.home, "models")) == 1
+    record = deps.ledger.get(key)
+    assert record is not None and record.state is LedgerState.DONE
