@@ -30,6 +30,13 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _free_port() -> int:
+    """A port nothing listens on now: Azurite also serves Queue, which autoretrain does not use."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def azurite_ports(connection: str | None) -> tuple[int, int]:
     """The Blob and Table ports a local connection string names (UseDevelopmentStorage=true: the
     default ports), so `AUTORETRAIN_STORAGE` can point a second stack at its own Azurite."""
@@ -81,7 +88,7 @@ class Azurite:
              "--location", str(self.location),
              "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
              "--blobPort", str(self.blob_port), "--tablePort", str(self.table_port),
-             "--queuePort", str(self.blob_port + 1 if self.blob_port != BLOB_PORT else QUEUE_PORT)],
+             "--queuePort", str(QUEUE_PORT if self.blob_port == BLOB_PORT else _free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             # Its own session: the terminal's Ctrl-C (or hang-up) must not reach it. Azurite saves
             # its metadata every few seconds and on exit; a second signal during that save loses

@@ -28,7 +28,10 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 @pytest.fixture
 def own_azurite() -> str:
     """A connection string to an Azurite on ports of its own (Azurite's documented dev account)."""
-    blob, table = free_port(), free_port()
+    blob = free_port()
+    table = free_port()
+    while table in (blob, blob + 1):
+        table = free_port()
     return (
         f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
