@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from autoretrain.contract import HEAD_BYTES, Contract, check_head, check_name
 from autoretrain.datacontract import PromoteRule
@@ -194,6 +195,7 @@ class JobFailed:
 
 IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
 CompleteOutcome = Registered | JobFailed | InProgress | Duplicate | Failed | Ignored
+_Outcome = TypeVar("_Outcome", IngestOutcome, CompleteOutcome)
 
 
 def _same_topic(a: str, b: str) -> bool:
@@ -235,12 +237,19 @@ def ingest_blob(blob: BlobRef, deps: Deps, *, event_id: str, content_length: int
             return taken
         record = taken
     log_event(log, logging.INFO, "ingest.claimed", attempt=record.attempts)
+    claimed = record
+    return _under_lease(claimed, deps, lambda: _ingest_claimed(claimed, content_length, deps))
+
+
+def _under_lease(record: LedgerRecord, deps: Deps, work: Callable[[], _Outcome]) -> _Outcome | Failed:
+    """Do the work of a record this worker holds the lease on. A permanent error ends it as failed,
+    with the reason; anything else gives the lease back (so Event Grid's retry starts at once) and
+    raises."""
     try:
-        return _ingest_claimed(record, content_length, deps)
+        return work()
     except PermanentError as exc:
         return _fail(record, str(exc), deps)
     except Exception as exc:
-        # Transient (or not classified): give the lease back so Event Grid's retry starts at once.
         _release(record, exc, deps)
         raise
 
@@ -446,13 +455,8 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
         if not isinstance(taken, LedgerRecord):
             return taken
         record = taken
-    try:
-        return _complete_leased(record, status, deps)
-    except PermanentError as exc:
-        return _fail(record, str(exc), deps)
-    except Exception as exc:
-        _release(record, exc, deps)
-        raise
+    leased = record
+    return _under_lease(leased, deps, lambda: _complete_leased(leased, status, deps))
 
 
 def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
