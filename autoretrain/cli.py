@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
 from autoretrain.errors import AutoretrainError
 from autoretrain.ports import Ledger
 from autoretrain.settings import Settings
@@ -250,7 +250,7 @@ def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
     answers = ", ".join(f"HTTP {s or 'no answer'} x{n}" for s, n in sorted(counts.items()))
     print(f"delivered {event['subject']} (eTag {event['data']['eTag']}) {args.times} time(s), "
           f"{args.concurrency} at once: {answers}")
-    key = WorkKey(_key_of(settings.incoming_container, name, event["data"]["eTag"]))
+    key = WorkKey.for_blob(BlobRef(settings.incoming_container, name, event["data"]["eTag"]))
     with _azurite(settings):
         record = _ledger(settings).get(key)
     print(f"ledger: {record.state.value if record else 'no record'}"
@@ -258,60 +258,49 @@ def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _key_of(container: str, name: str, etag: str) -> str:
-    from autoretrain.domain import BlobRef
-
-    return WorkKey.for_blob(BlobRef(container, name, etag)).value
-
-
 def _replay_deadletters(settings: Settings, container_name: str) -> int:
-    failed = replayed = 0
+    results: list[bool] = []
     folder = settings.home / "deadletter"
-    done_folder = folder / "replayed"
     for path in sorted(folder.glob("*.json")):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            text = path.read_bytes()
+        except OSError as exc:
             print(f"  {path.name}: unreadable ({exc}); left where it is")
-            failed += 1
+            results.append(False)
             continue
-        records = record if isinstance(record, list) else [record]
-        ok = True
-        for one in records:
-            ok = _replay_one(settings, one, path.name) and ok
-        if ok:
-            done_folder.mkdir(parents=True, exist_ok=True)
-            path.replace(done_folder / path.name)
-            replayed += 1
-        else:
-            failed += 1
+        results.append(_replay_records(settings, text, path.name))
+        if results[-1]:
+            (folder / "replayed").mkdir(parents=True, exist_ok=True)
+            path.replace(folder / "replayed" / path.name)
     with _azurite(settings):
-        service = _blob_service(settings)
-        container = service.get_container_client(container_name)
+        from autoretrain.bootstrap import blob_service
+
+        container = blob_service(settings).get_container_client(container_name)
         if container.exists():
             for blob in container.list_blobs(include=["metadata"]):
                 if (blob.metadata or {}).get("replayed_at"):
                     continue
                 client = container.get_blob_client(blob.name)
-                try:
-                    records = json.loads(client.download_blob().readall())
-                except ValueError as exc:
-                    print(f"  {container_name}/{blob.name}: not JSON ({exc}); left where it is")
-                    failed += 1
-                    continue
-                records = records if isinstance(records, list) else [records]
-                ok = True
-                for one in records:
-                    ok = _replay_one(settings, one, f"{container_name}/{blob.name}") and ok
-                if ok:
+                results.append(_replay_records(settings, client.download_blob().readall(),
+                                               f"{container_name}/{blob.name}"))
+                if results[-1]:
                     # Kept, marked: the dead-letter record stays the evidence of what happened.
                     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                     client.set_blob_metadata({**(blob.metadata or {}), "replayed_at": stamp})
-                    replayed += 1
-                else:
-                    failed += 1
-    print(f"replayed {replayed} dead-letter record(s), {failed} failed")
+    failed = results.count(False)
+    print(f"replayed {len(results) - failed} dead-letter record(s), {failed} failed")
     return 1 if failed else 0
+
+
+def _replay_records(settings: Settings, text: bytes, where: str) -> bool:
+    """Redeliver the event(s) of one dead-letter file: a record, or Event Grid's array of them."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        print(f"  {where}: not JSON ({exc}); left where it is")
+        return False
+    records = parsed if isinstance(parsed, list) else [parsed]
+    return all([_replay_one(settings, one, where) for one in records])
 
 
 def _replay_one(settings: Settings, record: Any, where: str) -> bool:
@@ -330,12 +319,6 @@ def _replay_one(settings: Settings, record: Any, where: str) -> bool:
     ok = 200 <= status <= 204
     print(f"  {where}: {event.get('subject')} -> {function}: HTTP {status or 'no answer'}")
     return ok
-
-
-def _blob_service(settings: Settings):  # type: ignore[no-untyped-def]
-    from autoretrain.bootstrap import blob_service
-
-    return blob_service(settings)
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:

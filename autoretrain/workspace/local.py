@@ -56,7 +56,7 @@ from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
 from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
-from autoretrain.workspace.warm import WarmRunner
+from autoretrain.workspace.warm import WarmRunner, die_with_parent
 
 __all__ = ["LocalWorkspace", "catalog_rows"]
 
@@ -408,7 +408,7 @@ class LocalWorkspace:
                 # steps itself, instead of failing them half-way.
                 process = subprocess.Popen(argv, cwd=cwd, stdout=out_file, stderr=err_file,
                                            stdin=subprocess.DEVNULL, env=self._step_env, start_new_session=True,
-                                           preexec_fn=_die_with_parent)
+                                           preexec_fn=die_with_parent)
                 self._steps[job] = process
             try:
                 return process.wait()
@@ -759,15 +759,6 @@ class _ForkedStep:
 def _data_ref(member: str) -> DataVersion:
     name, _, version = member.rpartition(":")
     return DataVersion(name=name, version=version, uri="")
-
-
-def _die_with_parent() -> None:
-    """In the step's process, before exec: on Linux, die when the workspace's process dies (its own
-    session keeps the terminal's Ctrl-C away, so a SIGKILL of the stack would otherwise orphan it)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _last_line(path: Path) -> str | None:

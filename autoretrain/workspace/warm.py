@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WarmRunner", "serve"]
+__all__ = ["WarmRunner", "die_with_parent", "serve"]
 
 # Imported once by the server; each step's fork starts with them in memory.
 _PRELOAD = ("numpy", "pandas", "yaml", "sklearn.pipeline", "sklearn.compose", "sklearn.linear_model",
@@ -46,7 +46,7 @@ class WarmRunner:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
             # started the server ends, so runners are started on threads that live as long.
-            env=server_env, start_new_session=True, preexec_fn=_die_with_parent,
+            env=server_env, start_new_session=True, preexec_fn=die_with_parent,
         )
         ready = self._read()
         if ready.get("ready") is not True:
@@ -85,7 +85,9 @@ class WarmRunner:
                 self._process.kill()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child, before exec: on Linux, die when the process (strictly: the thread) that started
+    it dies, so a SIGKILL of the stack orphans nothing; its own session keeps Ctrl-C away."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -124,7 +126,7 @@ def _run_step(request: Mapping[str, Any]) -> None:
 
     code = 1
     try:
-        _die_with_parent()
+        die_with_parent()
         os.setpgid(0, 0)
         os.chdir(request["cwd"])
         os.environ.clear()
