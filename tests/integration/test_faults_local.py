@@ -33,17 +33,28 @@ COMPLETE_KILLS = [("ledger", "move", 1), ("workspace", "register_model", 1), ("w
                   ("ledger", "move", 2)]
 
 
-def test_a_worker_killed_after_any_step_leaves_nothing_lost_and_nothing_twice(
-    tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = stack_env(tmp_path, unique, azurite, 7071, {"AUTORETRAIN_LEASE_SECONDS": str(LEASE)})
+def _local_parts(
+    tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch, extra: dict[str, str] | None = None
+) -> tuple[dict[str, str], Settings, loop.Deps, LocalWorkspace]:
+    """The real local parts in this process, on this test's own containers, table and home: Azurite
+    for the ledger and blobs, the embedded workspace (no run events: nothing listens); and the
+    environment that names them, for a subprocess."""
+    env = stack_env(tmp_path, unique, azurite, 7071, extra or {})
     for name, value in env.items():
         if name.startswith("AUTORETRAIN_"):
             monkeypatch.setenv(name, value)
     settings = Settings.from_env()
     deps = bootstrap(settings, worker=False)
-    workspace = deps.workspace
-    assert isinstance(workspace, LocalWorkspace)
+    assert isinstance(deps.workspace, LocalWorkspace)
+    return env, settings, deps, deps.workspace
+
+
+def test_a_worker_killed_after_any_step_leaves_nothing_lost_and_nothing_twice(
+    tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, settings, deps, workspace = _local_parts(
+        tmp_path, unique, azurite, monkeypatch, {"AUTORETRAIN_LEASE_SECONDS": str(LEASE)}
+    )
     [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=7)
     data = month.read_bytes()
     blobs = {point: deps.blobs.upload(settings.incoming_container, f"{i}-{point[1]}.csv", data)
@@ -97,14 +108,7 @@ def test_two_reconcile_passes_at_once_do_everything_once_and_find_a_lost_complet
     """Two passes racing over blobs whose events were lost (six bad files, one good): one record,
     one quarantine copy and one job each. The good file's job ends with no completion event (no
     host): the next pass completes it."""
-    env = stack_env(tmp_path, unique, azurite, 7071, {})
-    for name, value in env.items():
-        if name.startswith("AUTORETRAIN_"):
-            monkeypatch.setenv(name, value)
-    settings = Settings.from_env()
-    deps = bootstrap(settings, worker=False)
-    workspace = deps.workspace
-    assert isinstance(workspace, LocalWorkspace)
+    _, settings, deps, workspace = _local_parts(tmp_path, unique, azurite, monkeypatch)
     [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=8)
     good = deps.blobs.upload(settings.incoming_container, "good.csv", month.read_bytes())
     bad = [deps.blobs.upload(settings.incoming_container, f"bad-{i}.csv", b"alcohol,cultivar\n1,a\n") for i in range(6)]
@@ -139,14 +143,7 @@ def test_run_completed_and_run_status_changed_at_once_register_one_model(
     from autoretrain.events import RunFinished
     from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 
-    env = stack_env(tmp_path, unique, azurite, 7071, {})
-    for name, value in env.items():
-        if name.startswith("AUTORETRAIN_"):
-            monkeypatch.setenv(name, value)
-    settings = Settings.from_env()
-    deps = bootstrap(settings, worker=False)
-    workspace = deps.workspace
-    assert isinstance(workspace, LocalWorkspace)
+    _, settings, deps, workspace = _local_parts(tmp_path, unique, azurite, monkeypatch)
     [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=9)
     ref = deps.blobs.upload(settings.incoming_container, "m.csv", month.read_bytes())
     loop.ingest_blob(ref, deps, event_id="ev", content_length=None)

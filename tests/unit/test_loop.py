@@ -24,14 +24,7 @@ CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatu
 
 @pytest.fixture
 def deps(tmp_path: Path) -> loop.Deps:
-    contract = tmp_path / "contract.yaml"
-    contract.write_text(CONTRACT)
-    ledger = FakeLedger()
-    return loop.Deps(
-        config=loop.LoopConfig(storage_topic=LOCAL_STORAGE_TOPIC, workspace_topic=LOCAL_WORKSPACE_TOPIC),
-        contract=load_contract(contract), workspace=FakeWorkspace(), ledger=ledger, blobs=FakeBlobStore(),
-        clock=lambda: ledger.now,
-    )
+    return _deps_with(tmp_path, CONTRACT)
 
 
 def blob_event(ref: BlobRef, *, event_id: str = "ev-1", api: str = "PutBlob", topic: str = LOCAL_STORAGE_TOPIC,
