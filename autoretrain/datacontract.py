@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "DATA_ERROR_EXIT",
     "DEFAULT_MAX_BYTES",
     "ESTIMATORS",
     "FEATURE_TYPES",
@@ -63,6 +64,9 @@ MISSING = frozenset({"", "na", "nan", "null", "none"})
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 # Rows with a target a file needs to train and test on (ingest checks it when the head is the whole file).
 MIN_ROWS = 10
+# A step's exit code when the data file breaks the contract (sysexits' EX_DATAERR): the file's
+# fault, so the loop quarantines the blob version instead of calling the job failed.
+DATA_ERROR_EXIT = 65
 WINDOWS = ("all", "last", "days")
 
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)

@@ -158,13 +158,18 @@ class JobState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobStatus:
-    """A run's state, and for a failed one the step that failed and where its log is."""
+    """A run's state, and for a failed one the step that failed and where its log is.
+
+    `rejected` is set when the step failed because the new data file breaks the contract (it
+    exited with `datacontract.DATA_ERROR_EXIT`): the file's fault, which the loop quarantines;
+    it holds the step's one-line reason."""
 
     name: str
     state: JobState
     failed_step: str | None = None
     error: str | None = None
     log: str | None = None
+    rejected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +274,8 @@ class ModelVersion:
 class LedgerState(StrEnum):
     """Where one blob version stands.
 
-    claimed → quarantined | skipped | submitted | failed;  submitted → completing → done | failed.
+    claimed → quarantined | skipped | submitted | failed;
+    submitted → completing → done | failed | quarantined (prep found the file breaks the contract).
     `claimed` and `completing` are held under a lease: work in progress that another worker may
     take over once the lease has run out (its holder crashed).
     """
@@ -298,7 +304,9 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
              LedgerState.FAILED}
         ),
         LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
-        LedgerState.COMPLETING: frozenset({LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED}),
+        LedgerState.COMPLETING: frozenset(
+            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED}
+        ),
         LedgerState.QUARANTINED: frozenset(),
         LedgerState.SKIPPED: frozenset(),
         LedgerState.DONE: frozenset(),

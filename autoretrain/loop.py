@@ -194,7 +194,7 @@ class JobFailed:
 
 
 IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
-CompleteOutcome = Registered | JobFailed | InProgress | Duplicate | Failed | Ignored
+CompleteOutcome = Registered | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored
 _Outcome = TypeVar("_Outcome", IngestOutcome, CompleteOutcome)
 
 
@@ -341,10 +341,7 @@ def _register_and_submit(
     idempotent by key."""
     blob, key = record.blob, record.key
     lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
-    snapshot = deps.blobs.copy_to(
-        blob, deps.config.datasets_container, blob.copy_name(key),
-        {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
-    )
+    snapshot = _snapshot(record, deps)
     data = deps.workspace.register_data(snapshot, key, lineage)
     log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
     history, train_last = _training_window(record, data, deps)
@@ -361,6 +358,16 @@ def _register_and_submit(
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
               champion_version=scored)
     return data, job, scored, training_set, window
+
+
+def _snapshot(record: LedgerRecord, deps: Deps) -> BlobRef:
+    """The data version's bytes: the blob version's copy in our datasets container. The copy is
+    idempotent, so a second call finds the first copy, even after the customer's blob was replaced."""
+    blob, key = record.blob, record.key
+    return deps.blobs.copy_to(
+        blob, deps.config.datasets_container, blob.copy_name(key),
+        {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
+    )
 
 
 def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
@@ -461,6 +468,8 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
 
 def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
     job = status.name
+    if status.state is JobState.FAILED and status.rejected:
+        return _quarantine_rejected(record, status, deps)
     if status.state is JobState.CANCELED:
         reason = "canceled" + (f": {status.error}" if status.error else "") + f" (log: {status.log})"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
@@ -490,6 +499,23 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
     )
     record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
     return Registered(record, model, promoted)
+
+
+def _quarantine_rejected(record: LedgerRecord, status: JobStatus, deps: Deps) -> Quarantined | JobFailed:
+    """A step found that the file breaks the contract deeper than ingest's head check reads: the
+    data's fault. The bytes the step read (the data version's snapshot) go to quarantine with the
+    step's reason, as ingest does with a bad head; the customer's blob is left as it is."""
+    reason = f"{status.rejected} (found by step {status.failed_step or 'prep'!r}; log: {status.log})"
+    try:
+        copy = deps.blobs.copy_to(
+            _snapshot(record, deps), deps.config.quarantine_container, record.blob.copy_name(record.key),
+            {"reason": reason, "source_blob": record.blob.path, "blob_etag": record.blob.etag,
+             "job": status.name},
+        )
+    except BlobChangedError as exc:
+        reason = f"{reason} It could not be quarantined: {exc}"
+        return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
+    return Quarantined(_move(deps.ledger, record, Quarantine(reason)), reason, copy)
 
 
 # ---- reconcile ---------------------------------------------------------------------------------
@@ -721,7 +747,9 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
         case Submitted(record, job):
             log_event(log, logging.INFO, "ingest.submitted", job=job.name, data_version=record.data_version)
         case Quarantined(record, reason, copy):
-            log_event(log, logging.ERROR, "ingest.quarantined", reason=reason, copy=copy.path)
+            # Quarantined by ingest's head check, or after its job, when prep found the fault deeper.
+            event = "complete.quarantined" if record.job else "ingest.quarantined"
+            log_event(log, logging.ERROR, event, reason=reason, copy=copy.path, job=record.job)
         case Failed(record, reason):
             log_event(log, logging.ERROR, "failed", state=record.state.value, reason=reason)
         case Skipped(record, reason):

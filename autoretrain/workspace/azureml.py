@@ -7,7 +7,8 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
                     (the `datasets` container), lineage as tags and properties
     submit          pipeline job `key.job_name` from the registered pipeline component (label
                     latest), inputs bound to the data version and to the contract, our run tag
-    job_status      the job's status; for a failed job, the failed step, its error and studio link
+    job_status      the job's status; for a failed job, the failed step, its error and studio link,
+                    and whether the step rejected the data (it exited with code 65)
     job_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
     register_model  model `model_name` from the job's `model` output, metrics as tags, lineage and
                     the metrics JSON as properties; found again by its `work_key` property
@@ -16,8 +17,9 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
 
 Model versions must be integers in a workspace, so unlike data versions they cannot be the work
 key: the service numbers them, and `register_model` finds an existing one by its `work_key`
-property before registering. Two deliveries racing through that check at the same moment could
-register the key twice; the ledger's record still names one of them.
+property before registering. Two workers racing through that check at the same moment (the ledger's
+`completing` lease makes that rare) both register; each then lists the key's versions, keeps the
+lowest and archives the others, so both return the same model.
 
 The contract travels with the job as a uri_file on our datastore: the adapter uploads it to
 `datasets` at `contracts/<sha256 prefix>/<file name>` (content-addressed, so the same contract is the same
@@ -57,7 +59,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from autoretrain.datacontract import mltable_text
+from autoretrain.datacontract import DATA_ERROR_EXIT, mltable_text
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
@@ -115,6 +117,21 @@ def run_state(status: object) -> JobState:
     """The port's JobState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
     text = str(getattr(status, "value", status) or "NotStarted")
     return _STATES.get(text, JobState.RUNNING)
+
+
+# How Azure ML words a command step that exited non-zero: "Execution failed. User process 'python'
+# exited with status code 65. Please check log file 'user_logs/std_log.txt' for error details.
+# Error: <the end of the step's stderr>".
+_EXIT = re.compile(rf"exited with status code {DATA_ERROR_EXIT}\b")
+
+
+def data_rejection(error: str | None) -> str | None:
+    """The step's own reason when a failed step exited with DATA_ERROR_EXIT (the data file breaks the
+    contract, which the loop quarantines); None for any other failure, which stays ours."""
+    if not error or not _EXIT.search(error):
+        return None
+    _, found, reason = error.partition("Error: ")
+    return reason.strip() if found and reason.strip() else error
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -338,6 +355,7 @@ class AzureMLWorkspace:
             failed_step=str(step.display_name or step.name) if step else None,
             error=error,
             log=log_url,
+            rejected=data_rejection(error),
         )
 
     def _run_error(self, run_id: str) -> str | None:
@@ -388,7 +406,19 @@ class AzureMLWorkspace:
                 tags=metrics.as_tags(),
                 properties={**lineage, WORK_KEY_PROPERTY: key.value, METRICS_PROPERTY: metrics.to_json()},
             )
-            return self._model(self._client.models.create_or_update(model))
+            created = self._client.models.create_or_update(model)
+            # Lookup and create are two calls: two workers past the lookup at once register two
+            # versions. Both then see both, keep the lowest and archive the rest: one model per key.
+            twins = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
+            if len(twins) > 1:
+                first = min(twins, key=_version_number)
+                for twin in twins:
+                    if twin.version != first.version:
+                        self._client.models.archive(self.model_name, version=str(twin.version))
+                        log_event(log, logging.WARNING, "workspace.model_twin_archived", work_key=key.value,
+                                  kept=first.version, archived=twin.version)
+                return self._model(first)
+            return self._model(created)
 
     def _model(self, model: Any) -> ModelVersion:
         properties = dict(model.properties or {})

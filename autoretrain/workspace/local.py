@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from autoretrain.datacontract import mltable_text
+from autoretrain.datacontract import DATA_ERROR_EXIT, mltable_text
 from autoretrain.domain import (
     RUN_TAG,
     BlobRef,
@@ -542,13 +542,19 @@ class LocalWorkspace:
     def job_status(self, job: str) -> JobStatus:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
+            step = db.execute(
+                "SELECT exit_code FROM steps WHERE job = ? AND step = ?", (job, row["failed_step"])
+            ).fetchone() if row and row["failed_step"] else None
         if row is None:
             raise JobNotFoundError(f"job {job!r} does not exist in the local workspace ({self._db}).")
         state = JobState(row["status"])
         log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
+        rejected = None
+        if state is JobState.FAILED and step is not None and step["exit_code"] == DATA_ERROR_EXIT:
+            rejected = str(row["error"]).removesuffix(f" (exit code {DATA_ERROR_EXIT})")
         return JobStatus(
             name=job, state=state, failed_step=row["failed_step"], error=row["error"],
-            log=str(log_path) if log_path else str(self.job_dir(job) / "logs"),
+            log=str(log_path) if log_path else str(self.job_dir(job) / "logs"), rejected=rejected,
         )
 
     def jobs(self) -> Iterator[PipelineJob]:

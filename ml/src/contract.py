@@ -4,8 +4,11 @@ The contract's rules are in `datacontract`, the one module the function app shar
 every component lists it under `additional_includes`, so Azure ML (and the local workspace) copies
 it into the step's code snapshot. This module maps its neutral error to `InputError`.
 
-Errors: `InputError` (bad contract, bad data, bad argument) is the only failure a step reports
-as a one-line message; anything else is a bug and keeps its traceback.
+Errors: `InputError` (bad contract, bad argument) is a failure a step reports as a one-line
+message, exit code 2. `DataError`, its subclass, is the new data file's own fault (a bad value, a
+ragged row, another encoding): one line too, and exit code `DATA_ERROR_EXIT` (65), by which the
+loop tells it from our faults and quarantines the file. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from datacontract import ESTIMATORS, FEATURE_TYPES, METRICS, MISSING, TASKS, Contract, ContractRuleError, read_contract
+from datacontract import (
+    DATA_ERROR_EXIT,
+    ESTIMATORS,
+    FEATURE_TYPES,
+    METRICS,
+    MISSING,
+    TASKS,
+    Contract,
+    ContractRuleError,
+    read_contract,
+)
 
 __all__ = [
     "DATA_FILE",
@@ -28,6 +41,7 @@ __all__ = [
     "MISSING",
     "TASKS",
     "Contract",
+    "DataError",
     "InputError",
     "load_contract",
     "read_split",
@@ -42,6 +56,11 @@ _log = logging.getLogger(__name__)
 
 class InputError(Exception):
     """Bad input to a step (contract, data file or argument); the message is one actionable line."""
+
+
+class DataError(InputError):
+    """The new data file breaks the contract: its fault, not ours. The message names the file,
+    the line (and byte offset where it helps) and the fix."""
 
 
 def load_contract(path: Path) -> Contract:
@@ -79,7 +98,8 @@ def run_step(
     parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Run a step script: logs to stdout, an InputError as one line on stderr and exit code 2.
+    """Run a step script: logs to stdout, an InputError as one line on stderr and exit code 2
+    (a DataError: exit code DATA_ERROR_EXIT).
 
     Logs go to stdout so that stderr holds only the reason of a failure, which the local
     workspace and Azure ML both show as the step's error.
@@ -92,5 +112,5 @@ def run_step(
         main(**vars(args))
     except InputError as exc:
         sys.stderr.write(f"{exc}\n")
-        return 2
+        return DATA_ERROR_EXIT if isinstance(exc, DataError) else 2
     return 0

@@ -251,8 +251,11 @@ class FakeAzureML(BaseAdapter):
     def _public(self, model: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in model.items() if k != "_name"}
 
-    def _list_models(self, _sent: Sent, name: str) -> Answer:
-        return 200, {"value": [self._public(m) for m in reversed(self._versions_of(name))]}
+    def _list_models(self, sent: Sent, name: str) -> Answer:
+        query = parse_qs(sent.url.split("?", 1)[1]) if "?" in sent.url else {}
+        active = query.get("listViewType", ["ActiveOnly"])[0] == "ActiveOnly"
+        versions = [m for m in self._versions_of(name) if not (active and m["properties"].get("isArchived"))]
+        return 200, {"value": [self._public(m) for m in reversed(versions)]}
 
     def _get_model(self, _sent: Sent, name: str, version: str) -> Answer:
         model = self.models.get(version)
@@ -589,9 +592,33 @@ class TestRunStatus:
 
         assert (status.state, status.failed_step) == (JobState.FAILED, "prep")
         assert status.error == "Execution failed. User process 'python' exited with status code 2: column 'price'"
+        assert status.rejected is None  # exit code 2 is our fault (contract, argument): the job failed
         assert status.log is not None and step in status.log
         assert service.requests_to("GET", f"/runs/{KEY.job_name}/children$")
         assert service.requests_to("GET", f"/runs/{step}/details$")
+
+    def test_a_step_that_exits_65_rejected_the_data_with_its_own_reason(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """Exit code 65 (DATA_ERROR_EXIT) is prep saying the file breaks the contract; the reason is the
+        step's stderr line that Azure ML appends after 'Error: '."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.finish(KEY.job_name, "Failed")
+        step = "f0e1d2c3-prep-run"
+        service.children[KEY.job_name] = [
+            {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
+             "properties": {"azureml.nodeid": "prep"}, "tags": {}},
+        ]
+        reason = ("march.csv: column 'alcohol' has 'x' on line 50000; expected a number. "
+                  "Fix the file and upload it again.")
+        service.run_errors[step] = (
+            "Execution failed. User process '/azureml-envs/azureml_1/bin/python' exited with status code 65. "
+            f"Please check log file 'user_logs/std_log.txt' for error details. Error: {reason}"
+        )
+
+        status = workspace.job_status(KEY.job_name)
+
+        assert (status.state, status.failed_step, status.rejected) == (JobState.FAILED, "prep", reason)
 
     def test_an_unknown_job_is_a_one_line_workspace_error(self, workspace: AzureMLWorkspace,
                                                           service: FakeAzureML) -> None:
@@ -640,6 +667,23 @@ class TestModels:
 
         assert second == first
         assert len(service.requests_to("PUT", "/models/")) == 1
+
+    def test_two_workers_past_the_lookup_at_once_end_with_one_model(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The second worker's lookup ran before the first one's create: it registers version 2, sees
+        two versions with its key, archives the higher one and returns the first."""
+        first = self.register(workspace)
+        service.queued.append(("GET", "/models/autoretrain-model/versions$", (200, {"value": []})))
+
+        second = self.register(workspace)
+
+        assert second == first and first.version == "1"
+        puts = [s.path.rsplit("/", 1)[1] for s in service.requests_to("PUT", "/models/")]
+        assert puts == ["1", "2", "2"]  # 1 and 2 registered, then 2 archived
+        assert service.models["2"]["properties"].get("isArchived") is True
+        assert not service.models["1"]["properties"].get("isArchived")
+        assert self.register(workspace) == first  # and the archived twin stays out of sight
 
     def test_a_new_key_gets_the_next_version(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
         """The service numbers model versions; the second key is version 2."""

@@ -387,6 +387,33 @@ class TestComplete:
         assert record.reason == "Failed in step 'prep': column 'a' has 'x' on line 90 (log: /logs/prep.log)"
         assert workspace.models == {}
 
+    def test_a_data_fault_prep_found_deep_in_the_file_is_quarantined_not_failed(self, deps: loop.Deps) -> None:
+        """Prep exited 65: the file's fault. The bytes the job read go to quarantine with prep's reason,
+        even though the customer replaced the blob since; the customer's blob is not touched."""
+        workspace, ledger, blobs = fakes(deps)
+        key = self._submitted(deps)
+        replaced = blobs.put("incoming", "a.csv", b"a newer upload")
+        reason = "a.csv: column 'a' has 'x' on line 50000; expected a number. Fix the file and upload it again."
+        workspace.finish(key.job_name, JobState.FAILED, failed_step="prep", error=f"{reason} (exit code 65)",
+                         log="/logs/prep.log", rejected=reason)
+
+        outcome = loop.complete(
+            run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged", status="Failed"), deps
+        )
+
+        assert isinstance(outcome, loop.Quarantined)
+        record = ledger.get(key)
+        assert record is not None and record.state is LedgerState.QUARANTINED
+        assert record.reason == f"{reason} (found by step 'prep'; log: /logs/prep.log)"
+        etag, data, metadata = blobs.blobs[("quarantine", f"{key}/a.csv")]
+        assert data == GOOD_CSV and metadata["reason"] == record.reason
+        assert blobs.blobs[("incoming", "a.csv")][:2] == (replaced.etag, b"a newer upload")
+        assert workspace.models == {}
+        # A second delivery of the failure finds the record final.
+        again = loop.complete(run_event(key, status="Failed", event_id="run-ev-2"), deps)
+        assert isinstance(again, loop.Duplicate)
+        assert [k for k in blobs.blobs if k[0] == "quarantine"] == [("quarantine", f"{key}/a.csv")]
+
     def test_running_status_is_in_progress_and_changes_nothing(self, deps: loop.Deps) -> None:
         """A RunStatusChanged to Running is noted; the record stays submitted."""
         workspace, ledger, _ = fakes(deps)

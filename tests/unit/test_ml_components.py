@@ -338,13 +338,94 @@ class TestRegression:
         assert not any(c["required"] for c in inputs)
 
 
+def _big_wine_csv(path: Path, rows: int) -> bytes:
+    """`rows` valid wine rows (the 178 repeated) as CSV bytes, written to `path`."""
+    frame = wine.wine_frame()
+    big = pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).head(rows)
+    data = big.to_csv(index=False).encode()
+    path.write_bytes(data)
+    return data
+
+
+def _prep_file(tmp_path: Path, data: bytes) -> StepFailed:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(data)
+    result = _run_pipeline(tmp_path / "run", {"data": path, "contract": WINE_CONTRACT}, only=("prep",))
+    assert isinstance(result, StepFailed)
+    return result
+
+
+class TestDeepDataErrors:
+    """What ingest's head check cannot see: prep names the real line (and byte) and exits 65, the
+    data's fault, so the loop quarantines the file rather than calling the job failed."""
+
+    def test_a_bad_value_on_line_50000(self, tmp_path: Path) -> None:
+        lines = _big_wine_csv(tmp_path / "ok.csv", 60_000).decode().split("\n")
+        cells = lines[49_999].split(",")
+        cells[2] = "n/a?"
+        lines[49_999] = ",".join(cells)
+        failed = _prep_file(tmp_path, "\n".join(lines).encode())
+        assert (failed.step, failed.returncode) == ("prep", contract_module.DATA_ERROR_EXIT)
+        assert failed.stderr == (
+            "bad.csv: column 'ash' has 'n/a?' on line 50000; expected a number. Fix the file and upload it again.\n"
+        )
+
+    def test_latin_1_text_after_one_megabyte_names_the_real_line_and_byte(self, tmp_path: Path) -> None:
+        data = bytearray(_big_wine_csv(tmp_path / "ok.csv", 20_000))
+        # A cultivar saved by a latin-1 editor, past the first megabyte: 'class_1' becomes 'classé_1'.
+        start = data.index(b"class_1\n", 1_091_000)
+        data[start:start + 7] = "classé1".encode("latin-1")
+        offset = start + 5
+        line = data[:offset].count(b"\n") + 1
+        failed = _prep_file(tmp_path, bytes(data))
+        assert failed.returncode == contract_module.DATA_ERROR_EXIT
+        assert failed.stderr == (
+            f"bad.csv: line {line}, byte {offset} is not UTF-8; save the file as UTF-8 CSV and upload it again.\n"
+        )
+        assert offset > 1_091_000 and line > 15_000
+
+    def test_a_ragged_row_on_line_30002(self, tmp_path: Path) -> None:
+        lines = _big_wine_csv(tmp_path / "ok.csv", 40_000).decode().split("\n")
+        lines[30_001] += ",7.5"
+        failed = _prep_file(tmp_path, "\n".join(lines).encode())
+        assert failed.returncode == contract_module.DATA_ERROR_EXIT
+        assert failed.stderr.startswith("bad.csv: line 30002 has 15 fields, the header has 14;")
+
+    @pytest.mark.parametrize(("case", "expected"), [
+        ("few_rows", "bad.csv: 5 row(s) have a 'cultivar' value; at least 10 are needed"),
+        ("one_class", "bad.csv: 'cultivar' has the single value 'class_0'; a classifier needs"),
+        ("empty_target", "bad.csv: 0 row(s) have a 'cultivar' value"),
+    ])
+    def test_a_file_too_thin_to_train_on_is_the_file_s_fault(self, tmp_path: Path, case: str, expected: str) -> None:
+        frame = wine.wine_frame()
+        if case == "few_rows":
+            frame = frame.head(5)
+        elif case == "one_class":
+            frame = frame[frame["cultivar"] == "class_0"]
+        else:
+            frame = frame.assign(cultivar="")
+        failed = _prep_error(tmp_path, frame)
+        assert failed.returncode == contract_module.DATA_ERROR_EXIT
+        assert failed.stderr.startswith(expected)
+
+    def test_first_non_utf8_counts_bytes_across_reads_and_split_characters(self, tmp_path: Path) -> None:
+        """A two-byte character split across two reads is not an error; the bad byte after it is
+        found at its offset in the file, not in the read that found it."""
+        path = tmp_path / "f.csv"
+        data = b"a,b\n" + b"x" * 5 + "é".encode() + b"yy\n" + b"\xff\n"
+        path.write_bytes(data)
+        assert prep.first_non_utf8(path, chunk=10) == (data.index(b"\xff"), 3)
+        path.write_bytes(b"a,b\n" + "é".encode() * 10)
+        assert prep.first_non_utf8(path, chunk=3) is None
+
+
 class TestBadInput:
     def test_non_number_in_float_column_fails_prep_naming_column_line_and_value(self, tmp_path: Path) -> None:
         """A text value in a float column stops prep with one line: column, line, value, fix."""
         frame = wine.wine_frame().head(30).astype(object)
         frame.loc[5, "ash"] = "abc"
         failed = _prep_error(tmp_path, frame)
-        assert (failed.step, failed.returncode) == ("prep", 2)
+        assert (failed.step, failed.returncode) == ("prep", contract_module.DATA_ERROR_EXIT)
         assert failed.stderr == (
             "bad.csv: column 'ash' has 'abc' on line 7; expected a number. "
             "Fix the file and upload it again.\n"
@@ -469,6 +550,19 @@ class TestTrainingSet:
             prep.main(data=folder, contract=WINE_CONTRACT, train_data=tmp_path / "t2", test_data=tmp_path / "s2",
                       report=tmp_path / "r2")
         assert str(caught.value).startswith(f"{drops[1].name}: column 'alcohol' has 'twelve' on line 4;")
+        # An older file of the window passed prep before: its fault now is ours (the contract), not
+        # the new file's, so it is not a DataError and the new file is not quarantined for it.
+        assert not isinstance(caught.value, prep.DataError)
+        assert "data version 2 of 3 in the training set and passed prep before" in str(caught.value)
+
+        drops[1].write_text(drops[0].read_text())
+        lines = drops[2].read_text().splitlines()
+        lines[5] = lines[5] + ",extra"
+        drops[2].write_text("\n".join(lines) + "\n")
+        with pytest.raises(prep.DataError) as newest:
+            prep.main(data=folder, contract=WINE_CONTRACT, train_data=tmp_path / "t3", test_data=tmp_path / "s3",
+                      report=tmp_path / "r3")
+        assert str(newest.value).startswith(f"{drops[2].name}: line 6 has 15 fields, the header has 14;")
 
 
 class TestFairGate:
