@@ -5,6 +5,7 @@
     autoretrain drop FILE...         upload files to the incoming container
     autoretrain status [--json]      one record per blob version, from the ledger
     autoretrain reconcile [--grace S]      one reconcile pass now: what it found and what it did
+    autoretrain retrain BLOB|KEY [--etag E] run a blob version again: a new, numbered retrain
     autoretrain replay                     redeliver dead-lettered events to the running host
     autoretrain replay BLOB --times N --concurrency M   redeliver a blob's BlobCreated N times
     autoretrain list data|jobs|steps|models [--json]   the local workspace's catalogue
@@ -37,8 +38,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("autoretrain.cli")
 ROOT = Path(__file__).resolve().parent.parent
-STATUS_COLUMNS = ("blob", "etag", "state", "data_version", "job", "model_version", "metrics", "promoted", "decision",
-                  "reason")
+STATUS_COLUMNS = ("blob", "etag", "state", "retrain", "data_version", "job", "model_version", "metrics", "promoted",
+                  "decision", "reason")
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
@@ -192,6 +193,68 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         for error in one.errors:
             print(f"  error: {error}")
     return 1 if passes[-1].errors else 0
+
+
+def _retrain_target(settings: Settings, ledger: Ledger, target: str, etag: str | None) -> BlobRef:
+    """The blob version to retrain: a work key from `autoretrain status`, or a blob name in the
+    incoming container (its newest version in the ledger, or the one `etag` names)."""
+    with contextlib.suppress(ValueError):
+        record = ledger.get(WorkKey(target))
+        if record is not None:
+            return record.blob
+    name = target.removeprefix(f"{settings.incoming_container}/")
+    versions = sorted(
+        (r for r in ledger.records()
+         if r.retrain_of is None and r.blob.container == settings.incoming_container and r.blob.name == name),
+        key=lambda r: r.created,
+    )
+    if etag is not None:
+        return BlobRef(settings.incoming_container, name, etag)
+    if not versions:
+        raise AutoretrainError(
+            f"{settings.incoming_container}/{name}: no version of it is in the ledger; "
+            "see `autoretrain status` for the blobs and work keys it knows."
+        )
+    if len(versions) > 1:
+        print(f"{name} has {len(versions)} versions in the ledger; retraining the newest, eTag "
+              f"{versions[-1].blob.etag} (--etag picks another).")
+    return versions[-1].blob
+
+
+def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.bootstrap import bootstrap
+    from autoretrain.local.host import configure_logging
+    from autoretrain.loop import Submitted, complete_record, retrain
+
+    configure_logging(sys.stderr, logging.WARNING)
+    with _azurite(settings):
+        deps = bootstrap(settings, worker=False)
+        try:
+            blob = _retrain_target(settings, deps.ledger, args.target, args.etag)
+            outcome = retrain(blob, deps)
+            record = getattr(outcome, "record", None)
+            if not isinstance(outcome, Submitted) or record is None:
+                print(f"{blob.path}: {type(outcome).__name__.lower()}: {getattr(record, 'state', '')} "
+                      f"{getattr(outcome, 'reason', '') or getattr(record, 'reason', '') or ''}".rstrip())
+                return 1
+            print(f"retrain {record.retrain} of {blob.path} (eTag {blob.etag}): job {outcome.job.name} on "
+                  f"{record.data_version}, work key {record.key}", flush=True)
+            drain = getattr(deps.workspace, "drain", None)
+            if drain is not None:
+                # Local mode: the job runs in this process; wait for it, then finish it here.
+                print(f"waiting up to {args.timeout:.0f} s for the job...", flush=True)
+                drain(args.timeout)
+                finished = complete_record(deps.ledger.get(record.key) or record, deps)
+                record = getattr(finished, "record", record)
+            print(f"{record.key}: {record.state.value}"
+                  + (f", model {record.model_version}" if record.model_version else "")
+                  + (f"; {record.decision}" if record.decision else "")
+                  + (f"; {record.reason}" if record.reason else ""))
+            return 0 if record.state in (LedgerState.DONE, LedgerState.SUBMITTED) else 1
+        finally:
+            close = getattr(deps.workspace, "close", None)
+            if close is not None:
+                close()
 
 
 def _replay_targets(event: dict[str, Any]) -> str | None:
@@ -476,6 +539,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds a blob may wait for its event before reconcile ingests it "
                           "(default AUTORETRAIN_RECONCILE_GRACE_SECONDS, 600)")
     rec.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for jobs the pass submitted")
+    again = sub.add_parser("retrain", help="run a failed (or done) blob version again, as a new numbered retrain")
+    again.add_argument("target", help="a work key from `autoretrain status`, or a blob name in the incoming container")
+    again.add_argument("--etag", help="which version of the blob (default: its newest in the ledger)")
+    again.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (local mode)")
     replay = sub.add_parser("replay", help="redeliver dead-lettered events, or one blob's BlobCreated")
     replay.add_argument("blob", nargs="?", help="a blob in the incoming container: redeliver its BlobCreated")
     replay.add_argument("--times", type=int, default=1)
@@ -490,7 +557,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {
     "up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "reconcile": cmd_reconcile,
-    "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo,
+    "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo, "retrain": cmd_retrain,
 }
 
 

@@ -125,6 +125,13 @@ class WorkKey:
         """The pipeline job's name: deterministic, so a second submit finds the first."""
         return f"autoretrain-{self.value}"
 
+    def retrain(self, number: int) -> WorkKey:
+        """The key of the `number`th explicit retrain of this blob version (`autoretrain retrain`):
+        its own job and model, and as deterministic as the first, so a retried retrain finds itself."""
+        if number < 1:
+            raise ValueError(f"retrain number {number} must be 1 or more")
+        return WorkKey(hashlib.sha256(f"{self.value}\nretrain {number}".encode()).hexdigest()[:24])
+
     def __str__(self) -> str:
         return self.value
 
@@ -377,7 +384,8 @@ class LedgerRecord:
     """One blob version's row in the ledger. `etag` is the ledger row's own, for optimistic updates.
 
     `lease_until` bounds how long the holder of a `claimed` or `completing` record may take before
-    another worker takes it over; `attempts` counts the takers, the first included.
+    another worker takes it over; `attempts` counts the takers, the first included. A retrain is a
+    record of its own (key `origin.retrain(n)`), so the ledger keeps every run of a blob version.
     """
 
     key: WorkKey
@@ -398,7 +406,14 @@ class LedgerRecord:
     decision: str | None = None
     training_set: str | None = None
     window: tuple[str, ...] = ()
+    retrain: int = 0  # 0: the blob version's own run; n: its nth `autoretrain retrain`
+    retrain_of: WorkKey | None = None  # for a retrain: the key of the blob version's own record
     etag: str | None = None
+
+    @property
+    def origin(self) -> WorkKey:
+        """The blob version's own work key, which every retrain of it shares: its data snapshot's."""
+        return self.retrain_of or self.key
 
     def lease_expired(self, now: datetime) -> bool:
         return self.lease_until is None or self.lease_until <= now
@@ -457,6 +472,8 @@ class LedgerRecord:
             "window": list(self.window),
             "reason": self.reason,
             "attempts": self.attempts,
+            "retrain": self.retrain,
+            "retrain_of": self.retrain_of.value if self.retrain_of else None,
             "lease_until": self.lease_until.isoformat() if self.lease_until else None,
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),

@@ -64,6 +64,10 @@ class ForeignEventError(EventError):
     """A well-formed event that is not ours to handle (another topic, container or experiment)."""
 
 
+class RetrainRefused(AutoretrainError):
+    """`autoretrain retrain` cannot start: the blob version is unknown, still in work, or gone."""
+
+
 class TransientError(AutoretrainError):
     """Retrying may help: the caller raises, so the event is delivered again."""
 

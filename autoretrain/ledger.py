@@ -56,12 +56,13 @@ class TableLedger:
         return key.value[:2], key.value
 
     def claim(
-        self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime
+        self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
+        *, retrain: int = 0, retrain_of: WorkKey | None = None,
     ) -> tuple[LedgerRecord, bool]:
         now = self._clock()
         record = LedgerRecord(
             key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
-            lease_until=lease_until,
+            lease_until=lease_until, retrain=retrain, retrain_of=retrain_of,
         )
         entity = _entity(record)
         try:
@@ -150,6 +151,8 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "decision": record.decision,
         "training_set": record.training_set,
         "window": json.dumps(list(record.window)) if record.window else None,
+        "retrain": record.retrain or None,
+        "retrain_of": record.retrain_of.value if record.retrain_of else None,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     return entity
@@ -177,5 +180,7 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         decision=entity.get("decision"),
         training_set=entity.get("training_set"),
         window=tuple(json.loads(entity["window"])) if entity.get("window") else (),
+        retrain=int(entity.get("retrain") or 0),
+        retrain_of=WorkKey(entity["retrain_of"]) if entity.get("retrain_of") else None,
         etag=entity.get("etag"),
     )

@@ -55,6 +55,7 @@ from autoretrain.errors import (
     LedgerError,
     NotReadyError,
     PermanentError,
+    RetrainRefused,
     WorkspaceError,
 )
 from autoretrain.events import COMMITTED_APIS, BlobCreated, RunFinished
@@ -84,6 +85,7 @@ __all__ = [
     "ingest_blob",
     "log_outcome",
     "reconcile",
+    "retrain",
 ]
 
 log = logging.getLogger("autoretrain.loop")
@@ -241,6 +243,63 @@ def ingest_blob(blob: BlobRef, deps: Deps, *, event_id: str, content_length: int
     return _under_lease(claimed, deps, lambda: _ingest_claimed(claimed, content_length, deps))
 
 
+def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
+    """Run one blob version again, on an operator's word (`autoretrain retrain`): a new, numbered
+    retrain with its own work key, job and model, recorded next to the earlier runs. Nothing else
+    ever runs a blob version twice: a redelivery or reconcile finds its record and stops.
+
+    The last run must have ended (done, failed or quarantined). The data version registered for the
+    blob version is used again, so its bytes are the ones trained on, even after the customer
+    replaced the blob; a version quarantined at ingest has none, and is checked afresh.
+    """
+    origin = WorkKey.for_blob(blob)
+    runs = sorted(_runs_of(origin, deps), key=lambda r: r.retrain)
+    if not runs:
+        raise RetrainRefused(
+            f"{blob.path} (eTag {blob.etag}): the ledger has no record of this blob version; it is ingested "
+            "when its event arrives or by `autoretrain reconcile`."
+        )
+    latest = runs[-1]
+    if not latest.state.final:
+        raise RetrainRefused(
+            f"{blob.path}: its {_run_name(latest)} is still {latest.state.value} (job {latest.job or 'not yet'}); "
+            "retrain it once that has ended."
+        )
+    data_version = next((r.data_version for r in runs if r.data_version), None)
+    if data_version is None and latest.state is LedgerState.SKIPPED:
+        raise RetrainRefused(f"{blob.path}: it was skipped, so there is nothing to train on: {latest.reason}")
+    number = latest.retrain + 1
+    now = deps.clock()
+    record, created = deps.ledger.claim(
+        blob, origin.retrain(number), f"retrain-{number}", now + deps.config.lease, retrain=number, retrain_of=origin,
+    )
+    if not created:
+        return Duplicate(record)  # another operator's retrain of the same number got there first
+    log_event(log, logging.INFO, "retrain.claimed", retrain=number, retrain_of=origin.value, data=data_version)
+    return _under_lease(record, deps, lambda: _ingest_claimed(record, None, deps, data_version=data_version))
+
+
+def _runs_of(origin: WorkKey, deps: Deps) -> list[LedgerRecord]:
+    return [r for r in deps.ledger.records() if r.origin == origin]
+
+
+def _run_name(record: LedgerRecord) -> str:
+    return f"retrain {record.retrain}" if record.retrain else "first run"
+
+
+def _resume_retrain(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome]:
+    """A retrain whose worker died while it was claimed: take it over and finish it."""
+
+    def run() -> IngestOutcome:
+        taken = _take_over(record, deps)
+        if not isinstance(taken, LedgerRecord):
+            return taken
+        data_version = next((r.data_version for r in _runs_of(record.origin, deps) if r.data_version), None)
+        return _under_lease(taken, deps, lambda: _ingest_claimed(taken, None, deps, data_version=data_version))
+
+    return run
+
+
 def _under_lease(record: LedgerRecord, deps: Deps, work: Callable[[], _Outcome]) -> _Outcome | Failed:
     """Do the work of a record this worker holds the lease on. A permanent error ends it as failed,
     with the reason; anything else gives the lease back (so Event Grid's retry starts at once) and
@@ -284,42 +343,47 @@ def _one_line(exc: BaseException) -> str:
     return text[:300] if text else type(exc).__name__
 
 
-def _ingest_claimed(record: LedgerRecord, content_length: int | None, deps: Deps) -> IngestOutcome:
+def _ingest_claimed(
+    record: LedgerRecord, content_length: int | None, deps: Deps, *, data_version: str | None = None
+) -> IngestOutcome:
+    """Check, register and submit a claimed record. A retrain of a version that already has its
+    data version (`data_version`) skips the check and the registration: the same bytes again."""
     blob = record.blob
+    if data_version is None:
+        try:
+            check_name(blob.name, content_length, deps.contract)
+            head = deps.blobs.read_head(blob, HEAD_BYTES)
+            complete_file = len(head) < HEAD_BYTES or content_length == len(head)
+            rows = check_head(blob.path, head, deps.contract, complete=complete_file)
+        except ContractError as exc:
+            return _quarantine(record, str(exc), deps)
+        except BlobChangedError as exc:
+            return _skip(record, str(exc), deps)
+        log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        check_name(blob.name, content_length, deps.contract)
-        head = deps.blobs.read_head(blob, HEAD_BYTES)
-        complete_file = len(head) < HEAD_BYTES or content_length == len(head)
-        rows = check_head(blob.path, head, deps.contract, complete=complete_file)
-    except ContractError as exc:
-        return _quarantine(record, str(exc), deps)
+        data, job, champion, training_set, window = _register_and_submit(record, deps, data_version)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
-    try:
-        data, job, champion, training_set, window = _register_and_submit(record, deps)
-    except BlobChangedError as exc:
-        return _skip(record, str(exc), deps)
-    submit = Submit(f"{data.name}:{data.version}", job.name, champion,
-                    f"{training_set.name}:{training_set.version}", window)
+    submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", window)
     record = _move(deps.ledger, record, submit)
     return Submitted(record, job)
 
 
-def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tuple[tuple[str, ...], int]:
+def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[str, ...], int]:
     """(every accepted data version so far, oldest first, this one last; how many of the last ones
     the job trains on, 0 for all). Accepted: submitted, completing or done; never quarantined,
     skipped or failed. Fixed here, at submission: a version registered later does not leak in. The
     window selects what the model learns from; the test rows come from every accepted version, so
     a model that forgot old data is judged on it too."""
     rule = deps.contract.training
+    # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
         (r for r in deps.ledger.records()
-         if r.key != record.key and r.data_version
+         if r.key != record.key and r.data_version and r.data_version != data
          and r.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING, LedgerState.DONE)),
         key=lambda r: (r.created, r.key.value),
     )
-    history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), f"{data.name}:{data.version}"]))
+    history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), data]))
     if rule.window == "last" and rule.versions is not None:
         return history, min(rule.versions, len(history))
     if rule.window == "days" and rule.days is not None:
@@ -335,15 +399,18 @@ def _training_window(record: LedgerRecord, data: DataVersion, deps: Deps) -> tup
 
 
 def _register_and_submit(
-    record: LedgerRecord, deps: Deps
-) -> tuple[DataVersion, PipelineJob, str | None, DataVersion, tuple[str, ...]]:
+    record: LedgerRecord, deps: Deps, data_version: str | None = None
+) -> tuple[str, PipelineJob, str | None, DataVersion, tuple[str, ...]]:
     """Snapshot the blob version, register it and its training set, submit the job: each step
-    idempotent by key."""
+    idempotent by key. A data version already registered for this blob version (a resubmit, a
+    retrain) is used again: one blob version, one data version."""
     blob, key = record.blob, record.key
-    lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
-    snapshot = _snapshot(record, deps)
-    data = deps.workspace.register_data(snapshot, key, lineage)
-    log_event(log, logging.INFO, "ingest.data_registered", data=data.name, data_version=data.version)
+    data = data_version or record.data_version
+    if data is None:
+        lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
+        registered = deps.workspace.register_data(_snapshot(record, deps), key, lineage)
+        data = f"{registered.name}:{registered.version}"
+        log_event(log, logging.INFO, "ingest.data_registered", data=registered.name, data_version=registered.version)
     history, train_last = _training_window(record, data, deps)
     window = history[-train_last:] if train_last else history
     training_set = deps.workspace.register_training_set(key, history)
@@ -352,6 +419,8 @@ def _register_and_submit(
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
     tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
+    if record.retrain_of is not None:
+        tags.update(retrain=str(record.retrain), retrain_of=record.retrain_of.value)
     job = deps.workspace.submit(training_set, key, tags, champion=champion, train_last=train_last)
     # A resubmit finds the first job, which scored the champion named in its tags.
     scored = job.tags.get("champion", champion.version if champion else "") or None
@@ -363,7 +432,7 @@ def _register_and_submit(
 def _snapshot(record: LedgerRecord, deps: Deps) -> BlobRef:
     """The data version's bytes: the blob version's copy in our datasets container. The copy is
     idempotent, so a second call finds the first copy, even after the customer's blob was replaced."""
-    blob, key = record.blob, record.key
+    blob, key = record.blob, record.origin  # every retrain of a blob version shares its snapshot
     return deps.blobs.copy_to(
         blob, deps.config.datasets_container, blob.copy_name(key),
         {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
@@ -488,6 +557,7 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         # Exactly the files it trained on: the training set and its data versions, oldest first.
         "training_set": record.training_set or "",
         "training_window": ",".join(record.window),
+        **({"retrain": str(record.retrain), "retrain_of": record.retrain_of.value} if record.retrain_of else {}),
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
@@ -603,7 +673,9 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
         attempt("unannounced", item.ref, key, _ingest_then_complete(item.ref, deps, item.size, now))
 
     for record in records.values():
-        if record.state is LedgerState.CLAIMED and record.lease_expired(now):
+        if record.state is LedgerState.CLAIMED and record.lease_expired(now) and record.retrain_of is not None:
+            attempt("stale_claim", record.blob, record.key, _resume_retrain(record, deps))
+        elif record.state is LedgerState.CLAIMED and record.lease_expired(now):
             seen = listed.get(record.key.value)
             size = seen.size if seen else None
             attempt("stale_claim", record.blob, record.key, _ingest_then_complete(record.blob, deps, size, now))

@@ -76,12 +76,16 @@ class FakeLedger:
     now: datetime = T0
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def claim(self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime) -> tuple[LedgerRecord, bool]:
+    def claim(
+        self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
+        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+    ) -> tuple[LedgerRecord, bool]:
         if key.value in self.rows:
             return self.rows[key.value], False
         record = LedgerRecord(
             key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id,
             created=self.now, updated=self.now, lease_until=lease_until, etag=str(next(self._etags)),
+            retrain=retrain, retrain_of=retrain_of,
         )
         self.rows[key.value] = record
         return record, True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 from autoretrain import loop
 from autoretrain.contract import load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, ModelVersion, WorkKey
-from autoretrain.errors import StorageError
+from autoretrain.errors import RetrainRefused, StorageError
 from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
@@ -405,7 +406,7 @@ class TestComplete:
         record = ledger.get(key)
         assert record is not None and record.state is LedgerState.QUARANTINED
         assert record.reason == f"{reason} (found by step 'prep'; log: /logs/prep.log)"
-        etag, data, metadata = blobs.blobs[("quarantine", f"{key}/a.csv")]
+        _, data, metadata = blobs.blobs[("quarantine", f"{key}/a.csv")]
         assert data == GOOD_CSV and metadata["reason"] == record.reason
         assert blobs.blobs[("incoming", "a.csv")][:2] == (replaced.etag, b"a newer upload")
         assert workspace.models == {}
@@ -585,3 +586,100 @@ class TestTrainingWindow:
         model = workspace.models[keys[-1].value]
         assert model.properties["training_window"] == "autoretrain-data:1,autoretrain-data:2,autoretrain-data:3"
         assert model.properties["training_set"] == "autoretrain-data-trainset:3"
+
+
+class TestRetrain:
+    """`autoretrain retrain`: an operator's explicit re-run, numbered; nothing else re-runs a version."""
+
+    def _finished(self, deps: loop.Deps, state: JobState, **status: str) -> tuple[BlobRef, WorkKey]:
+        workspace, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        loop.ingest(blob_event(ref), deps)
+        key = WorkKey.for_blob(ref)
+        workspace.finish(key.job_name, state, METRICS if state is JobState.COMPLETED else None, **status)
+        loop.complete(run_event(key, status=state.value), deps)
+        return ref, key
+
+    def test_a_failed_version_runs_again_as_retrain_1_with_its_own_job_and_model(self, deps: loop.Deps) -> None:
+        workspace, ledger, _ = fakes(deps)
+        ref, origin = self._finished(deps, JobState.FAILED, failed_step="train", error="out of memory")
+
+        outcome = loop.retrain(ref, deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        key = origin.retrain(1)
+        assert key != origin and outcome.job.name == key.job_name != origin.job_name
+        record = outcome.record
+        assert (record.retrain, record.retrain_of, record.state) == (1, origin, LedgerState.SUBMITTED)
+        # The same bytes: the data version registered for the blob version, not a second one.
+        assert record.data_version == "autoretrain-data:1" and len(workspace.registered_data) == 1
+        assert workspace.tags[key.job_name]["retrain_of"] == origin.value
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        done = loop.complete(run_event(key), deps)
+        assert isinstance(done, loop.Registered)
+        assert done.model.properties["retrain_of"] == origin.value
+        # The ledger keeps both runs: the first stays failed with its reason.
+        first = ledger.get(origin)
+        assert first is not None and first.state is LedgerState.FAILED and first.reason
+        assert [r.retrain for r in ledger.records() if r.origin == origin] == [0, 1]
+
+    def test_a_done_version_runs_again_even_after_the_blob_was_replaced(self, deps: loop.Deps) -> None:
+        """Its data version is used again, so no read of the (replaced) blob is needed; it is the
+        newest member of its own window, not counted twice."""
+        workspace, ledger, blobs = fakes(deps)
+        ref, origin = self._finished(deps, JobState.COMPLETED)
+        blobs.put("incoming", "a.csv", b"replaced")
+
+        outcome = loop.retrain(ref, deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        assert outcome.record.window == ("autoretrain-data:1",)
+        workspace.finish(outcome.job.name, JobState.COMPLETED, METRICS)
+        done = loop.complete(run_event(origin.retrain(1)), deps)
+        assert isinstance(done, loop.Registered) and done.model.version != ledger.get(origin).model_version  # type: ignore[union-attr]
+        assert len(workspace.models) == 2
+
+    def test_a_version_still_in_work_or_unknown_is_refused_with_one_line(self, deps: loop.Deps) -> None:
+        _, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        with pytest.raises(RetrainRefused, match="the ledger has no record of this blob version"):
+            loop.retrain(ref, deps)
+        loop.ingest(blob_event(ref), deps)
+        with pytest.raises(RetrainRefused, match=r"its first run is still submitted \(job autoretrain-"):
+            loop.retrain(ref, deps)
+
+    def test_retrains_are_numbered_and_the_next_waits_for_the_last(self, deps: loop.Deps) -> None:
+        workspace, _, _ = fakes(deps)
+        ref, origin = self._finished(deps, JobState.FAILED, error="x")
+        first = loop.retrain(ref, deps)
+        with pytest.raises(RetrainRefused, match="its retrain 1 is still submitted"):
+            loop.retrain(ref, deps)
+        assert isinstance(first, loop.Submitted)
+        workspace.finish(first.job.name, JobState.FAILED, error="y")
+        loop.complete(run_event(origin.retrain(1), status="Failed"), deps)
+        second = loop.retrain(ref, deps)
+        assert isinstance(second, loop.Submitted) and second.record.retrain == 2
+        assert second.record.key == origin.retrain(2) != origin.retrain(1)
+
+    def test_nothing_but_retrain_runs_a_version_again(self, deps: loop.Deps) -> None:
+        """A redelivery of the first event, and reconcile, see the failed version and stop."""
+        workspace, _, _ = fakes(deps)
+        ref, origin = self._finished(deps, JobState.FAILED, error="x")
+        again = loop.ingest(blob_event(ref, event_id="ev-late"), deps)
+        report = loop.reconcile(deps, grace=timedelta(0))
+        assert isinstance(again, loop.Duplicate) and report.found == ()
+        assert [k for _, k, _ in workspace.submitted] == [origin]
+
+    def test_a_retrain_whose_worker_died_is_finished_by_reconcile(self, deps: loop.Deps) -> None:
+        workspace, ledger, _ = fakes(deps)
+        ref, origin = self._finished(deps, JobState.FAILED, error="x")
+        key = origin.retrain(1)
+        ledger.claim(ref, key, "retrain-1", ledger.now + deps.config.lease, retrain=1, retrain_of=origin)
+        ledger.now += deps.config.lease
+
+        report = loop.reconcile(deps, grace=timedelta(0))
+
+        assert [(f.what, f.work_key) for f in report.found] == [("stale_claim", key.value)]
+        record = ledger.get(key)
+        assert record is not None and record.state is LedgerState.SUBMITTED and record.attempts == 2
+        assert [k for _, k, _ in workspace.submitted] == [origin, key]
