@@ -371,16 +371,17 @@ def _ingest_claimed(
 
 def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[str, ...], int]:
     """(every accepted data version so far, oldest first, this one last; how many of the last ones
-    the job trains on, 0 for all). Accepted: submitted, completing or done; never quarantined,
-    skipped or failed. Fixed here, at submission: a version registered later does not leak in. The
+    the job trains on, 0 for all). Accepted: done, so its file passed prep and trained a model; never
+    one whose job is still running (prep may yet find it bad, and would fail every job it is in),
+    quarantined, skipped or failed. Fixed here, at submission: a version registered later does not
+    leak in; one still running joins the next window. The
     window selects what the model learns from; the test rows come from every accepted version, so
     a model that forgot old data is judged on it too."""
     rule = deps.contract.training
     # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
         (r for r in deps.ledger.records()
-         if r.key != record.key and r.data_version and r.data_version != data
-         and r.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING, LedgerState.DONE)),
+         if r.key != record.key and r.data_version and r.data_version != data and r.state is LedgerState.DONE),
         key=lambda r: (r.created, r.key.value),
     )
     history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), data]))
@@ -685,6 +686,8 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
 
     jobs = 0
     for job in deps.workspace.jobs():
+        if not job.tags.get("blob", "").startswith(f"{deps.config.incoming_container}/"):
+            continue  # another deployment's job in a shared workspace: its own reconcile adopts it
         jobs += 1
         tag = job.tags.get(RUN_TAG, "")
         try:

@@ -20,7 +20,7 @@ from test_loop import CONTRACT, GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import JobState, LedgerState, Metrics, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, WorkKey
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 
@@ -248,6 +248,18 @@ class TestReconcileFinds:
         assert len(workspace.submitted) == 3 and len({k for _, k, _ in workspace.submitted}) == 2
         assert len(workspace.models) == 1
         assert loop.reconcile(deps, grace=timedelta(minutes=10)).found == ()  # reported once
+
+    def test_another_deployment_s_jobs_in_a_shared_workspace_are_not_adopted(self, tmp_path: Path) -> None:
+        """A job whose blob is in another incoming container belongs to another deployment's ledger:
+        recording it here would make a skipped record for no blob of ours."""
+        deps, ledger, workspace, _ = self._deps(tmp_path)
+        other = WorkKey.for_blob(BlobRef("other-incoming", "x.csv", "0x1"))
+        workspace.tags[other.job_name] = {RUN_TAG: other.value, "blob": "other-incoming/x.csv", "etag": "0x1"}
+        workspace.finish(other.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
+
+        report = loop.reconcile(deps, grace=timedelta(0))
+
+        assert (report.jobs, report.found, ledger.rows) == (0, (), {})
 
     def test_two_passes_at_once_change_nothing_twice(self, tmp_path: Path) -> None:
         """A second pass over the same state (another timer, the CLI) finds nothing more."""

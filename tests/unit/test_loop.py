@@ -543,18 +543,22 @@ def _deps_with(tmp_path: Path, contract_text: str) -> loop.Deps:
 class TestTrainingWindow:
     """The exact data versions a job trains on are fixed when it is submitted, and recorded."""
 
-    def _drop(self, deps: loop.Deps, name: str) -> WorkKey:
-        _, _, blobs = fakes(deps)
+    def _drop(self, deps: loop.Deps, name: str, *, done: bool = True) -> WorkKey:
+        workspace, _, blobs = fakes(deps)
         ref = blobs.put("incoming", name, GOOD_CSV)
         loop.ingest(blob_event(ref, event_id=f"ev-{name}"), deps)
-        return WorkKey.for_blob(ref)
+        key = WorkKey.for_blob(ref)
+        if done:
+            workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+            loop.complete(run_event(key, event_id=f"run-{name}"), deps)
+        return key
 
     def test_all_accepted_versions_and_never_a_quarantined_or_failed_one(self, deps: loop.Deps) -> None:
         workspace, ledger, blobs = fakes(deps)
         first = self._drop(deps, "a.csv")
         bad = blobs.put("incoming", "bad.csv", b"a,b\n1,2\n")
         loop.ingest(blob_event(bad, event_id="ev-bad"), deps)  # quarantined: never in a window
-        failed = self._drop(deps, "f.csv")
+        failed = self._drop(deps, "f.csv", done=False)
         workspace.finish(failed.job_name, JobState.FAILED, failed_step="train", error="boom")
         loop.complete(run_event(failed, event_id="run-f"), deps)
         third = self._drop(deps, "c.csv")
@@ -564,6 +568,15 @@ class TestTrainingWindow:
         assert record is not None and record.window == ("autoretrain-data:1", "autoretrain-data:3")
         assert record.training_set == "autoretrain-data-trainset:3"
         assert workspace.training_sets[first.value] == ("autoretrain-data:1",)
+
+    def test_a_version_still_in_its_job_waits_for_the_next_window(self, deps: loop.Deps) -> None:
+        """Prep may yet find it bad (and quarantine it): in a window now it would fail the new job
+        for a fault that is not the new file's."""
+        workspace, _, _ = fakes(deps)
+        self._drop(deps, "a.csv")
+        self._drop(deps, "running.csv", done=False)
+        third = self._drop(deps, "c.csv")
+        assert workspace.training_sets[third.value] == ("autoretrain-data:1", "autoretrain-data:3")
 
     def test_last_n_versions_train_and_every_version_tests(self, tmp_path: Path) -> None:
         """The job trains on the last two; its test rows come from all three, so a model that forgot

@@ -1,0 +1,291 @@
+"""Exactly once, under random schedules, on the real local parts: Azurite for the ledger and the blobs,
+the embedded workspace running the real pipeline. The thousand schedules over fakes are in
+tests/unit/test_schedules.py; these twenty draw the same kinds of steps (seeded, so a failure names
+the seed that reproduces it):
+
+- uploads to three paths, overwriting one another: good files, files bad in the head (ingest's
+  check), and files bad only past the head (prep finds it, deep in the file);
+- deliveries of BlobCreated, some twice at the same moment;
+- a worker dying right before or after a port call;
+- RunCompleted and RunStatusChanged(Completed) for one job delivered at the same moment, one of them
+  sometimes dying in register_model;
+- time passing past leases, reconcile passes, jobs running to their end.
+
+Once the schedule settles, every blob version is accounted for: trained exactly once (one data
+version whose bytes are exactly that version's, one job, one model), or quarantined once with a
+copy, or skipped because it was replaced before anything read it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+from mlmodules import wine
+
+from autoretrain import loop
+from autoretrain.bootstrap import PIPELINE
+from autoretrain.contract import HEAD_BYTES, load_contract
+from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, WorkKey
+from autoretrain.events import RunFinished
+from autoretrain.ledger import TableLedger
+from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
+from autoretrain.storage import AzureBlobStore, client_options
+from autoretrain.workspace.local import LocalWorkspace, catalog_rows
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ROOT / "ml" / "contract.yaml"
+SCHEDULES = 20
+STEPS = 14
+INGEST_CALLS = [("ledger", "claim"), ("ledger", "move"), ("blobs", "read_head"), ("blobs", "copy_to"),
+                ("workspace", "register_data"), ("workspace", "register_training_set"), ("workspace", "submit")]
+
+
+class WorkerDied(BaseException):
+    """The worker running a delivery is gone at this point (what a SIGKILL leaves)."""
+
+
+class Crashing:
+    """A port whose first call of `method` dies, before or after doing its work."""
+
+    def __init__(self, target: Any, method: str, *, after: bool) -> None:
+        self._target, self._method, self._after, self._armed = target, method, after, True
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if name != self._method:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            armed, self._armed = self._armed, False
+            if armed and not self._after:
+                raise WorkerDied(f"before {name}")
+            result = attr(*args, **kwargs)
+            if armed:
+                raise WorkerDied(f"after {name}")
+            return result
+
+        return call
+
+
+@dataclass
+class Parts:
+    """What every schedule shares: Azurite, one embedded workspace (its warm step runner started
+    once), and the files it uploads."""
+
+    connection: str
+    home: Path
+    workspace: LocalWorkspace
+    files: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def parts(azurite: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parts]:
+    home = tmp_path_factory.mktemp("schedules")
+    blobs = AzureBlobStore(BlobServiceClient.from_connection_string(azurite, **client_options()))
+    workspace = LocalWorkspace(home, pipeline=PIPELINE, contract=CONTRACT, blobs=blobs)
+    frame = wine().wine_frame()
+    good = frame.sample(frac=0.5, random_state=1).to_csv(index=False).encode()
+    big = frame.sample(n=5000, replace=True, random_state=2).to_csv(index=False).encode()
+    assert len(big) > HEAD_BYTES  # the bad value below is past what ingest reads
+    lines = big.decode().splitlines()
+    lines[-1] = "twelve" + lines[-1][lines[-1].index(","):]
+    files = {
+        "good": good,
+        "bad_head": b"alcohol,cultivar\n13.2,class_0\n",
+        "bad_deep": ("\n".join(lines) + "\n").encode(),
+    }
+    yield Parts(azurite, home, workspace, files)
+    workspace.close()
+
+
+@dataclass
+class World:
+    deps: loop.Deps
+    parts: Parts
+    incoming: str
+    now: list[datetime]
+    versions: list[tuple[BlobRef, str, bytes]] = field(default_factory=list)  # ref, kind, bytes
+
+    def crashing(self, port: str, method: str, *, after: bool) -> loop.Deps:
+        ports: dict[str, Any] = {"ledger": self.deps.ledger, "workspace": self.deps.workspace,
+                                 "blobs": self.deps.blobs}
+        ports[port] = Crashing(ports[port], method, after=after)
+        return replace(self.deps, **ports)
+
+
+def _world(parts: Parts, unique: str) -> World:
+    blobs = AzureBlobStore(BlobServiceClient.from_connection_string(parts.connection, **client_options()))
+    now = [datetime.now(UTC)]
+    ledger = TableLedger.connect(
+        TableServiceClient.from_connection_string(parts.connection), f"sched{unique}"
+    )
+    config = loop.LoopConfig(
+        storage_topic=LOCAL_STORAGE_TOPIC, workspace_topic=LOCAL_WORKSPACE_TOPIC,
+        incoming_container=f"in{unique}", quarantine_container=f"q{unique}", datasets_container=f"ds{unique}",
+    )
+    deps = loop.Deps(config=config, contract=load_contract(CONTRACT), workspace=parts.workspace, ledger=ledger,
+                     blobs=blobs, clock=lambda: now[0])
+    return World(deps, parts, config.incoming_container, now)
+
+
+def _run_event(key: WorkKey, kind: str) -> RunFinished:
+    return RunFinished(
+        event_id=f"{kind}-{key}", event_type=f"Microsoft.MachineLearningServices.{kind}", topic=LOCAL_WORKSPACE_TOPIC,
+        subject=f"experiments/x/runs/{key.job_name}", event_time=None, experiment_id="x",
+        experiment_name="autoretrain", run_id=key.job_name, run_type="", job_status="Completed",
+        run_tags={RUN_TAG: key.value},
+    )
+
+
+def _step(world: World, rng: random.Random, trace: list[str]) -> None:
+    kind = rng.choice(["upload", "upload", "deliver", "deliver", "deliver", "crash", "crash", "complete",
+                       "complete", "time", "reconcile", "drain"])
+    deps = world.deps
+    if kind == "upload":
+        path, content = rng.randrange(3), rng.choice(["good", "good", "bad_head", "bad_deep"])
+        data = world.parts.files[content]
+        ref = deps.blobs.upload(world.incoming, f"drop-{path}.csv", data)
+        world.versions.append((ref, content, data))
+        trace.append(f"upload drop-{path}.csv {content}")
+        return
+    if kind == "time":
+        minutes = rng.randint(1, 20)
+        world.now[0] += timedelta(minutes=minutes)
+        trace.append(f"time +{minutes} min")
+        return
+    if kind == "reconcile":
+        trace.append("reconcile")
+        loop.reconcile(deps, grace=timedelta(minutes=10))
+        return
+    if kind == "drain":
+        trace.append("drain")
+        assert world.parts.workspace.drain(180)
+        return
+    if not world.versions:
+        return
+    index = rng.randrange(len(world.versions))
+    ref = world.versions[index][0]
+    key = WorkKey.for_blob(ref)
+    if kind == "deliver":
+        times = rng.choice([1, 2])
+        trace.append(f"deliver v{index} x{times}")
+        _at_once([lambda: loop.ingest_blob(ref, deps, event_id=f"ev-{key}", content_length=None)] * times)
+    elif kind == "crash":
+        port, method = rng.choice(INGEST_CALLS)
+        after = rng.random() < 0.5
+        trace.append(f"crash v{index} {'after' if after else 'before'} {port}.{method}")
+        _at_once([lambda: loop.ingest_blob(ref, world.crashing(port, method, after=after), event_id=f"ev-{key}",
+                                           content_length=None)])
+    elif kind == "complete":
+        dying = rng.random() < 0.3
+        dies = " (one dies in register_model)" if dying else ""
+        trace.append(f"complete v{index} RunCompleted+RunStatusChanged{dies}")
+        crashing = world.crashing("workspace", "register_model", after=False) if dying else deps
+        _at_once([lambda: loop.complete(_run_event(key, "RunCompleted"), crashing),
+                  lambda: loop.complete(_run_event(key, "RunStatusChanged"), deps)])
+
+
+def _at_once(calls: list[Any]) -> None:
+    """Run the calls at the same moment, as concurrent deliveries; a dying worker or a transient
+    error (which the trigger answers with a 500, so Event Grid retries) is what a delivery may meet."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            try:
+                future.result()
+            except WorkerDied:
+                pass
+            except Exception as exc:
+                assert type(exc).__name__ in ("NotReadyError", "LedgerError"), repr(exc)
+
+
+def _settle(world: World) -> None:
+    for _ in range(3):
+        world.now[0] += timedelta(hours=1)
+        loop.reconcile(world.deps, grace=timedelta(minutes=10))
+        assert world.parts.workspace.drain(300)
+        loop.reconcile(world.deps, grace=timedelta(minutes=10))
+
+
+@pytest.mark.parametrize("seed", range(SCHEDULES))
+def test_a_random_schedule_on_the_real_parts_accounts_for_every_blob_version_once(
+    parts: Parts, unique: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    world = _world(parts, unique)
+    trace: list[str] = []
+    for _ in range(STEPS):
+        _step(world, rng, trace)
+    _settle(world)
+
+    deps = world.deps
+    current = {item.ref.name: item.ref.etag for item in deps.blobs.list_blobs(world.incoming)}
+    jobs = [j for j in parts.workspace.jobs() if j.tags.get("blob", "").startswith(f"{world.incoming}/")]
+    models = {m["job"] for m in catalog_rows(parts.home, "models")}
+    data_rows = [d["source"] for d in catalog_rows(parts.home, "data")]
+    records = list(deps.ledger.records())
+    problems: list[str] = []
+    for ref, content, data in world.versions:
+        key = WorkKey.for_blob(ref)
+        record = deps.ledger.get(key)
+        where = f"{ref.name}@{ref.etag} ({content})"
+        its_jobs = [j for j in jobs if j.tags.get("etag") == ref.etag]
+        its_data = [s for s in data_rows if s == f"{deps.config.datasets_container}/{ref.copy_name(key)}"]
+        if record is None:
+            if current.get(ref.name) == ref.etag:
+                problems.append(f"{where}: never accounted for")
+            continue
+        state = record.state
+        if not state.final:
+            problems.append(f"{where}: still {state.value}")
+        elif state is LedgerState.DONE:
+            snapshot = deps.blobs.read_head(
+                BlobRef(deps.config.datasets_container, ref.copy_name(key), _etag(deps, ref, key)), 1 << 30
+            )
+            if content != "good" or len(its_jobs) != 1 or len(its_data) != 1 or key.job_name not in models:
+                problems.append(f"{where}: done with jobs={len(its_jobs)} data={len(its_data)} "
+                                f"model={key.job_name in models}")
+            if snapshot != data:
+                problems.append(f"{where}: its data version's bytes are not its own")
+        elif state is LedgerState.QUARANTINED:
+            copy = deps.blobs.read_head(
+                BlobRef(deps.config.quarantine_container, ref.copy_name(key), _etag(deps, ref, key, quarantine=True)),
+                1 << 30,
+            )
+            deep = content == "bad_deep" and len(its_jobs) == 1 and "line" in (record.reason or "")
+            head = content == "bad_head" and not its_jobs and not its_data
+            if not (deep or head) or copy != data or key.job_name in models:
+                problems.append(f"{where}: quarantined wrongly ({record.reason})")
+        elif state is LedgerState.SKIPPED:
+            if current.get(ref.name) == ref.etag or key.job_name in models:
+                problems.append(f"{where}: skipped but still there ({record.reason})")
+        else:
+            problems.append(f"{where}: {state.value}: {record.reason}")
+    extra = {r.key for r in records} - {WorkKey.for_blob(ref) for ref, _, _ in world.versions}
+    if extra:
+        problems.append(f"ledger records for no upload: {sorted(k.value for k in extra)}")
+    outcomes: dict[str, int] = {}
+    for ref, content, _ in world.versions:
+        found = deps.ledger.get(WorkKey.for_blob(ref))
+        label = f"{content}->{found.state.value if found else 'replaced unseen'}"
+        outcomes[label] = outcomes.get(label, 0) + 1
+    print(f"seed {seed}: {len(trace)} steps, {outcomes}")
+    assert not problems, f"seed {seed}:\n  " + "\n  ".join(problems) + "\nschedule:\n  " + "\n  ".join(trace)
+
+
+def _etag(deps: loop.Deps, ref: BlobRef, key: WorkKey, *, quarantine: bool = False) -> str:
+    container = deps.config.quarantine_container if quarantine else deps.config.datasets_container
+    for item in deps.blobs.list_blobs(container):
+        if item.ref.name == ref.copy_name(key):
+            return item.ref.etag
+    return "missing"
