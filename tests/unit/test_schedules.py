@@ -7,6 +7,7 @@ is left unaccounted. Over hand-written fakes of the ports (hypothesis draws the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from test_loop import GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.domain import BlobRef, JobState, LedgerState, Metrics, WorkKey
+from autoretrain.errors import RetrainRefused
 
 BAD_CSV = b"a,b,label\n1,2,yes\n"
 PORT_CALLS = [
@@ -32,7 +34,9 @@ step = st.one_of(
     st.tuples(st.just("upload"), st.integers(0, 2), st.booleans()),        # path, bad content?
     st.tuples(st.just("deliver"), st.integers(0, 5), st.booleans()),       # version, also a duplicate?
     st.tuples(st.just("crash"), st.integers(0, 5), st.sampled_from(PORT_CALLS), st.booleans()),
-    st.tuples(st.just("finish"), st.integers(0, 5), st.sampled_from(["Completed", "Failed", "Canceled"])),
+    # Rejected: the job failed because prep found the file breaks the contract deep inside (exit 65).
+    st.tuples(st.just("finish"), st.integers(0, 5), st.sampled_from(["Completed", "Failed", "Canceled", "Rejected"])),
+    st.tuples(st.just("retrain"), st.integers(0, 5)),                     # an operator's explicit re-run
     st.tuples(st.just("complete"), st.integers(0, 5), st.booleans()),      # version, crash in it?
     st.tuples(st.just("time"), st.integers(1, 20)),                       # minutes pass
     st.tuples(st.just("reconcile"),),
@@ -77,19 +81,37 @@ def _run(world: World, action: tuple[Any, ...]) -> None:
                 loop.ingest(blob_event(ref, event_id=f"ev-{key}"), world.deps)
         elif kind == "crash":
             loop.ingest(blob_event(ref, event_id=f"ev-{key}"), world.crashing(*action[2]))
+        elif kind == "retrain":
+            with contextlib.suppress(RetrainRefused):  # still in work, or nothing to train on
+                loop.retrain(ref, world.deps)
         elif kind == "finish":
-            if key.job_name in world.workspace.statuses:
-                state = JobState(action[2])
-                champion = {"f1_macro": 0.5} if world.workspace.champions.get(key.job_name) else None
-                metrics = Metrics({"f1_macro": 0.9}, primary="f1_macro", champion=champion, test_rows=10)
-                world.workspace.finish(key.job_name, state, metrics if state is JobState.COMPLETED else None)
+            run = _latest_run(world, key)  # the blob version's own job, or its newest retrain's
+            status = world.workspace.statuses.get(run.job_name)
+            if status is not None and not status.state.terminal:  # a job ends once
+                _finish(world, run.job_name, action[2])
         elif kind == "complete":
+            run = _latest_run(world, key)
             deps = world.crashing("workspace", "register_model") if action[2] else world.deps
-            loop.complete(run_event(key, event_id=f"run-{key}"), deps)
+            loop.complete(run_event(run, event_id=f"run-{run}"), deps)
     except WorkerDied:
         pass  # the worker is gone; its lease runs out, a redelivery or reconcile takes over
     except Exception as exc:  # a transient error the trigger would answer 500 to: Event Grid retries
         assert type(exc).__name__ in ("NotReadyError", "LedgerError"), repr(exc)
+
+
+def _latest_run(world: World, origin: WorkKey) -> WorkKey:
+    runs = [r for r in world.ledger.rows.values() if r.origin == origin]
+    return max(runs, key=lambda r: r.retrain).key if runs else origin
+
+
+def _finish(world: World, job: str, how: str) -> None:
+    if how == "Rejected":
+        world.workspace.finish(job, JobState.FAILED, failed_step="prep", rejected="line 9: 'x' is not a number")
+        return
+    state = JobState(how)
+    champion = {"f1_macro": 0.5} if world.workspace.champions.get(job) else None
+    metrics = Metrics({"f1_macro": 0.9}, primary="f1_macro", champion=champion, test_rows=10)
+    world.workspace.finish(job, state, metrics if state is JobState.COMPLETED else None)
 
 
 def _settle(world: World) -> None:
@@ -126,8 +148,23 @@ def test_every_blob_version_is_accounted_for_exactly_once(tmp_path_factory: Any,
             continue
         assert record.state.final, (ref, record.state, record.reason)
         registered = [k for _, k in workspace.registered_data if k == key]
+        runs = [r for r in ledger.rows.values() if r.origin == key]
+        # One data version per blob version, whatever number of runs; every run final; a run that
+        # is done has its own job and model, any other none.
+        assert len({k for _, k in workspace.registered_data if k in {r.key for r in runs}}) <= 1, runs
+        assert sorted(r.retrain for r in runs) == list(range(len(runs)))
+        for run in runs:
+            assert run.state.final, run
+            assert (run.key.value in workspace.models) == (run.state is LedgerState.DONE), run
+            status = workspace.statuses.get(run.key.job_name)
+            if status is not None and status.rejected is not None and run.job is not None:
+                assert run.state is LedgerState.QUARANTINED, run  # the data's fault, not "failed"
+            if run.state is LedgerState.QUARANTINED:
+                # By ingest's head check (a bad file, never trained), or by prep deep inside (its job
+                # rejected the data), never for any other reason.
+                assert (bad and run.job is None) or (status is not None and status.rejected is not None), run
         if record.state is LedgerState.QUARANTINED:
-            assert bad and not registered and key.value not in workspace.models
+            assert key.value not in workspace.models
         elif record.state is LedgerState.SKIPPED:
             assert not still_there or "could not be quarantined" in (record.reason or "")
             assert key.value not in workspace.models
