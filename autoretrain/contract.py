@@ -117,7 +117,8 @@ def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) ->
     rows = 0
     targets: list[str] = []
     try:
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num  # the line an editor shows (a quoted field may span lines)
             if rows >= HEAD_ROWS:
                 break
             if not row:

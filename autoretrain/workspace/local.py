@@ -94,6 +94,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+_LOCAL_FILE = re.compile(r"(?<![\w/-])([0-9a-f]{24})(?:[.][a-z0-9]{1,8})?(?=:)")
+
+
 def _local_file_name(key: WorkKey, blob_name: str) -> str:
     """A data version's local file name: from the work key, never from the (untrusted, maybe very
     long) blob name; only a short, plain extension is kept."""
@@ -549,13 +552,25 @@ class LocalWorkspace:
             raise JobNotFoundError(f"job {job!r} does not exist in the local workspace ({self._db}).")
         state = JobState(row["status"])
         log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
+        error = self._blob_names(row["error"]) if row["error"] else None
         rejected = None
         if state is JobState.FAILED and step is not None and step["exit_code"] == DATA_ERROR_EXIT:
-            rejected = str(row["error"]).removesuffix(f" (exit code {DATA_ERROR_EXIT})")
+            rejected = str(error).removesuffix(f" (exit code {DATA_ERROR_EXIT})")
         return JobStatus(
-            name=job, state=state, failed_step=row["failed_step"], error=row["error"],
+            name=job, state=state, failed_step=row["failed_step"], error=error,
             log=str(log_path) if log_path else str(self.job_dir(job) / "logs"), rejected=rejected,
         )
+
+    def _blob_names(self, error: str) -> str:
+        """A step names the data file it read, and here that is our own file (`<work key>.csv`); say
+        which customer blob it is, as on Azure ML, where the file keeps the blob's name."""
+
+        def blob(match: re.Match[str]) -> str:
+            with self._connect() as db:
+                row = db.execute("SELECT lineage FROM data_versions WHERE work_key = ?", (match[1],)).fetchone()
+            return str(json.loads(row["lineage"]).get("blob", match[0])) if row else match[0]
+
+        return _LOCAL_FILE.sub(blob, error)
 
     def jobs(self) -> Iterator[PipelineJob]:
         with self._connect() as db:

@@ -118,17 +118,19 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
     rows = [",".join("" if i == target else v for i, v in enumerate(line.split(","))) for line in text[1:]]
     blob = store.upload(f"ds{unique}", "k/empty-target.csv", ("\n".join([text[0], *rows]) + "\n").encode())
     key = WorkKey.for_blob(blob)
-    run = workspace.submit(workspace.register_data(blob, key, {}), key, {RUN_TAG: key.value})
+    lineage = {"blob": "incoming/empty target.csv"}
+    run = workspace.submit(workspace.register_data(blob, key, lineage), key, {RUN_TAG: key.value})
 
     status = workspace.wait(run.name, timeout=120)
 
     assert (status.state, status.failed_step) == (JobState.FAILED, "prep")
     assert status.log is not None and Path(status.log).name == "prep.log" and Path(status.log).is_file()
-    # Local file names come from the work key, never from the (untrusted) blob name.
-    assert status.error == (
-        f"{key}.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train and test. "
-        "Upload a file with more rows. (exit code 2)"
-    )
+    # Local file names come from the work key, never from the (untrusted) blob name; the error
+    # names the blob it came from, as on Azure ML. Exit code 65: the data's fault, so `rejected`.
+    reason = ("incoming/empty target.csv: 0 row(s) have a 'cultivar' value; at least 10 are needed to train "
+              "and test. Upload a file with more rows.")
+    assert (status.error, status.rejected) == (f"{reason} (exit code 65)", reason)
+    assert any(p.name == f"{key}.csv" for p in (workspace.root / "data").rglob("*.csv"))
     assert events.wait_for(run.name, 2) == [("RunStatusChanged", "Running"), ("RunStatusChanged", "Failed")]
     with pytest.raises(WorkspaceError, match="metrics exist only for completed jobs"):
         workspace.job_metrics(run.name)

@@ -3,16 +3,17 @@ Event Grid) with the embedded workspace. Files go in through Blob Storage; model
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from localstack import Loop, post_event, start
+from localstack import Loop, cli, post_event, start
 from mlmodules import wine
 
-from autoretrain.domain import LedgerState, WorkKey
+from autoretrain.domain import BlobRef, LedgerState, WorkKey
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
 from autoretrain.workspace.local import catalog_rows
 
@@ -113,7 +114,8 @@ def test_another_data_sets_contract_needs_no_code_change(running_diabetes: Loop,
 
 def test_a_window_of_three_drops_is_trained_on_exactly_those_three_files(running: Loop, tmp_path: Path) -> None:
     """window: all. The third drop's job trains on the three data versions, fixed at submission:
-    its MLTable names exactly their three files, and the model's lineage names the three versions."""
+    its MLTable names exactly their three files, and the model's lineage names the three versions.
+    Each drop lands once the one before is done (a version joins windows once it has trained)."""
     from autoretrain.datacontract import mltable_files
 
     drops = _wine_months(tmp_path / "drops", 3)
@@ -121,10 +123,7 @@ def test_a_window_of_three_drops_is_trained_on_exactly_those_three_files(running
     for path in drops:
         ref = running.blobs.upload(running.incoming, path.name, path.read_bytes())
         keys.append(WorkKey.for_blob(ref))
-        deadline = time.monotonic() + 60
-        while (record := running.ledger.get(keys[-1])) is None or record.state is LedgerState.CLAIMED:
-            assert time.monotonic() < deadline, "not submitted in 60 s"
-            time.sleep(0.2)
+        running.wait_final(keys[-1:], timeout=240)
 
     third = running.wait_final(keys, timeout=240)[keys[-1]]
 
@@ -136,3 +135,45 @@ def test_a_window_of_three_drops_is_trained_on_exactly_those_three_files(running
     [model] = [m for m in catalog_rows(running.home, "models") if m["job"] == keys[-1].job_name]
     assert model["properties"]["training_window"] == ",".join(third.window)
     assert model["properties"]["training_set"] == "autoretrain-data-trainset:3"
+
+
+def test_retrain_runs_a_version_again_as_a_numbered_run_and_the_ledger_keeps_each(
+    running: Loop, tmp_path: Path
+) -> None:
+    """`autoretrain retrain NAME` (and by work key): a new job and model on the same data version,
+    next to the first run; a redelivery of the first event still changes nothing."""
+    [drop] = _wine_months(tmp_path / "drops", 1)
+    ref = running.blobs.upload(running.incoming, "2026-01.csv", drop.read_bytes())
+    origin = WorkKey.for_blob(ref)
+    first = running.wait_final([origin], timeout=300)[origin]
+    assert first.state is LedgerState.DONE
+
+    by_name = cli(running.env, "retrain", "2026-01.csv", cwd=tmp_path)
+    by_key = cli(running.env, "retrain", origin.value, cwd=tmp_path)
+
+    assert by_name.returncode == 0, by_name.stderr[-2000:]
+    assert by_name.stdout.splitlines()[0].startswith(f"retrain 1 of {ref.path} (eTag {ref.etag}): job "
+                                                     f"{origin.retrain(1).job_name} on {first.data_version}")
+    assert by_key.returncode == 0, by_key.stderr[-2000:]
+    assert f"retrain 2 of {ref.path}" in by_key.stdout
+    runs = sorted((r for r in running.ledger.records() if r.origin == origin), key=lambda r: r.retrain)
+    assert [(r.retrain, r.state, r.data_version) for r in runs] == [
+        (0, LedgerState.DONE, first.data_version), (1, LedgerState.DONE, first.data_version),
+        (2, LedgerState.DONE, first.data_version),
+    ]
+    assert len({r.model_version for r in runs}) == 3 and len({r.job for r in runs}) == 3
+    assert len(catalog_rows(running.home, "data")) == 1  # one data version for the one blob version
+    assert post_event(running.url, "ingest", _blob_created(ref)) == 200
+    assert len(list(running.ledger.records())) == 3
+    status = cli(running.env, "status", "--json", cwd=tmp_path)
+    assert sorted(r["retrain"] for r in json.loads(status.stdout)) == [0, 1, 2]
+
+
+def _blob_created(ref: BlobRef) -> dict[str, object]:
+    return {
+        "id": f"late-{ref.etag}", "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
+        "eventTime": "2026-11-26T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
+        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
+                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
+    }

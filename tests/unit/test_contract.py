@@ -111,6 +111,9 @@ class TestCheckHead:
             (b"n,k,y\n1,2,yes\n", "missing column(s) 'c'"),
             (b"n,k,c,y\n1.5,2.5,a,yes\n", "column 'k' has '2.5' on line 2; expected a whole number"),
             (b"n,k,c,y\n1,2,a,yes\n1,2,a\n", "line 3 has 3 fields, the header has 4"),
+            # A quoted field spans lines 2-4: the bad value is on line 5, as an editor shows it.
+            (b'n,k,c,y\n1,2,"a\nb\nc",yes\noops,2,a,no\n', "column 'n' has 'oops' on line 5"),
+            (b'n,k,c,y\n1,2,"a\nb",yes\n1,2\n', "line 4 has 2 fields"),
             (b"n,k,c,y\n", "no data rows"),
             (b"", "no header line"),
             (b"n,k,c,y\n\xff\xfe1,2,a,yes\n", "is not UTF-8"),
