@@ -19,6 +19,7 @@ copy, or skipped because it was replaced before anything read it.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -289,3 +290,38 @@ def _etag(deps: loop.Deps, ref: BlobRef, key: WorkKey, *, quarantine: bool = Fal
         if item.ref.name == ref.copy_name(key):
             return item.ref.etag
     return "missing"
+
+
+def test_overwrites_racing_ingest_handle_each_etag_once_with_its_own_bytes(parts: Parts, unique: str) -> None:
+    """One path overwritten eight times while each version's event is being handled: every eTag
+    ends once, trained on exactly its own bytes, or skipped because it was replaced before it was read."""
+    world = _world(parts, unique)
+    deps = world.deps
+    frame = wine().wine_frame()
+    versions = [frame.sample(frac=0.6, random_state=seed).to_csv(index=False).encode() for seed in range(8)]
+    assert len(set(versions)) == len(versions)
+    with ThreadPoolExecutor(4) as pool:
+        pending = []
+        for data in versions:
+            ref = deps.blobs.upload(world.incoming, "monthly.csv", data)
+            world.versions.append((ref, "good", data))
+            pending.append(pool.submit(loop.ingest_blob, ref, deps, event_id=f"ev-{ref.etag}", content_length=None))
+            time.sleep(random.Random(len(pending)).choice([0, 0.02, 0.1]))  # some are read before they are replaced
+        outcomes = [future.result() for future in pending]
+    _settle(world)
+
+    states: dict[str, int] = {}
+    for (ref, _, data), outcome in zip(world.versions, outcomes, strict=True):
+        key = WorkKey.for_blob(ref)
+        record = deps.ledger.get(key)
+        assert record is not None and record.state.final, (ref, outcome)
+        states[record.state.value] = states.get(record.state.value, 0) + 1
+        if record.state is LedgerState.DONE:
+            snapshot = BlobRef(deps.config.datasets_container, ref.copy_name(key), _etag(deps, ref, key))
+            assert deps.blobs.read_head(snapshot, 1 << 30) == data, f"{ref.etag}: trained on other bytes"
+            assert [j.name for j in parts.workspace.jobs() if j.tags.get("etag") == ref.etag] == [key.job_name]
+        else:
+            assert record.state is LedgerState.SKIPPED and "replaced or deleted before it was read" in (
+                record.reason or ""), record
+    print(f"eight overwrites racing ingest: {states}")
+    assert states.get("done", 0) >= 1  # the last version at least is still there to be trained on
