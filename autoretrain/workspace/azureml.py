@@ -10,7 +10,8 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
     job_status      the job's status; for a failed job, the failed step, its error and studio link,
                     and whether the step rejected the data (it exited with code 65)
     job_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
-    register_model  model `model_name` from the job's `model` output, metrics as tags, lineage and
+    register_model  model `model_name` from the path the job names for its `model` output (jobs.get),
+                    metrics as tags, lineage and
                     the metrics JSON as properties; found again by its `work_key` property
     champion        the newest version tagged `champion=true`
     promote         tag the new champion first, then untag the others
@@ -398,9 +399,20 @@ class AzureMLWorkspace:
             existing = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
             if existing:
                 return self._model(min(existing, key=_version_number))
+            # Where the job says its model output is (a pipeline-level output resolves to the path the
+            # train step wrote): registered from that, not from a job reference the service must resolve.
+            found = self._client.jobs.get(job)
+            output = (getattr(found, "outputs", None) or {}).get("model")
+            path = getattr(output, "path", None)
+            if not path:
+                raise WorkspaceRejectedError(
+                    f"{action} failed: job {job} ({run_state(found.status).value}) names no path for its 'model' "
+                    "output; "
+                    "only a completed job's model can be registered."
+                )
             model = Model(
                 name=self.model_name,
-                path=f"azureml://jobs/{job}/outputs/model",
+                path=str(path),
                 type=AssetTypes.MLFLOW_MODEL,
                 description=f"Trained by {job}",
                 tags=metrics.as_tags(),

@@ -205,7 +205,20 @@ class FakeAzureML(BaseAdapter):
         return 201, self.jobs[name]
 
     def finish(self, name: str, status: str) -> None:
-        self.jobs[name]["properties"]["status"] = status
+        """The job ends. A completed one's outputs now name where its steps wrote them, as the service
+        answers: a path on the default datastore under the producing step's run id."""
+        properties = self.jobs[name]["properties"]
+        properties["status"] = status
+        if status == "Completed":
+            # The job was submitted without outputs: they come from its pipeline component.
+            declared = yaml.safe_load((ROOT / "ml" / "pipeline.yml").read_text())["outputs"]
+            outputs = properties.setdefault("outputs", {}) or {}
+            properties["outputs"] = outputs
+            for output_name, output in declared.items():
+                outputs.setdefault(output_name, {"jobOutputType": output["type"], "mode": "ReadWriteMount"})
+                outputs[output_name]["uri"] = (
+                    f"azureml://datastores/workspaceblobstore/paths/azureml/{name}-step/{output_name}/"
+                )
 
     def _children(self, _sent: Sent, run_id: str) -> Answer:
         return 200, {"value": self.children.get(run_id, []), "continuationToken": None}
@@ -248,6 +261,8 @@ class FakeAzureML(BaseAdapter):
         if previous and previous["properties"]["modelUri"] != properties["modelUri"]:
             return 400, _error("UserError", "Asset paths cannot be updated.")
         if previous is None and properties["modelUri"].startswith("azureml://jobs/"):
+            # (Kept for models registered from a job reference; the adapter registers the path the
+            # job's output names.)
             # The service resolves a job output to where the job wrote it.
             job = properties["modelUri"].split("/")[3]
             properties["modelUri"] = (

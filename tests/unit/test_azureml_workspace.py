@@ -33,7 +33,7 @@ from fakes import FakeBlobStore
 
 from autoretrain.bootstrap import bootstrap
 from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, WorkKey
-from autoretrain.errors import JobNotFoundError, WorkspaceError
+from autoretrain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
 from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
 from autoretrain.storage import AzureBlobStore
@@ -394,14 +394,24 @@ class TestRunStatus:
 
 
 class TestModels:
+    @pytest.fixture(autouse=True)
+    def _service(self, service: FakeAzureML) -> None:
+        self.service = service
+
     def register(self, workspace: AzureMLWorkspace, key: WorkKey = KEY, metrics: Metrics = METRICS) -> Any:
+        """Register the model of key's job, which has completed (submitted and finished first)."""
+        if key.job_name not in self.service.jobs:
+            data = DataVersion("autoretrain-data", key.value, f"azureml://datastores/{DATASTORE}/paths/{key}/f.csv")
+            workspace.submit(data, key, {RUN_TAG: key.value})
+            self.service.finish(key.job_name, "Completed")
         lineage = {**LINEAGE, "work_key": key.value, "job": key.job_name, "data_version": f"autoretrain-data:{key}"}
         return workspace.register_model(key.job_name, key, metrics, lineage)
 
     def test_registers_the_job_model_output_with_metrics_as_tags_and_lineage_as_properties(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """One PUT: mlflow_model from azureml://jobs/JOB/outputs/model, tags = metrics, properties = lineage."""
+        """One PUT: mlflow_model from the path the completed job names for its model output (a GET of
+        the job), tags = metrics, properties = lineage."""
         model = self.register(workspace)
 
         assert (model.name, model.version, model.job, model.metrics, model.champion) == (
@@ -410,7 +420,12 @@ class TestModels:
         [put] = service.requests_to("PUT", "/models/")
         assert put.path == f"{ARM}{WS_ID}/models/autoretrain-model/versions/1"
         body = put.body["properties"]
-        assert body["modelUri"] == f"azureml://jobs/{KEY.job_name}/outputs/model"
+        assert service.requests_to("GET", f"/jobs/{KEY.job_name}$")
+        # The SDK sends the datastore path in its long form, scoped to the workspace.
+        assert body["modelUri"] == (
+            f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/workspaceblobstore/"
+            f"paths/azureml/{KEY.job_name}-step/model/"
+        )
         assert body["modelType"] == "mlflow_model"
         assert body["tags"] == {"f1_macro": "0.91", "accuracy": "0.93"}
         assert body["properties"] == {
@@ -445,6 +460,15 @@ class TestModels:
         assert service.models["2"]["properties"].get("isArchived") is True
         assert not service.models["1"]["properties"].get("isArchived")
         assert self.register(workspace) == first  # and the archived twin stays out of sight
+
+    def test_a_job_that_has_not_completed_has_no_model_to_register(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """Its model output has no path yet: a one-line permanent error, and no PUT."""
+        workspace.submit(data_version(), KEY, TAGS)
+        with pytest.raises(WorkspaceRejectedError, match=r"names no path for its 'model' output"):
+            workspace.register_model(KEY.job_name, KEY, METRICS, LINEAGE)
+        assert service.requests_to("PUT", "/models/") == []
 
     def test_a_new_key_gets_the_next_version(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
         """The service numbers model versions; the second key is version 2."""
