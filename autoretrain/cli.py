@@ -10,6 +10,7 @@
     autoretrain replay BLOB --times N --concurrency M   redeliver a blob's BlobCreated N times
     autoretrain list data|jobs|steps|models [--json]   the local workspace's catalogue
     autoretrain demo                 the whole loop on scikit-learn's wine data, in monthly drops
+    autoretrain publish [--dry-run]  register ml/pipeline.yml and its steps in Azure ML (unchanged: nothing)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
-from autoretrain.errors import AutoretrainError
+from autoretrain.errors import AutoretrainError, ConfigError
 from autoretrain.ports import Ledger
 from autoretrain.settings import Settings
 
@@ -398,6 +399,36 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
+    # Only the workspace's coordinates: AUTORETRAIN_WORKSPACE=azureml would also demand the app's storage
+    # endpoints, datastore and compute, which publishing does not use (the deploy hook has no storage URIs).
+    missing = [
+        env_name
+        for env_name, value in (
+            ("AUTORETRAIN_AZUREML_SUBSCRIPTION_ID", settings.azureml_subscription_id),
+            ("AUTORETRAIN_AZUREML_RESOURCE_GROUP", settings.azureml_resource_group),
+            ("AUTORETRAIN_AZUREML_WORKSPACE", settings.azureml_workspace),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"publish registers the pipeline in an Azure ML workspace: set {', '.join(missing)} "
+            "(`azd env get-values` prints them)."
+        )
+    from autoretrain.bootstrap import PIPELINE, ml_client
+    from autoretrain.publish import publish
+
+    # azure-ai-ml logs (to stderr, at INFO, set on import) a warning per experimental schema class it
+    # loads and for the job-only keys (settings) a pipeline component leaves out, azure-identity every
+    # credential it tried: noise here, where each line is a result and a failure is one line.
+    for name in ("azure", "azure.ai.ml"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    client = ml_client(settings, show_progress=False)
+    publish(client, pipeline=PIPELINE, name=settings.pipeline_component, out=sys.stdout, dry_run=args.dry_run)
+    return 0
+
+
 def _host_answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/admin/host/status", timeout=1) as answer:
@@ -552,12 +583,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole loop on monthly drops of scikit-learn's wine data")
     demo.add_argument("--months", type=int, default=4)
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the loop")
+    publish = sub.add_parser("publish", help="register ml/pipeline.yml and its step components in Azure ML")
+    publish.add_argument("--dry-run", action="store_true",
+                         help="only look up which versions are registered; register nothing")
     return parser
 
 
 _COMMANDS = {
     "up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "reconcile": cmd_reconcile,
-    "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo, "retrain": cmd_retrain,
+    "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo, "retrain": cmd_retrain, "publish": cmd_publish,
 }
 
 

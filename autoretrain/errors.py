@@ -4,6 +4,8 @@
     ├── ConfigError             a setting is missing or malformed; fix the environment and restart
     ├── EventError              an event is malformed; it is rejected (answered 2xx), never retried
     │   └── ForeignEventError   well-formed, but from a topic or container we do not serve
+    ├── PublishError            `autoretrain publish` cannot publish ml/ as it is (a YAML, a file it names)
+    ├── RetrainRefused          `autoretrain retrain` cannot start: the version is unknown, in work or gone
     ├── TransientError          retrying may help: raised, so Event Grid redelivers (reconcile too)
     │   ├── StorageError        Blob or Table Storage is unreachable, throttling or timing out
     │   ├── LedgerError         the ledger refused a state change (a lost race); read it again
@@ -40,6 +42,7 @@ __all__ = [
     "LedgerError",
     "NotReadyError",
     "PermanentError",
+    "PublishError",
     "StorageError",
     "TransientError",
     "WorkspaceError",
@@ -62,6 +65,10 @@ class EventError(AutoretrainError):
 
 class ForeignEventError(EventError):
     """A well-formed event that is not ours to handle (another topic, container or experiment)."""
+
+
+class PublishError(AutoretrainError):
+    """The pipeline or a component cannot be published as it is: a YAML or a file it names is wrong."""
 
 
 class RetrainRefused(AutoretrainError):

@@ -128,7 +128,8 @@ module functionApp 'modules/function-app.bicep' = {
   scope: rg
   params: {
     location: location
-    tags: union(tags, { 'azd-service-name': 'api' })
+    tags: tags
+    azdServiceName: 'api'
     name: functionAppName
     planName: '${abbrs.webServerFarms}${resourceToken}'
     deploymentStorageAccountName: '${abbrs.storageStorageAccounts}fn${resourceToken}'

@@ -2,6 +2,10 @@
 // package, reached with the user-assigned identity; no key or connection string in its settings.
 param location string
 param tags object
+
+@description('The azure.yaml service deployed to this app. azd finds the app by this tag, so only the site carries it: azd before 1.23.4 stops `azd deploy` when more than one resource has it.')
+param azdServiceName string
+
 param name string
 param planName string
 param deploymentStorageAccountName string
@@ -119,7 +123,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_213:no HTTP endpoint to probe; the app only has Event Grid and timer triggers
   name: name
   location: location
-  tags: tags
+  tags: union(tags, { 'azd-service-name': azdServiceName })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'

@@ -114,7 +114,9 @@ resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' =
   }
 }
 
-resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
+// 2025-06-01: the first stable API version whose schema declares systemDatastoresAuthMode (2024-10-01 has
+// no such property; the previews have it since 2022-12-01-preview, the enum since 2024-10-01-preview).
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = {
   //checkov:skip=CKV_AZURE_243:a private endpoint needs a virtual network and private DNS zones, left out to keep the deployment small and cheap; access is Entra ID with RBAC on the workspace
   name: workspaceName
   location: location
@@ -133,8 +135,9 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
     keyVault: keyVault.id
     applicationInsights: applicationInsightsId
     containerRegistry: containerRegistry.id
-    // The workspace's own datastores use its identity, as the storage account accepts no keys.
-    systemDatastoresAuthMode: 'identity'
+    // The workspace's own datastores use its identity, as the storage account accepts no keys
+    // (enum AccessKey | Identity | UserDelegationSAS; the postdeploy hook checks the result).
+    systemDatastoresAuthMode: 'Identity'
     publicNetworkAccess: 'Enabled'
     v1LegacyMode: false
   }
