@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoretrain.contract import load_contract
 from autoretrain.errors import ConfigError
@@ -17,7 +17,10 @@ from autoretrain.loop import Deps, LoopConfig
 from autoretrain.ports import BlobStore, Ledger, Workspace
 from autoretrain.settings import Settings, WorkspaceKind
 
-__all__ = ["PROJECT_ROOT", "bootstrap", "runtime", "runtime_settings", "shutdown"]
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+__all__ = ["PROJECT_ROOT", "bootstrap", "ml_client", "runtime", "runtime_settings", "shutdown"]
 
 log = logging.getLogger("autoretrain.bootstrap")
 
@@ -34,6 +37,21 @@ def _credential(settings: Settings):  # type: ignore[no-untyped-def]
 # The SDKs' default retries (10, exponential) can hold one call for minutes; Event Grid waits 30 s
 # for an answer and retries itself, so a call gives up sooner and the event is redelivered.
 _RETRIES: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "connection_timeout": 10, "read_timeout": 30}
+
+
+def ml_client(settings: Settings, **options: Any) -> MLClient:
+    """The client of the settings' Azure ML workspace, with the app's credential (`options` go to
+    MLClient). Building it reads no network; the first call does."""
+    # Imported here: azure-ai-ml takes ~2 s to import, which only an Azure ML app should pay.
+    from azure.ai.ml import MLClient
+
+    return MLClient(
+        _credential(settings),
+        str(settings.azureml_subscription_id),
+        str(settings.azureml_resource_group),
+        str(settings.azureml_workspace),
+        **options,
+    )
 
 
 def blob_service(settings: Settings):  # type: ignore[no-untyped-def]
@@ -110,20 +128,10 @@ def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool) -> Workspa
             workspace.resume()
         return workspace
     if settings.workspace is WorkspaceKind.AZUREML:
-        # Imported here: azure-ai-ml takes ~2 s to import, which only an Azure ML app should pay.
-        from azure.ai.ml import MLClient
+        from autoretrain.workspace.azureml import AzureMLWorkspace, client_options
 
-        from autoretrain.workspace.azureml import AzureMLWorkspace
-
-        # Building the client reads no network; the first call to the workspace does.
-        client = MLClient(
-            _credential(settings),
-            str(settings.azureml_subscription_id),
-            str(settings.azureml_resource_group),
-            str(settings.azureml_workspace),
-        )
         return AzureMLWorkspace(
-            client,
+            ml_client(settings, **client_options()),
             blobs=blobs,
             datastore=str(settings.azureml_datastore),
             datasets_container=settings.datasets_container,

@@ -28,7 +28,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import BaseAdapter
 from urllib3 import HTTPResponse
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SUB, RG, WS = "00000000-1111-2222-3333-444444444444", "rg-autoretrain", "mlw-autoretrain"
 WS_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/{WS}"
 ARM = "https://management.azure.com"
@@ -98,6 +98,8 @@ class FakeAzureML(BaseAdapter):
         sent = Sent(str(request.method), str(request.url), body)
         self.sent.append(sent)
         answer = self._answer(sent)
+        if isinstance(answer, BaseException):
+            raise answer  # what the network did instead of answering (a timeout, a reset)
         status, payload, headers = (*answer, {}) if len(answer) == 2 else answer  # type: ignore[misc]
         content = json.dumps(payload).encode() if payload is not None else b""
         response = requests.Response()
@@ -144,7 +146,26 @@ class FakeAzureML(BaseAdapter):
             ("GET", ws + r"/models/([^/]+)/versions", self._list_models),
             ("GET", ws + r"/models/([^/]+)/versions/([^/]+)", self._get_model),
             ("PUT", ws + r"/models/([^/]+)/versions/([^/]+)", self._put_model),
+            ("GET", ws + r"/datastores/([^/]+)", self._datastore),
         ]
+
+    # The workspace's own store, where jobs write their outputs (identity-based: no credentials).
+    store_account, store_container = "stmlwautoretrain", "azureml-blobstore-ws-guid"
+
+    def _datastore(self, _sent: Sent, name: str) -> Answer:
+        # Only the workspace store, whose account a test can serve from Azurite. For our datasets
+        # datastore the SDK would read a registered MLTable back through it to validate it (and fetch
+        # the MLTable schema from azuremlschemas.azureedge.net); it skips that when it cannot, as here.
+        if name != "workspaceblobstore":
+            return 404, _error("UserError", f"Could not find datastore {name} (not served by the fake).")
+        return 200, {
+            "id": f"{WS_ID}/datastores/{name}", "name": name, "systemData": SYSTEM,
+            "properties": {
+                "datastoreType": "AzureBlob", "accountName": self.store_account,
+                "containerName": self.store_container, "endpoint": "core.windows.net", "protocol": "https",
+                "credentials": {"credentialsType": "None"}, "isDefault": name == "workspaceblobstore",
+            },
+        }
 
     def _workspace(self, _sent: Sent) -> Answer:
         return 200, {
@@ -282,8 +303,23 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def ml_client(service: FakeAzureML) -> MLClient:
-    """An MLClient whose every request goes to `service`."""
+class SleepRecordingTransport(RequestsTransport):
+    """The SDK's own transport, except that the retry policy's waits are recorded, not slept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slept: list[float] = []
+
+    def sleep(self, duration: float) -> None:
+        self.slept.append(duration)
+
+
+def ml_client(service: FakeAzureML, **options: Any) -> MLClient:
+    """An MLClient whose every request goes to `service`; `options` as the app gives MLClient. Its
+    transport (`client.fake_transport`) records the retry waits instead of sleeping them."""
     session = requests.Session()
     session.mount("https://", service)
-    return MLClient(FakeCredential(), SUB, RG, WS, transport=RequestsTransport(session=session, session_owner=False))
+    transport = SleepRecordingTransport(session=session, session_owner=False)
+    client = MLClient(FakeCredential(), SUB, RG, WS, transport=transport, **options)
+    client.fake_transport = transport  # type: ignore[attr-defined]
+    return client

@@ -9,7 +9,7 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
                     latest), inputs bound to the data version and to the contract, our run tag
     job_status      the job's status; for a failed job, the failed step, its error and studio link,
                     and whether the step rejected the data (it exited with code 65)
-    job_metrics     evaluate's `metrics` output (metrics.json), downloaded from the job
+    job_metrics     evaluate's `metrics` output (metrics.json), read from where the job says it is
     register_model  model `model_name` from the path the job names for its `model` output (jobs.get),
                     metrics as tags, lineage and
                     the metrics JSON as properties; found again by its `work_key` property
@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +58,8 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.policies import RetryPolicy
+from azure.storage.blob import BlobServiceClient
 
 from autoretrain.datacontract import DATA_ERROR_EXIT, mltable_text
 from autoretrain.domain import (
@@ -80,6 +81,7 @@ from autoretrain.errors import (
 )
 from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
+from autoretrain.storage import client_options as storage_client_options
 
 __all__ = ["CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state"]
 
@@ -111,6 +113,31 @@ _STATES: Mapping[str, JobState] = {
     "Canceled": JobState.CANCELED,
 }
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+# Event Grid waits 30 s for an answer, then redelivers. One SDK call may retry, but must give up
+# well before that, so the invocation raises (TransientError) and Event Grid's own retry takes over.
+CALL_RETRIES = 3  # after the first try
+CALL_BUDGET_SECONDS = 15.0  # every try and wait of one call, together
+RETRY_AFTER_CAP_SECONDS = 3.0  # a longer Retry-After (a throttled workspace) is not waited out here
+
+
+class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
+    """azure-core's retry policy with bounds for an Event Grid trigger: 3 retries, 0.5/1/2 s apart,
+    a Retry-After honoured up to 3 s, and at most 15 s for one call. The defaults (10 retries,
+    Retry-After honoured in full, a 300 s read timeout) can hold one call for minutes."""
+
+    def __init__(self) -> None:
+        super().__init__(retry_total=CALL_RETRIES, retry_backoff_factor=0.5, retry_backoff_max=2,
+                         timeout=CALL_BUDGET_SECONDS)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, RETRY_AFTER_CAP_SECONDS)
+
+
+def client_options() -> dict[str, Any]:
+    """Keyword arguments for MLClient: the bounded retry policy and per-try timeouts."""
+    return {"retry_policy": BoundedRetryPolicy(), "connection_timeout": 5, "read_timeout": 10}
 _SPACE = re.compile(r"\s+")
 
 
@@ -167,6 +194,18 @@ def _error(action: str, exc: BaseException) -> WorkspaceError:
     return WorkspaceError(f"{action} failed: {reason}")
 
 
+_DATASTORE_PATH = re.compile(r"datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
+
+
+def _store_client(client: MLClient) -> Callable[[str, str], BlobServiceClient]:
+    def make(account: str, endpoint: str) -> BlobServiceClient:
+        return BlobServiceClient(
+            f"https://{account}.blob.{endpoint}", credential=client._credential, **storage_client_options()
+        )
+
+    return make
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     try:
@@ -191,8 +230,11 @@ class AzureMLWorkspace:
         data_asset: str = "autoretrain-data",
         model_name: str = "autoretrain-model",
         pipeline_component: str = "autoretrain_pipeline",
+        workspace_store: Callable[[str, str], BlobServiceClient] | None = None,
     ) -> None:
         self._client = client
+        # (account name, endpoint suffix) -> a client of the workspace's own storage, where jobs write.
+        self._store = workspace_store or _store_client(client)
         self._blobs = blobs
         self.datastore = datastore
         self.datasets_container = datasets_container
@@ -297,14 +339,14 @@ class AzureMLWorkspace:
         return self._run(created)
 
     def _component(self) -> str:
-        """The ARM id of the pipeline component's latest version (the deploy hook publishes it)."""
+        """The ARM id of the pipeline component's latest version (`autoretrain publish` registers it)."""
         try:
             component = self._client.components.get(self.pipeline_component, label="latest")
         except (ResourceNotFoundError, ValidationException) as exc:
             # No version at all: a 404 for the name, or (for label="latest") an empty list.
             raise WorkspaceError(
                 f"pipeline component {self.pipeline_component!r} is not registered in the workspace; "
-                "publish it with infra/hooks/publish_pipeline.py (azd deploy runs it)."
+                "publish it with `autoretrain publish` (azd deploy's postdeploy hook runs it)."
             ) from exc
         return str(component.id)
 
@@ -371,19 +413,38 @@ class AzureMLWorkspace:
         message = getattr(error, "message", None)
         return _one_line(message, 500) if message else None
 
+    def _output_path(self, job: str, output: str, action: str) -> str:
+        """The path a job names for one of its outputs once it has completed (jobs.get)."""
+        found = self._client.jobs.get(job)
+        path = getattr((getattr(found, "outputs", None) or {}).get(output), "path", None)
+        if not path:
+            raise WorkspaceRejectedError(
+                f"{action} failed: job {job} ({run_state(found.status).value}) names no path for its {output!r} "
+                "output; only a completed job's outputs can be read."
+            )
+        return str(path)
+
     def job_metrics(self, job: str) -> Metrics:
-        with tempfile.TemporaryDirectory(prefix="autoretrain-metrics-") as tmp:
-            with _translated(f"download metrics of job {job}"):
-                self._client.jobs.download(job, download_path=tmp, output_name="metrics")
-            folder = Path(tmp) / "named-outputs" / "metrics"
-            path = folder / "metrics.json"
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                return Metrics.from_evaluate(raw)
-            except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
-                raise WorkspaceError(
-                    f"job {job}: its metrics output has no readable metrics.json ({_one_line(exc)})."
-                ) from exc
+        """evaluate's metrics.json, read where the job says its `metrics` output is: the datastore
+        (its account and container from the workspace) and the path, with our own storage client and
+        its bounded retries. (azure-ai-ml's jobs.download would take four more service calls, and its
+        storage client retries for minutes.)"""
+        action = f"read metrics of job {job}"
+        with _translated(action):
+            path = self._output_path(job, "metrics", action)
+            match = _DATASTORE_PATH.search(path)
+            if match is None:
+                raise WorkspaceRejectedError(f"{action} failed: {path!r} is not a datastore path.")
+            store = self._client.datastores.get(match["datastore"])
+            blob = f"{match['path'].rstrip('/')}/metrics.json"
+            client = self._store(str(store.account_name), str(getattr(store, "endpoint", None) or "core.windows.net"))
+            data = client.get_blob_client(str(store.container_name), blob).download_blob().readall()
+        try:
+            return Metrics.from_evaluate(json.loads(data))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise WorkspaceError(
+                f"job {job}: its metrics output has no readable metrics.json ({_one_line(exc)})."
+            ) from exc
 
     # -- models --------------------------------------------------------------------------------
 
@@ -401,15 +462,7 @@ class AzureMLWorkspace:
                 return self._model(min(existing, key=_version_number))
             # Where the job says its model output is (a pipeline-level output resolves to the path the
             # train step wrote): registered from that, not from a job reference the service must resolve.
-            found = self._client.jobs.get(job)
-            output = (getattr(found, "outputs", None) or {}).get("model")
-            path = getattr(output, "path", None)
-            if not path:
-                raise WorkspaceRejectedError(
-                    f"{action} failed: job {job} ({run_state(found.status).value}) names no path for its 'model' "
-                    "output; "
-                    "only a completed job's model can be registered."
-                )
+            path = self._output_path(job, "model", action)
             model = Model(
                 name=self.model_name,
                 path=str(path),

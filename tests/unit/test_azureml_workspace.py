@@ -42,6 +42,7 @@ from autoretrain.workspace.azureml import (
     METRICS_PROPERTY,
     WORK_KEY_PROPERTY,
     AzureMLWorkspace,
+    BoundedRetryPolicy,
     run_state,
 )
 
@@ -273,13 +274,13 @@ class TestSubmit:
     def test_a_missing_pipeline_component_says_how_to_publish_it(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """No registered component: one line naming it and the hook that publishes it; no job PUT."""
+        """No registered component: one line naming it and the command that publishes it; no job PUT."""
         service.queued.append(("GET", "/components/", (200, {"value": []})))
 
         with pytest.raises(WorkspaceError) as caught:
             workspace.submit(data_version(), KEY, TAGS)
 
-        assert "autoretrain_pipeline" in str(caught.value) and "publish_pipeline.py" in str(caught.value)
+        assert "autoretrain_pipeline" in str(caught.value) and "autoretrain publish" in str(caught.value)
         assert service.requests_to("PUT", "/jobs/") == []
 
     def test_a_429_is_retried_by_the_sdk_retry_policy(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
@@ -568,12 +569,15 @@ class TestBootstrap:
         assert (deps.workspace.datastore, deps.workspace.compute, deps.workspace.pipeline_component) == (
             DATASTORE, COMPUTE, "autoretrain_pipeline",
         )
+        # Its calls retry within the bounds an Event Grid trigger needs, not the SDK's defaults.
+        pipeline = deps.workspace._client._service_client_08_2023_preview._client._pipeline
+        assert any(isinstance(p, BoundedRetryPolicy) for p in pipeline._impl_policies)
 
 
 class TestRunMetrics:
     def test_a_job_that_has_not_finished_has_no_metrics(self, workspace: AzureMLWorkspace,
                                                          service: FakeAzureML) -> None:
-        """The SDK refuses to download outputs of a running job; the error is one line naming the job."""
+        """A running job names no path for its metrics output yet: one line naming the job."""
         workspace.submit(data_version(), KEY, TAGS)
         service.finish(KEY.job_name, "Running")
 
@@ -581,5 +585,6 @@ class TestRunMetrics:
             workspace.job_metrics(KEY.job_name)
 
         message = str(caught.value)
-        assert message.startswith(f"download metrics of job {KEY.job_name} failed: This job is in state ")
+        assert message.startswith(f"read metrics of job {KEY.job_name} failed: job {KEY.job_name} (Running) "
+                                  "names no path for its 'metrics' output")
         assert "\n" not in message
