@@ -107,9 +107,13 @@ class TableLedger:
             raise StorageError(f"ledger: cannot write {record.key} ({_msg(exc)}).") from exc
         return _record({**entity, "etag": meta.get("etag")})
 
-    def records(self) -> Iterator[LedgerRecord]:
+    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
         try:
-            for entity in self._table.list_entities():
+            entities = (
+                self._table.query_entities("state eq @state", parameters={"state": state.value})
+                if state is not None else self._table.list_entities()
+            )
+            for entity in entities:
                 yield _record({**entity, "etag": entity.metadata.get("etag")})
         except AzureError as exc:
             raise StorageError(f"ledger: cannot list records ({_msg(exc)}).") from exc

@@ -380,8 +380,8 @@ def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple
     rule = deps.contract.training
     # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
-        (r for r in deps.ledger.records()
-         if r.key != record.key and r.data_version and r.data_version != data and r.state is LedgerState.DONE),
+        (r for r in deps.ledger.records(LedgerState.DONE)
+         if r.key != record.key and r.data_version and r.data_version != data),
         key=lambda r: (r.created, r.key.value),
     )
     history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), data]))

@@ -16,6 +16,7 @@ from autoretrain.domain import (
     DataVersion,
     JobStatus,
     LedgerRecord,
+    LedgerState,
     ListedBlob,
     Metrics,
     ModelVersion,
@@ -70,7 +71,9 @@ class Ledger(Protocol):
         the move is not allowed from the record's state."""
         ...
 
-    def records(self) -> Iterator[LedgerRecord]: ...
+    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
+        """Every record, or those in `state` (filtered by the store, not after reading them all)."""
+        ...
 
 
 class Workspace(Protocol):

@@ -57,6 +57,12 @@ def client_options(retries: int = 2) -> dict[str, Any]:
         ),
         "connection_timeout": 10,
         "read_timeout": 30,
+        # Reads and writes of a big blob go in 4 MiB pieces: the SDK's defaults (a first GET of 32 MiB,
+        # one PUT for anything up to 64 MiB) hold that much in memory, several times over.
+        "max_single_get_size": 4 * 1024 * 1024,
+        "max_chunk_get_size": 4 * 1024 * 1024,
+        "max_single_put_size": 4 * 1024 * 1024,
+        "max_block_size": 4 * 1024 * 1024,
     }
 
 

@@ -229,10 +229,22 @@ class LocalWorkspace:
 
     def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
         name = f"{self.data_asset}-trainset"
+        # The members' files in one read, before the write lock: other ingests do not wait on it.
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
+            paths = {
+                f"{r['name']}:{r['version']}": Path(r["path"])
+                for r in db.execute("SELECT name, version, path FROM data_versions WHERE name = ?", (self.data_asset,))
+            } if row is None else {}
+        if row is not None:
+            return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
+        unknown = [m for m in members if m not in paths]
+        if unknown:
+            raise WorkspaceError(f"data version(s) {', '.join(unknown)} are not registered in {self._db}.")
+        files = [paths[m] for m in members]
         with self._transaction() as db:
             row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
             if row is None:
-                files = [self._data_path(_data_ref(member)) for member in members]
                 version = db.execute(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM training_sets WHERE name = ?", (name,)
                 ).fetchone()[0]
@@ -775,11 +787,6 @@ class _ForkedStep:
                 return
             time.sleep(0.05)
         raise subprocess.TimeoutExpired(str(self.pid), timeout)
-
-
-def _data_ref(member: str) -> DataVersion:
-    name, _, version = member.rpartition(":")
-    return DataVersion(name=name, version=version, uri="")
 
 
 def _last_line(path: Path) -> str | None:

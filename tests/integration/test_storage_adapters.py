@@ -17,6 +17,7 @@ from autoretrain.domain import (
     Metrics,
     Quarantine,
     Release,
+    Skip,
     StartCompleting,
     Submit,
     TakeOver,
@@ -101,6 +102,20 @@ class TestTableLedger:
         [listed] = list(ledger.records())
         seen = (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job, listed.lease_until)
         assert seen == (LedgerState.DONE, metrics, False, "m:1", "j", None)
+
+    def test_records_in_one_state_are_filtered_by_the_table_and_keep_retrain_fields(self, ledger: TableLedger) -> None:
+        """The training window reads done records only; a retrain's number and origin round-trip."""
+        first = BlobRef("incoming", "d.csv", "0x5")
+        origin = WorkKey.for_blob(first)
+        record, _ = ledger.claim(first, origin, "ev-1", LEASE)
+        ledger.move(record, Skip("replaced"))
+        ledger.claim(first, origin.retrain(1), "retrain-1", LEASE, retrain=1, retrain_of=origin)
+        assert [r.key for r in ledger.records(LedgerState.SKIPPED)] == [origin]
+        [claimed] = list(ledger.records(LedgerState.CLAIMED))
+        assert (claimed.key, claimed.retrain, claimed.retrain_of, claimed.origin) == (
+            origin.retrain(1), 1, origin, origin,
+        )
+        assert list(ledger.records(LedgerState.DONE)) == [] and len(list(ledger.records())) == 2
 
 
 class TestAzureBlobStore:

@@ -105,8 +105,8 @@ class FakeLedger:
         self.rows[record.key.value] = updated
         return updated
 
-    def records(self) -> Iterator[LedgerRecord]:
-        return iter(list(self.rows.values()))
+    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
+        return iter([r for r in self.rows.values() if state is None or r.state is state])
 
 
 @dataclass
