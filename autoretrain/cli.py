@@ -4,6 +4,7 @@
     autoretrain host                 only the local Functions host (like `func start`)
     autoretrain drop FILE...         upload files to the incoming container
     autoretrain status [--json]      one record per blob version, from the ledger
+    autoretrain status BLOB [--json] one file's timeline: each move, data, window, steps, model, gate
     autoretrain reconcile [--grace S]      one reconcile pass now: what it found and what it did
     autoretrain retrain BLOB|KEY [--etag E] run a blob version again: a new, numbered retrain
     autoretrain replay                     redeliver dead-lettered events to the running host
@@ -150,9 +151,84 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_of(settings: Settings, records: Sequence[LedgerRecord], target: str) -> list[LedgerRecord]:
+    """The records `target` names, with every retrain of them: a work key, a blob path, or a name
+    in the incoming container (all its versions)."""
+    name = target.removeprefix(f"{settings.incoming_container}/")
+    incoming = settings.incoming_container
+    origins = {
+        r.origin for r in records
+        if target in (r.key.value, r.blob.path) or (r.blob.container == incoming and r.blob.name == name)
+    }
+    return [r for r in records if r.origin in origins]
+
+
+def _story(settings: Settings, record: LedgerRecord) -> dict[str, Any]:
+    """One run of one blob version as data: the ledger's row and timeline, and (local mode) the
+    job's steps from the embedded workspace's catalogue."""
+    from autoretrain.settings import WorkspaceKind
+
+    story = record.as_row()
+    story["steps"] = []
+    if record.job and settings.workspace is WorkspaceKind.LOCAL:
+        from autoretrain.workspace.local import catalog_rows
+
+        logs = Path(settings.home).resolve() / "workspace" / "jobs" / record.job / "logs"
+        story["steps"] = [
+            {"step": s["step"], "status": s["status"], "seconds": s["seconds"], "exit_code": s["exit_code"],
+             "log": str(logs / f"{s['step']}.log")}
+            for s in catalog_rows(settings.home, "steps") if s["job"] == record.job
+        ]
+    return story
+
+
+def _print_story(story: dict[str, Any], out: TextIO) -> None:
+    run = f"retrain {story['retrain']}" if story["retrain"] else "first run"
+    out.write(f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}\n")
+    for moved in story["history"]:
+        at = moved["at"].replace("T", " ")[:23]
+        out.write(f"  {at}  {moved['state']:<11} {moved['note']}\n")
+    if story["data_version"]:
+        window = ", ".join(story["window"]) or story["data_version"]
+        out.write(f"  data      {story['data_version']}, trained in {story['training_set']} (window: {window})\n")
+    if story["job"]:
+        steps = ", ".join(f"{s['step']} {s['status'].lower()} {s['seconds']} s" for s in story["steps"] if s["seconds"]
+                          is not None)
+        out.write(f"  job       {story['job']}" + (f": {steps}" if steps else "") + "\n")
+        for step in story["steps"]:
+            out.write(f"            {step['step']} log: {step['log']}\n")
+    if story["model_version"]:
+        metrics = story["metrics"] or {}
+        primary = story["primary_metric"]
+        value = metrics.get(primary)
+        champion = (story["champion_metrics"] or {}).get(primary)
+        numbers = f"{primary} {value:.4f}" if value is not None else ""
+        if champion is not None:
+            numbers += f" against the champion's {champion:.4f} on the same {story['test_rows']} test rows"
+        out.write(f"  model     {story['model_version']}{', promoted' if story['promoted'] else ''}: {numbers}\n")
+    if story["decision"]:
+        out.write(f"  gate      {story['decision']}\n")
+    if story["reason"]:
+        out.write(f"  reason    {story['reason']}\n")
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with _azurite(settings):
         records = sorted(_ledger(settings).records(), key=lambda r: r.created)
+    if args.blob:
+        runs = _runs_of(settings, records, args.blob)
+        if not runs:
+            raise AutoretrainError(
+                f"{args.blob}: no blob version or work key of that name in the ledger; `autoretrain status` lists them."
+            )
+        stories = [_story(settings, r) for r in runs]
+        if args.json:
+            json.dump(stories, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            for story in stories:
+                _print_story(story, sys.stdout)
+        return 0
     rows = [_status_row(r) for r in records]
     if args.json:
         json.dump([r.as_row() for r in records], sys.stdout, indent=2)
@@ -560,7 +636,9 @@ def _parser() -> argparse.ArgumentParser:
     drop = sub.add_parser("drop", help="upload files to the incoming container")
     drop.add_argument("files", nargs="+")
     drop.add_argument("--prefix", default="", help="a folder prefix for the blob names, e.g. customer-a/")
-    status = sub.add_parser("status", help="one record per blob version")
+    status = sub.add_parser("status", help="one record per blob version; with BLOB, its timeline")
+    status.add_argument("blob", nargs="?",
+                        help="a blob name in the incoming container, a blob path or a work key: its story")
     status.add_argument("--json", action="store_true")
     listing = sub.add_parser("list", help="the local workspace's data versions, jobs or models")
     listing.add_argument("kind", choices=("data", "trainsets", "jobs", "steps", "models"))

@@ -379,6 +379,40 @@ class Fail:
 Move = TakeOver | Release | Quarantine | Skip | Submit | StartCompleting | Finish | Fail
 
 
+HISTORY_LIMIT = 40  # moves kept per record (a table entity holds 64 KiB)
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """One move in a record's timeline: what it became, when, and a short note."""
+
+    state: str  # the state after the move, or taken_over / released for a lease
+    at: datetime
+    note: str = ""
+
+    @classmethod
+    def of(cls, move: Move, state: LedgerState, now: datetime, attempts: int) -> Moved:
+        match move:
+            case TakeOver():
+                return cls("taken_over", now, f"attempt {attempts + 1}")
+            case Release(reason):
+                return cls("released", now, reason[:200])
+            case Submit(data_version, job, _, _, window):
+                return cls(state.value, now, f"{data_version}, job {job}, window of {len(window)}")
+            case Finish(model_version, _, promoted, _):
+                return cls(state.value, now, f"{model_version}{', promoted' if promoted else ''}")
+            case Quarantine(reason) | Skip(reason) | Fail(reason):
+                return cls(state.value, now, reason[:200])
+        return cls(state.value, now)
+
+    def as_row(self) -> dict[str, str]:
+        return {"state": self.state, "at": self.at.isoformat(), "note": self.note}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, str]) -> Moved:
+        return cls(row["state"], datetime.fromisoformat(row["at"]), row.get("note", ""))
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerRecord:
     """One blob version's row in the ledger. `etag` is the ledger row's own, for optimistic updates.
@@ -408,7 +442,21 @@ class LedgerRecord:
     window: tuple[str, ...] = ()
     retrain: int = 0  # 0: the blob version's own run; n: its nth `autoretrain retrain`
     retrain_of: WorkKey | None = None  # for a retrain: the key of the blob version's own record
+    history: tuple[Moved, ...] = ()  # every move, oldest first: the record's timeline
     etag: str | None = None
+
+    @classmethod
+    def claimed(
+        cls, blob: BlobRef, key: WorkKey, event_id: str, now: datetime, lease_until: datetime,
+        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+    ) -> LedgerRecord:
+        """A new record, as a claim writes it: the first entry of its timeline."""
+        note = f"retrain {retrain}" if retrain else f"event {event_id}"
+        return cls(
+            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
+            lease_until=lease_until, retrain=retrain, retrain_of=retrain_of,
+            history=(Moved(LedgerState.CLAIMED.value, now, note),),
+        )
 
     @property
     def origin(self) -> WorkKey:
@@ -450,6 +498,7 @@ class LedgerRecord:
             raise ValueError(f"ledger: {self.key} cannot move from {self.state.value} to {state.value}.")
         if state.final:
             changes["lease_until"] = None
+        changes["history"] = (*self.history, Moved.of(move, state, now, self.attempts))[-HISTORY_LIMIT:]
         return replace(self, state=state, updated=now, etag=None, **changes)
 
     def as_row(self) -> dict[str, Any]:
@@ -473,6 +522,7 @@ class LedgerRecord:
             "reason": self.reason,
             "attempts": self.attempts,
             "retrain": self.retrain,
+            "history": [m.as_row() for m in self.history],
             "retrain_of": self.retrain_of.value if self.retrain_of else None,
             "lease_until": self.lease_until.isoformat() if self.lease_until else None,
             "created": self.created.isoformat(),

@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, Moved, WorkKey
 from autoretrain.errors import LedgerError, StorageError
 
 __all__ = ["TableLedger"]
@@ -59,10 +59,8 @@ class TableLedger:
         self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
         *, retrain: int = 0, retrain_of: WorkKey | None = None,
     ) -> tuple[LedgerRecord, bool]:
-        now = self._clock()
-        record = LedgerRecord(
-            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
-            lease_until=lease_until, retrain=retrain, retrain_of=retrain_of,
+        record = LedgerRecord.claimed(
+            blob, key, event_id, self._clock(), lease_until, retrain=retrain, retrain_of=retrain_of
         )
         entity = _entity(record)
         try:
@@ -156,6 +154,7 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "training_set": record.training_set,
         "window": json.dumps(list(record.window)) if record.window else None,
         "retrain": record.retrain or None,
+        "history": json.dumps([m.as_row() for m in record.history]) if record.history else None,
         "retrain_of": record.retrain_of.value if record.retrain_of else None,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
@@ -186,5 +185,6 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         window=tuple(json.loads(entity["window"])) if entity.get("window") else (),
         retrain=int(entity.get("retrain") or 0),
         retrain_of=WorkKey(entity["retrain_of"]) if entity.get("retrain_of") else None,
+        history=tuple(Moved.from_row(m) for m in json.loads(entity["history"])) if entity.get("history") else (),
         etag=entity.get("etag"),
     )

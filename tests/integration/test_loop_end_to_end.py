@@ -177,3 +177,36 @@ def _blob_created(ref: BlobRef) -> dict[str, object]:
         "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
                  "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
     }
+
+
+def test_status_blob_tells_one_file_s_story(running: Loop, tmp_path: Path) -> None:
+    """`autoretrain status BLOB`: each move with its time, the data version and window, the job's
+    steps with their logs, the model and the gate; `--json` the same as data."""
+    [drop] = _wine_months(tmp_path / "drops", 1)
+    good = running.blobs.upload(running.incoming, "2026-01.csv", drop.read_bytes())
+    bad = running.blobs.upload(running.incoming, "broken.csv", b"alcohol,cultivar\n13.2,class_0\n")
+    keys = [WorkKey.for_blob(good), WorkKey.for_blob(bad)]
+    running.wait_final(keys, timeout=300)
+    assert post_event(running.url, "ingest", _blob_created(good)) == 200  # a duplicate delivery
+
+    text = cli(running.env, "status", "2026-01.csv", cwd=tmp_path)
+    data = cli(running.env, "status", f"{running.incoming}/2026-01.csv", "--json", cwd=tmp_path)
+    quarantined = cli(running.env, "status", keys[1].value, "--json", cwd=tmp_path)
+
+    print(text.stdout)
+    assert text.returncode == 0, text.stderr
+    [story] = json.loads(data.stdout)
+    assert [m["state"] for m in story["history"]] == ["claimed", "submitted", "completing", "done"]
+    assert story["history"][1]["note"].startswith(f"{story['data_version']}, job {keys[0].job_name}")
+    assert [s["step"] for s in story["steps"]] == ["prep", "train", "evaluate"]
+    assert all(Path(s["log"]).is_file() and s["status"] == "Completed" for s in story["steps"])
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"{good.path}  eTag {good.etag}  work key {keys[0]}  (first run): done"
+    assert any(line.startswith(f"  data      {story['data_version']}, trained in ") for line in lines)
+    assert any(line.startswith(f"  model     {story['model_version']}, promoted: f1_macro ") for line in lines)
+    assert any(line.startswith("  gate      promoted") for line in lines)
+    [bad_story] = json.loads(quarantined.stdout)
+    assert [m["state"] for m in bad_story["history"]] == ["claimed", "quarantined"]
+    assert bad_story["history"][1]["note"].startswith(f"{running.incoming}/broken.csv: missing column(s)")
+    unknown = cli(running.env, "status", "never-dropped.csv", cwd=tmp_path)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("autoretrain: never-dropped.csv: no blob version")

@@ -82,10 +82,9 @@ class FakeLedger:
     ) -> tuple[LedgerRecord, bool]:
         if key.value in self.rows:
             return self.rows[key.value], False
-        record = LedgerRecord(
-            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id,
-            created=self.now, updated=self.now, lease_until=lease_until, etag=str(next(self._etags)),
-            retrain=retrain, retrain_of=retrain_of,
+        record = replace(
+            LedgerRecord.claimed(blob, key, event_id, self.now, lease_until, retrain=retrain, retrain_of=retrain_of),
+            etag=str(next(self._etags)),
         )
         self.rows[key.value] = record
         return record, True
