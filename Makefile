@@ -41,6 +41,8 @@ lint: $(VENV)/.installed
 bench: setup
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/loop_latency.py
+	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/ingest_memory.py
 
 clean:
 	rm -rf .autoretrain
