@@ -59,7 +59,7 @@ from autoretrain.errors import (
     WorkspaceError,
 )
 from autoretrain.events import COMMITTED_APIS, BlobCreated, RunFinished
-from autoretrain.logs import bound, log_event
+from autoretrain.logs import invocation, log_event, trace_context
 from autoretrain.ports import BlobStore, Clock, Ledger, Workspace
 from autoretrain.settings import Settings
 
@@ -275,7 +275,7 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
     )
     if not created:
         return Duplicate(record)  # another operator's retrain of the same number got there first
-    log_event(log, logging.INFO, "retrain.claimed", retrain=number, retrain_of=origin.value, data=data_version)
+    log_event(log, logging.INFO, "retrain.claimed", retrain=number, retrain_of=origin.value, data_version=data_version)
     return _under_lease(record, deps, lambda: _ingest_claimed(record, None, deps, data_version=data_version))
 
 
@@ -411,7 +411,7 @@ def _register_and_submit(
         lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
         registered = deps.workspace.register_data(_snapshot(record, deps), key, lineage)
         data = f"{registered.name}:{registered.version}"
-        log_event(log, logging.INFO, "ingest.data_registered", data=registered.name, data_version=registered.version)
+        log_event(log, logging.INFO, "ingest.data_registered", data_version=data)
     history, train_last = _training_window(record, data, deps)
     window = history[-train_last:] if train_last else history
     training_set = deps.workspace.register_training_set(key, history)
@@ -419,7 +419,8 @@ def _register_and_submit(
               window=",".join(window), tested_on=len(history))
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
-    tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else ""}
+    tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
+            **trace_context()}  # completion continues this trace from the job's tags
     if record.retrain_of is not None:
         tags.update(retrain=str(record.retrain), retrain_of=record.retrain_of.value)
     job = deps.workspace.submit(training_set, key, tags, champion=champion, train_last=train_last)
@@ -522,6 +523,8 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
     status = deps.workspace.job_status(job)
     if not status.state.terminal:
         return InProgress(record, status)
+    log_event(log, logging.INFO, "complete.run_finished", job=status.name, job_state=status.state.value,
+              failed_step=status.failed_step, error=status.error)
     if record.state is LedgerState.SUBMITTED:
         try:
             record = deps.ledger.move(record, StartCompleting(now + deps.config.lease))
@@ -561,12 +564,13 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         **({"retrain": str(record.retrain), "retrain_of": record.retrain_of.value} if record.retrain_of else {}),
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
-    log_event(log, logging.INFO, "complete.model_registered", model=model.name, model_version=model.version)
+    log_event(log, logging.INFO, "complete.model_registered", model_version=f"{model.name}:{model.version}")
     promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
     deps.workspace.record_decision(model, decision)
     log_event(
         log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
-        value=metrics.primary_value, champion_value=metrics.champion_value, test_rows=metrics.test_rows,
+        metric=metrics.primary, value=metrics.primary_value, champion_value=metrics.champion_value,
+        test_rows=metrics.test_rows,
     )
     record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
     return Registered(record, model, promoted)
@@ -650,7 +654,8 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
 
     def attempt(what: str, blob: BlobRef, key: WorkKey, action: Callable[[], IngestOutcome | CompleteOutcome]) -> None:
         done.add(key.value)
-        with bound(blob=blob.path, etag=blob.etag, work_key=key.value):
+        # Each file found is a trace of its own (linked to the pass's), as if its event had come.
+        with invocation("reconcile.attempt", root=True, blob=blob.path, etag=blob.etag, work_key=key.value):
             try:
                 outcome = action()
             except Exception as exc:
@@ -660,6 +665,7 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
                 return
             if isinstance(outcome, Duplicate | InProgress):
                 return  # a live event or another pass has it: nothing was out of step after all
+            log_outcome(outcome)
             result = _result(outcome)
             log_event(log, logging.WARNING, "reconcile.found", what=what, result=result)
             found.append(Found(what, blob.path, key.value, result))
@@ -809,7 +815,7 @@ def _champion_gate(
             return False, decision
         if deps.workspace.promote(model, replacing=champion) is not None:
             return True, decision
-        log_event(log, logging.INFO, "complete.champion_changed", model_version=model.version)
+        log_event(log, logging.INFO, "complete.champion_changed", model_version=f"{model.name}:{model.version}")
     raise WorkspaceError(
         f"model {model.name}:{model.version}: the champion changed {_GATE_ATTEMPTS} times during the gate; "
         "the event will be retried."
@@ -823,8 +829,9 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
             log_event(log, logging.INFO, "ingest.submitted", job=job.name, data_version=record.data_version)
         case Quarantined(record, reason, copy):
             # Quarantined by ingest's head check, or after its job, when prep found the fault deeper.
+            # The customer's data, not our fault: a warning.
             event = "complete.quarantined" if record.job else "ingest.quarantined"
-            log_event(log, logging.ERROR, event, reason=reason, copy=copy.path, job=record.job)
+            log_event(log, logging.WARNING, event, reason=reason, copy=copy.path, job=record.job)
         case Failed(record, reason):
             log_event(log, logging.ERROR, "failed", state=record.state.value, reason=reason)
         case Skipped(record, reason):
@@ -833,7 +840,8 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
             log_event(
                 log, logging.INFO, "complete.done",
                 model_version=record.model_version, promoted=promoted,
-                **({record.metrics.primary: record.metrics.primary_value} if record.metrics else {}),
+                metric=record.metrics.primary if record.metrics else None,
+                value=record.metrics.primary_value if record.metrics else None,
             )
         case JobFailed(record, status):
             log_event(log, logging.ERROR, "complete.job_failed", job=status.name, reason=record.reason)

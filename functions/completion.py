@@ -11,7 +11,7 @@ from autoretrain.bootstrap import runtime
 from autoretrain.domain import RUN_TAG
 from autoretrain.errors import EventError
 from autoretrain.events import parse_run_finished
-from autoretrain.logs import bound, log_event
+from autoretrain.logs import invocation, log_event
 from functions._binding import event_json
 
 bp = func.Blueprint()
@@ -24,7 +24,15 @@ def completion(event: func.EventGridEvent) -> None:
     try:
         parsed = parse_run_finished(event_json(event))
     except EventError as exc:
-        log_event(log, logging.WARNING, "complete.rejected", event_id=event.id, reason=str(exc))
+        with invocation("completion", event_id=event.id):
+            log_event(log, logging.WARNING, "complete.rejected", reason=str(exc))
         return
-    with bound(event_id=parsed.event_id, job=parsed.run_id, work_key=parsed.run_tags.get(RUN_TAG)):
+    tags = parsed.run_tags
+    # The job's tags name its file and carry the trace ingest started: completion continues it, so
+    # one operation shows the file's whole story. (The tags are only trusted once loop.complete
+    # has checked the event is ours; until then they only label the lines.)
+    with invocation("completion", parent=tags, event_id=parsed.event_id, job=parsed.run_id,
+                    work_key=tags.get(RUN_TAG), blob=tags.get("blob"), etag=tags.get("etag")):
+        log_event(log, logging.INFO, "complete.received", topic=parsed.topic, event_type=parsed.event_type,
+                  job_status=parsed.job_status)
         loop.log_outcome(loop.complete(parsed, runtime()))

@@ -46,6 +46,7 @@ from azure.functions.timer import TimerRequest
 
 from autoretrain.errors import ConfigError
 from autoretrain.local.ncrontab import NcrontabSchedule
+from autoretrain.logs import RedactingFilter
 
 __all__ = [
     "EVENT_GRID_TRIGGER",
@@ -144,6 +145,7 @@ def configure_logging(stream: IO[str] | None = None, level: int = logging.INFO) 
     # The library warns about auth levels on the root logger for every non-HTTP app, and the
     # Azure SDKs log each HTTP call at INFO; the real host's console shows neither.
     handler.addFilter(lambda record: not record.getMessage().startswith("Auth level is not applied"))
+    handler.addFilter(RedactingFilter())  # no secret, token, SAS or connection string reaches the console
     logging.getLogger("azure").setLevel(logging.WARNING)
     root = logging.getLogger()
     root.addHandler(handler)

@@ -112,6 +112,10 @@ var platformSettings = {
   // no secret, and with local auth disabled ingestion also needs the Entra token below.
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // host.json sets "telemetryMode": "OpenTelemetry"; with this the Python worker configures the Azure Monitor
+  // OpenTelemetry distro itself (reading the two settings above: Entra auth as the user-assigned identity),
+  // streams the app's logs and spans directly, and the host stops forwarding them (no duplicates).
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // DefaultAzureCredential picks the user-assigned identity by this client id.
   AZURE_CLIENT_ID: identityClientId
 }

@@ -63,8 +63,9 @@ PUBLISH_SETTINGS = (
 # Names only a laptop sets: a connection string to Azurite, the local workspace folder, the local host.
 LOCAL_ONLY = {"AUTORETRAIN_STORAGE", "AUTORETRAIN_HOME", "AUTORETRAIN_HOST_URL"}
 # Names the Functions platform and the Azure SDKs read; allowed in Bicep beside SETTING_NAMES.
+# PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: the Python worker's switch for OpenTelemetry to Application Insights.
 PLATFORM_NAME = re.compile(
-    r"^(AzureWebJobsStorage__(accountName|credential|clientId)|APPLICATIONINSIGHTS_[A-Z_]+)$"
+    r"^(AzureWebJobsStorage__(accountName|credential|clientId)|(PYTHON_)?APPLICATIONINSIGHTS_[A-Z_]+)$"
 )
 
 ROLE_NAMES = {

@@ -255,7 +255,7 @@ class TestIngest:
         self, deps: loop.Deps, caplog: pytest.LogCaptureFixture
     ) -> None:
         """Ops can follow one work key through every step."""
-        from autoretrain.logs import bound
+        from autoretrain.logs import bound, fields_of
 
         _, _, blobs = fakes(deps)
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
@@ -263,7 +263,7 @@ class TestIngest:
         caplog.set_level(logging.INFO, logger="autoretrain")
         with bound(work_key=key.value):
             loop.log_outcome(loop.ingest(blob_event(ref), deps))
-        steps = [(r.event, r.fields["work_key"]) for r in caplog.records if hasattr(r, "event")]
+        steps = [(r.event, fields_of(r)["work_key"]) for r in caplog.records if hasattr(r, "event")]
         assert steps == [
             ("ingest.claimed", key.value),
             ("ingest.contract_ok", key.value),
