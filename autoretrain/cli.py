@@ -12,6 +12,7 @@
     autoretrain list data|jobs|steps|models [--json]   the local workspace's catalogue
     autoretrain demo                 the whole loop on scikit-learn's wine data, in monthly drops
     autoretrain publish [--dry-run]  register ml/pipeline.yml and its steps in Azure ML (unchanged: nothing)
+    autoretrain ui [--port N]        the MLflow UI on the local tracking store (runs, metrics, models), until Ctrl-C
 """
 
 from __future__ import annotations
@@ -475,6 +476,12 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.local.mlflow_ui import run_ui
+
+    return run_ui(settings.home, experiment=settings.experiment, host=args.host, port=args.port)
+
+
 def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
     # Only the workspace's coordinates: AUTORETRAIN_WORKSPACE=azureml would also demand the app's storage
     # endpoints, datastore and compute, which publishing does not use (the deploy hook has no storage URIs).
@@ -580,8 +587,10 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
     print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
-          f"demo wall time {time.monotonic() - started:.1f} s. "
-          "See `autoretrain list models` and `autoretrain status`.")
+          f"demo wall time {time.monotonic() - started:.1f} s.")
+    story = (done or records)[-1].blob.name if records else "FILE"
+    print(f"Where to look: the log lines in {log_file.name}; one file's story: `autoretrain status {story}`; "
+          "the metric across retrains: `autoretrain ui`.")
     unfinished = [r for r in records if not r.state.final]
     return 1 if unfinished or len(records) < len(dropped) else 0
 
@@ -664,12 +673,16 @@ def _parser() -> argparse.ArgumentParser:
     publish = sub.add_parser("publish", help="register ml/pipeline.yml and its step components in Azure ML")
     publish.add_argument("--dry-run", action="store_true",
                          help="only look up which versions are registered; register nothing")
+    ui = sub.add_parser("ui", help="the MLflow UI on the local tracking store: each job's runs, metrics and models")
+    ui.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     return parser
 
 
 _COMMANDS = {
     "up": cmd_up, "host": cmd_host, "drop": cmd_drop, "status": cmd_status, "reconcile": cmd_reconcile,
     "replay": cmd_replay, "list": cmd_list, "demo": cmd_demo, "retrain": cmd_retrain, "publish": cmd_publish,
+    "ui": cmd_ui,
 }
 
 

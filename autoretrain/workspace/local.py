@@ -7,11 +7,17 @@ Everything lives under one folder (`AUTORETRAIN_HOME`, default `.autoretrain/`):
     workspace/jobs/JOB/outputs/     each step's outputs, one folder per output
     workspace/jobs/JOB/logs/        each step's log (stdout and stderr)
     workspace/models/NAME/VERSION/  each registered model (MLflow format)
+    mlflow/                         the MLflow tracking store: a run per job, a child run per step,
+                                    the registered models and the champion alias (tracking.py)
 
 Jobs run `ml/pipeline.yml` as azure-ai-ml loads it: each component's command as a subprocess of
 this Python, inputs and outputs bound to local folders, in dependency order, on a small pool of
 worker threads. When a job changes state the workspace sends the Azure ML events the real service
 sends (RunStatusChanged, and RunCompleted on success), in the Event Grid schema, to `on_event`.
+
+As Azure ML does, each job is an MLflow run and each step a child run that the step's script logs
+its parameters and metrics into: the workspace gives each step MLFLOW_TRACKING_URI and
+MLFLOW_RUN_ID, and the script (the same on both adapters) never picks a tracking server itself.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
 from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
+from autoretrain.workspace.tracking import STEP_ENV, LocalTracking, StepRun
 from autoretrain.workspace.warm import WarmRunner, die_with_parent
 
 __all__ = ["LocalWorkspace", "catalog_rows"]
@@ -121,6 +128,7 @@ class LocalWorkspace:
         max_parallel_jobs: int = 2,
         python: str = sys.executable,
         warm: bool = True,
+        tracking: bool = True,
     ) -> None:
         self.root = Path(home).resolve() / "workspace"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -148,8 +156,21 @@ class LocalWorkspace:
         self._spec: PipelineSpec | None = None
         self._spec_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        # Steps run offline: MLflow's telemetry would only wait on a network that is not there.
-        self._step_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        # Steps run offline: MLflow's telemetry would only wait on a network that is not there. The
+        # tracking variables are the workspace's to set, per step (a shell's own are not inherited).
+        inherited = {k: v for k, v in os.environ.items() if k not in STEP_ENV}
+        self._step_env = {**inherited, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        # MLflow tracking: a tracker process of its own, started now (it imports MLflow once).
+        self._tracking = (
+            LocalTracking(home, experiment=experiment, model_name=model_name, python=python, env=self._step_env)
+            if tracking else None
+        )
+        self._tracked: set[str] = set()  # jobs running with an MLflow run
+        # The warm servers load the tracking store's modules too, and open the store once, so a step
+        # that logs pays neither.
+        self._runner_env = (
+            {**self._step_env, "MLFLOW_TRACKING_URI": self._tracking.uri} if self._tracking else self._step_env
+        )
         if warm:
             threading.Thread(target=self._start_runners, args=(max_parallel_jobs,), name="local-warm-runners",
                              daemon=True).start()
@@ -353,6 +374,12 @@ class LocalWorkspace:
             shutil.rmtree(base)  # a resumed job starts clean: no half-written outputs
         (base / "logs").mkdir(parents=True)
         self._set_status(job, JobState.RUNNING, started=_now())
+        # The job's MLflow run, made by the tracker while the job gets ready (nothing waits for it);
+        # a job started before (and stopped) has one already.
+        tracked = self._tracking is not None
+        if self._tracking is not None:
+            self._tracking.start_job(job, self._run_tags(row), resumed=row["started"] is not None)
+            self._tracked.add(job)
         self._emit(job, RUN_STATUS_CHANGED, JobState.RUNNING)
         log_event(log, logging.INFO, "job.started", job=job, data=row["data"])
 
@@ -361,7 +388,12 @@ class LocalWorkspace:
             parent_inputs["champion"] = row["champion"]
         parent_inputs["train_last"] = str(row["train_last"] or 0)
         produced: dict[tuple[str, str], Path] = {}
+        ended: tuple[StepRun, bool] | None = None  # the last step's run: ended after the next one is asked for
         for step in spec.steps:
+            # The step's MLflow run (a child of the job's), made while the step gets ready.
+            started = self._tracking.start_step(job, step.name) if tracked and self._tracking else None
+            if ended is not None and self._tracking is not None:
+                self._tracking.end_step(*ended)
             outputs = {}
             for out in step.outputs:
                 folder = base / "outputs" / step.name / out
@@ -378,9 +410,13 @@ class LocalWorkspace:
                     "INSERT OR REPLACE INTO steps (job, step, status, started) VALUES (?, ?, ?, ?)",
                     (job, step.name, JobState.RUNNING.value, _now()),
                 )
-            began = time.monotonic()
             code_dir = step.snapshot(base / "code" / step.name)
-            code = self._call(job, argv, code_dir, log_path, err_path)
+            # Its script logs into it: the environment names it, as Azure ML's does.
+            step_run = self._tracking.step_run(started) if started is not None and self._tracking else None
+            tracked = step_run is not None  # else the tracker failed or is slow: the rest runs untracked
+            env = {**self._step_env, **step_run.env()} if step_run is not None else self._step_env
+            began = time.monotonic()
+            code = self._call(job, argv, code_dir, log_path, err_path, env)
             seconds = round(time.monotonic() - began, 3)
             if self._stopping.is_set():
                 # Stopped by close() (Ctrl-C, SIGTERM): not the job's fault. It stays running in the
@@ -393,15 +429,36 @@ class LocalWorkspace:
                     ((JobState.COMPLETED if code == 0 else JobState.FAILED).value, _now(), seconds, code,
                      job, step.name),
                 )
+            ended = (step_run, code == 0) if step_run is not None else None
             if code != 0:
+                if ended is not None and self._tracking is not None:
+                    self._tracking.end_step(*ended)
                 # The scripts write their one-line reason to stderr; fall back to the log's end.
                 error = _last_line(err_path) or _last_line(log_path) or "no output"
                 self._finish(job, JobState.FAILED, failed_step=step.name, error=f"{error} (exit code {code})")
                 return
             log_event(log, logging.INFO, "job.step_completed", job=job, step=step.name, seconds=seconds)
+        if ended is not None and self._tracking is not None:
+            self._tracking.end_step(*ended)
         self._finish(job, JobState.COMPLETED)
 
-    def _call(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path) -> int:
+    def _run_tags(self, row: sqlite3.Row) -> dict[str, str]:
+        """The job run's tags: the job's own (work key, blob, eTag, champion), the data version of
+        its blob version and the training set it trains on."""
+        tags = {str(k): str(v) for k, v in json.loads(row["tags"]).items()}
+        lineage = {k: tags[k] for k in ("blob", "etag") if k in tags}
+        with self._connect() as db:
+            # A retrain has a work key of its own: its blob version's data version is found by blob and eTag.
+            found = db.execute(
+                "SELECT name, version FROM data_versions WHERE work_key = ? OR (json_extract(lineage, '$.blob') = ?"
+                " AND json_extract(lineage, '$.etag') = ?) ORDER BY work_key = ? DESC, version LIMIT 1",
+                (row["work_key"], lineage.get("blob"), lineage.get("etag"), row["work_key"]),
+            ).fetchone()
+        data_version = f"{found['name']}:{found['version']}" if found else ""
+        return {**tags, "work_key": row["work_key"], "data_version": data_version, "training_set": row["data"]}
+
+    def _call(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path,
+              env: Mapping[str, str]) -> int:
         runner = self._warm_runner()
         if runner is not None:
             def started(pid: int) -> None:
@@ -411,7 +468,7 @@ class LocalWorkspace:
                     self._steps[job].terminate()
 
             try:
-                return runner.run(argv, cwd, log_path, err_path, self._step_env, on_start=started)
+                return runner.run(argv, cwd, log_path, err_path, env, on_start=started)
             finally:
                 with self._steps_lock:
                     self._steps.pop(job, None)
@@ -422,7 +479,7 @@ class LocalWorkspace:
                 # Its own session: a Ctrl-C in the terminal reaches the stack, which stops the
                 # steps itself, instead of failing them half-way.
                 process = subprocess.Popen(argv, cwd=cwd, stdout=out_file, stderr=err_file,
-                                           stdin=subprocess.DEVNULL, env=self._step_env, start_new_session=True,
+                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                            preexec_fn=die_with_parent)
                 self._steps[job] = process
             try:
@@ -451,7 +508,7 @@ class LocalWorkspace:
 
     def _new_runner(self) -> WarmRunner | None:
         try:
-            runner = WarmRunner(self._python, self._step_env)
+            runner = WarmRunner(self._python, self._runner_env)
         except (OSError, RuntimeError) as exc:
             log_event(log, logging.WARNING, "workspace.warm_runner_unavailable", error=str(exc))
             self._warm = False
@@ -461,12 +518,19 @@ class LocalWorkspace:
         return runner
 
     def _start_runners(self, count: int) -> None:
+        started = []
         for _ in range(count):
             runner = self._new_runner()
             if runner is None:
                 self._spare.put(None)
                 return
             self._spare.put(runner)
+            started.append(runner)
+        if self._tracking is not None and self._tracking.ready():
+            # The store exists now: each server opens it once, for all the steps it forks.
+            for runner in started:
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    runner.open_tracking(self._tracking.uri)
         # The servers die with the thread that started them (PR_SET_PDEATHSIG): it lives until close().
         self._stopping.wait()
 
@@ -515,6 +579,11 @@ class LocalWorkspace:
 
     def _finish(self, job: str, state: JobState, *, failed_step: str | None = None, error: str | None = None) -> None:
         self._set_status(job, state, ended=_now(), failed_step=failed_step, error=error)
+        if job in self._tracked and self._tracking is not None:
+            self._tracked.discard(job)
+            completed = state is JobState.COMPLETED
+            metrics = self._output(job, "metrics") / "metrics.json" if completed else None
+            self._tracking.end_job(job, "FINISHED" if completed else "FAILED", metrics)
         if state is JobState.COMPLETED:
             log_event(log, logging.INFO, "job.completed", job=job)
         else:
@@ -624,6 +693,7 @@ class LocalWorkspace:
     def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
         existing = self._model_where("work_key = ?", key.value)
         if existing is not None:
+            self._track_model(existing, key, metrics)  # in case the last attempt stopped before it
             return existing
         source = self._output(job, "model")
         if not (source / "MLmodel").is_file():
@@ -646,7 +716,14 @@ class LocalWorkspace:
                 )
         model = self._model_where("work_key = ?", key.value)
         assert model is not None
+        self._track_model(model, key, metrics)
         return model
+
+    def _track_model(self, model: ModelVersion, key: WorkKey, metrics: Metrics) -> None:
+        """The model version in the MLflow registry too (queued; the tracker skips a known one)."""
+        if self._tracking is not None:
+            self._tracking.register_model(model.job, key.value, model.version, Path(self._model_path(model)),
+                                          metrics.as_tags())
 
     def _model_where(self, clause: str, *args: object) -> ModelVersion | None:
         with self._connect() as db:
@@ -671,6 +748,8 @@ class LocalWorkspace:
             tags = {**json.loads(row["tags"]), "gate": decision}
             db.execute("UPDATE models SET tags = ? WHERE name = ? AND version = ?",
                        (json.dumps(tags), model.name, int(model.version)))
+        if self._tracking is not None:
+            self._tracking.tag_model(model.version, "gate", decision)
 
     def champion(self) -> ModelVersion | None:
         return self._model_where("champion = 1")
@@ -688,6 +767,8 @@ class LocalWorkspace:
             )
         promoted = self._model_where("version = ?", int(model.version))
         assert promoted is not None
+        if self._tracking is not None:
+            self._tracking.set_champion(promoted.version)  # the registered model's `champion` alias
         return promoted
 
     def drain(self, timeout: float) -> bool:
@@ -724,6 +805,12 @@ class LocalWorkspace:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for runner in self._runners:
             runner.close()
+        if self._tracking is not None:
+            self._tracking.close(timeout)
+
+    def flush_tracking(self, timeout: float = 30.0) -> bool:
+        """Wait until the MLflow store has every run, model and alias sent so far (tests, CLI)."""
+        return self._tracking.flush(timeout) if self._tracking is not None else True
 
 
 _LISTINGS = {

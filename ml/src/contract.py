@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ __all__ = [
     "DataError",
     "InputError",
     "load_contract",
+    "log_to_mlflow",
     "read_split",
     "run_step",
 ]
@@ -91,6 +94,39 @@ def read_split(folder: Path, contract: Contract) -> tuple[pd.DataFrame, pd.Serie
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; rerun prep.")
     return frame[list(contract.features)], frame[contract.target]
+
+
+def log_to_mlflow(params: Mapping[str, object], metrics: Mapping[str, float]) -> bool:
+    """Log a step's parameters and metrics to its MLflow run, in one batch, where tracking is set.
+
+    The step never chooses where: Azure ML sets MLFLOW_TRACKING_URI and MLFLOW_RUN_ID for every
+    job (the workspace's tracking, shown in Studio), and the local workspace sets the same two for
+    each step (its local store, one child run per step). Without MLFLOW_TRACKING_URI nothing is
+    logged. A failure is logged, not raised: the step's output files are the record. True when
+    logged.
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return False
+    import mlflow  # deferred: a step without tracking does not pay for it
+    from mlflow.entities import Metric, Param
+
+    try:
+        # The run MLFLOW_RUN_ID names (else the active one, or a new one): whoever started the
+        # step's run (Azure ML, the local workspace) ends it with the step's outcome.
+        run_id = os.environ.get("MLFLOW_RUN_ID") or (mlflow.active_run() or mlflow.start_run()).info.run_id
+        now = int(time.time() * 1000)
+        mlflow.MlflowClient().log_batch(
+            run_id,
+            metrics=[Metric(name, float(value), now, 0) for name, value in metrics.items()],
+            params=[Param(name, str(value)) for name, value in params.items()],
+        )
+    except Exception as exc:  # any tracking failure, whatever the tracking backend raises
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _log.warning("mlflow_log_failed error=%s", reason)
+        return False
+    _log.info("mlflow_logged uri=%s run=%s params=%d metrics=%d", mlflow.get_tracking_uri(), run_id, len(params),
+              len(metrics))
+    return True
 
 
 def run_step(

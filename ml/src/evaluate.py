@@ -4,7 +4,8 @@ Both models are scored on the same rows, so the champion gate compares like with
 never judged on an easier test split than its rival's). metrics.json is the portable record (Azure
 ML SDK v2 has no metrics API; the local workspace reads files): it names the primary metric and
 whether greater is better, so the gate compares models without knowing the task. Where
-MLFLOW_TRACKING_URI is set (Azure ML sets it for every job) the metrics are logged to MLflow as well.
+MLFLOW_TRACKING_URI is set (Azure ML sets it for every job, the local workspace for every step) the
+metrics, and the champion's as champion_<name>, are logged to the step's MLflow run as well.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contract import Contract, InputError, load_contract, read_split, run_step
+from contract import Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
 
 __all__ = ["build_parser", "main", "parse_args", "score"]
 
@@ -103,24 +104,6 @@ def score(task: str, truth: Sequence[Any], predicted: Sequence[Any]) -> dict[str
     return {name: float(value) for name, value in values.items()}
 
 
-def _log_to_mlflow(values: Mapping[str, float], test_rows: int) -> None:
-    """Log to the tracking server; a failure is logged, not raised: metrics.json is the record.
-
-    The fluent API attaches to the run named by MLFLOW_RUN_ID (Azure ML sets it for the job)
-    or starts one, and ends it when the process exits.
-    """
-    import mlflow
-
-    try:
-        mlflow.log_metrics(dict(values))
-        mlflow.log_param("test_rows", test_rows)
-    except Exception as exc:  # any tracking failure, whatever the tracking backend raises
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _log.warning("mlflow_log_failed error=%s", reason)
-    else:
-        _log.info("mlflow_logged uri=%s", mlflow.get_tracking_uri())
-
-
 def main(
     model: Path, test_data: Path, contract: Path, metrics: Path, champion: Path | None = None
 ) -> dict[str, Any]:
@@ -151,8 +134,12 @@ def main(
     (metrics / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for name, value in values.items():
         _log.info("metric %s=%.6g champion=%s", name, value, champion_values.get(name) if champion_values else None)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        _log_to_mlflow(values, len(truth))
+    # Where tracking is set (Azure ML, the local workspace): this run's numbers and the champion's.
+    log_to_mlflow(
+        {"test_rows": len(truth), "primary_metric": spec.primary_metric, "greater_is_better": spec.greater_is_better,
+         "champion_scored": champion_values is not None},
+        {**values, **{f"champion_{name}": value for name, value in (champion_values or {}).items()}},
+    )
     return result
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from contract import DATA_FILE, MISSING, Contract, DataError, InputError, load_contract, run_step
+from contract import DATA_FILE, MISSING, Contract, DataError, InputError, load_contract, log_to_mlflow, run_step
 from datacontract import MIN_ROWS, ContractRuleError, mltable_files
 
 __all__ = ["build_parser", "first_non_utf8", "hash_test_mask", "main", "parse_args", "read_rows"]
@@ -419,6 +419,12 @@ def main(
     report.mkdir(parents=True, exist_ok=True)
     (report / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _log.info("split train_rows=%d test_rows=%d", summary["train_rows"], summary["test_rows"])
+    # Where tracking is set (Azure ML, the local workspace): the report's counts as metrics.
+    log_to_mlflow(
+        {"test_fraction": test_fraction, "seed": seed, "train_last": train_last, "read_path": path},
+        {**{name: float(value) for name, value in summary.items() if isinstance(value, int)},
+         "values_imputed": float(sum(imputed.values()))},
+    )
     return summary
 
 

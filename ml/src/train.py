@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract import ESTIMATORS, Contract, InputError, load_contract, read_split, run_step
+from contract import ESTIMATORS, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
 
 __all__ = ["build_model", "build_parser", "main", "parse_args"]
 
@@ -116,7 +116,8 @@ def main(train_data: Path, contract: Path, model: Path, seed: int = 42) -> Path:
     features, target = read_split(train_data, spec)
     started = time.perf_counter()
     fitted = build_model(spec, seed).fit(features, target)
-    _log.info("fitted rows=%d seconds=%.2f", len(features), time.perf_counter() - started)
+    fit_seconds = time.perf_counter() - started
+    _log.info("fitted rows=%d seconds=%.2f", len(features), fit_seconds)
 
     import mlflow.sklearn  # deferred: about a second, and argument errors should not pay it
     import skops.io
@@ -139,6 +140,12 @@ def main(train_data: Path, contract: Path, model: Path, seed: int = 42) -> Path:
         pip_requirements=_requirements(),
     )
     _log.info("model_saved path=%s", model)
+    # Where tracking is set (Azure ML, the local workspace): what was fitted, on how many rows.
+    log_to_mlflow(
+        {"estimator": spec.model.estimator, "seed": seed, "task": spec.task,
+         **{f"model.{name}": value for name, value in spec.model.params.items()}},
+        {"train_rows": float(len(features)), "fit_seconds": round(fit_seconds, 3)},
+    )
     return model
 
 

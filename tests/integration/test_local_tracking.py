@@ -1,0 +1,200 @@
+"""The local workspace's MLflow tracking, read back with MlflowClient: what Azure ML Studio shows
+for a real job (a run per job, a child run per step, the registered model and its champion), on
+this machine's store under AUTORETRAIN_HOME."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from mlmodules import wine
+
+from autoretrain.bootstrap import PIPELINE
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, WorkKey
+from autoretrain.local.mlflow_ui import MlflowUI, run_ui
+from autoretrain.storage import AzureBlobStore
+from autoretrain.workspace.local import LocalWorkspace
+from autoretrain.workspace.tracking import LocalTracking, tracking_uri
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = ROOT / "ml" / "contract.yaml"
+
+
+def wine_csv(rows: slice) -> bytes:
+    frame = wine().wine_frame().sample(frac=1.0, random_state=5).iloc[rows]
+    return str(frame.to_csv(index=False)).encode()
+
+
+def client(home: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(home), registry_uri=tracking_uri(home))
+
+
+def runs_of(mlflow: Any, job: str) -> tuple[Any, dict[str, Any]]:
+    """The job's run and its step runs by name; asserts there is exactly one job run."""
+    experiment = mlflow.get_experiment_by_name("autoretrain")
+    found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`autoretrain.job` = '{job}'")
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in found]
+    parent = parents[0]
+    steps = {r.info.run_name: r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(found) == 1 + len(steps)
+    return parent, steps
+
+
+@pytest.fixture
+def store(azurite: str) -> AzureBlobStore:
+    return AzureBlobStore(BlobServiceClient.from_connection_string(azurite))
+
+
+def run_job(
+    workspace: LocalWorkspace, store: AzureBlobStore, container: str, name: str, rows: slice,
+    champion: ModelVersion | None = None,
+) -> tuple[str, WorkKey, BlobRef]:
+    blob = store.upload(container, name, wine_csv(rows))
+    key = WorkKey.for_blob(blob)
+    data = workspace.register_data(blob, key, {"blob": blob.path, "etag": blob.etag, "work_key": key.value})
+    window = workspace.register_training_set(key, [f"{data.name}:{data.version}"])
+    job = workspace.submit(window, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag}, champion=champion)
+    status = workspace.wait(job.name, timeout=180)
+    assert status.state is JobState.COMPLETED, status
+    return job.name, key, blob
+
+
+def test_each_job_is_a_run_with_its_steps_and_each_model_a_registered_version(
+    tmp_path: Path, store: AzureBlobStore, unique: str
+) -> None:
+    workspace = LocalWorkspace(tmp_path, pipeline=PIPELINE, contract=CONTRACT, blobs=store)
+    container = f"ds{unique}"
+    first_job, first_key, first_blob = run_job(workspace, store, container, "k/2026-01.csv", slice(0, 90))
+    first = workspace.register_model(first_job, first_key, workspace.job_metrics(first_job), {"job": first_job})
+    promoted = workspace.promote(first, replacing=None)
+    assert promoted is not None
+    second_job, second_key, _ = run_job(workspace, store, container, "k/2026-02.csv", slice(60, 178), champion=promoted)
+    second = workspace.register_model(second_job, second_key, workspace.job_metrics(second_job), {"job": second_job})
+    workspace.record_decision(second, "promoted: better")
+    assert workspace.promote(second, replacing=promoted) is not None
+    assert workspace.flush_tracking(60)
+    workspace.close()
+
+    mlflow = client(tmp_path)
+    experiment = mlflow.get_experiment_by_name("autoretrain")
+    assert experiment is not None
+
+    # One run per job, named by the job, tagged with the blob version it is for.
+    parent, steps = runs_of(mlflow, first_job)
+    assert parent.info.run_name == first_job and parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert (tags["work_key"], tags["blob"], tags["etag"]) == (first_key.value, first_blob.path, first_blob.etag)
+    assert tags["data_version"] == "autoretrain-data:1"
+    assert tags["training_set"] == "autoretrain-data-trainset:1"
+    assert tags["model_version"] == "autoretrain-model:1"
+
+    # Its three steps as child runs, each with what its script logged.
+    assert sorted(steps) == ["evaluate", "prep", "train"]
+    assert {s.info.status for s in steps.values()} == {"FINISHED"}
+    report = json.loads((workspace.job_dir(first_job) / "outputs" / "prep" / "report" / "report.json").read_text())
+    prep = steps["prep"].data
+    assert {k: prep.metrics[k] for k in ("rows_in", "train_rows", "test_rows")} == {
+        k: float(report[k]) for k in ("rows_in", "train_rows", "test_rows")
+    }
+    assert prep.params["seed"] == "42"
+    train = steps["train"].data
+    assert train.params["estimator"] == "LogisticRegression" and train.metrics["train_rows"] == report["train_rows"]
+    evaluate = steps["evaluate"].data
+    assert {k: v for k, v in evaluate.metrics.items() if not k.startswith("champion_")} == dict(first.metrics.values)
+    assert evaluate.params["test_rows"] == str(first.metrics.test_rows)
+    # The job's run carries evaluate's metrics too: the UI charts them across retrains.
+    assert parent.data.metrics[first.metrics.primary] == first.metrics.primary_value
+
+    # The second job scored the champion on the same rows: its numbers are the champion_ metrics.
+    _, steps2 = runs_of(mlflow, second_job)
+    assert second.metrics.champion is not None
+    evaluate2 = steps2["evaluate"].data.metrics
+    assert {k: v for k, v in evaluate2.items() if not k.startswith("champion_")} == dict(second.metrics.values)
+    assert {k.removeprefix("champion_"): v for k, v in evaluate2.items() if k.startswith("champion_")} == dict(
+        second.metrics.champion
+    )
+
+    # Each model a version of the registered model, with its metrics as tags, the champion its alias.
+    versions = {str(v.version): v for v in mlflow.search_model_versions("name = 'autoretrain-model'")}
+    assert sorted(versions, key=int) == ["1", "2"]
+    for model, version in ((first, versions["1"]), (second, versions["2"])):
+        assert {k: float(version.tags[k]) for k in model.metrics.values} == dict(model.metrics.values)
+        assert version.tags["autoretrain.local_version"] == model.version
+    assert versions["1"].run_id == parent.info.run_id
+    assert versions["2"].tags["gate"] == "promoted: better"
+    assert str(mlflow.get_model_version_by_alias("autoretrain-model", "champion").version) == "2"
+    files = {f.path for f in mlflow.list_artifacts(parent.info.run_id, "model")}
+    assert "model/MLmodel" in files
+
+
+def test_a_failed_step_fails_its_run_and_the_job_run(tmp_path: Path, store: AzureBlobStore, unique: str) -> None:
+    workspace = LocalWorkspace(tmp_path, pipeline=PIPELINE, contract=CONTRACT, blobs=store)
+    text = wine_csv(slice(0, 20)).decode().splitlines()
+    target = text[0].split(",").index("cultivar")
+    rows = [",".join("" if i == target else v for i, v in enumerate(line.split(","))) for line in text[1:]]
+    blob = store.upload(f"ds{unique}", "k/no-target.csv", ("\n".join([text[0], *rows]) + "\n").encode())
+    key = WorkKey.for_blob(blob)
+    job = workspace.submit(workspace.register_data(blob, key, {}), key, {RUN_TAG: key.value})
+    assert workspace.wait(job.name, timeout=120).state is JobState.FAILED
+    assert workspace.flush_tracking(60)
+    workspace.close()
+
+    parent, steps = runs_of(client(tmp_path), job.name)
+    assert parent.info.status == "FAILED"
+    assert {name: run.info.status for name, run in steps.items()} == {"prep": "FAILED"}
+
+
+def test_a_resumed_job_keeps_its_run_and_starts_its_steps_anew(tmp_path: Path) -> None:
+    tracking = LocalTracking(tmp_path, experiment="autoretrain", model_name="autoretrain-model")
+    first = tracking.start_job("autoretrain-job", {"work_key": "k"}).result(60)
+    interrupted = tracking.step_run(tracking.start_step("autoretrain-job", "prep"))
+    again = tracking.start_job("autoretrain-job", {"work_key": "k"}).result(60)
+    prep = tracking.step_run(tracking.start_step("autoretrain-job", "prep"))
+    assert interrupted is not None and prep is not None and again == first == prep.parent_run_id
+    assert tracking.flush(30)
+    tracking.close()
+
+    parent, steps = runs_of(client(tmp_path), "autoretrain-job")
+    assert parent.info.run_id == first and parent.info.status == "RUNNING"
+    assert {name: run.info.run_id for name, run in steps.items()} == {"prep": prep.run_id}
+
+
+def test_the_ui_serves_the_store_and_stops(tmp_path: Path) -> None:
+    """`autoretrain ui`: mlflow server on a free port answers /health, and is gone once stopped."""
+    with MlflowUI(tmp_path) as ui:
+        with urllib.request.urlopen(f"{ui.url}/health", timeout=5) as answer:
+            assert answer.status == 200 and answer.read().strip() == b"OK"
+        process = ui._process
+        assert process is not None
+    assert process.poll() is not None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{ui.url}/health", timeout=2)
+
+
+def test_run_ui_prints_the_address_and_stops_when_told(tmp_path: Path) -> None:
+    stop, out = threading.Event(), StringIO()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run_ui(tmp_path, experiment="autoretrain", out=out,
+                                                                  stop=stop, signals=())))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while "MLflow UI: http://127.0.0.1:" not in out.getvalue() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    url = out.getvalue().split("MLflow UI: ", 1)[1].split(";", 1)[0]
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+        assert answer.status == 200
+    stop.set()
+    thread.join(30)
+    assert result == [0] and out.getvalue().rstrip().endswith("MLflow UI stopped.")
