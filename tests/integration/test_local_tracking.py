@@ -5,6 +5,7 @@ this machine's store under AUTORETRAIN_HOME."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -192,7 +193,8 @@ def test_run_ui_prints_the_address_and_stops_when_told(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while "MLflow UI: http://127.0.0.1:" not in out.getvalue() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    url = out.getvalue().split("MLflow UI: ", 1)[1].split(";", 1)[0]
+    url = re.search(r"MLflow UI: (http://127\.0\.0\.1:\d+)", out.getvalue())[1]  # type: ignore[index]
+    assert "no job has run yet" in out.getvalue()
     with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
         assert answer.status == 200
     stop.set()
