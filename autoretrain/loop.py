@@ -18,7 +18,7 @@ so every step is safe to repeat:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -265,7 +265,7 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
             f"{blob.path}: its {_run_name(latest)} is still {latest.state.value} (job {latest.job or 'not yet'}); "
             "retrain it once that has ended."
         )
-    data_version = next((r.data_version for r in runs if r.data_version), None)
+    data_version = _data_version_of(runs)
     if data_version is None and latest.state is LedgerState.SKIPPED:
         raise RetrainRefused(f"{blob.path}: it was skipped, so there is nothing to train on: {latest.reason}")
     number = latest.retrain + 1
@@ -283,6 +283,11 @@ def _runs_of(origin: WorkKey, deps: Deps) -> list[LedgerRecord]:
     return [r for r in deps.ledger.records() if r.origin == origin]
 
 
+def _data_version_of(runs: Sequence[LedgerRecord]) -> str | None:
+    """The data version registered for a blob version by any of its runs (one at most)."""
+    return next((r.data_version for r in runs if r.data_version), None)
+
+
 def _run_name(record: LedgerRecord) -> str:
     return f"retrain {record.retrain}" if record.retrain else "first run"
 
@@ -294,7 +299,7 @@ def _resume_retrain(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutc
         taken = _take_over(record, deps)
         if not isinstance(taken, LedgerRecord):
             return taken
-        data_version = next((r.data_version for r in _runs_of(record.origin, deps) if r.data_version), None)
+        data_version = _data_version_of(_runs_of(record.origin, deps))
         return _under_lease(taken, deps, lambda: _ingest_claimed(taken, None, deps, data_version=data_version))
 
     return run
