@@ -98,6 +98,22 @@ def data_version() -> DataVersion:
 TAGS = {RUN_TAG: KEY.value, "blob": SOURCE.path, "etag": SOURCE.etag}
 
 
+def _failed_in_prep(workspace: AzureMLWorkspace, service: FakeAzureML, error: str) -> str:
+    """KEY's job, submitted, failed in its prep step (whose run-history error is `error`; the train
+    step after it canceled); the prep step's run id."""
+    workspace.submit(data_version(), KEY, TAGS)
+    service.finish(KEY.job_name, "Failed")
+    step = "f0e1d2c3-prep-run"
+    service.children[KEY.job_name] = [
+        {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
+         "properties": {"azureml.nodeid": "prep"}, "tags": {}},
+        {"runId": "f0e1d2c3-train-run", "displayName": "train", "status": "Canceled", "experimentId": "exp-1",
+         "properties": {}, "tags": {}},
+    ]
+    service.run_errors[step] = error
+    return step
+
+
 # -- tests ---------------------------------------------------------------------------------------
 
 
@@ -339,16 +355,8 @@ class TestRunStatus:
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
         """The failed child step (run history) gives the step name, its one-line error and its link."""
-        workspace.submit(data_version(), KEY, TAGS)
-        service.finish(KEY.job_name, "Failed")
-        step = "f0e1d2c3-prep-run"
-        service.children[KEY.job_name] = [
-            {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
-             "properties": {"azureml.nodeid": "prep"}, "tags": {}},
-            {"runId": "f0e1d2c3-train-run", "displayName": "train", "status": "Canceled", "experimentId": "exp-1",
-             "properties": {}, "tags": {}},
-        ]
-        service.run_errors[step] = "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'"
+        step = _failed_in_prep(workspace, service,
+                               "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'")
 
         status = workspace.job_status(KEY.job_name)
 
@@ -364,19 +372,12 @@ class TestRunStatus:
     ) -> None:
         """Exit code 65 (DATA_ERROR_EXIT) is prep saying the file breaks the contract; the reason is the
         step's stderr line that Azure ML appends after 'Error: '."""
-        workspace.submit(data_version(), KEY, TAGS)
-        service.finish(KEY.job_name, "Failed")
-        step = "f0e1d2c3-prep-run"
-        service.children[KEY.job_name] = [
-            {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
-             "properties": {"azureml.nodeid": "prep"}, "tags": {}},
-        ]
         reason = ("march.csv: column 'alcohol' has 'x' on line 50000; expected a number. "
                   "Fix the file and upload it again.")
-        service.run_errors[step] = (
+        _failed_in_prep(workspace, service, (
             "Execution failed. User process '/azureml-envs/azureml_1/bin/python' exited with status code 65. "
             f"Please check log file 'user_logs/std_log.txt' for error details. Error: {reason}"
-        )
+        ))
 
         status = workspace.job_status(KEY.job_name)
 
