@@ -647,3 +647,18 @@ class TestReaders:
         exact = split("exact")
         assert fast == exact
         assert fast[2]["rows_dropped_missing_target"] == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 17])
+def test_prep_writes_a_split_slice_by_slice_as_one_write_would(tmp_path: Path, chunk: int) -> None:
+    """The split is written a slice at a time (its memory): the file is byte for byte the one a
+    single to_csv of the selected rows writes, whatever the slice, with gaps, whole numbers and text."""
+    frame = pd.DataFrame({
+        "alcohol": [13.2, None, 12.25, 14.1, 11.0, 13.0, 12.5],
+        "magnesium": pd.array([100, 98, None, 101, 87, 99, 120], dtype="Int64"),
+        "cultivar": ["class_0", "class_1", "class, quoted", None, "class_2", "class_0", "class_1"],
+    })
+    for mask in ([True, False, True, True, False, True, False], [False] * 7, [True] * 7):
+        out = tmp_path / f"{chunk}-{sum(mask)}.csv"
+        prep._write_rows(frame, pd.Series(mask).to_numpy(), out, chunk=chunk)
+        assert out.read_text(encoding="utf-8") == frame[mask].to_csv(index=False)
