@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -47,6 +48,7 @@ __all__ = [
     "install_redaction",
     "invocation",
     "log_event",
+    "log_exception",
     "redact",
     "trace_context",
 ]
@@ -124,7 +126,46 @@ class RedactingFilter(logging.Filter):
         for name, value in list(vars(record).items()):
             if name not in _RECORD_KEYS and isinstance(value, str):
                 setattr(record, name, _value(name, value))
+        if record.exc_info and record.exc_info[1] is not None:
+            _mask_exception(record)
         return True
+
+
+def _mask_exception(record: logging.LogRecord) -> None:
+    """A traceback that holds a secret (an exception's message, a cause's, a note) is written
+    masked: as text for the console's formatter (`exc_text`), and as a masked copy of the exception
+    for handlers that format it themselves (OpenTelemetry's `exception.message`/`.stacktrace`)."""
+    assert record.exc_info is not None
+    kind, exc, tb = record.exc_info
+    if exc is None:
+        return
+    text = "".join(traceback.format_exception(exc))
+    if redact(text) == text:
+        return
+    record.exc_info = (kind or type(exc), _masked(exc, set()), tb)
+    record.exc_text = redact(text)
+
+
+def _masked(exc: BaseException, seen: set[int]) -> BaseException:
+    """A stand-in for `exc`: the same class name, module and traceback, its message, notes, cause
+    and context masked."""
+    seen.add(id(exc))
+    stand_in = type(type(exc).__name__, (Exception,), {
+        "__module__": type(exc).__module__, "__qualname__": type(exc).__qualname__,
+    })
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<the exception's text could not be read>"
+    masked: BaseException = stand_in(redact(message)).with_traceback(exc.__traceback__)
+    for note in getattr(exc, "__notes__", None) or ():
+        masked.add_note(redact(str(note)))
+    for link in ("__cause__", "__context__"):
+        linked = getattr(exc, link)
+        if linked is not None and id(linked) not in seen:
+            setattr(masked, link, _masked(linked, seen))
+    masked.__suppress_context__ = exc.__suppress_context__
+    return masked
 
 
 def install_redaction(logger: logging.Logger | None = None) -> None:
@@ -198,6 +239,15 @@ def _show(value: Any) -> str:
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
     """Log `event key=value ...` with the bound context first, then the given fields; each field is
     also an attribute of the record (a custom dimension in Application Insights)."""
+    _log_event(logger, level, event, fields, exc_info=False)
+
+
+def log_exception(logger: logging.Logger, event: str, **fields: Any) -> None:
+    """`log_event` at ERROR with the exception being handled: its traceback, masked like the rest."""
+    _log_event(logger, logging.ERROR, event, fields, exc_info=True)
+
+
+def _log_event(logger: logging.Logger, level: int, event: str, fields: Mapping[str, Any], *, exc_info: bool) -> None:
     given = _clean(fields)
     frame = _context.get()
     if frame is not None:
@@ -213,7 +263,7 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
         merged = given
     line = " ".join([event, *(f"{k}={_show(v)}" for k, v in merged.items())])
     extra = {"event": event, **{(f"{k}_" if k in _RECORD_KEYS else k): v for k, v in merged.items()}}
-    logger.log(level, "%s", line, extra=extra)
+    logger.log(level, "%s", line, extra=extra, exc_info=exc_info)
 
 
 # ---- tracing ----------------------------------------------------------------------------------

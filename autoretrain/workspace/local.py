@@ -58,7 +58,7 @@ from autoretrain.domain import (
 )
 from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
-from autoretrain.logs import log_event
+from autoretrain.logs import bound, log_event, log_exception
 from autoretrain.ports import BlobStore
 from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
@@ -349,12 +349,26 @@ class LocalWorkspace:
         return self.root / "jobs" / job
 
     def _run_logged(self, job: str) -> None:
+        with bound(**self._job_fields(job)):
+            self._run_bound(job)
+
+    def _job_fields(self, job: str) -> dict[str, str]:
+        """The correlation fields of a job's lines (its thread has no caller's context: a resumed
+        job has none at all): the work key, and the blob version and trace from its tags."""
+        with self._connect() as db:
+            row = db.execute("SELECT work_key, tags FROM jobs WHERE name = ?", (job,)).fetchone()
+        if row is None:
+            return {"job": job}
+        tags = json.loads(row["tags"])
+        return {"work_key": row["work_key"], "blob": tags.get("blob"), "etag": tags.get("etag"), "job": job}
+
+    def _run_bound(self, job: str) -> None:
         try:
             self._run(job)
         except Exception as exc:  # a bug here must still end the job and tell the loop
             if self._stopping.is_set():
                 return
-            log.exception("job.crashed job=%s", job)
+            log_exception(log, "job.crashed", error=str(exc))
             self._finish(job, JobState.FAILED, failed_step=None, error=f"local runner error: {exc}")
 
     def _set_status(self, job: str, state: JobState, **fields: str | None) -> None:

@@ -226,6 +226,18 @@ def test_each_files_story_is_one_trace_of_structured_lines(
     assert _outside(capture) <= {"autoretrain.host", "autoretrain.workspace.local", "autoretrain.workspace.tracking",
                                  "root"}
 
+    # The job's own lines, from the workspace's job thread: outside every invocation, and each with
+    # the file's correlation fields all the same (the thread's context comes from the job's tags).
+    J = {"work_key": key, "blob": good.path, "etag": good.etag, "job": job}
+    job_lines = [(r.log_record.attributes or {}) for r in capture.log_records()
+                 if r.instrumentation_scope and r.instrumentation_scope.name == "autoretrain.workspace.local"]
+    steps = ("prep", "train", "evaluate")
+    assert [(a["event"], a.get("step")) for a in job_lines] == [
+        ("job.started", None), *((e, s) for s in steps for e in ("job.step_started", "job.step_completed")),
+        ("job.completed", None),
+    ]
+    assert all({k: a.get(k) for k in J} == J for a in job_lines), job_lines
+
     # What Application Insights gets: a request per span, a trace row per line, each line's fields as
     # its customDimensions, and one operation_Id for the good file's whole story.
     records = [r for r in capture.log_records() if r.log_record.span_id in {s.context.span_id for s in

@@ -17,12 +17,14 @@ from otelcapture import Capture, custom_dimensions, otel_capture
 from autoretrain.errors import ContractError, StorageError
 from autoretrain.local.host import configure_logging
 from autoretrain.logs import (
+    RedactingFilter,
     bind,
     bound,
     current,
     fields_of,
     invocation,
     log_event,
+    log_exception,
     redact,
     trace_context,
 )
@@ -96,6 +98,51 @@ def test_no_secret_token_sas_or_connection_string_is_ever_written(console: io.St
     missing = [kept for kept in KEPT if kept not in written]
     assert missing == [], written
     assert console.getvalue().count("\n") == 5  # every line was written, masked, none dropped
+
+
+def test_a_traceback_is_written_masked_with_its_causes_and_notes(console: io.StringIO) -> None:
+    """log.exception of an error whose message, cause and note hold secrets: the console's traceback
+    and OpenTelemetry's exception attributes are masked, and still name the error and where it was."""
+    def fail() -> None:
+        try:
+            raise OSError(f"connect failed: {CONNECTION}")
+        except OSError as cause:
+            error = StorageError(f"403 on {SAS_URL}")
+            error.add_note(f"retried with Bearer {JWT}")
+            raise error from cause
+
+    with otel_capture() as capture, bound(work_key="06159aff2d60cccfcfd0d6f9"):
+        try:
+            fail()
+        except StorageError as exc:
+            log_exception(log, "job.crashed", job="autoretrain-06159aff", error=str(exc))
+    written = console.getvalue()
+    [record] = capture.log_records()
+    attributes = dict(record.log_record.attributes or {})
+    exported = _exported_text(capture)
+
+    assert [secret for secret in SECRETS if secret in written + exported] == []
+    for text in (written, attributes["exception.stacktrace"]):
+        assert "autoretrain.errors.StorageError: 403 on https://custacct.blob.core.windows.net/incoming/" in text
+        assert "OSError: connect failed: DefaultEndpointsProtocol=https;AccountName=custacct;AccountKey=***" in text
+        assert "retried with Bearer ***" in text and "in fail" in text
+        assert "The above exception was the direct cause of the following exception" in text
+    assert "job.crashed work_key=06159aff2d60cccfcfd0d6f9 job=autoretrain-06159aff error=" in written, written
+    assert (record.log_record.severity_text, attributes["event"], attributes["work_key"]) == (
+        "ERROR", "job.crashed", "06159aff2d60cccfcfd0d6f9")
+    assert attributes["exception.type"] == "StorageError"
+    assert attributes["exception.message"].startswith("403 on https://custacct.blob.core.windows.net/") and (
+        "sig=***" in attributes["exception.message"])
+
+
+def test_a_traceback_without_secrets_is_left_as_it_was() -> None:
+    try:
+        raise ContractError("column 'ash' has 'n/a?' on line 50000")
+    except ContractError as exc:
+        error = exc
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert RedactingFilter().filter(record)
+    assert record.exc_info is not None and record.exc_info[1] is error and record.exc_text is None
 
 
 @pytest.mark.parametrize(
