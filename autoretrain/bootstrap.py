@@ -7,6 +7,7 @@ builds them once per worker process (`runtime()`), on first use, not at import.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,13 +55,25 @@ def ml_client(settings: Settings, **options: Any) -> MLClient:
     )
 
 
+def _emulator_options(connection: str) -> dict[str, Any]:
+    """Azurite on this machine: no proxy applies, so the SDK's HTTP session does not read the
+    environment's proxy settings (requests does that on every call: ~2 ms of CPU an ingest)."""
+    endpoints = re.findall(r"(?i)(?:^|;)\s*\w*Endpoint=(https?://[^;/]+)", connection)
+    local = "usedevelopmentstorage=true" in connection.lower().replace(" ", "") or (
+        endpoints and all(re.match(r"(?i)https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?$", e) for e in endpoints)
+    )
+    return {"use_env_settings": False} if local else {}
+
+
 def blob_service(settings: Settings):  # type: ignore[no-untyped-def]
     from azure.storage.blob import BlobServiceClient
 
     from autoretrain.storage import client_options
 
     if settings.storage_connection:
-        return BlobServiceClient.from_connection_string(settings.storage_connection, **client_options())
+        return BlobServiceClient.from_connection_string(
+            settings.storage_connection, **client_options(), **_emulator_options(settings.storage_connection)
+        )
     return BlobServiceClient(str(settings.blob_service_uri), credential=_credential(settings), **client_options())
 
 
@@ -68,7 +81,9 @@ def table_service(settings: Settings):  # type: ignore[no-untyped-def]
     from azure.data.tables import TableServiceClient
 
     if settings.storage_connection:
-        return TableServiceClient.from_connection_string(settings.storage_connection, **_RETRIES)
+        return TableServiceClient.from_connection_string(
+            settings.storage_connection, **_RETRIES, **_emulator_options(settings.storage_connection)
+        )
     return TableServiceClient(str(settings.table_service_uri), credential=_credential(settings), **_RETRIES)
 
 

@@ -88,8 +88,15 @@ _SECRET_NAME = re.compile(
 )
 
 
+# What each of the patterns above needs to match: a text without any of these is left as it is,
+# after one search instead of six substitutions (every field of every line goes through here).
+_MAYBE_SECRET = re.compile(r"(?i)=|%3D|bearer|sharedkey|sharedaccesssignature|eyJ")
+
+
 def redact(text: str) -> str:
     """`text` with every secret it contains masked (`sig=***`, `AccountKey=***`, `Bearer ***`)."""
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text

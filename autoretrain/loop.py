@@ -354,19 +354,20 @@ def _ingest_claimed(
     """Check, register and submit a claimed record. A retrain of a version that already has its
     data version (`data_version`) skips the check and the registration: the same bytes again."""
     blob = record.blob
+    whole: bytes | None = None  # the blob's bytes, when the head read was all of it
     if data_version is None:
         try:
             check_name(blob.name, content_length, deps.contract)
             head = deps.blobs.read_head(blob, HEAD_BYTES)
-            complete_file = len(head) < HEAD_BYTES or content_length == len(head)
-            rows = check_head(blob.path, head, deps.contract, complete=complete_file)
+            whole = head if len(head) < HEAD_BYTES or content_length == len(head) else None
+            rows = check_head(blob.path, head, deps.contract, complete=whole is not None)
         except ContractError as exc:
-            return _quarantine(record, str(exc), deps)
+            return _quarantine(record, str(exc), deps, whole)
         except BlobChangedError as exc:
             return _skip(record, str(exc), deps)
         log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        data, job, champion, training_set, window = _register_and_submit(record, deps, data_version)
+        data, job, champion, training_set, window = _register_and_submit(record, deps, data_version, whole)
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
     submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", window)
@@ -405,16 +406,17 @@ def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple
 
 
 def _register_and_submit(
-    record: LedgerRecord, deps: Deps, data_version: str | None = None
+    record: LedgerRecord, deps: Deps, data_version: str | None = None, whole: bytes | None = None
 ) -> tuple[str, PipelineJob, str | None, DataVersion, tuple[str, ...]]:
     """Snapshot the blob version, register it and its training set, submit the job: each step
     idempotent by key. A data version already registered for this blob version (a resubmit, a
-    retrain) is used again: one blob version, one data version."""
+    retrain) is used again: one blob version, one data version. `whole`: the blob's bytes, read
+    pinned to its eTag by the head check: a small file is then written, not read twice more."""
     blob, key = record.blob, record.key
     data = data_version or record.data_version
     if data is None:
         lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
-        registered = deps.workspace.register_data(_snapshot(record, deps), key, lineage)
+        registered = deps.workspace.register_data(_snapshot(record, deps, whole), key, lineage, whole)
         data = f"{registered.name}:{registered.version}"
         log_event(log, logging.INFO, "ingest.data_registered", data_version=data)
     history, train_last = _training_window(record, data, deps)
@@ -436,13 +438,13 @@ def _register_and_submit(
     return data, job, scored, training_set, window
 
 
-def _snapshot(record: LedgerRecord, deps: Deps) -> BlobRef:
+def _snapshot(record: LedgerRecord, deps: Deps, whole: bytes | None = None) -> BlobRef:
     """The data version's bytes: the blob version's copy in our datasets container. The copy is
     idempotent, so a second call finds the first copy, even after the customer's blob was replaced."""
     blob, key = record.blob, record.origin  # every retrain of a blob version shares its snapshot
     return deps.blobs.copy_to(
         blob, deps.config.datasets_container, blob.copy_name(key),
-        {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value},
+        {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value}, whole,
     )
 
 
@@ -458,14 +460,14 @@ def _move(ledger: Ledger, record: LedgerRecord, move: Move) -> LedgerRecord:
         return latest
 
 
-def _quarantine(record: LedgerRecord, reason: str, deps: Deps) -> Quarantined | Skipped:
+def _quarantine(record: LedgerRecord, reason: str, deps: Deps, whole: bytes | None = None) -> Quarantined | Skipped:
     if not record.blob.addressable:
         return _skip(record, f"{reason} It could not be quarantined: no URL reaches a name with '.' or '..' "
                              "segments, so nothing was copied.", deps)
     try:
         copy = deps.blobs.copy_to(
             record.blob, deps.config.quarantine_container, record.blob.copy_name(record.key),
-            {"reason": reason, "source_blob": record.blob.path, "source_etag": record.blob.etag},
+            {"reason": reason, "source_blob": record.blob.path, "source_etag": record.blob.etag}, whole,
         )
     except BlobChangedError as exc:
         # Nothing is left to quarantine; the reason is kept in the ledger all the same.

@@ -37,10 +37,13 @@ class BlobStore(Protocol):
         """The first `max_bytes` of exactly this blob version; BlobChangedError if it was replaced."""
         ...
 
-    def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
+    def copy_to(
+        self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str], content: bytes | None = None
+    ) -> BlobRef:
         """Copy exactly this blob version to container/name. A copy of the same version that is
         already there is kept and returned, so concurrent copies never overwrite each other. The
-        source is never changed."""
+        source is never changed. `content`: this version's whole bytes, when the caller read them
+        (pinned to its eTag): written as they are, without reading the source again."""
         ...
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
@@ -77,8 +80,12 @@ class Ledger(Protocol):
 
 
 class Workspace(Protocol):
-    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
-        """Register the blob as a data asset version. The same key gives the same version."""
+    def register_data(
+        self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str], content: bytes | None = None
+    ) -> DataVersion:
+        """Register the blob as a data asset version. The same key gives the same version.
+        `content`: the blob's whole bytes, when the caller holds them (a workspace that keeps its
+        own copy need not download it)."""
         ...
 
     def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:

@@ -138,18 +138,25 @@ class AzureBlobStore:
         except AzureError as exc:
             raise _error(f"{ref.path}: cannot read it", exc) from exc
 
-    def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
+    def copy_to(
+        self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str], content: bytes | None = None
+    ) -> BlobRef:
         self._ensure_container(container)
         target = self._service.get_blob_client(container, name)
-        existing = self._copy_of(target, ref)
-        if existing is not None:
-            return existing
-        downloader = self._pinned(ref)
+        if content is None:
+            # A streamed copy looks first: a second delivery must not read a big file again.
+            existing = self._copy_of(target, ref)
+            if existing is not None:
+                return existing
+            downloader = self._pinned(ref)
+            body: Any = downloader.chunks()
+            length = downloader.size
+        else:  # the bytes in hand: one request (a copy already there answers 409, handled below)
+            body, length = content, len(content)
         try:
             # If-None-Match: * at commit: of two concurrent copies one commits, the other keeps it.
             result = target.upload_blob(
-                downloader.chunks(), length=downloader.size, overwrite=False,
-                metadata=safe_metadata({**metadata, "source_etag": ref.etag}),
+                body, length=length, overwrite=False, metadata=safe_metadata({**metadata, "source_etag": ref.etag}),
             )
         except ResourceExistsError:
             existing = self._copy_of(target, ref)

@@ -250,7 +250,10 @@ class AzureMLWorkspace:
     def _datastore_uri(self, blob_name: str) -> str:
         return f"azureml://datastores/{self.datastore}/paths/{blob_name}"
 
-    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+    def register_data(
+        self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str], content: bytes | None = None
+    ) -> DataVersion:
+        # `content` is not needed: the data version is the snapshot blob's URI.
         if source.container != self.datasets_container:
             raise WorkspaceError(
                 f"cannot register {source.path}: datastore {self.datastore!r} reads container "

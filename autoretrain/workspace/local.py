@@ -156,6 +156,8 @@ class LocalWorkspace:
         self._spec: PipelineSpec | None = None
         self._spec_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # see _connect
+        self._closed = False
         # Steps run offline: MLflow's telemetry would only wait on a network that is not there. The
         # tracking variables are the workspace's to set, per step (a shell's own are not inherited).
         inherited = {k: v for k, v in os.environ.items() if k not in STEP_ENV}
@@ -196,13 +198,21 @@ class LocalWorkspace:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._db, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
+        """A catalogue connection of this workspace's pool (one is opened when none is idle): opening
+        one per call cost more than the queries on the ingest path."""
         try:
+            db = self._idle.get_nowait()
+        except queue.Empty:
+            db = sqlite3.connect(self._db, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
+        try:
             yield db
         finally:
-            db.close()
+            if db.in_transaction or self._closed:
+                db.close()  # a transaction left open (a failed ROLLBACK) stays with no one
+            else:
+                self._idle.put(db)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -224,13 +234,19 @@ class LocalWorkspace:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+    def register_data(
+        self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str], content: bytes | None = None
+    ) -> DataVersion:
         existing = self._data_by_key(key)
         if existing is not None:
             return existing
-        # Two deliveries of one event may register at once: each downloads to its own folder.
+        # Two deliveries of one event may register at once: each writes to its own folder.
         staging = self.root / "data" / ".staging" / uuid.uuid4().hex / _local_file_name(key, source.name)
-        self._blobs.download_to(source, staging)
+        if content is None:
+            self._blobs.download_to(source, staging)
+        else:
+            staging.parent.mkdir(parents=True)
+            staging.write_bytes(content)
         with self._transaction() as db:
             row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
             if row is None:
@@ -253,9 +269,14 @@ class LocalWorkspace:
         # The members' files in one read, before the write lock: other ingests do not wait on it.
         with self._connect() as db:
             row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
+            named = (m.rpartition(":") for m in members)
+            wanted = [int(v) for n, _, v in named if n == self.data_asset and v.isdigit()]
             paths = {
                 f"{r['name']}:{r['version']}": Path(r["path"])
-                for r in db.execute("SELECT name, version, path FROM data_versions WHERE name = ?", (self.data_asset,))
+                for r in db.execute(
+                    "SELECT name, version, path FROM data_versions WHERE name = ?"
+                    " AND version IN (SELECT value FROM json_each(?))", (self.data_asset, json.dumps(wanted)),
+                )
             } if row is None else {}
         if row is not None:
             return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
@@ -821,6 +842,12 @@ class LocalWorkspace:
             runner.close()
         if self._tracking is not None:
             self._tracking.close(timeout)
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
 
     def flush_tracking(self, timeout: float = 30.0) -> bool:
         """Wait until the MLflow store has every run, model and alias sent so far (tests, CLI)."""

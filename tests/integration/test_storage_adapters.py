@@ -143,6 +143,33 @@ class TestAzureBlobStore:
             b"x,y\n1,2\n", source.etag
         )
 
+    def test_a_copy_of_the_bytes_in_hand_is_one_request_and_never_reads_the_source(
+        self, unique: str, azurite: str
+    ) -> None:
+        """Ingest read the whole small file pinned to its eTag: the snapshot is one Put Blob of those
+        bytes (If-None-Match: *), right even when the customer replaced the blob meanwhile; a second
+        delivery's Put gets 409 and keeps the first copy."""
+        sent: list[tuple[str, str, int]] = []
+        service = BlobServiceClient.from_connection_string(azurite, **client_options(), raw_response_hook=lambda r: (
+            sent.append((r.http_request.method, r.http_request.url.split("?")[0].split(f"/ds{unique}/")[-1],
+                         r.http_response.status_code))))
+        store = AzureBlobStore(service)
+        first = b"x,y\n1,2\n"
+        source = store.upload(f"in{unique}", "a.csv", first)
+        store.upload(f"in{unique}", "a.csv", b"x,y\n3,4\n")  # replaced: `source` names a version that is gone
+        store.upload(f"ds{unique}", "other.csv", b"")  # the container exists
+        sent.clear()
+
+        copy = store.copy_to(source, f"ds{unique}", "k/a.csv", {"work_key": "k"}, first)
+        assert sent == [("PUT", "k/a.csv", 201)]
+        props = service.get_blob_client(f"ds{unique}", "k/a.csv").get_blob_properties()
+        assert (props.metadata, props.etag.strip('"')) == ({"work_key": "k", "source_etag": source.etag}, copy.etag)
+        assert service.get_blob_client(f"ds{unique}", "k/a.csv").download_blob().readall() == first
+
+        sent.clear()
+        assert store.copy_to(source, f"ds{unique}", "k/a.csv", {"work_key": "k"}, first) == copy
+        assert sent == [("PUT", "k/a.csv", 409), ("HEAD", "k/a.csv", 200)]
+
     def test_download_writes_exactly_that_version(self, store: AzureBlobStore, unique: str, tmp_path: Path) -> None:
         ref = store.upload(f"in{unique}", "a.csv", b"a" * 10_000)
         store.download_to(ref, tmp_path / "sub" / "a.csv")

@@ -34,6 +34,7 @@ class FakeBlobStore:
 
     blobs: dict[tuple[str, str], tuple[str, bytes, dict[str, str]]] = field(default_factory=dict)
     modified: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    reads: list[BlobRef] = field(default_factory=list)  # every read of a blob version's bytes
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def put(self, container: str, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> BlobRef:
@@ -42,6 +43,7 @@ class FakeBlobStore:
         return BlobRef(container, name, etag)
 
     def _pinned(self, ref: BlobRef) -> bytes:
+        self.reads.append(ref)
         current = self.blobs.get((ref.container, ref.name))
         if current is None or current[0] != ref.etag:
             raise BlobChangedError(f"{ref.path}: version {ref.etag} was replaced or deleted.")
@@ -50,11 +52,14 @@ class FakeBlobStore:
     def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
         return self._pinned(ref)[:max_bytes]
 
-    def copy_to(self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str]) -> BlobRef:
+    def copy_to(
+        self, ref: BlobRef, container: str, name: str, metadata: Mapping[str, str], content: bytes | None = None
+    ) -> BlobRef:
         existing = self.blobs.get((container, name))
         if existing is not None and existing[2].get("source_etag") == ref.etag:
             return BlobRef(container, name, existing[0])
-        return self.put(container, name, self._pinned(ref), {**metadata, "source_etag": ref.etag})
+        data = self._pinned(ref) if content is None else content
+        return self.put(container, name, data, {**metadata, "source_etag": ref.etag})
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         path.write_bytes(self._pinned(ref))
@@ -118,14 +123,18 @@ class FakeWorkspace:
     metrics: dict[str, Metrics] = field(default_factory=dict)
     models: dict[str, ModelVersion] = field(default_factory=dict)
     promoted: list[str] = field(default_factory=list)
+    data_contents: list[bytes | None] = field(default_factory=list)  # the bytes register_data was handed
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
     champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
     training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its versions
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
     decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
 
-    def register_data(self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str]) -> DataVersion:
+    def register_data(
+        self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str], content: bytes | None = None
+    ) -> DataVersion:
         self.registered_data.append((source, key))
+        self.data_contents.append(content)
         versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
 

@@ -10,7 +10,7 @@ import pytest
 from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
-from autoretrain.contract import load_contract
+from autoretrain.contract import HEAD_BYTES, load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, ModelVersion, WorkKey
 from autoretrain.errors import RetrainRefused, StorageError
 from autoretrain.events import BlobCreated, RunFinished
@@ -77,6 +77,33 @@ class TestIngest:
         assert (record.state, record.job, record.data_version) == (
             LedgerState.SUBMITTED, key.job_name, "autoretrain-data:1"
         )
+
+    def test_a_small_file_is_read_once_and_its_snapshot_written_from_those_bytes(self, deps: loop.Deps) -> None:
+        """The head check read the whole file, pinned to its eTag: the snapshot and the data version
+        are written from those bytes, not read from the customer's blob twice more."""
+        workspace, _, blobs = fakes(deps)
+        ref = blobs.put("incoming", "2026-01.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+
+        assert isinstance(loop.ingest(blob_event(ref, length=len(GOOD_CSV)), deps), loop.Submitted)
+
+        assert blobs.reads == [ref]
+        assert blobs.blobs[("datasets", f"{key}/2026-01.csv")][1:] == (
+            GOOD_CSV, {"source_blob": ref.path, "source_etag": ref.etag, "work_key": key.value})
+        assert workspace.data_contents == [GOOD_CSV]
+
+    def test_a_file_longer_than_the_head_is_copied_from_the_blob_version(self, deps: loop.Deps) -> None:
+        workspace, _, blobs = fakes(deps)
+        rows = GOOD_CSV.split(b"\n", 1)[1]
+        big = GOOD_CSV + rows * (HEAD_BYTES // len(rows) + 1)
+        ref = blobs.put("incoming", "big.csv", big)
+        key = WorkKey.for_blob(ref)
+
+        assert isinstance(loop.ingest(blob_event(ref, length=len(big)), deps), loop.Submitted)
+
+        assert blobs.reads == [ref, ref]  # the head, then the copy
+        assert blobs.blobs[("datasets", f"{key}/big.csv")][1] == big
+        assert workspace.data_contents == [None]
 
     def test_second_delivery_of_same_etag_submits_nothing(self, deps: loop.Deps) -> None:
         """Event Grid delivers at least once; the second delivery is a logged no-op."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from autoretrain import bootstrap as boot
 from autoretrain.errors import ConfigError
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, Settings, WorkspaceKind
 
@@ -72,3 +73,36 @@ def test_relative_contract_path_means_the_app_root_when_not_in_the_working_folde
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({"AUTORETRAIN_CONTRACT": "ml/contract.yaml"})
     assert settings.contract == Path(__file__).resolve().parents[2] / "ml" / "contract.yaml"
+
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.mark.parametrize(
+    ("connection", "reads_proxy_settings"),
+    [
+        ("UseDevelopmentStorage=true", False),
+        (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+         "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;",
+         False),
+        ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+         "BlobEndpoint=http://localhost:10000/devstoreaccount1;TableEndpoint=http://localhost:10002/devstoreaccount1",
+         False),
+        # A real account (or an emulator elsewhere) may sit behind the environment's proxy.
+        ("DefaultEndpointsProtocol=https;AccountName=custacct;AccountKey=a2V5;EndpointSuffix=core.windows.net", True),
+        ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+         "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;TableEndpoint=http://azurite.internal:10002/x", True),
+    ],
+)
+def test_only_a_storage_emulator_on_this_machine_skips_the_proxy_settings(
+    connection: str, reads_proxy_settings: bool
+) -> None:
+    """The SDK clients' HTTP session (requests) reads HTTP(S)_PROXY on every call unless told not
+    to: for Azurite on loopback no proxy applies, so the clients are built without it."""
+    settings = Settings(storage_connection=connection)
+    for client in (boot.blob_service(settings), boot.table_service(settings)):
+        transport = client._client._client._pipeline._transport
+        while hasattr(transport, "_transport"):
+            transport = transport._transport
+        with transport:  # opens the requests session (no request is sent)
+            assert transport.session.trust_env is reads_proxy_settings
