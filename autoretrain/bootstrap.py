@@ -7,6 +7,7 @@ builds them once per worker process (`runtime()`), on first use, not at import.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -94,11 +95,14 @@ def bootstrap(
     ledger: Ledger | None = None,
     blobs: BlobStore | None = None,
     worker: bool = True,
+    resume: bool | None = None,
 ) -> Deps:
     """Build the loop's dependencies from settings; any of them may be given instead.
 
     `worker=False` (the CLI) builds a local workspace that neither resumes the jobs another
     process left (the running stack does) nor sends run events (the CLI completes its own jobs).
+    `resume=False`: a worker that sends run events but leaves resuming to the host's main process
+    (a second worker process); by default a worker resumes.
     """
     settings = settings or Settings.from_env()
     contract = load_contract(settings.contract)
@@ -113,13 +117,13 @@ def bootstrap(
             table_service(settings), settings.ledger_table, create=settings.storage_connection is not None
         )
     if workspace is None:
-        workspace = _workspace(settings, blobs, worker=worker)
+        workspace = _workspace(settings, blobs, worker=worker, resume=worker if resume is None else resume)
     return Deps(
         config=LoopConfig.from_settings(settings), contract=contract, workspace=workspace, ledger=ledger, blobs=blobs
     )
 
 
-def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool) -> Workspace:
+def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool, resume: bool) -> Workspace:
     if settings.workspace is WorkspaceKind.LOCAL:
         from autoretrain.local.eventgrid import EventGridDelivery, publish_to_function
         from autoretrain.workspace.local import LocalWorkspace
@@ -139,7 +143,7 @@ def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool) -> Workspa
             model_name=settings.model_name,
             on_event=send if worker else None,
         )
-        if worker:
+        if resume:
             workspace.resume()
         return workspace
     if settings.workspace is WorkspaceKind.AZUREML:
@@ -175,7 +179,8 @@ def runtime() -> Deps:
     with _runtime_lock:
         if _runtime is None:
             settings = runtime_settings()
-            _runtime = bootstrap(settings)
+            # One of the local host's extra worker processes: the main one resumes the jobs.
+            _runtime = bootstrap(settings, resume=os.environ.get("AUTORETRAIN_HOST_WORKER", "0") == "0")
             log.info("bootstrap.ready workspace=%s contract=%s", settings.workspace.value, settings.contract)
         return _runtime
 

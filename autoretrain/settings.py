@@ -75,6 +75,14 @@ def _seconds(name: str, raw: str | None, default: int) -> int:
     return value
 
 
+def _worker_processes(raw: str | None) -> int:
+    if raw is None:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 10:
+        raise ConfigError(f"FUNCTIONS_WORKER_PROCESS_COUNT={raw!r} must be a whole number from 1 to 10.")
+    return int(raw)
+
+
 class WorkspaceKind(StrEnum):
     LOCAL = "local"
     AZUREML = "azureml"
@@ -115,6 +123,9 @@ class Settings:
     # How long a worker holds a claimed or completing record before another may take it over.
     lease_seconds: int = 600
     azure_client_id: str | None = None
+    # Language worker processes per host (the Functions app setting of the same name, 1-10): the
+    # local host serves requests from that many processes, as the real host dispatches to them.
+    worker_processes: int = 1
 
     @property
     def reconcile_grace(self) -> timedelta:
@@ -202,6 +213,7 @@ class Settings:
                 "AUTORETRAIN_LEASE_SECONDS", get("AUTORETRAIN_LEASE_SECONDS"), defaults.lease_seconds
             ),
             azure_client_id=get("AZURE_CLIENT_ID"),
+            worker_processes=_worker_processes(get("FUNCTIONS_WORKER_PROCESS_COUNT")),
         )
         settings._validate()
         return settings

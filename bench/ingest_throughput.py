@@ -98,11 +98,9 @@ def _connection_string(blob_port: int, table_port: int) -> str:
 # ---- the host in `hold` mode (a subprocess of this script) ----------------------------------------
 
 
-def serve_held() -> int:
-    """`autoretrain up --without-eventgrid`, with a local workspace that keeps submitted jobs queued."""
+def _held_runtime() -> None:
+    """This process's runtime (bootstrap.runtime()), with a local workspace that keeps jobs queued."""
     from autoretrain import bootstrap as boot
-    from autoretrain.local.host import configure_logging
-    from autoretrain.local.stack import LocalStack
     from autoretrain.settings import Settings
     from autoretrain.storage import AzureBlobStore
     from autoretrain.workspace.local import LocalWorkspace
@@ -113,9 +111,34 @@ def serve_held() -> int:
         def _start(self, job: str) -> None:
             pass
 
+    settings = Settings.from_env()
+    blobs = AzureBlobStore(boot.blob_service(settings))
+    workspace = HeldJobsWorkspace(
+        settings.home, pipeline=boot.PIPELINE, contract=settings.contract, blobs=blobs,
+        experiment=settings.experiment, data_asset=settings.data_asset, model_name=settings.model_name,
+        on_event=None, warm=False,
+    )
+    workspace.pipeline()  # what the real workspace preloads on a thread: not during the run
+    boot._runtime = boot.bootstrap(settings, workspace=workspace, blobs=blobs)
+
+
+def serve_held_worker(listening: int) -> int:
+    """A worker process of the held stack's host (FUNCTIONS_WORKER_PROCESS_COUNT > 1)."""
+    from autoretrain.local.hostworker import serve
+
+    return serve(listening, prepare=_held_runtime)
+
+
+def serve_held() -> int:
+    """`autoretrain up --without-eventgrid`, with a local workspace that keeps submitted jobs queued."""
+    from autoretrain.local.host import configure_logging
+    from autoretrain.local.stack import LocalStack
+    from autoretrain.settings import Settings
+
     configure_logging()
     settings = Settings.from_env()
-    stack = LocalStack(settings, eventgrid=False)
+    stack = LocalStack(settings, eventgrid=False,
+                       worker_command=[sys.executable, str(Path(__file__).resolve()), "--serve-held-worker"])
     sampler = StackSampler(Path(os.environ["BENCH_SAMPLE_PROFILE"])) if os.environ.get("BENCH_SAMPLE_PROFILE") else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -128,14 +151,7 @@ def serve_held() -> int:
     # and still stops it, since this object started it).
     stack.azurite.start()
     try:
-        blobs = AzureBlobStore(boot.blob_service(settings))
-        workspace = HeldJobsWorkspace(
-            settings.home, pipeline=boot.PIPELINE, contract=settings.contract, blobs=blobs,
-            experiment=settings.experiment, data_asset=settings.data_asset, model_name=settings.model_name,
-            on_event=None, warm=False,
-        )
-        workspace.pipeline()  # what the real workspace preloads on a thread: not during the run
-        boot._runtime = boot.bootstrap(settings, workspace=workspace, blobs=blobs)
+        _held_runtime()
         with stack:
             print(f"held-jobs stack up, host {stack.host.url}", flush=True)
             while not stop.wait(0.5):
@@ -248,7 +264,7 @@ class Stack:
     children: list[int] = field(default_factory=list)
 
 
-def start_stack(mode: str, workdir: Path, token: str, profile: bool = False) -> Stack:
+def start_stack(mode: str, workdir: Path, token: str, profile: bool = False, processes: int = 1) -> Stack:
     home = workdir / f"{mode}-home"
     home.mkdir(parents=True)
     blob_port = _free_port()
@@ -264,6 +280,7 @@ def start_stack(mode: str, workdir: Path, token: str, profile: bool = False) -> 
         AUTORETRAIN_DATASETS_CONTAINER=f"ds{token}",
         AUTORETRAIN_LEDGER_TABLE=f"ledger{token}",
         AUTORETRAIN_RECONCILE_SCHEDULE=RARE_SCHEDULE,
+        FUNCTIONS_WORKER_PROCESS_COUNT=str(processes),
         PYTHONPATH=str(ROOT),
     )
     if profile and mode == "hold":
@@ -317,7 +334,12 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
         out["host"] = t.user + t.system
         for child in host.children(recursive=True):
             with _suppress():
-                kind = "azurite" if "azurite" in " ".join(child.cmdline()) else "jobs"
+                command = " ".join(child.cmdline())
+                if "hostworker" in command or "--serve-held-worker" in command:  # the host's worker processes
+                    t = child.cpu_times()
+                    out["host"] += t.user + t.system
+                    continue
+                kind = "azurite" if "azurite" in command else "jobs"
                 out[kind] += used(child)
     except psutil.Error:
         pass
@@ -480,7 +502,7 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
 
     token = f"{mode}{int(time.time()) % 100000}"
     started = time.monotonic()
-    stack = start_stack(mode, workdir, token, args.profile)
+    stack = start_stack(mode, workdir, token, args.profile, args.processes)
     try:
         print(f"\n[{mode}] stack up in {time.monotonic() - started:.1f} s, home {stack.home}", flush=True)
         total = args.blobs + args.warmup
@@ -632,9 +654,14 @@ def main() -> int:
                         help="hold mode: sample the host's ingest threads during the posts (implies --keep; "
                              "the profile is written to hold-profile.txt in the kept folder)")
     parser.add_argument("--serve-held", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-held-worker", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="the host's worker processes, FUNCTIONS_WORKER_PROCESS_COUNT (default 1)")
     args = parser.parse_args()
     if args.serve_held:
         return serve_held()
+    if args.serve_held_worker is not None:
+        return serve_held_worker(args.serve_held_worker)
     args.keep = args.keep or args.profile
     if not 0 <= args.dup_share < 1 or args.blobs < 1 or args.concurrency < 1:
         parser.error("--dup-share must be in [0, 1), --blobs and --concurrency at least 1")

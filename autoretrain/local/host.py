@@ -11,7 +11,12 @@ events with the library's own converter, and serves what the real host serves:
     GET  /admin/functions                                 the indexed functions
 
 An exception in a function answers 500, so the sender retries, as Event Grid does with the real host.
-Timer functions run on their NCRONTAB schedule. Log lines have the real host's shape
+Timer functions run on their NCRONTAB schedule.
+
+With `processes=N` (the app setting FUNCTIONS_WORKER_PROCESS_COUNT), N-1 worker processes
+(`autoretrain.local.hostworker`) serve requests from the same listening socket, whichever is free
+accepting the next connection, as the real host dispatches invocations to its language workers.
+Timers run in this process only; a worker that dies is started again. Log lines have the real host's shape
 (`Executing 'Functions.NAME' (Reason=..., Id=...)`); `configure_logging()` prints them to stdout.
 """
 
@@ -25,12 +30,14 @@ import json
 import logging
 import os
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -188,9 +195,18 @@ class LocalHost:
         port: int = 7071,
         max_concurrency: int = 4,
         timers: bool = True,
+        processes: int = 1,
+        worker_command: Sequence[str] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency={max_concurrency} must be at least 1.")
+        if not 1 <= processes <= 10:
+            raise ConfigError(f"processes={processes} must be from 1 to 10 (FUNCTIONS_WORKER_PROCESS_COUNT).")
+        self._processes = processes
+        # A worker process: this command and the listening socket's descriptor (tests, benchmarks).
+        self._worker_command = list(worker_command or [sys.executable, "-m", "autoretrain.local.hostworker"])
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._workers_thread: threading.Thread | None = None
         self._app_ref = app
         self._attribute = attribute
         self._app_root = app_root
@@ -253,14 +269,21 @@ class LocalHost:
         """Base URL, e.g. http://127.0.0.1:7071."""
         return f"http://{self._host}:{self.port}"
 
-    def start(self) -> LocalHost:
-        """Index the app, listen, start the timers; returns once requests are accepted."""
+    def start(self, listening: int | None = None) -> LocalHost:
+        """Index the app, listen, start the timers and the worker processes; returns once requests
+        are accepted. `listening`: serve on that inherited socket instead (a worker process)."""
         if self._server is not None:
             return self
         functions = self.functions
         self._stopping.clear()
         try:
-            self._server = ThreadingHTTPServer((self._host, self._requested_port), self._handler_class())
+            if listening is None:
+                self._server = _SharedServer((self._host, self._requested_port), self._handler_class())
+            else:
+                self._server = _SharedServer((self._host, 0), self._handler_class(), bind_and_activate=False)
+                self._server.socket.close()
+                self._server.socket = socket.socket(fileno=listening)
+                self._server.server_address = self._server.socket.getsockname()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -274,6 +297,15 @@ class LocalHost:
             target=self._server.serve_forever, args=(0.05,), name="local-host-http", daemon=True
         )
         self._server_thread.start()
+        if listening is not None:
+            return self  # a worker process: no timers, and the main process said the rest
+        if self._processes > 1:
+            # Whoever is free accepts: the socket must not block a process that lost the race.
+            self._server.socket.setblocking(False)
+            self._workers_thread = threading.Thread(
+                target=self._keep_workers, name="local-host-workers", daemon=True
+            )
+            self._workers_thread.start()
         log.info("Functions:")
         for info in functions.values():
             log.info("        %s: %s", info.name, info.trigger_type)
@@ -290,15 +322,68 @@ class LocalHost:
         return self
 
     def stop(self) -> None:
-        """Stop listening and stop the timers; running functions finish in their threads."""
+        """Stop the worker processes and wait for them (their running functions finish first), stop
+        listening and stop the timers; running functions finish in their threads."""
         self._stopping.set()
+        self._stop_workers()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        for thread in (self._server_thread, self._timer_thread):
+        for thread in (self._server_thread, self._timer_thread, self._workers_thread):
             if thread is not None:
                 thread.join(timeout=5)
-        self._server = self._server_thread = self._timer_thread = None
+        self._server = self._server_thread = self._timer_thread = self._workers_thread = None
+
+    # ---- worker processes -----------------------------------------------------------------------
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The running worker processes' ids (this process serves too, and is not listed)."""
+        return [p.pid for p in self._workers.values() if p.poll() is None]
+
+    def _keep_workers(self) -> None:
+        """Start the worker processes and start again any that dies, until stop(). Runs on its own
+        thread for as long as they do: they die with it (PR_SET_PDEATHSIG), even on SIGKILL."""
+        from autoretrain.workspace.warm import die_with_parent
+
+        assert self._server is not None
+        listening = self._server.socket.fileno()
+        root = str(Path(self._app_root or Path.cwd()).resolve())
+        while not self._stopping.is_set():
+            for index in range(1, self._processes):
+                process = self._workers.get(index)
+                if process is not None and process.poll() is None:
+                    continue
+                if process is not None:
+                    log.error("Worker process %d (pid %d) exited with %s; starting it again",
+                              index, process.pid, process.returncode)
+                self._workers[index] = subprocess.Popen(
+                    [*self._worker_command, str(listening)], pass_fds=(listening,), cwd=root,
+                    env={**os.environ, "AUTORETRAIN_HOST_WORKER": str(index)}, stdin=subprocess.DEVNULL,
+                    # Its own session: Ctrl-C reaches this process, which stops the workers in order.
+                    start_new_session=True, preexec_fn=die_with_parent,
+                )
+                log.info("Worker process %d started (pid %d)", index, self._workers[index].pid)
+            self._stopping.wait(1.0)
+
+    def _stop_workers(self, timeout: float = 30.0) -> None:
+        """SIGTERM each worker, which stops taking requests and finishes those it has; SIGKILL after
+        `timeout`."""
+        if self._workers_thread is not None:
+            self._workers_thread.join(timeout=5)
+        for process in self._workers.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for index, process in self._workers.items():
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("Worker process %d (pid %d) did not stop in %.0f s; killing it", index, process.pid,
+                            timeout)
+                process.kill()
+                process.wait()
+        self._workers.clear()
 
     def serve_forever(self) -> None:
         """Run until interrupted (Ctrl+C), then stop cleanly: the CLI's `autoretrain host`."""
@@ -536,6 +621,18 @@ class LocalHost:
                 log.debug("%s " + format, self.address_string(), *args)
 
         return Handler
+
+
+class _SharedServer(ThreadingHTTPServer):
+    """The HTTP server, on a listening socket that worker processes may share (non-blocking then:
+    a process that loses the race to accept() goes back to waiting); each connection blocks."""
+
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        connection.setblocking(True)
+        return connection, address
 
 
 def _parse_events(body: bytes) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -31,7 +32,11 @@ APP_ROOT = Path(__file__).resolve().parent.parent.parent
 class LocalStack:
     """Azurite + the local Functions host serving `function_app` + the incoming/ watcher."""
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, eventgrid: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, poll_interval: float = 1.0, eventgrid: bool = True,
+        worker_command: Sequence[str] | None = None,
+    ) -> None:
+        """`worker_command`: how the host starts its extra worker processes (a benchmark's own)."""
         if not settings.storage_connection:
             raise ConfigError("the local stack needs AUTORETRAIN_STORAGE (e.g. UseDevelopmentStorage=true).")
         parts = urlsplit(settings.host_url)
@@ -42,7 +47,10 @@ class LocalStack:
         self.settings = settings
         blob_port, table_port = azurite_ports(settings.storage_connection)
         self.azurite = Azurite(settings.home, blob_port=blob_port, table_port=table_port)
-        self.host = LocalHost("function_app", app_root=APP_ROOT, host="127.0.0.1", port=parts.port)
+        self.host = LocalHost(
+            "function_app", app_root=APP_ROOT, host="127.0.0.1", port=parts.port,
+            processes=settings.worker_processes, worker_command=worker_command,
+        )
         self._poll_interval = poll_interval
         self._eventgrid = eventgrid
         self._reconcile_thread: threading.Thread | None = None

@@ -36,6 +36,11 @@ def test_azureml_needs_its_workspace_and_storage_by_identity() -> None:
     assert "AUTORETRAIN_AZUREML_WORKSPACE," not in message
 
 
+def test_worker_processes_are_the_functions_app_setting() -> None:
+    assert Settings.from_env({}).worker_processes == 1
+    assert Settings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "3"}).worker_processes == 3
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -46,6 +51,9 @@ def test_azureml_needs_its_workspace_and_storage_by_identity() -> None:
         ),
         ({"AUTORETRAIN_LEDGER_TABLE": "led-ger"}, "AUTORETRAIN_LEDGER_TABLE='led-ger' is not a valid table"),
         ({"AUTORETRAIN_CONTRACT": "/nowhere.yaml"}, "AUTORETRAIN_CONTRACT='/nowhere.yaml' is not a file"),
+        ({"FUNCTIONS_WORKER_PROCESS_COUNT": "0"}, "FUNCTIONS_WORKER_PROCESS_COUNT='0' must be a whole number from 1"),
+        ({"FUNCTIONS_WORKER_PROCESS_COUNT": "11"}, "FUNCTIONS_WORKER_PROCESS_COUNT='11' must be a whole number"),
+        ({"FUNCTIONS_WORKER_PROCESS_COUNT": "two"}, "FUNCTIONS_WORKER_PROCESS_COUNT='two' must be a whole number"),
     ],
 )
 def test_bad_value_is_named_in_one_line(env: dict[str, str], message: str) -> None:

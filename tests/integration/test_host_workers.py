@@ -1,0 +1,107 @@
+"""`autoretrain up` with FUNCTIONS_WORKER_PROCESS_COUNT=2: a second process serves the same port,
+each file is still trained exactly once, a worker that dies is started again, and no worker
+outlives the host (Ctrl-C or SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from localstack import Loop, post_event, start
+from mlmodules import wine
+
+from autoretrain.domain import BlobRef, LedgerState, WorkKey
+from autoretrain.settings import LOCAL_STORAGE_TOPIC
+from autoretrain.workspace.local import catalog_rows
+
+pytestmark = pytest.mark.integration
+
+_STARTED = re.compile(r"Worker process 1 started \(pid (\d+)\)")
+
+
+@pytest.fixture
+def running(tmp_path: Path, unique: str, azurite: str) -> Iterator[Loop]:
+    yield from start(tmp_path, unique, azurite, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: its parent has not reaped it yet.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout} s")
+        time.sleep(0.1)
+
+
+def _worker_pids(log: Path) -> list[int]:
+    return [int(pid) for pid in _STARTED.findall(log.read_text())]
+
+
+def _event(ref: BlobRef, event_id: str) -> dict[str, object]:
+    return {
+        "id": event_id, "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
+        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
+        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
+                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
+    }
+
+
+def test_two_processes_serve_and_each_file_is_trained_once(running: Loop, tmp_path: Path) -> None:
+    [worker] = _worker_pids(running.log)
+    assert _alive(worker)
+    drops = list(wine().write_monthly_drops(tmp_path / "drops", months=4, seed=2))
+    refs = [running.blobs.upload(running.incoming, p.name, p.read_bytes()) for p in drops]
+    keys = [WorkKey.for_blob(r) for r in refs]
+    # Every event four times at once, on top of the local Event Grid's own delivery: both processes
+    # take requests (each builds its runtime on its first one), and each file is still one job.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: post_event(running.url, "ingest", _event(refs[i % 4], f"again-{i}")),
+                                range(16)))
+    assert answers == [200] * 16
+
+    records = running.wait_final(keys, timeout=300)
+
+    assert [records[k].state for k in keys] == [LedgerState.DONE] * 4, [records[k].reason for k in keys]
+    jobs = catalog_rows(running.home, "jobs")
+    assert sorted(j["name"] for j in jobs) == sorted(k.job_name for k in keys)
+    assert sorted(r.model_version for r in records.values()) == [  # type: ignore[type-var]
+        f"autoretrain-model:{i}" for i in (1, 2, 3, 4)]
+    log = running.log.read_text()
+    assert log.count("bootstrap.ready") == 2, "the worker process served no invocation"
+    assert log.count("ingest.submitted") == 4
+
+
+def test_a_dead_worker_is_started_again_and_none_outlives_ctrl_c(running: Loop) -> None:
+    [first] = _worker_pids(running.log)
+    os.kill(first, signal.SIGKILL)
+    _wait(lambda: len(_worker_pids(running.log)) == 2, 10, "no new worker process")
+    second = _worker_pids(running.log)[1]
+    assert f"Worker process 1 (pid {first}) exited with -9; starting it again" in running.log.read_text()
+    assert not _alive(first) and _alive(second)
+
+    running.process.send_signal(signal.SIGINT)
+    assert running.process.wait(timeout=60) == 0
+    assert not _alive(second)
+
+
+def test_no_worker_outlives_a_killed_host(running: Loop) -> None:
+    [worker] = _worker_pids(running.log)
+    running.process.kill()
+    running.process.wait(timeout=10)
+    _wait(lambda: not _alive(worker), 10, "the worker process outlived the host")
