@@ -517,6 +517,11 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
 def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
     """Finish a submitted record whose job ended: the path of a job event, and of reconcile."""
     if record.state is LedgerState.CLAIMED:
+        # The job's first events can overtake ingest's own ledger move. While the job runs there is
+        # nothing to do (and nothing to retry); once it ended, the event must come back.
+        status = deps.workspace.job_status(record.key.job_name)
+        if not status.state.terminal:
+            return InProgress(record, status)
         raise NotReadyError(
             f"{record.blob.path}: ingest has not recorded job {record.key.job_name} yet; the event will be retried."
         )

@@ -11,8 +11,8 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
 from autoretrain.contract import HEAD_BYTES, load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, ModelVersion, WorkKey
-from autoretrain.errors import RetrainRefused, StorageError
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, JobStatus, LedgerState, Metrics, ModelVersion, WorkKey
+from autoretrain.errors import NotReadyError, RetrainRefused, StorageError
 from autoretrain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
@@ -307,6 +307,27 @@ class TestComplete:
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
         loop.ingest(blob_event(ref), deps)
         return WorkKey.for_blob(ref)
+
+    def test_a_running_event_ahead_of_ingests_ledger_move_is_in_progress_and_a_finished_one_retried(
+        self, deps: loop.Deps
+    ) -> None:
+        """The job's Running event can arrive before ingest recorded the job: nothing to do, and no
+        error to retry. Its Completed event that early must come back, so it raises."""
+        workspace, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+        ledger.claim(ref, key, "ev-1", ledger.now + deps.config.lease)
+        workspace.statuses[key.job_name] = JobStatus(key.job_name, JobState.RUNNING)
+
+        running = loop.complete(run_event(key, event_type="Microsoft.MachineLearningServices.RunStatusChanged",
+                                          status="Running"), deps)
+
+        assert isinstance(running, loop.InProgress) and running.status.state is JobState.RUNNING
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        with pytest.raises(NotReadyError, match="ingest has not recorded job"):
+            loop.complete(run_event(key), deps)
+        record = ledger.get(key)
+        assert record is not None and record.state is LedgerState.CLAIMED and workspace.models == {}
 
     def test_completed_run_registers_model_with_metrics_and_promotes_first(self, deps: loop.Deps) -> None:
         """The first model has no champion to beat: it is registered and promoted."""
