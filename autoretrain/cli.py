@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -694,6 +695,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     except AutoretrainError as exc:
         print(f"autoretrain: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`autoretrain status --json | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
