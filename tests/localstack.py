@@ -14,13 +14,15 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from autoretrain.domain import LedgerRecord, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
 from autoretrain.ledger import TableLedger
+from autoretrain.settings import LOCAL_STORAGE_TOPIC
 from autoretrain.storage import AzureBlobStore, client_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +121,20 @@ def start(
             except subprocess.TimeoutExpired:
                 process.kill()
         print(log_path.read_text()[-5000:])
+
+
+def blob_created(
+    ref: BlobRef, event_id: str, *, length: int = 100, topic: str = LOCAL_STORAGE_TOPIC
+) -> dict[str, Any]:
+    """The BlobCreated event Blob Storage sends for `ref` (Event Grid schema), as a redelivery or a
+    test's own delivery."""
+    return {
+        "id": event_id, "topic": topic, "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
+        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
+        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": length, "blobType": "BlockBlob",
+                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
+    }
 
 
 def post_event(url: str, function: str, event: dict[str, object]) -> int:

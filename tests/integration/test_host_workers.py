@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from localstack import Loop, post_event, start
+from localstack import Loop, blob_created, post_event, start
 from mlmodules import wine
 
-from autoretrain.domain import BlobRef, LedgerState, WorkKey
-from autoretrain.settings import LOCAL_STORAGE_TOPIC
+from autoretrain.domain import LedgerState, WorkKey
 from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
@@ -52,16 +51,6 @@ def _worker_pids(log: Path) -> list[int]:
     return [int(pid) for pid in _STARTED.findall(log.read_text())]
 
 
-def _event(ref: BlobRef, event_id: str) -> dict[str, object]:
-    return {
-        "id": event_id, "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
-        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
-        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
-                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
-    }
-
-
 def test_two_processes_serve_and_each_file_is_trained_once(running: Loop, tmp_path: Path) -> None:
     [worker] = _worker_pids(running.log)
     assert _alive(worker)
@@ -71,7 +60,7 @@ def test_two_processes_serve_and_each_file_is_trained_once(running: Loop, tmp_pa
     # Every event four times at once, on top of the local Event Grid's own delivery: both processes
     # take requests (each builds its runtime on its first one), and each file is still one job.
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda i: post_event(running.url, "ingest", _event(refs[i % 4], f"again-{i}")),
+        answers = list(pool.map(lambda i: post_event(running.url, "ingest", blob_created(refs[i % 4], f"again-{i}")),
                                 range(16)))
     assert answers == [200] * 16
 

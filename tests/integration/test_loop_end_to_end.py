@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from localstack import Loop, cli, post_event, start
+from localstack import Loop, blob_created, cli, post_event, start
 from mlmodules import wine
 
-from autoretrain.domain import BlobRef, LedgerState, WorkKey
-from autoretrain.settings import LOCAL_STORAGE_TOPIC
+from autoretrain.domain import LedgerState, WorkKey
 from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
@@ -71,13 +70,7 @@ def test_each_dropped_file_becomes_one_data_version_job_and_model(running: Loop,
 
     # Event Grid redelivers: the same blob version again, over HTTP, changes nothing.
     first = refs[0]
-    duplicate = {
-        "id": "redelivered-1", "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{first.container}/blobs/{first.name}",
-        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
-        "data": {"api": "PutBlob", "eTag": first.etag, "contentLength": 100, "blobType": "BlockBlob",
-                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{first.path}"},
-    }
+    duplicate = blob_created(first, "redelivered-1")
     assert post_event(running.url, "ingest", duplicate) == 200
     as_cloudevent = {
         "specversion": "1.0", "id": "redelivered-2", "source": duplicate["topic"], "type": duplicate["eventType"],
@@ -163,20 +156,12 @@ def test_retrain_runs_a_version_again_as_a_numbered_run_and_the_ledger_keeps_eac
     ]
     assert len({r.model_version for r in runs}) == 3 and len({r.job for r in runs}) == 3
     assert len(catalog_rows(running.home, "data")) == 1  # one data version for the one blob version
-    assert post_event(running.url, "ingest", _blob_created(ref)) == 200
+    assert post_event(running.url, "ingest", blob_created(ref, f"late-{ref.etag}")) == 200
     assert len(list(running.ledger.records())) == 3
     status = cli(running.env, "status", "--json", cwd=tmp_path)
     assert sorted(r["retrain"] for r in json.loads(status.stdout)) == [0, 1, 2]
 
 
-def _blob_created(ref: BlobRef) -> dict[str, object]:
-    return {
-        "id": f"late-{ref.etag}", "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
-        "eventTime": "2026-11-26T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
-        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
-                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
-    }
 
 
 def test_status_blob_tells_one_file_s_story(running: Loop, tmp_path: Path) -> None:
@@ -187,7 +172,7 @@ def test_status_blob_tells_one_file_s_story(running: Loop, tmp_path: Path) -> No
     bad = running.blobs.upload(running.incoming, "broken.csv", b"alcohol,cultivar\n13.2,class_0\n")
     keys = [WorkKey.for_blob(good), WorkKey.for_blob(bad)]
     running.wait_final(keys, timeout=300)
-    assert post_event(running.url, "ingest", _blob_created(good)) == 200  # a duplicate delivery
+    assert post_event(running.url, "ingest", blob_created(good, f"late-{good.etag}")) == 200  # a duplicate delivery
 
     text = cli(running.env, "status", "2026-01.csv", cwd=tmp_path)
     data = cli(running.env, "status", f"{running.incoming}/2026-01.csv", "--json", cwd=tmp_path)

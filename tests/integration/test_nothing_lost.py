@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from localstack import Loop, cli, post_event, start
+from localstack import Loop, blob_created, cli, post_event, start
 from mlmodules import wine
 
 from autoretrain.domain import BlobRef, LedgerState, WorkKey
-from autoretrain.settings import LOCAL_STORAGE_TOPIC
 from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
@@ -38,14 +37,6 @@ def _month(tmp_path: Path) -> bytes:
     return bytes(path.read_bytes())
 
 
-def _blob_created(ref: BlobRef, *, event_id: str, length: int = 100) -> dict[str, object]:
-    return {
-        "id": event_id, "topic": LOCAL_STORAGE_TOPIC, "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
-        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
-        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": length, "blobType": "BlockBlob",
-                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
-    }
 
 
 def test_a_file_uploaded_while_event_grid_is_off_is_found_by_reconcile(
@@ -80,8 +71,8 @@ def test_hostile_blobs_each_get_a_final_state_and_no_500(running: Loop, azurite:
     vanished = BlobRef(running.incoming, "gone/../..\x07.csv", "0x8DE00000000000A")
     climbing = BlobRef(running.incoming, "a/../../etc/passwd.csv", "0x8DE00000000000B")
 
-    assert post_event(running.url, "ingest", _blob_created(vanished, event_id="vanished")) == 200
-    assert post_event(running.url, "ingest", _blob_created(climbing, event_id="climbing")) == 200
+    assert post_event(running.url, "ingest", blob_created(vanished, "vanished")) == 200
+    assert post_event(running.url, "ingest", blob_created(climbing, "climbing")) == 200
     records = running.wait_final([WorkKey.for_blob(long_ref), WorkKey.for_blob(vanished),
                                   WorkKey.for_blob(climbing), WorkKey.for_blob(long_good)], timeout=120)
 
@@ -142,13 +133,13 @@ def test_replay_redelivers_dead_letters_from_the_folder_and_the_container(
     from_container = running.blobs.upload(running.incoming, "container.csv", BAD)
     dead = running.home / "deadletter"
     dead.mkdir(parents=True, exist_ok=True)
-    record = {**_blob_created(from_folder, event_id="dl-1"), "deadLetterReason": "MaxDeliveryAttemptsExceeded",
+    record = {**blob_created(from_folder, "dl-1"), "deadLetterReason": "MaxDeliveryAttemptsExceeded",
               "deliveryAttempts": 6, "lastDeliveryOutcome": "InternalServerError", "lastHttpStatusCode": 500}
     (dead / "20261125T120000-dl-1.json").write_text(json.dumps(record))
     container = f"dl{unique}"
     service = BlobServiceClient.from_connection_string(azurite)
     service.create_container(container)
-    azure_record = [{**_blob_created(from_container, event_id="dl-2"), "deadLetterReason": "TimeToLiveExceeded",
+    azure_record = [{**blob_created(from_container, "dl-2"), "deadLetterReason": "TimeToLiveExceeded",
                      "deliveryAttempts": 30}]
     service.get_blob_client(container, "topic/sub/2026/11/25/12/dl-2.json").upload_blob(json.dumps(azure_record))
 

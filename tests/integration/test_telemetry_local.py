@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from azure.functions.timer import TimerRequest
-from localstack import stack_env
+from localstack import blob_created, stack_env
 from mlmodules import wine
 from opentelemetry.trace import SpanKind
 from otelcapture import Capture, custom_dimensions, log_envelope, otel_capture, span_envelope
@@ -32,14 +32,6 @@ from autoretrain.workspace.local import LocalWorkspace
 pytestmark = pytest.mark.integration
 
 
-def _blob_created(event_id: str, ref: BlobRef, topic: str = LOCAL_STORAGE_TOPIC) -> dict[str, Any]:
-    return {
-        "id": event_id, "topic": topic, "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{ref.container}/blobs/{ref.name}",
-        "eventTime": "2026-11-25T12:00:00Z", "dataVersion": "", "metadataVersion": "1",
-        "data": {"api": "PutBlob", "eTag": ref.etag, "contentLength": 100, "blobType": "BlockBlob",
-                 "url": f"http://127.0.0.1:10000/devstoreaccount1/{ref.path}"},
-    }
 
 
 @pytest.fixture
@@ -128,16 +120,16 @@ def test_each_files_story_is_one_trace_of_structured_lines(
     elsewhere = LOCAL_STORAGE_TOPIC.replace("devstoreaccount1", "someoneelse")
 
     with otel_capture() as capture:
-        assert _post(host, "ingest", _blob_created("evt-good", good)) == 200
+        assert _post(host, "ingest", blob_created(good, "evt-good")) == 200
         assert workspace.drain(300)
         assert [(e["eventType"].rsplit(".", 1)[1], e["data"].get("runStatus")) for e in run_events] == [
             ("RunStatusChanged", "Running"), ("RunStatusChanged", "Completed"), ("RunCompleted", None)
         ]
         for event in run_events:
             assert _post(host, "completion", event) == 200
-        assert _post(host, "ingest", _blob_created("evt-bad", bad)) == 200
-        assert _post(host, "ingest", _blob_created("evt-good-again", good)) == 200
-        assert _post(host, "ingest", _blob_created("evt-foreign", foreign, elsewhere)) == 200
+        assert _post(host, "ingest", blob_created(bad, "evt-bad")) == 200
+        assert _post(host, "ingest", blob_created(good, "evt-good-again")) == 200
+        assert _post(host, "ingest", blob_created(foreign, "evt-foreign", topic=elsewhere)) == 200
         host.functions["reconcile"].user_function(timer=TimerRequest(past_due=False))
 
     spans, lines = _story(capture)
