@@ -153,7 +153,7 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _runs_of(settings: Settings, records: Sequence[LedgerRecord], target: str) -> list[LedgerRecord]:
+def _records_named(settings: Settings, records: Sequence[LedgerRecord], target: str) -> list[LedgerRecord]:
     """The records `target` names, with every retrain of them: a work key, a blob path, or a name
     in the incoming container (all its versions)."""
     name = target.removeprefix(f"{settings.incoming_container}/")
@@ -218,7 +218,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with _azurite(settings):
         records = sorted(_ledger(settings).records(), key=lambda r: r.created)
     if args.blob:
-        runs = _runs_of(settings, records, args.blob)
+        runs = _records_named(settings, records, args.blob)
         if not runs:
             raise AutoretrainError(
                 f"{args.blob}: no blob version or work key of that name in the ledger; `autoretrain status` lists them."

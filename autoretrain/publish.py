@@ -34,7 +34,7 @@ from azure.ai.ml.exceptions import MlException
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
 
 from autoretrain.errors import PublishError, WorkspaceError
-from autoretrain.workspace.azureml import _reason
+from autoretrain.workspace.azureml import service_reason
 
 __all__ = ["component_version", "pipeline_version", "publish"]
 
@@ -142,7 +142,7 @@ def _register(client: MLClient, component: Component, out: TextIO, *, dry_run: b
 
 
 def _failed(action: str, exc: BaseException) -> WorkspaceError:
-    reason = _reason(exc).rstrip(".")
+    reason = service_reason(exc).rstrip(".")
     if getattr(exc, "status_code", None) in (401, 403):
         return WorkspaceError(
             f"{action} failed: {reason}; publishing needs AzureML Data Scientist on the workspace and Storage "
@@ -190,7 +190,7 @@ def _load(path: Path, load: Callable[[], _T]) -> _T:
     try:
         return load()
     except (MlException, OSError) as exc:
-        raise PublishError(f"{path}: azure-ai-ml cannot load it: {_reason(exc)}") from None
+        raise PublishError(f"{path}: azure-ai-ml cannot load it: {service_reason(exc)}") from None
 
 
 def _files(root: Path, named_by: Path) -> Iterator[tuple[str, Path]]:

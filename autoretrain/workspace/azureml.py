@@ -83,7 +83,10 @@ from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
 from autoretrain.storage import client_options as storage_client_options
 
-__all__ = ["CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state"]
+__all__ = [
+    "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state",
+    "service_reason",
+]
 
 log = logging.getLogger("autoretrain.workspace.azureml")
 
@@ -167,7 +170,7 @@ def _one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _reason(exc: BaseException) -> str:
+def service_reason(exc: BaseException) -> str:
     """The service's own message, without the SDK's multi-line decoration."""
     if isinstance(exc, HttpResponseError):
         error = getattr(exc, "error", None)
@@ -180,7 +183,7 @@ def _reason(exc: BaseException) -> str:
 
 def _error(action: str, exc: BaseException) -> WorkspaceError:
     """One WorkspaceError line for a failed SDK call: what failed, why, and what happens next."""
-    reason = _reason(exc)
+    reason = service_reason(exc)
     status = getattr(exc, "status_code", None)
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
         # Retried: a role assignment may still be propagating, or ops may fix it within the retries.
@@ -371,7 +374,7 @@ class AzureMLWorkspace:
             try:
                 found = self._client.jobs.get(job)
             except ResourceNotFoundError as exc:
-                raise JobNotFoundError(f"status of job {job} failed: {_reason(exc)}") from exc
+                raise JobNotFoundError(f"status of job {job} failed: {service_reason(exc)}") from exc
             state = run_state(found.status)
             if state is not JobState.FAILED:
                 return JobStatus(name=job, state=state, log=found.studio_url)
@@ -410,7 +413,7 @@ class AzureMLWorkspace:
         try:
             details = self._client.jobs._runs_operations.get_run_details(run_id)
         except (AzureError, AttributeError) as exc:
-            log_event(log, logging.WARNING, "workspace.run_error_unavailable", run=run_id, reason=_reason(exc))
+            log_event(log, logging.WARNING, "workspace.run_error_unavailable", run=run_id, reason=service_reason(exc))
             return None
         error = getattr(getattr(details, "error", None), "error", None)
         message = getattr(error, "message", None)
