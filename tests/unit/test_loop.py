@@ -92,14 +92,18 @@ class TestIngest:
             GOOD_CSV, {"source_blob": ref.path, "source_etag": ref.etag, "work_key": key.value})
         assert workspace.data_contents == [GOOD_CSV]
 
-    def test_a_file_longer_than_the_head_is_copied_from_the_blob_version(self, deps: loop.Deps) -> None:
+    @pytest.mark.parametrize("told", ["the true length", "the head's length"])
+    def test_a_file_longer_than_the_head_is_copied_from_the_blob_version(self, deps: loop.Deps, told: str) -> None:
+        """Whatever length the event claims: an event that says the file is just the head must not cut
+        the data version short."""
         workspace, _, blobs = fakes(deps)
         rows = GOOD_CSV.split(b"\n", 1)[1]
         big = GOOD_CSV + rows * (HEAD_BYTES // len(rows) + 1)
         ref = blobs.put("incoming", "big.csv", big)
         key = WorkKey.for_blob(ref)
 
-        assert isinstance(loop.ingest(blob_event(ref, length=len(big)), deps), loop.Submitted)
+        length = len(big) if told == "the true length" else HEAD_BYTES
+        assert isinstance(loop.ingest(blob_event(ref, length=length), deps), loop.Submitted)
 
         assert blobs.reads == [ref, ref]  # the head, then the copy
         assert blobs.blobs[("datasets", f"{key}/big.csv")][1] == big
