@@ -214,6 +214,7 @@ class LocalHost:
         self._requested_port = port
         self._timers_enabled = timers
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
         self._functions: dict[str, FunctionInfo] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._server_thread: threading.Thread | None = None
@@ -321,25 +322,36 @@ class LocalHost:
             self._timer_thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop the worker processes and wait for them (their running functions finish first), stop
-        listening and stop the timers; running functions finish in their threads."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker processes (each finishes its running functions first), stop listening,
+        stop the timers, and wait up to `timeout` for this process's running functions to finish
+        (Event Grid's own wait for an answer is 30 s)."""
         self._stopping.set()
-        self._stop_workers()
+        self._stop_workers(timeout)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._wait_for_functions(timeout)
         for thread in (self._server_thread, self._timer_thread, self._workers_thread):
             if thread is not None:
                 thread.join(timeout=5)
         self._server = self._server_thread = self._timer_thread = self._workers_thread = None
 
-    # ---- worker processes -----------------------------------------------------------------------
+    def _wait_for_functions(self, timeout: float) -> None:
+        """Take every execution slot (each running function holds one), then give them back."""
+        deadline = time.monotonic() + timeout
+        taken = 0
+        try:
+            for _ in range(self._max_concurrency):
+                if not self._slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                    log.warning("Host stopped with functions still running after %.0f s", timeout)
+                    return
+                taken += 1
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
-    @property
-    def worker_pids(self) -> list[int]:
-        """The running worker processes' ids (this process serves too, and is not listed)."""
-        return [p.pid for p in self._workers.values() if p.poll() is None]
+    # ---- worker processes -----------------------------------------------------------------------
 
     def _keep_workers(self) -> None:
         """Start the worker processes and start again any that dies, until stop(). Runs on its own

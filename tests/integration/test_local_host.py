@@ -329,3 +329,31 @@ class TestTimers:
         second = LocalHost(app, port=0, timers=False)
 
         assert list(first.functions) == list(second.functions) == ["only"]
+
+
+def test_stop_lets_a_running_function_finish_and_answer(http: requests.Session) -> None:
+    """Ctrl-C while a function runs: the host stops taking requests, but the running one finishes
+    and its sender gets its answer (an ingest cut half-way would only be retried later)."""
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    app = func.FunctionApp()
+
+    @app.function_name("slow")
+    @app.event_grid_trigger(arg_name="event")
+    def slow(event: func.EventGridEvent) -> None:
+        started.set()
+        release.wait(10)
+        finished.set()
+
+    host = LocalHost(app, port=0).start()
+    answers: list[int] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        http.post(webhook(host, "slow"), json=[BLOB_EVENT], headers=NOTIFY).status_code))
+    sender.start()
+    assert started.wait(10)
+    threading.Timer(0.5, release.set).start()
+
+    host.stop()
+
+    assert finished.is_set(), "stop() returned while the function was still running"
+    sender.join(10)
+    assert answers == [200]
