@@ -43,6 +43,8 @@ bench: setup
 	$(BIN)/python bench/loop_latency.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/ingest_memory.py
+	$(BIN)/python bench/storage_floor.py
+	$(BIN)/python bench/cold_start.py
 
 clean:
 	rm -rf .autoretrain
