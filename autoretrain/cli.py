@@ -131,8 +131,10 @@ def cmd_host(settings: Settings, args: argparse.Namespace) -> int:
     from autoretrain.local.stack import APP_ROOT
 
     configure_logging()
+    # The timer's schedule is an app setting (%AUTORETRAIN_RECONCILE_SCHEDULE%), as on Azure.
+    os.environ.setdefault("AUTORETRAIN_RECONCILE_SCHEDULE", settings.reconcile_schedule)
     port = urlsplit(settings.host_url).port or 7071
-    host = LocalHost("function_app", app_root=APP_ROOT, port=port)
+    host = LocalHost("function_app", app_root=APP_ROOT, port=port, processes=settings.worker_processes)
     with host:
         print(f"Functions host listening on {host.url}. Ctrl-C to stop.", flush=True)
         _wait_for_ctrl_c()

@@ -300,13 +300,6 @@ class LocalHost:
         self._server_thread.start()
         if listening is not None:
             return self  # a worker process: no timers, and the main process said the rest
-        if self._processes > 1:
-            # Whoever is free accepts: the socket must not block a process that lost the race.
-            self._server.socket.setblocking(False)
-            self._workers_thread = threading.Thread(
-                target=self._keep_workers, name="local-host-workers", daemon=True
-            )
-            self._workers_thread.start()
         log.info("Functions:")
         for info in functions.values():
             log.info("        %s: %s", info.name, info.trigger_type)
@@ -320,6 +313,13 @@ class LocalHost:
                 target=self._run_timers, args=(timers,), name="local-host-timers", daemon=True
             )
             self._timer_thread.start()
+        if self._processes > 1:  # last: a bad setting above has stopped the start before any exists
+            # Whoever is free accepts: the socket must not block a process that lost the race.
+            self._server.socket.setblocking(False)
+            self._workers_thread = threading.Thread(
+                target=self._keep_workers, name="local-host-workers", daemon=True
+            )
+            self._workers_thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

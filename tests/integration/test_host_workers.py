@@ -4,16 +4,20 @@ outlives the host (Ctrl-C or SIGKILL)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from localstack import Loop, blob_created, post_event, start
+from localstack import Loop, blob_created, free_port, post_event, stack_env, start
 from mlmodules import wine
 
 from autoretrain.domain import LedgerState, WorkKey
@@ -94,3 +98,29 @@ def test_no_worker_outlives_a_killed_host(running: Loop) -> None:
     running.process.kill()
     running.process.wait(timeout=10)
     _wait(lambda: not _alive(worker), 10, "the worker process outlived the host")
+
+
+def test_autoretrain_host_alone_starts_with_its_worker_process_and_stops_on_ctrl_c(
+    tmp_path: Path, unique: str, azurite: str
+) -> None:
+    """`autoretrain host` (the host without the stack) as a user runs it, with no reconcile schedule
+    set (it failed on %AUTORETRAIN_RECONCILE_SCHEDULE% before) and two processes."""
+    port = free_port()
+    env = stack_env(tmp_path, unique, azurite, port, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+    env.pop("AUTORETRAIN_RECONCILE_SCHEDULE", None)
+    log = tmp_path / "host.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "autoretrain.cli", "host"], cwd=tmp_path, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _worker_pids(log) or process.poll() is not None, 30, "no worker process started")
+        assert process.poll() is None, log.read_text()
+        [worker] = _worker_pids(log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=5) as answer:
+            assert json.load(answer) == {"state": "Running"}
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        assert not _alive(worker)
+    finally:
+        if process.poll() is None:
+            process.kill()
