@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 
 from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
 from autoretrain.errors import AutoretrainError, ConfigError
+from autoretrain.local import host_answers
 from autoretrain.ports import Ledger
 from autoretrain.settings import Settings
 
@@ -354,7 +354,7 @@ _DEADLETTER_KEYS = (
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    if not _host_answers(settings.host_url):
+    if not host_answers(settings.host_url):
         raise AutoretrainError(
             f"no Functions host answers at {settings.host_url}; start `autoretrain up` (or `autoretrain host`) first."
         )
@@ -515,14 +515,6 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _host_answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/admin/host/status", timeout=1) as answer:
-            return bool(json.load(answer).get("state") == "Running")
-    except (OSError, ValueError):
-        return False
-
-
 def _load_sample_module() -> Any:
     path = ROOT / "ml" / "sample" / "wine.py"
     spec = importlib.util.spec_from_file_location("autoretrain_demo_wine", path)
@@ -559,7 +551,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     print(f"autoretrain demo: home {settings.home}, function logs in {log_path}", flush=True)
     drops = _demo_files(settings.home / "demo" / "drops", args.months)
     with contextlib.ExitStack() as running:
-        if _host_answers(settings.host_url):
+        if host_answers(settings.host_url):
             # `autoretrain up` is already running: drop into it instead of starting a second stack.
             print(f"  using the running autoretrain at {settings.host_url}", flush=True)
         else:

@@ -46,7 +46,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -251,17 +250,9 @@ def main() -> int:
     if args.driver:
         return driver(args.driver)
 
-    def interrupt(*_: Any) -> None:
-        # Once: a second Ctrl-C must not cut the clean-up short.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
+    from ingest_throughput import _connection_string, _free_port, interrupt_on_signals
 
-    # Set explicitly: a shell starts a background job with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
-
-    from ingest_throughput import _connection_string, _free_port
+    interrupt_on_signals()
 
     from autoretrain.local.azurite import Azurite
 

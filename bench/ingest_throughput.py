@@ -60,7 +60,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -265,6 +264,8 @@ class Stack:
 
 
 def start_stack(mode: str, workdir: Path, token: str, profile: bool = False, processes: int = 1) -> Stack:
+    from autoretrain.local import host_answers
+
     home = workdir / f"{mode}-home"
     home.mkdir(parents=True)
     blob_port = _free_port()
@@ -296,18 +297,25 @@ def start_stack(mode: str, workdir: Path, token: str, profile: bool = False, pro
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     stack = Stack(mode, home, env, f"http://127.0.0.1:{host_port}", process, log)
     deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{stack.url}/admin/host/status", timeout=1) as answer:
-                if json.load(answer)["state"] == "Running":
-                    break
-        except OSError:
-            pass
+    while not host_answers(stack.url):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the {mode} stack did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
     stack.children = _descendants(process.pid)
     return stack
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP end a run like Ctrl-C (KeyboardInterrupt), once: a second signal must not
+    cut the clean-up short. Set explicitly: a shell starts a background job with SIGINT ignored."""
+
+    def interrupt(*_: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -666,16 +674,7 @@ def main() -> int:
     if not 0 <= args.dup_share < 1 or args.blobs < 1 or args.concurrency < 1:
         parser.error("--dup-share must be in [0, 1), --blobs and --concurrency at least 1")
 
-    # SIGTERM and SIGHUP end the run like Ctrl-C: the finally blocks stop the stacks.
-    def interrupt(*_: Any) -> None:
-        # Once: a second Ctrl-C must not cut the clean-up short.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    # Set explicitly: a shell starts a background job with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    interrupt_on_signals()  # the finally blocks stop the stacks
     workdir = Path(tempfile.mkdtemp(prefix="autoretrain-ingest-bench-"))
     results = []
     try:

@@ -22,6 +22,7 @@ from azure.storage.blob import BlobServiceClient
 
 from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
 from autoretrain.ledger import TableLedger
+from autoretrain.local import host_answers
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
 from autoretrain.storage import AzureBlobStore, client_options
 
@@ -96,13 +97,7 @@ def start(
         )
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/host/status", timeout=1) as answer:
-                    if json.load(answer)["state"] == "Running":
-                        break
-            except OSError:
-                pass
+        while not host_answers(f"http://127.0.0.1:{port}"):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"autoretrain up did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)

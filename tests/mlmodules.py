@@ -43,6 +43,12 @@ def wine() -> ModuleType:
     return load_ml_module(ML / "sample" / "wine.py", "ml_sample_wine")
 
 
+def wine_csv(rows: slice, seed: int) -> bytes:
+    """Rows of the wine sample, shuffled by `seed`, as CSV bytes with its header."""
+    frame = wine().wine_frame().sample(frac=1.0, random_state=seed).iloc[rows]
+    return str(frame.to_csv(index=False)).encode()
+
+
 def snapshot(component_path: Path, component: dict[str, Any], target: Path) -> Path:
     """A component's code snapshot, as Azure ML builds it: `code`, plus each additional include."""
     base = component_path.parent

@@ -13,9 +13,9 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import mlmodules
 import pytest
 from azure.storage.blob import BlobServiceClient
-from mlmodules import wine
 
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, WorkKey
@@ -31,8 +31,7 @@ CONTRACT = ROOT / "ml" / "contract.yaml"
 
 
 def wine_csv(rows: slice) -> bytes:
-    frame = wine().wine_frame().sample(frac=1.0, random_state=5).iloc[rows]
-    return str(frame.to_csv(index=False)).encode()
+    return mlmodules.wine_csv(rows, seed=5)
 
 
 def client(home: Path) -> Any:

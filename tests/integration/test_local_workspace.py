@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlmodules
 import pytest
 from azure.storage.blob import BlobServiceClient
-from mlmodules import wine
 
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.domain import RUN_TAG, JobState, Metrics, WorkKey
@@ -24,8 +24,7 @@ CONTRACT = ROOT / "ml" / "contract.yaml"
 
 
 def wine_csv(rows: slice) -> bytes:
-    frame = wine().wine_frame().sample(frac=1.0, random_state=3).iloc[rows]
-    return str(frame.to_csv(index=False)).encode()
+    return mlmodules.wine_csv(rows, seed=3)
 
 
 class Events:
