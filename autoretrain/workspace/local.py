@@ -370,22 +370,14 @@ class LocalWorkspace:
         return self.root / "jobs" / job
 
     def _run_logged(self, job: str) -> None:
-        with bound(**self._job_fields(job)):
-            self._run_bound(job)
-
-    def _job_fields(self, job: str) -> dict[str, str]:
-        """The correlation fields of a job's lines (its thread has no caller's context: a resumed
-        job has none at all): the work key, and the blob version and trace from its tags."""
         with self._connect() as db:
-            row = db.execute("SELECT work_key, tags FROM jobs WHERE name = ?", (job,)).fetchone()
-        if row is None:
-            return {"job": job}
-        tags = json.loads(row["tags"])
-        return {"work_key": row["work_key"], "blob": tags.get("blob"), "etag": tags.get("etag"), "job": job}
+            row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
+        with bound(**_job_fields(job, row)):
+            self._run_bound(job, row)
 
-    def _run_bound(self, job: str) -> None:
+    def _run_bound(self, job: str, row: sqlite3.Row) -> None:
         try:
-            self._run(job)
+            self._run(job, row)
         except Exception as exc:  # a bug here must still end the job and tell the loop
             if self._stopping.is_set():
                 return
@@ -398,11 +390,9 @@ class LocalWorkspace:
         with self._transaction() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*columns.values(), job))
 
-    def _run(self, job: str) -> None:
+    def _run(self, job: str, row: sqlite3.Row) -> None:
         if self._stopping.is_set():
             return
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
         spec = self.pipeline()
         base = self.job_dir(job)
         if base.exists():
@@ -852,6 +842,15 @@ class LocalWorkspace:
     def flush_tracking(self, timeout: float = 30.0) -> bool:
         """Wait until the MLflow store has every run, model and alias sent so far (tests, CLI)."""
         return self._tracking.flush(timeout) if self._tracking is not None else True
+
+
+def _job_fields(job: str, row: sqlite3.Row | None) -> dict[str, str]:
+    """The correlation fields of a job's lines (its thread has no caller's context: a resumed job
+    has none at all): the work key, and the blob version from its tags."""
+    if row is None:
+        return {"job": job}
+    tags = json.loads(row["tags"])
+    return {"work_key": row["work_key"], "blob": tags.get("blob"), "etag": tags.get("etag"), "job": job}
 
 
 _LISTINGS = {
