@@ -284,13 +284,13 @@ def _retrain_target(settings: Settings, ledger: Ledger, target: str, etag: str |
         if record is not None:
             return record.blob
     name = target.removeprefix(f"{settings.incoming_container}/")
+    if etag is not None:
+        return BlobRef(settings.incoming_container, name, etag)
     versions = sorted(
         (r for r in ledger.records()
          if r.retrain_of is None and r.blob.container == settings.incoming_container and r.blob.name == name),
         key=lambda r: r.created,
     )
-    if etag is not None:
-        return BlobRef(settings.incoming_container, name, etag)
     if not versions:
         raise AutoretrainError(
             f"{settings.incoming_container}/{name}: no version of it is in the ledger; "
