@@ -48,7 +48,14 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceRejectedError",
     "WorkspaceUnavailableError",
+    "one_line",
 ]
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut at `limit` characters; its type when it has none."""
+    text = " ".join(str(exc).split())
+    return text[:limit] if text else type(exc).__name__
 
 
 class AutoretrainError(Exception):

@@ -57,6 +57,7 @@ from autoretrain.errors import (
     PermanentError,
     RetrainRefused,
     WorkspaceError,
+    one_line,
 )
 from autoretrain.events import COMMITTED_APIS, BlobCreated, RunFinished
 from autoretrain.logs import invocation, log_event, trace_context
@@ -338,14 +339,9 @@ def _release(record: LedgerRecord, exc: BaseException, deps: Deps) -> None:
     if latest is None or latest.etag is None or not latest.state.leased or latest.attempts != record.attempts:
         return  # moved on, or taken over by another worker: not ours to release
     try:
-        deps.ledger.move(latest, Release(f"{type(exc).__name__}: {_one_line(exc)}"))
+        deps.ledger.move(latest, Release(f"{type(exc).__name__}: {one_line(exc)}"))
     except Exception:  # best effort: the lease runs out by itself
         log.debug("release of %s failed", record.key, exc_info=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 def _ingest_claimed(
@@ -673,8 +669,8 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
             try:
                 outcome = action()
             except Exception as exc:
-                message = f"{what} {blob.path} ({key}): {type(exc).__name__}: {_one_line(exc)}"
-                log_event(log, logging.ERROR, "reconcile.error", what=what, error=_one_line(exc))
+                message = f"{what} {blob.path} ({key}): {type(exc).__name__}: {one_line(exc)}"
+                log_event(log, logging.ERROR, "reconcile.error", what=what, error=one_line(exc))
                 errors.append(message)
                 return
             if isinstance(outcome, Duplicate | InProgress):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from autoretrain.errors import one_line
 from autoretrain.logs import log_event
 
 __all__ = [
@@ -327,7 +328,7 @@ def serve() -> None:
         tracker = _Tracker(**json.loads(sys.argv[1]))
     except Exception as exc:  # the workspace runs its jobs untracked, and says why
         logging.getLogger(__name__).exception("tracker.start_failed")
-        _answer(out, {"error": _one_line(exc)})
+        _answer(out, {"error": one_line(exc, 500)})
         return
     # MLflow's and SQLAlchemy's objects live as long as the tracker: out of the collector's sight,
     # so a full collection does not pause a call for ~150 ms walking them.
@@ -340,16 +341,12 @@ def serve() -> None:
             _answer(out, {"ok": tracker.handle(request)})
         except Exception as exc:  # one failed call: logged here, reported, the next one goes on
             logging.getLogger(__name__).exception("tracker.call_failed op=%s", request.get("op"))
-            _answer(out, {"error": _one_line(exc)})
+            _answer(out, {"error": one_line(exc, 500)})
 
 
 def _answer(out: IO[str], message: Mapping[str, Any]) -> None:
     out.write(json.dumps(dict(message)) + "\n")
     out.flush()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500] or type(exc).__name__
 
 
 class _Tracker:
