@@ -74,19 +74,13 @@ def _peak() -> int:
 
 
 def driver(blob_name: str) -> int:
+    from ingest_throughput import held_deps
+
     from autoretrain import bootstrap as boot
     from autoretrain import loop
     from autoretrain.events import parse_blob_created
     from autoretrain.local.eventgrid import blob_created_event
     from autoretrain.settings import Settings
-    from autoretrain.storage import AzureBlobStore
-    from autoretrain.workspace.local import LocalWorkspace
-
-    class HeldJobsWorkspace(LocalWorkspace):
-        """Submit writes the job row (queued) as always; the job is not handed to the pool."""
-
-        def _start(self, job: str) -> None:
-            pass
 
     phases: list[tuple[float, str]] = []
 
@@ -100,15 +94,9 @@ def driver(blob_name: str) -> int:
     logging.getLogger("autoretrain").setLevel(logging.INFO)
 
     settings = Settings.from_env()
-    blobs = AzureBlobStore(boot.blob_service(settings))
-    workspace = HeldJobsWorkspace(
-        settings.home, pipeline=boot.PIPELINE, contract=settings.contract, blobs=blobs,
-        experiment=settings.experiment, data_asset=settings.data_asset, model_name=settings.model_name,
-        on_event=None, warm=False,
-    )
-    workspace.pipeline()  # the host loads it at start; here before the measurement, in both cases
-    deps = boot.bootstrap(settings, workspace=workspace, blobs=blobs)
-    listed = next(b for b in blobs.list_blobs(settings.incoming_container) if b.ref.name == blob_name)
+    deps = held_deps()  # its pipeline loaded, as the host does at start: before the measurement
+    workspace = deps.workspace
+    listed = next(b for b in deps.blobs.list_blobs(settings.incoming_container) if b.ref.name == blob_name)
     client = boot.blob_service(settings).get_blob_client(settings.incoming_container, blob_name)
     event = blob_created_event(
         topic=settings.storage_topic, container=settings.incoming_container, name=blob_name,

@@ -97,8 +97,9 @@ def _connection_string(blob_port: int, table_port: int) -> str:
 # ---- the host in `hold` mode (a subprocess of this script) ----------------------------------------
 
 
-def _held_runtime() -> None:
-    """This process's runtime (bootstrap.runtime()), with a local workspace that keeps jobs queued."""
+def held_deps() -> Any:
+    """The loop's dependencies from the environment's settings, with a local workspace that keeps
+    submitted jobs queued (ingest unchanged; the job is not run), its pipeline already loaded."""
     from autoretrain import bootstrap as boot
     from autoretrain.settings import Settings
     from autoretrain.storage import AzureBlobStore
@@ -118,7 +119,14 @@ def _held_runtime() -> None:
         on_event=None, warm=False,
     )
     workspace.pipeline()  # what the real workspace preloads on a thread: not during the run
-    boot._runtime = boot.bootstrap(settings, workspace=workspace, blobs=blobs)
+    return boot.bootstrap(settings, workspace=workspace, blobs=blobs)
+
+
+def _held_runtime() -> None:
+    """This process's runtime (bootstrap.runtime()): the held-jobs dependencies."""
+    from autoretrain import bootstrap as boot
+
+    boot._runtime = held_deps()
 
 
 def serve_held_worker(listening: int) -> int:
