@@ -35,6 +35,8 @@ __all__ = [
     "METRICS",
     "MIN_ROWS",
     "MISSING",
+    "NO_CHAMPION_FILES",
+    "REPORT_FILE",
     "TASKS",
     "WINDOWS",
     "Contract",
@@ -42,10 +44,12 @@ __all__ = [
     "ModelSpec",
     "PromoteRule",
     "TrainingWindow",
+    "is_no_champion",
     "mltable_files",
     "mltable_text",
     "parse_contract",
     "read_contract",
+    "rejection",
 ]
 
 FEATURE_TYPES = ("float", "int", "category")
@@ -67,6 +71,18 @@ MIN_ROWS = 10
 # A step's exit code when the data file breaks the contract (sysexits' EX_DATAERR): the file's
 # fault, so the loop quarantines the blob version instead of calling the job failed.
 DATA_ERROR_EXIT = 65
+# prep's report output (a uri_folder) holds this file. When the new file breaks the contract, prep
+# writes it with a `rejected` entry (reason, file, line, byte) before it exits: the loop reads that,
+# never the wording of the service's error message.
+REPORT_FILE = "report.json"
+# The "no champion yet" marker: a model folder bound to evaluate's `champion` input for the first
+# job, so every input of the published pipeline is always bound (the service has not been seen to
+# accept an unbound optional input of a pipeline component job). Its MLmodel names no flavor.
+NO_CHAMPION_MARKER = "autoretrain-no-champion"
+NO_CHAMPION_FILES: Mapping[str, str] = MappingProxyType({
+    "MLmodel": f"# Not a model: no champion exists yet.\nflavors: {{}}\nmetadata:\n  {NO_CHAMPION_MARKER}: true\n",
+    "README.md": "Bound to the pipeline's `champion` input while no model is champion; evaluate scores no champion.\n",
+})
 WINDOWS = ("all", "last", "days")
 
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
@@ -324,3 +340,26 @@ def mltable_files(folder: Path) -> list[str]:
         name = str(entry["file"])
         files.append(name if "://" in name else str((folder / name).resolve()))
     return files
+
+
+# ---- between the steps and the loop ------------------------------------------------------------
+
+
+def is_no_champion(folder: Path) -> bool:
+    """Whether a `champion` input is the "no champion yet" marker folder (NO_CHAMPION_FILES)."""
+    import yaml
+
+    try:
+        raw: Any = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    metadata = raw.get("metadata") if isinstance(raw, Mapping) else None
+    return isinstance(metadata, Mapping) and metadata.get(NO_CHAMPION_MARKER) is True
+
+
+def rejection(report: Any) -> str | None:
+    """prep's one-line reason from its report (the parsed REPORT_FILE) when the new data file broke
+    the contract; None for any other report (a good file, or a failure that is ours)."""
+    rejected = report.get("rejected") if isinstance(report, Mapping) else None
+    reason = rejected.get("reason") if isinstance(rejected, Mapping) else None
+    return " ".join(reason.split()) if isinstance(reason, str) and reason.strip() else None

@@ -8,9 +8,10 @@ runs locally), and the component schema rejects its typed inputs. So, with azure
    its `code` folder, its `additional_includes` and its conda file (`__pycache__` left out). The SDK
    uploads the code snapshot (the folder plus the includes) and registers the environment with it;
 2. the pipeline job is loaded with each step pointing at that registered version
-   (`azureml:NAME:VERSION`), turned into its pipeline component as Azure ML does on submission, its
-   `champion` input marked optional (the first model has none; a job YAML cannot say so), and
-   registered as `name` (AUTORETRAIN_PIPELINE_COMPONENT) at a digest of the pipeline YAML and of its
+   (`azureml:NAME:VERSION`), turned into its pipeline component as Azure ML does on submission, every
+   input required (the app binds each one, `champion` to a "no champion yet" marker for the first
+   model: the service has not been seen to accept an unbound optional input), and registered as
+   `name` (AUTORETRAIN_PIPELINE_COMPONENT) at a digest of the pipeline YAML and of its
    steps' versions.
 
 A version already in the workspace (a GET of name and version finds it) is not registered again:
@@ -39,7 +40,8 @@ from autoretrain.workspace.azureml import service_reason
 __all__ = ["component_version", "pipeline_version", "publish"]
 
 VERSION_LENGTH = 16
-OPTIONAL_INPUTS = ("champion",)
+# The inputs the app binds on every job (AzureMLWorkspace.submit).
+BOUND_INPUTS = ("data", "contract", "train_last", "champion")
 
 _T = TypeVar("_T")
 
@@ -82,10 +84,9 @@ def _pipeline_component(pipeline: Path, steps: dict[str, str], *, name: str, ver
         outputs=translated.outputs,
         jobs=translated.jobs,
     )
-    for optional in OPTIONAL_INPUTS:
-        if optional not in component.inputs:
-            raise PublishError(f"{pipeline}: the pipeline has no {optional!r} input, which the app binds.")
-        component.inputs[optional].optional = True
+    for bound in BOUND_INPUTS:
+        if bound not in component.inputs:
+            raise PublishError(f"{pipeline}: the pipeline has no {bound!r} input, which the app binds.")
     return component
 
 

@@ -68,7 +68,16 @@ class InputError(Exception):
 
 class DataError(InputError):
     """The new data file breaks the contract: its fault, not ours. The message names the file,
-    the line (and byte offset where it helps) and the fix."""
+    the line (and byte offset where it helps) and the fix; `line` and `byte` say where, when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, byte: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.byte = byte
+
+    def as_report(self) -> dict[str, object]:
+        """The `rejected` entry of prep's report: what the loop quarantines the file with."""
+        return {"reason": str(self), "line": self.line, "byte": self.byte}
 
 
 def load_contract(path: Path) -> Contract:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
+from datacontract import is_no_champion
 
 __all__ = ["build_parser", "main", "parse_args", "score"]
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="folder of the MLflow model")
     parser.add_argument("--test_data", type=Path, required=True, help="folder prep wrote data.csv to")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
-    parser.add_argument("--champion", type=Path, default=None, help="folder of the champion's MLflow model")
+    parser.add_argument("--champion", type=Path, required=True,
+                        help="folder of the champion's MLflow model, or the no-champion marker folder")
     parser.add_argument("--metrics", type=Path, required=True, help=f"folder for {METRICS_FILE}")
     return parser
 
@@ -116,6 +118,8 @@ def main(
     values = score(spec.task, truth.tolist(), list(fitted.predict(features)))
     champion_values: dict[str, float] | None = None
     champion_error: str | None = None
+    if champion is not None and is_no_champion(champion):
+        champion = None  # the first model: the submitter bound the "no champion yet" marker
     if champion is not None:
         try:
             champion_values = score(spec.task, truth.tolist(), list(_load_model(champion).predict(features)))

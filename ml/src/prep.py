@@ -16,17 +16,22 @@ and are dropped and counted. Each row's split is a function of its own content a
 from __future__ import annotations
 
 import argparse
+import atexit
 import codecs
 import csv
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 from contract import DATA_FILE, MISSING, Contract, DataError, InputError, load_contract, log_to_mlflow, run_step
-from datacontract import MIN_ROWS, ContractRuleError, mltable_files
+from datacontract import MIN_ROWS, REPORT_FILE, ContractRuleError, mltable_files
 
 __all__ = ["build_parser", "first_non_utf8", "hash_test_mask", "main", "parse_args", "read_rows"]
 
@@ -97,31 +102,33 @@ def read_rows(path: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]]:
                 if len(row) != len(header):
                     raise DataError(
                         f"{name}: line {reader.line_num} has {len(row)} fields, the header has "
-                        f"{len(header)}; fix the row and upload the file again."
+                        f"{len(header)}; fix the row and upload the file again.", line=reader.line_num,
                     )
                 rows.append(row)
                 lines.append(reader.line_num)
         except StopIteration:
-            raise DataError(f"{name}: no header line; the first line must name the columns.") from None
+            raise DataError(f"{name}: no header line; the first line must name the columns.", line=1) from None
         except csv.Error as exc:
-            raise DataError(f"{name}: not valid CSV near line {reader.line_num} ({exc}).") from None
+            raise DataError(f"{name}: not valid CSV near line {reader.line_num} ({exc}).",
+                            line=reader.line_num) from None
         except UnicodeDecodeError as exc:
             where = first_non_utf8(path)
             at = f"line {where[1]}, byte {where[0]}" if where else f"byte {exc.start}"
             raise DataError(
-                f"{name}: {at} is not UTF-8; save the file as UTF-8 CSV and upload it again."
+                f"{name}: {at} is not UTF-8; save the file as UTF-8 CSV and upload it again.",
+                line=where[1] if where else None, byte=where[0] if where else exc.start,
             ) from None
     missing = [c for c in contract.columns if c not in header]
     if missing:
         raise DataError(
             f"{name}: line 1 (the header) lacks column(s) {', '.join(map(repr, missing))} required by "
-            f"{contract.source}; add them and upload the file again."
+            f"{contract.source}; add them and upload the file again.", line=1,
         )
     doubled = sorted({c for c in contract.columns if header.count(c) > 1})
     if doubled:
         raise DataError(
             f"{name}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
-            "upload the file again."
+            "upload the file again.", line=1,
         )
     ignored = [c for c in header if c not in contract.columns]
     if ignored:
@@ -155,15 +162,15 @@ def _rectangular(path: Path) -> bool:
 def read_fast(data: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]] | None:
     """The fast path: pandas' C parser straight into the contract's types, file by file; the typed
     frame and each row's file number. None when anything is unusual (a value that is not a number,
-    a ragged row, a quoted field, another encoding, a padded header, a remote training set): the exact reader then
-    runs and names the file, the line and the value. Valid files give the same rows either way."""
+    a ragged row, a quoted field, another encoding, a padded header): the exact reader then
+    runs and names the file, the line and the value. Valid files give the same rows either way.
+    A remote training set is read from its local copies (`_local_copies`), as the exact reader reads it."""
     if data.is_dir():
         try:
-            files = [Path(f) for f in mltable_files(data)]
+            names = mltable_files(data)
         except ContractRuleError:
             return None
-        if any("://" in str(f) for f in files):
-            return None
+        files = _local_copies(names) if _is_remote(names) else [Path(f) for f in names]
     else:
         files = [data]
     numeric = {c for c, kind in contract.features.items() if kind != "category"}
@@ -220,14 +227,14 @@ def read_training_set(
         files = mltable_files(data)
     except ContractRuleError as exc:
         raise InputError(str(exc)) from None
-    if any("://" in f for f in files):
-        return _read_remote(data, contract, files)
+    if _is_remote(files):
+        files = [str(copy) for copy in _local_copies(files)]
     frames, lines, names, positions = [], [], [], []
     for position, file in enumerate(files):
         try:
             frame, file_lines = read_rows(Path(file), contract)
         except DataError as exc:
-            raise _fault(str(exc), position, len(files)) from None
+            raise _fault(str(exc), position, len(files), line=exc.line, byte=exc.byte) from None
         frames.append(frame)
         lines += file_lines
         names += [Path(file).name] * len(file_lines)
@@ -237,38 +244,78 @@ def read_training_set(
     return pd.concat(frames, ignore_index=True), lines, names, label, positions
 
 
-def _read_remote(
-    data: Path, contract: Contract, files: Sequence[str]
-) -> tuple[pd.DataFrame, list[int], list[str], str, list[int]]:
-    """On Azure ML the MLTable names datastore URIs; the `mltable` package (in the step's
-    environment) reads them with the job's identity, one file at a time so that the window
-    (train_last) still knows which row came from which file. Line numbers count data rows."""
-    import mltable
+def _is_remote(files: Sequence[str]) -> bool:
+    """On Azure ML the MLTable names URIs (azureml://...), locally it names paths: a scheme is remote."""
+    return any("://" in f for f in files)
 
-    frames, lines, names, positions = [], [], [], []
+
+# Each remote training set's local copies, made once per process for both readers (data versions
+# never change), in a temporary folder removed when the step ends.
+_COPIES: dict[tuple[str, ...], list[Path]] = {}
+
+
+def _local_copies(uris: Sequence[str]) -> list[Path]:
+    """The local copies of a remote training set's files (`_fetch_remote`), in its order."""
+    key = tuple(uris)
+    if key not in _COPIES:
+        folder = Path(tempfile.mkdtemp(prefix="prep-remote-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _COPIES[key] = _fetch_remote(uris, folder)
+    return _COPIES[key]
+
+
+_WORKSPACE_VARIABLES = ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME")
+
+
+def _long_form(uri: str) -> str:
+    """`mltable` takes a datastore URI in its long form only (it reads `azureml://datastores/...` as a
+    local path): the job's workspace, which Azure ML sets in the step's environment, completes it."""
+    prefix = "azureml://datastores/"
+    if not uri.startswith(prefix):
+        return uri
+    workspace = [os.environ.get(name, "") for name in _WORKSPACE_VARIABLES]
+    if not all(workspace):
+        raise InputError(f"{uri}: a datastore URI is read in an Azure ML job; {', '.join(_WORKSPACE_VARIABLES)} "
+                         "name its workspace and are not all set here.")
+    subscription, group, name = workspace
+    return (f"azureml://subscriptions/{subscription}/resourcegroups/{group}/workspaces/{name}/datastores/"
+            f"{uri[len(prefix):]}")
+
+
+def _fetch_remote(files: Sequence[str], folder: Path) -> list[Path]:
+    """Copy each file the URIs name, byte for byte, to `folder`/<position>/<its base name>, with the
+    `mltable` package (in the step's environment; it reads datastore URIs with the job's identity).
+    prep then reads the copies with the very code that reads local files: rows, errors, file names
+    and line numbers are the same on Azure ML as locally. A file that cannot be copied is an
+    InputError (nothing is known about its content), as a local file that cannot be opened is."""
+    import mltable  # here only: local runs never load it
+
+    copies = []
     for position, uri in enumerate(files):
-        table = mltable.from_delimited_files(
-            paths=[{"file": uri}], header="all_files_same_headers", infer_column_types=False
-        )
-        frame = table.to_pandas_dataframe().astype(str)
-        missing = [c for c in contract.columns if c not in frame.columns]
-        if missing:
-            raise _fault(
-                f"{uri.rsplit('/', 1)[-1]}: line 1 (the header) lacks column(s) {', '.join(map(repr, missing))} "
-                f"required by {contract.source}; add them and upload the file again.", position, len(files),
-            )
-        frames.append(frame[list(contract.columns)].apply(lambda column: column.str.strip()))
-        lines += [i + 2 for i in range(len(frame))]
-        names += [uri.rsplit("/", 1)[-1]] * len(frame)
-        positions += [position] * len(frame)
-    return pd.concat(frames, ignore_index=True), lines, names, f"training set of {len(files)} file(s)", positions
+        target = folder / str(position)
+        staging = folder / f"{position}.download"
+        source = _long_form(uri)
+        try:
+            # MLTable._download copies the raw streams (no parsing) and returns where each landed,
+            # under the source's own path; the package has no public call that does this.
+            fetched = mltable.from_paths([{"file": source}])._download(target_path=str(staging))
+        except Exception as exc:  # the package's errors (not found, no access, ...) share no base class
+            raise InputError(f"{uri}: cannot copy the data file ({' '.join(str(exc).split())}).") from None
+        if len(fetched) != 1:
+            raise InputError(f"{uri}: names {len(fetched)} files, not one; list each data file in the MLTable.")
+        target.mkdir()
+        copy = target / (PurePosixPath(urlsplit(uri).path).name or Path(fetched[0]).name)
+        Path(fetched[0]).replace(copy)
+        shutil.rmtree(staging)
+        copies.append(copy)
+    return copies
 
 
-def _fault(message: str, position: int, count: int) -> InputError:
+def _fault(message: str, position: int, count: int, *, line: int | None = None, byte: int | None = None) -> InputError:
     """A fault in file `position` of a training set of `count` files: the newest file's is the data's
     own (DataError); an older file passed prep when it was new, so its fault is ours."""
     if position == count - 1:
-        return DataError(message)
+        return DataError(message, line=line, byte=byte)
     return InputError(
         f"{message} (That file is data version {position + 1} of {count} in the training set and passed "
         "prep before: the contract has changed since; fix the contract, or narrow the training window.)"
@@ -295,6 +342,7 @@ def _typed_column(
         raise _fault(
             f"{files[first]}: column {column!r} has {values.iloc[first]!r} on line {lines[first]}; "
             f"expected {expected}{also}. Fix the file and upload it again.", positions[first], count,
+            line=lines[first],
         )
     return numbers.astype("Int64") if kind == "int" else numbers
 
@@ -339,6 +387,33 @@ def _write_rows(frame: pd.DataFrame, mask: np.ndarray, path: Path, chunk: int = 
 
 
 def main(
+    data: Path,
+    contract: Path,
+    train_data: Path,
+    test_data: Path,
+    report: Path,
+    test_fraction: float = 0.25,
+    seed: int = 42,
+    train_last: int = 0,
+) -> dict[str, object]:
+    """Validate, clean and split `data`; write the two splits and report.json; return the report.
+
+    When the new file breaks the contract, report.json holds `rejected` (reason, line, byte) before
+    the DataError propagates (exit code 65): the loop quarantines the file on what is written there.
+    """
+    try:
+        return _prepare(data, contract, train_data, test_data, report, test_fraction, seed, train_last)
+    except DataError as exc:
+        _write_report(report, {"rejected": exc.as_report()})
+        raise
+
+
+def _write_report(folder: Path, summary: dict[str, object]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / REPORT_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _prepare(
     data: Path,
     contract: Path,
     train_data: Path,
@@ -426,8 +501,7 @@ def main(
         "test_rows": int(test_mask.sum()),
         "split": "row content hash",
     }
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _write_report(report, summary)
     _log.info("split train_rows=%d test_rows=%d", summary["train_rows"], summary["test_rows"])
     # Where tracking is set (Azure ML, the local workspace): the report's counts as metrics.
     log_to_mlflow(

@@ -279,11 +279,12 @@ class TestPublish:
             assert spec["environment"].startswith(f"azureml:{WS_ID}/environments/CliV2AnonymousEnvironment/versions/")
             assert spec["command"].startswith(f"python {node}.py")
 
-    def test_the_pipeline_component_runs_the_registered_steps_and_takes_no_champion(
+    def test_the_pipeline_component_runs_the_registered_steps_with_every_input_required(
         self, client: MLClient, service: PublishService
     ) -> None:
         """A named (not anonymous) pipeline component whose nodes are the registered step versions,
-        by ARM id, not inline copies; champion optional, the other inputs as the job YAML types them."""
+        by ARM id, not inline copies; every input required (the app binds each, champion included),
+        typed as the job YAML types them."""
         refs, _ = run(client)
 
         name, version = refs[-1].split(":")
@@ -298,11 +299,11 @@ class TestPublish:
             node: f"{WS_ID}/components/{ref.replace(':', '/versions/')}" for node, ref in zip(STEPS, refs, strict=False)
         }
         assert all("component" not in job for job in spec["jobs"].values())
-        assert spec["inputs"]["champion"] == {"type": "mlflow_model", "optional": True}
+        assert spec["inputs"]["champion"] == {"type": "mlflow_model"}
         assert {n: i["type"] for n, i in spec["inputs"].items()} == {
             "data": "mltable", "contract": "uri_file", "train_last": "integer", "champion": "mlflow_model",
         }
-        assert not any(i.get("optional") for n, i in spec["inputs"].items() if n != "champion")
+        assert not any(i.get("optional") for i in spec["inputs"].values())
         assert set(spec["outputs"]) == {"model", "metrics", "report"}
         assert spec["jobs"]["evaluate"]["inputs"]["champion"]["value"] == "${{parent.inputs.champion}}"
 
