@@ -174,6 +174,8 @@ def _story(settings: Settings, record: LedgerRecord) -> dict[str, Any]:
 
     story = record.as_row()
     story["steps"] = []
+    # Which files trained the model: read from the training set (the record keeps only counts).
+    story["training_files"] = list(_training_files(settings, record.training_set)) if record.training_set else []
     if record.job and settings.workspace is WorkspaceKind.LOCAL:
         from autoretrain.workspace.local import catalog_rows
 
@@ -186,6 +188,26 @@ def _story(settings: Settings, record: LedgerRecord) -> dict[str, Any]:
     return story
 
 
+def _training_files(settings: Settings, training_set: str) -> tuple[str, ...]:
+    """The data versions of a training set, oldest first (empty when it cannot be read)."""
+    from autoretrain.settings import WorkspaceKind
+
+    if settings.workspace is WorkspaceKind.LOCAL:
+        from autoretrain.workspace.local import catalog_rows
+
+        name, _, version = training_set.rpartition(":")
+        rows = [r for r in catalog_rows(settings.home, "trainsets")
+                if (r["name"], str(r["version"])) == (name, version)]
+        return tuple(rows[0]["members"]) if rows else ()
+    from autoretrain.bootstrap import bootstrap
+
+    try:
+        return bootstrap(settings, worker=False).workspace.training_set_members(training_set)
+    except AutoretrainError as exc:
+        print(f"training set {training_set}: {exc}", file=sys.stderr)
+        return ()
+
+
 def _print_story(story: dict[str, Any], out: TextIO) -> None:
     run = f"retrain {story['retrain']}" if story["retrain"] else "first run"
     out.write(f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}\n")
@@ -193,8 +215,11 @@ def _print_story(story: dict[str, Any], out: TextIO) -> None:
         at = moved["at"].replace("T", " ")[:23]
         out.write(f"  {at}  {moved['state']:<11} {moved['note']}\n")
     if story["data_version"]:
-        window = ", ".join(story["window"]) or story["data_version"]
-        out.write(f"  data      {story['data_version']}, trained in {story['training_set']} (window: {window})\n")
+        files = story["training_files"]
+        trained = files[-story["trained_on"]:] if story["trained_on"] else files
+        window = ", ".join(trained) or story["data_version"]
+        of = f"{story['trained_on']} of {story['members']}: " if story["members"] else ""
+        out.write(f"  data      {story['data_version']}, trained in {story['training_set']} (window: {of}{window})\n")
     if story["job"]:
         steps = ", ".join(f"{s['step']} {s['status'].lower()} {s['seconds']} s" for s in story["steps"] if s["seconds"]
                           is not None)
@@ -608,7 +633,8 @@ class _Progress:
         name, at = self.dropped[key]
         detail = {
             LedgerState.SUBMITTED: (
-                f"data {record.data_version}, job {record.job}, trains on {len(record.window)} version(s)"
+                f"data {record.data_version}, job {record.job}, "
+                f"trains on {record.trained_on} of {record.members} version(s)"
                 + (f", scores v{record.champion} on the same rows" if record.champion else "")
             ),
             LedgerState.DONE: (

@@ -19,6 +19,8 @@ from typing import Any
 
 __all__ = [
     "ALLOWED_MOVES",
+    "JOB_OUTPUTS",
+    "NO_CHAMPION_PATH",
     "RUN_TAG",
     "BlobRef",
     "DataVersion",
@@ -39,7 +41,9 @@ __all__ = [
     "StartCompleting",
     "Submit",
     "TakeOver",
+    "TrainingMember",
     "WorkKey",
+    "job_output_path",
 ]
 
 # The run tag that marks our pipeline runs. Event Grid advanced filters cannot use keys with a
@@ -136,11 +140,33 @@ class WorkKey:
         return self.value
 
 
+# Where a job's pipeline outputs live, relative to a datastore (Azure ML: bound at submission) or to
+# the local workspace's folder: one rule for both adapters, so nothing waits for the service to say.
+JOB_OUTPUTS = "autoretrain/jobs"
+# The "no champion yet" marker folder (datacontract.NO_CHAMPION_FILES), bound for a first model.
+NO_CHAMPION_PATH = "autoretrain/no-champion"
+
+
+def job_output_path(job: str, output: str) -> str:
+    """The folder of pipeline output `output` of job `job`: autoretrain/jobs/<job>/<output>."""
+    return f"{JOB_OUTPUTS}/{job}/{output}"
+
+
 @dataclass(frozen=True, slots=True)
 class DataVersion:
     name: str
     version: str
     uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingMember:
+    """One accepted data version of a training set: its "name:version", and its snapshot, the blob in
+    the datasets container that holds its bytes (`BlobRef.copy_name` of its blob version). Both are
+    known from the ledger, so a training set is registered without asking the workspace about each."""
+
+    data_version: str
+    snapshot: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +381,8 @@ class Submit:
     job: str
     champion: str | None = None  # the champion version the job scores the new model against
     training_set: str | None = None  # the training-set data version the job trains on
-    window: tuple[str, ...] = ()  # the data versions in it, oldest first
+    members: int = 0  # how many data versions it holds (the job tests on all of them)
+    trained_on: int = 0  # how many of them, the newest, the model trains on (the contract's window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,8 +424,8 @@ class Moved:
                 return cls("taken_over", now, f"attempt {attempts + 1}")
             case Release(reason):
                 return cls("released", now, reason[:200])
-            case Submit(data_version, job, _, _, window):
-                return cls(state.value, now, f"{data_version}, job {job}, window of {len(window)}")
+            case Submit(data_version, job, _, _, members, trained_on):
+                return cls(state.value, now, f"{data_version}, job {job}, trains on {trained_on} of {members}")
             case Finish(model_version, _, promoted, _):
                 return cls(state.value, now, f"{model_version}{', promoted' if promoted else ''}")
             case Quarantine(reason) | Skip(reason) | Fail(reason):
@@ -438,8 +465,11 @@ class LedgerRecord:
     attempts: int = 1
     champion: str | None = None
     decision: str | None = None
+    # The training set the job reads (its MLTable names the files) and two counts, never the list of
+    # its members: a Table property holds 64 KiB, and that list grows with every accepted file.
     training_set: str | None = None
-    window: tuple[str, ...] = ()
+    members: int = 0
+    trained_on: int = 0
     retrain: int = 0  # 0: the blob version's own run; n: its nth `autoretrain retrain`
     retrain_of: WorkKey | None = None  # for a retrain: the key of the blob version's own record
     history: tuple[Moved, ...] = ()  # every move, oldest first: the record's timeline
@@ -478,10 +508,10 @@ class LedgerRecord:
                 state, changes = LedgerState.QUARANTINED, {"reason": reason}
             case Skip(reason):
                 state, changes = LedgerState.SKIPPED, {"reason": reason}
-            case Submit(data_version, job, champion, training_set, window):
+            case Submit(data_version, job, champion, training_set, members, trained_on):
                 state, changes = LedgerState.SUBMITTED, {
                     "data_version": data_version, "job": job, "champion": champion, "reason": None,
-                    "training_set": training_set, "window": tuple(window),
+                    "training_set": training_set, "members": members, "trained_on": trained_on,
                 }
             case StartCompleting(lease_until):
                 state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
@@ -518,7 +548,8 @@ class LedgerRecord:
             "test_rows": self.metrics.test_rows if self.metrics else None,
             "decision": self.decision,
             "training_set": self.training_set,
-            "window": list(self.window),
+            "members": self.members,
+            "trained_on": self.trained_on,
             "reason": self.reason,
             "attempts": self.attempts,
             "retrain": self.retrain,

@@ -152,13 +152,18 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "champion": record.champion,
         "decision": record.decision,
         "training_set": record.training_set,
-        "window": json.dumps(list(record.window)) if record.window else None,
+        "members": record.members,
+        "trained_on": record.trained_on,
         "retrain": record.retrain or None,
         "history": json.dumps([m.as_row() for m in record.history]) if record.history else None,
         "retrain_of": record.retrain_of.value if record.retrain_of else None,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     return entity
+
+
+def _legacy_window(entity: dict[str, Any]) -> int:
+    return len(json.loads(entity["window"])) if entity.get("window") else 0
 
 
 def _record(entity: dict[str, Any]) -> LedgerRecord:
@@ -182,7 +187,9 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         champion=entity.get("champion"),
         decision=entity.get("decision"),
         training_set=entity.get("training_set"),
-        window=tuple(json.loads(entity["window"])) if entity.get("window") else (),
+        # Records written before the counts kept the list of trained-on versions (`window`).
+        members=int(entity.get("members") or _legacy_window(entity)),
+        trained_on=int(entity.get("trained_on") or _legacy_window(entity)),
         retrain=int(entity.get("retrain") or 0),
         retrain_of=WorkKey(entity["retrain_of"]) if entity.get("retrain_of") else None,
         history=tuple(Moved.from_row(m) for m in json.loads(entity["history"])) if entity.get("history") else (),

@@ -46,6 +46,7 @@ from autoretrain.domain import (
     StartCompleting,
     Submit,
     TakeOver,
+    TrainingMember,
     WorkKey,
 )
 from autoretrain.errors import (
@@ -365,22 +366,25 @@ def _ingest_claimed(
             return _skip(record, str(exc), deps)
         log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
     try:
-        data, job, champion, training_set, window = _register_and_submit(record, deps, data_version, whole)
+        data, job, champion, training_set, members, trained_on = _register_and_submit(
+            record, deps, data_version, whole
+        )
     except BlobChangedError as exc:
         return _skip(record, str(exc), deps)
-    submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", window)
+    submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", members, trained_on)
     record = _move(deps.ledger, record, submit)
     return Submitted(record, job)
 
 
-def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[str, ...], int]:
-    """(every accepted data version so far, oldest first, this one last; how many of the last ones
-    the job trains on, 0 for all). Accepted: done, so its file passed prep and trained a model; never
-    one whose job is still running (prep may yet find it bad, and would fail every job it is in),
-    quarantined, skipped or failed. Fixed here, at submission: a version registered later does not
-    leak in; one still running joins the next window. The
-    window selects what the model learns from; the test rows come from every accepted version, so
-    a model that forgot old data is judged on it too."""
+def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[TrainingMember, ...], int]:
+    """(every accepted data version so far, oldest first, this one last, each with its snapshot; how
+    many of the last ones the job trains on, 0 for all). All of it comes from the ledger: the
+    workspace is not asked about any member, so ingest makes the same calls for 1 or 500 of them.
+    Accepted: done, so its file passed prep and trained a model; never one whose job is still running
+    (prep may yet find it bad, and would fail every job it is in), quarantined, skipped or failed.
+    Fixed here, at submission: a version registered later does not leak in; one still running joins
+    the next window. The window selects what the model learns from; the test rows come from every
+    accepted version, so a model that forgot old data is judged on it too."""
     rule = deps.contract.training
     # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
@@ -388,15 +392,20 @@ def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple
          if r.key != record.key and r.data_version and r.data_version != data),
         key=lambda r: (r.created, r.key.value),
     )
-    history = tuple(dict.fromkeys([*(str(r.data_version) for r in accepted), data]))
+    snapshots = {str(r.data_version): r.blob.copy_name(r.origin) for r in reversed(accepted)}
+    snapshots[data] = record.blob.copy_name(record.origin)
+    history = tuple(
+        TrainingMember(version, snapshots[version])
+        for version in dict.fromkeys([*(str(r.data_version) for r in accepted), data])
+    )
     if rule.window == "last" and rule.versions is not None:
         return history, min(rule.versions, len(history))
     if rule.window == "days" and rule.days is not None:
         since = deps.clock() - timedelta(days=rule.days)
         recent = {str(r.data_version) for r in accepted if r.created >= since}
         inside = 1  # this version, and the run of recent ones just before it
-        for version in reversed(history[:-1]):
-            if version not in recent:
+        for member in reversed(history[:-1]):
+            if member.data_version not in recent:
                 break
             inside += 1
         return history, inside
@@ -405,7 +414,7 @@ def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple
 
 def _register_and_submit(
     record: LedgerRecord, deps: Deps, data_version: str | None = None, whole: bytes | None = None
-) -> tuple[str, PipelineJob, str | None, DataVersion, tuple[str, ...]]:
+) -> tuple[str, PipelineJob, str | None, DataVersion, int, int]:
     """Snapshot the blob version, register it and its training set, submit the job: each step
     idempotent by key. A data version already registered for this blob version (a resubmit, a
     retrain) is used again: one blob version, one data version. `whole`: the blob's bytes, read
@@ -418,10 +427,10 @@ def _register_and_submit(
         data = f"{registered.name}:{registered.version}"
         log_event(log, logging.INFO, "ingest.data_registered", data_version=data)
     history, train_last = _training_window(record, data, deps)
-    window = history[-train_last:] if train_last else history
+    trained_on = train_last or len(history)
     training_set = deps.workspace.register_training_set(key, history)
     log_event(log, logging.INFO, "ingest.training_set", training_set=f"{training_set.name}:{training_set.version}",
-              window=",".join(window), tested_on=len(history))
+              trained_on=trained_on, tested_on=len(history), newest=history[-1].data_version)
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
     tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
@@ -433,7 +442,7 @@ def _register_and_submit(
     scored = job.tags.get("champion", champion.version if champion else "") or None
     log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
               champion_version=scored)
-    return data, job, scored, training_set, window
+    return data, job, scored, training_set, len(history), trained_on
 
 
 def _snapshot(record: LedgerRecord, deps: Deps, whole: bytes | None = None) -> BlobRef:
@@ -568,9 +577,11 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         "work_key": record.key.value,
         "job": job,
         "data_version": record.data_version or "",
-        # Exactly the files it trained on: the training set and its data versions, oldest first.
+        # Exactly the files it trained on: the training set names them (its MLTable); the model
+        # keeps the counts, which stay small however many files there are.
         "training_set": record.training_set or "",
-        "training_window": ",".join(record.window),
+        "training_files": str(record.members),
+        "trained_on_files": str(record.trained_on),
         **({"retrain": str(record.retrain), "retrain_of": record.retrain_of.value} if record.retrain_of else {}),
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)

@@ -22,6 +22,7 @@ from autoretrain.domain import (
     ModelVersion,
     Move,
     PipelineJob,
+    TrainingMember,
     WorkKey,
 )
 
@@ -48,6 +49,11 @@ class BlobStore(Protocol):
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         """Write exactly this blob version to a local file."""
+        ...
+
+    def read(self, container: str, name: str, max_bytes: int) -> bytes | None:
+        """The first `max_bytes` of the blob's current version (one we wrote, or a job wrote at a
+        path we chose); None when there is no such blob."""
         ...
 
     def upload(self, container: str, name: str, data: bytes) -> BlobRef: ...
@@ -88,9 +94,15 @@ class Workspace(Protocol):
         own copy need not download it)."""
         ...
 
-    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
-        """Register the exact, immutable data versions ("name:version", oldest first) a job trains on
-        as one training-set data asset version, named by `key`. The same key gives the same version."""
+    def register_training_set(self, key: WorkKey, members: Sequence[TrainingMember]) -> DataVersion:
+        """Register the exact, immutable data versions (oldest first, each with its snapshot) a job
+        trains on as one training-set data asset version, named by `key`. The same key gives the same
+        version. No call per member: what a member is comes with it."""
+        ...
+
+    def training_set_members(self, training_set: str) -> tuple[str, ...]:
+        """The data versions ("name:version", oldest first) of a registered training set
+        ("name:version"), read from the training set itself: which files trained a model."""
         ...
 
     def submit(

@@ -245,6 +245,17 @@ class AzureBlobStore:
             return
         yield from (blob for blob in items if not blob.name.startswith(tuple(prefix + c for c in _SPLIT)))
 
+    def read(self, container: str, name: str, max_bytes: int) -> bytes | None:
+        blob = self._service.get_blob_client(container, name)
+        try:
+            return bytes(blob.download_blob(0, max_bytes).readall())
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) == 416:
+                return b""  # a zero-length blob has no byte range to ask for
+            raise _error(f"{container}/{name}: cannot read it", exc) from exc
+
     def download_to(self, ref: BlobRef, path: Path) -> None:
         downloader = self._pinned(ref)
         path.parent.mkdir(parents=True, exist_ok=True)

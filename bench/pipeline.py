@@ -37,7 +37,7 @@ from autoretrain import datacontract  # noqa: E402
 
 sys.modules.setdefault("datacontract", datacontract)
 
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, WorkKey  # noqa: E402
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, TrainingMember, WorkKey  # noqa: E402
 from autoretrain.workspace.local import LocalWorkspace  # noqa: E402
 
 CONTRACT = ROOT / "ml" / "contract.yaml"
@@ -104,7 +104,7 @@ def local_job(home: Path, folder: Path, name: str, attempt: int) -> tuple[float,
     key = WorkKey(f"{attempt:024x}")
     data = workspace.register_data(BlobRef("datasets", name, "0x1"), key, {})
     started = time.perf_counter()
-    training_set = workspace.register_training_set(key, [f"{data.name}:{data.version}"])
+    training_set = workspace.register_training_set(key, [TrainingMember(f"{data.name}:{data.version}", name)])
     job = workspace.submit(training_set, key, {RUN_TAG: key.value})
     status = workspace.wait(job.name, timeout=3600)
     assert status.state is JobState.COMPLETED, status

@@ -6,15 +6,25 @@ azure-ai-ml never slows a local cold start. What each port call does in the work
     register_data   data asset `data_asset`, version = the work key, a uri_file on our datastore
                     (the `datasets` container), lineage as tags and properties
     submit          pipeline job `key.job_name` from the registered pipeline component (label
-                    latest), inputs bound to the data version and to the contract, our run tag
+                    latest), every input bound (the training set, the contract, the window, the
+                    champion or the "no champion yet" marker), every output bound to a path of ours,
+                    our run tag
     job_status      the job's status; for a failed job, the failed step, its error and studio link,
-                    and whether the step rejected the data (it exited with code 65)
-    job_metrics     evaluate's `metrics` output (metrics.json), read from where the job says it is
-    register_model  model `model_name` from the path the job names for its `model` output (jobs.get),
-                    metrics as tags, lineage and
-                    the metrics JSON as properties; found again by its `work_key` property
+                    and whether prep rejected the data (what its report output says)
+    job_metrics     evaluate's `metrics` output (metrics.json), read from the path bound at submission
+    register_model  model `model_name` from the path bound to the job's `model` output, metrics as
+                    tags, lineage and the metrics JSON as properties; found again by its `work_key`
+                    property
     champion        the newest version tagged `champion=true`
     promote         tag the new champion first, then untag the others
+
+Outputs at paths we choose: a job resource names no path for a named output that was not bound to
+one at submission (a completed pipeline job's GET answers `"uri": null` for it in azure-ai-ml's
+recorded sessions; jobs.download resolves such outputs through run history). So every pipeline
+output is bound at submission to `azureml://datastores/workspaceblobstore/paths/autoretrain/jobs/
+<job>/<output>/` (domain.job_output_path, the local workspace's layout too), on the workspace's own
+store, where the cluster's identity writes and the function's reads. Completion reads and registers
+from there, and never asks the service where an output went.
 
 Model versions must be integers in a workspace, so unlike data versions they cannot be the work
 key: the service numbers them, and `register_model` finds an existing one by its `work_key`
@@ -44,7 +54,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from azure.ai.ml import Input, MLClient
+from azure.ai.ml import Input, MLClient, Output
 from azure.ai.ml.constants import AssetTypes
 from azure.ai.ml.entities import Data, Model, PipelineJobSettings
 from azure.ai.ml.entities import PipelineJob as SdkPipelineJob
@@ -61,8 +71,9 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import RetryPolicy
 from azure.storage.blob import BlobServiceClient
 
-from autoretrain.datacontract import DATA_ERROR_EXIT, mltable_text
+from autoretrain.datacontract import DATA_ERROR_EXIT, NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
+    NO_CHAMPION_PATH,
     RUN_TAG,
     BlobRef,
     DataVersion,
@@ -71,7 +82,9 @@ from autoretrain.domain import (
     Metrics,
     ModelVersion,
     PipelineJob,
+    TrainingMember,
     WorkKey,
+    job_output_path,
 )
 from autoretrain.errors import (
     JobNotFoundError,
@@ -81,6 +94,7 @@ from autoretrain.errors import (
 )
 from autoretrain.logs import log_event
 from autoretrain.ports import BlobStore
+from autoretrain.storage import AzureBlobStore
 from autoretrain.storage import client_options as storage_client_options
 
 __all__ = [
@@ -96,6 +110,15 @@ WORK_KEY_PROPERTY = "work_key"
 # Properties cannot be changed once set: the metrics as evaluate reported them, whole.
 METRICS_PROPERTY = "autoretrain.metrics"
 CONTRACTS_PREFIX = "contracts"
+TRAINSETS_PREFIX = "trainsets"
+MEMBERS_FILE = "members.json"  # beside a training set's MLTable: its members' data versions
+# metrics.json and report.json are a few KiB; a larger one is not ours.
+_OUTPUT_FILE_LIMIT = 1 << 20
+# The workspace's own store (every workspace has it): jobs write their outputs there.
+OUTPUTS_DATASTORE = "workspaceblobstore"
+# The pipeline's outputs (ml/pipeline.yml) and their types: each bound to job_output_path at submission.
+OUTPUTS: Mapping[str, str] = {"model": AssetTypes.MLFLOW_MODEL, "metrics": AssetTypes.URI_FOLDER,
+                              "report": AssetTypes.URI_FOLDER}
 
 # Azure ML job statuses (azure.ai.ml.constants.JobStatus) in the port's words. Anything not listed
 # counts as running: a status added by the service later must not end a run in our ledger.
@@ -197,14 +220,12 @@ def _error(action: str, exc: BaseException) -> WorkspaceError:
     return WorkspaceError(f"{action} failed: {reason}")
 
 
-_DATASTORE_PATH = re.compile(r"datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$")
-
-
-def _store_client(client: MLClient) -> Callable[[str, str], BlobServiceClient]:
-    def make(account: str, endpoint: str) -> BlobServiceClient:
-        return BlobServiceClient(
+def _store_client(client: MLClient) -> Callable[[str, str], BlobStore]:
+    def make(account: str, endpoint: str) -> BlobStore:
+        service = BlobServiceClient(
             f"https://{account}.blob.{endpoint}", credential=client._credential, **storage_client_options()
         )
+        return AzureBlobStore(service, create_containers=False)
 
     return make
 
@@ -233,7 +254,8 @@ class AzureMLWorkspace:
         data_asset: str = "autoretrain-data",
         model_name: str = "autoretrain-model",
         pipeline_component: str = "autoretrain_pipeline",
-        workspace_store: Callable[[str, str], BlobServiceClient] | None = None,
+        workspace_store: Callable[[str, str], BlobStore] | None = None,
+        outputs_datastore: str = OUTPUTS_DATASTORE,
     ) -> None:
         self._client = client
         # (account name, endpoint suffix) -> a client of the workspace's own storage, where jobs write.
@@ -247,6 +269,8 @@ class AzureMLWorkspace:
         self.data_asset = data_asset
         self.model_name = model_name
         self.pipeline_component = pipeline_component
+        self.outputs_datastore = outputs_datastore
+        self._outputs: tuple[BlobStore, str] | None = None  # (store, container), found once
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -277,26 +301,42 @@ class AzureMLWorkspace:
             self._client.data.create_or_update(asset)
         return DataVersion(name=self.data_asset, version=key.value, uri=uri)
 
-    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+    def register_training_set(self, key: WorkKey, members: Sequence[TrainingMember]) -> DataVersion:
         """An MLTable data asset version (Azure ML's own format for a set of files) that names the
-        members' files on the datastore; its MLTable file is uploaded under trainsets/<key>/."""
+        members' snapshots on the datastore; its MLTable file is uploaded under trainsets/<key>/ with
+        members.json, the members' data versions. The paths come from the members themselves (each
+        snapshot's blob), so a training set of 500 costs the same calls as one of 1."""
         name = f"{self.data_asset}-trainset"
-        files = []
-        for member in members:
-            member_name, _, member_version = member.rpartition(":")
-            with _translated(f"read data {member} for the training set of {key}"):
-                files.append(str(self._client.data.get(member_name, version=member_version).path))
-        folder = f"trainsets/{key.value}"
+        # The long form, as the service answers a datastore path: the `mltable` package that prep reads
+        # the files with takes no other (it reads `azureml://datastores/...` as a local path).
+        client = self._client
+        workspace = (f"azureml://subscriptions/{client.subscription_id}/resourcegroups/{client.resource_group_name}"
+                     f"/workspaces/{client.workspace_name}")
+        files = [f"{workspace}/datastores/{self.datastore}/paths/{member.snapshot}" for member in members]
+        folder = f"{TRAINSETS_PREFIX}/{key.value}"
+        versions = [member.data_version for member in members]
+        self._blobs.upload(self.datasets_container, f"{folder}/{MEMBERS_FILE}", json.dumps(versions).encode())
         self._blobs.upload(self.datasets_container, f"{folder}/MLTable", mltable_text(files).encode())
         uri = self._datastore_uri(f"{folder}/")
         asset = Data(
             name=name, version=key.value, type=AssetTypes.MLTABLE, path=uri,
             description=f"The {len(files)} data version(s) job {key.job_name} trains on",
-            tags={"work_key": key.value}, properties={"members": ",".join(members)[:1000]},
+            tags={"work_key": key.value}, properties={"members": str(len(members))},
         )
         with _translated(f"register training set {name}:{key} ({uri})"):
             self._client.data.create_or_update(asset)
         return DataVersion(name=name, version=key.value, uri=uri)
+
+    def training_set_members(self, training_set: str) -> tuple[str, ...]:
+        _, _, version = training_set.rpartition(":")
+        path = f"{TRAINSETS_PREFIX}/{version}/{MEMBERS_FILE}"
+        data = self._blobs.read(self.datasets_container, path, 64 << 20)
+        if data is None:
+            raise WorkspaceRejectedError(
+                f"training set {training_set}: no {self.datasets_container}/{path}; "
+                "it was not registered by autoretrain."
+            )
+        return tuple(str(v) for v in json.loads(data))
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -321,12 +361,18 @@ class AzureMLWorkspace:
                 "data": Input(type=AssetTypes.MLTABLE, path=f"azureml:{data.name}:{data.version}"),
                 "contract": Input(type=AssetTypes.URI_FILE, path=contract),
                 "train_last": train_last,
+                # Scored by evaluate on the same test rows as the new model; a first model's job binds
+                # the "no champion yet" marker: no input of the published component is left unbound.
+                "champion": Input(
+                    type=AssetTypes.MLFLOW_MODEL,
+                    path=f"azureml:{champion.name}:{champion.version}" if champion else self._no_champion(),
+                ),
             }
-            if champion is not None:
-                # Scored by evaluate on the same test rows as the new model.
-                inputs["champion"] = Input(
-                    type=AssetTypes.MLFLOW_MODEL, path=f"azureml:{champion.name}:{champion.version}"
-                )
+            # Every output at a path of ours: completion reads them there, never asks where they went.
+            outputs = {
+                output: Output(type=kind, path=self._output_uri(name, output), mode="rw_mount")
+                for output, kind in OUTPUTS.items()
+            }
             job = SdkPipelineJob(
                 name=name,
                 display_name=name,
@@ -335,6 +381,7 @@ class AzureMLWorkspace:
                 experiment_name=self.experiment,
                 tags=dict(tags),
                 inputs=inputs,
+                outputs=outputs,
                 settings=PipelineJobSettings(default_compute=self.compute),
             )
             try:
@@ -355,6 +402,15 @@ class AzureMLWorkspace:
                 "publish it with `autoretrain publish` (azd deploy's postdeploy hook runs it)."
             ) from exc
         return str(component.id)
+
+    def _output_uri(self, job: str, output: str) -> str:
+        return f"azureml://datastores/{self.outputs_datastore}/paths/{job_output_path(job, output)}/"
+
+    def _no_champion(self) -> str:
+        """The "no champion yet" marker folder on our datastore (uploaded again: the same bytes)."""
+        for name, text in NO_CHAMPION_FILES.items():
+            self._blobs.upload(self.datasets_container, f"{NO_CHAMPION_PATH}/{name}", text.encode())
+        return self._datastore_uri(f"{NO_CHAMPION_PATH}/")
 
     def _upload_contract(self) -> str:
         data = self._contract.read_bytes()
@@ -389,62 +445,78 @@ class AzureMLWorkspace:
                     yield PipelineJob(str(job.name), str(job.experiment_name), run_state(job.status), tags)
 
     def _failure(self, job: Any) -> JobStatus:
-        """The failed step of a failed pipeline job, its error and where to read its log."""
-        failed = [
-            child for child in self._client.jobs.list(parent_job_name=job.name)
-            if child is not None and run_state(child.status) is JobState.FAILED
-        ]
+        """The failed step of a failed pipeline job, its error and where to read its log.
+
+        Run history's children listing (`runs/<job>/children`) carries each step's status, node name
+        (`displayName`) and own error (`error.error.message`), as azure-ai-ml's recorded sessions show
+        (tests/recordings/pipeline_job_failed_step_error.json); the job resource carries only
+        `status: Failed`. azure-ai-ml's public `jobs.list(parent_job_name=...)` drops the error, so
+        the listing is read through its run-history client as the service sends it."""
+        failed = [child for child in self._children(str(job.name)) if run_state(child.status) is JobState.FAILED]
         step = failed[0] if failed else None
-        run_id = str(step.name) if step else str(job.name)
-        error = self._run_error(run_id)
-        log_url = (step.studio_url if step else None) or job.studio_url
+        error = getattr(getattr(getattr(step, "error", None), "error", None), "message", None)
         return JobStatus(
             name=str(job.name),
             state=JobState.FAILED,
-            failed_step=str(step.display_name or step.name) if step else None,
-            error=error,
-            log=log_url,
-            rejected=data_rejection(error),
+            failed_step=str(step.display_name or step.run_id) if step else None,
+            error=_one_line(error, 500) if error else None,
+            log=job.studio_url,
+            rejected=self._rejection(str(job.name), error),
         )
 
-    def _run_error(self, run_id: str) -> str | None:
-        # azure-ai-ml's public Job entities carry no error; its run-history client (the one
-        # `jobs.stream` prints failures from) does. Without it the run still reads as failed.
+    def _children(self, job: str) -> list[Any]:
+        runs = self._client.jobs._runs_operations
         try:
-            details = self._client.jobs._runs_operations.get_run_details(run_id)
-        except (AzureError, AttributeError) as exc:
-            log_event(log, logging.WARNING, "workspace.run_error_unavailable", run=run_id, reason=service_reason(exc))
-            return None
-        error = getattr(getattr(details, "error", None), "error", None)
-        message = getattr(error, "message", None)
-        return _one_line(message, 500) if message else None
-
-    def _output_path(self, job: str, output: str, action: str) -> str:
-        """The path a job names for one of its outputs once it has completed (jobs.get)."""
-        found = self._client.jobs.get(job)
-        path = getattr((getattr(found, "outputs", None) or {}).get(output), "path", None)
-        if not path:
-            raise WorkspaceRejectedError(
-                f"{action} failed: job {job} ({run_state(found.status).value}) names no path for its {output!r} "
-                "output; only a completed job's outputs can be read."
+            pages = runs._operation.get_child(
+                runs._subscription_id, runs._resource_group_name, runs._workspace_name, job, cls=lambda objs: objs,
             )
-        return str(path)
+            return [child for child in pages if child is not None]
+        except (AzureError, AttributeError) as exc:
+            # Without it the job still reads as failed, with no step named.
+            log_event(log, logging.WARNING, "workspace.steps_unavailable", job=job, reason=service_reason(exc))
+            return []
+
+    def _rejection(self, job: str, error: str | None) -> str | None:
+        """prep's reason when the new file broke the contract, from its report output (written before
+        it exited). Only when there is no report: the error text, a wording the service does not
+        promise, with a warning line."""
+        report = self._read_output(job, "report", REPORT_FILE)
+        if report is not None:
+            try:
+                return rejection(json.loads(report))
+            except ValueError:
+                return None
+        guessed = data_rejection(error)
+        if guessed:
+            log_event(log, logging.WARNING, "workspace.rejection_from_error_text", job=job,
+                      reason="no report output; the step's exit code in its error text says the data is at fault")
+        return guessed
+
+    def _outputs_store(self) -> tuple[BlobStore, str]:
+        """A store of the datastore the outputs are bound to, and its container (looked up once)."""
+        if self._outputs is None:
+            store = self._client.datastores.get(self.outputs_datastore)
+            client = self._store(str(store.account_name), str(getattr(store, "endpoint", None) or "core.windows.net"))
+            self._outputs = (client, str(store.container_name))
+        return self._outputs
+
+    def _read_output(self, job: str, output: str, file: str) -> bytes | None:
+        """One file of a job's output, at the path bound at submission; None when it is not there."""
+        store, container = self._outputs_store()
+        return store.read(container, f"{job_output_path(job, output)}/{file}", _OUTPUT_FILE_LIMIT)
 
     def job_metrics(self, job: str) -> Metrics:
-        """evaluate's metrics.json, read where the job says its `metrics` output is: the datastore
-        (its account and container from the workspace) and the path, with our own storage client and
-        its bounded retries. (azure-ai-ml's jobs.download would take four more service calls, and its
-        storage client retries for minutes.)"""
+        """evaluate's metrics.json, read at the path its `metrics` output was bound to at submission,
+        with our own storage client and its bounded retries. (azure-ai-ml's jobs.download would ask run
+        history where the output went, and its storage client retries for minutes.)"""
         action = f"read metrics of job {job}"
         with _translated(action):
-            path = self._output_path(job, "metrics", action)
-            match = _DATASTORE_PATH.search(path)
-            if match is None:
-                raise WorkspaceRejectedError(f"{action} failed: {path!r} is not a datastore path.")
-            store = self._client.datastores.get(match["datastore"])
-            blob = f"{match['path'].rstrip('/')}/metrics.json"
-            client = self._store(str(store.account_name), str(getattr(store, "endpoint", None) or "core.windows.net"))
-            data = client.get_blob_client(str(store.container_name), blob).download_blob().readall()
+            data = self._read_output(job, "metrics", "metrics.json")
+        if data is None:
+            raise WorkspaceRejectedError(
+                f"{action} failed: no metrics.json at {self._output_uri(job, 'metrics')}; the evaluate step "
+                "wrote none (see the job's log)."
+            )
         try:
             return Metrics.from_evaluate(json.loads(data))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -466,13 +538,20 @@ class AzureMLWorkspace:
             existing = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
             if existing:
                 return self._model(min(existing, key=_version_number))
-            # Where the job says its model output is (a pipeline-level output resolves to the path the
-            # train step wrote): registered from that, not from a job reference the service must resolve.
-            path = self._output_path(job, "model", action)
+            # The path the job's model output was bound to: not a job reference the service must resolve.
+            mlmodel = self._read_output(job, "model", "MLmodel")
+            if mlmodel is None:
+                raise WorkspaceRejectedError(
+                    f"{action} failed: no MLflow model at {self._output_uri(job, 'model')} (no MLmodel file); "
+                    "the train step wrote none (see the job's log)."
+                )
             model = Model(
                 name=self.model_name,
-                path=str(path),
+                path=self._output_uri(job, "model"),
                 type=AssetTypes.MLFLOW_MODEL,
+                # Sent, not left to the service: azure-ai-ml reads `flavors` of every model version it
+                # gets back, and the recorded answers echo what was sent.
+                flavors=_flavors(mlmodel),
                 description=f"Trained by {job}",
                 tags=metrics.as_tags(),
                 properties={**lineage, WORK_KEY_PROPERTY: key.value, METRICS_PROPERTY: metrics.to_json()},
@@ -540,6 +619,23 @@ class AzureMLWorkspace:
         current = self._client.models.get(self.model_name, version=version)
         current.tags = change(dict(current.tags or {}))
         return self._client.models.create_or_update(current)
+
+
+def _flavors(mlmodel: bytes) -> dict[str, dict[str, str]]:
+    """The flavors an MLmodel file declares, each with its plain settings (the REST shape takes strings)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(mlmodel)
+    except yaml.YAMLError:
+        return {}
+    flavors = raw.get("flavors") if isinstance(raw, dict) else None
+    if not isinstance(flavors, dict):
+        return {}
+    return {
+        str(name): {str(k): str(v) for k, v in (spec or {}).items() if isinstance(v, str | int | float | bool)}
+        for name, spec in flavors.items() if isinstance(spec, dict | type(None))
+    }
 
 
 def _is_champion(model: Any) -> bool:

@@ -4,7 +4,9 @@ Everything lives under one folder (`AUTORETRAIN_HOME`, default `.autoretrain/`):
 
     workspace/catalog.sqlite        data versions, jobs and models (survives restarts)
     workspace/data/NAME/VERSION/    each data version's file, copied from Blob Storage
-    workspace/jobs/JOB/outputs/     each step's outputs, one folder per output
+    workspace/autoretrain/jobs/JOB/OUTPUT/   the pipeline's outputs (model, metrics, report), at the
+                                    path the Azure ML adapter binds them to on its datastore
+    workspace/jobs/JOB/outputs/     the steps' other outputs, one folder per output
     workspace/jobs/JOB/logs/        each step's log (stdout and stderr)
     workspace/models/NAME/VERSION/  each registered model (MLflow format)
     mlflow/                         the MLflow tracking store: a run per job, a child run per step,
@@ -44,8 +46,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from autoretrain.datacontract import DATA_ERROR_EXIT, mltable_text
+from autoretrain.datacontract import NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
+    NO_CHAMPION_PATH,
     RUN_TAG,
     BlobRef,
     DataVersion,
@@ -54,7 +57,9 @@ from autoretrain.domain import (
     Metrics,
     ModelVersion,
     PipelineJob,
+    TrainingMember,
     WorkKey,
+    job_output_path,
 )
 from autoretrain.errors import JobNotFoundError, WorkspaceError
 from autoretrain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
@@ -264,12 +269,14 @@ class LocalWorkspace:
         shutil.rmtree(staging.parent, ignore_errors=True)
         return self._data(row)
 
-    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
+    def register_training_set(self, key: WorkKey, members: Sequence[TrainingMember]) -> DataVersion:
+        # The local catalogue holds its own copy of each version (a local read, not a service call).
         name = f"{self.data_asset}-trainset"
+        versions = [member.data_version for member in members]
         # The members' files in one read, before the write lock: other ingests do not wait on it.
         with self._connect() as db:
             row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
-            named = (m.rpartition(":") for m in members)
+            named = (m.rpartition(":") for m in versions)
             wanted = [int(v) for n, _, v in named if n == self.data_asset and v.isdigit()]
             paths = {
                 f"{r['name']}:{r['version']}": Path(r["path"])
@@ -280,10 +287,10 @@ class LocalWorkspace:
             } if row is None else {}
         if row is not None:
             return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
-        unknown = [m for m in members if m not in paths]
+        unknown = [m for m in versions if m not in paths]
         if unknown:
             raise WorkspaceError(f"data version(s) {', '.join(unknown)} are not registered in {self._db}.")
-        files = [paths[m] for m in members]
+        files = [paths[m] for m in versions]
         with self._transaction() as db:
             row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
             if row is None:
@@ -295,10 +302,20 @@ class LocalWorkspace:
                 (folder / "MLTable").write_text(mltable_text(str(f) for f in files), encoding="utf-8")
                 db.execute(
                     "INSERT INTO training_sets VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, version, key.value, str(folder), json.dumps(list(members)), _now()),
+                    (name, version, key.value, str(folder), json.dumps(versions), _now()),
                 )
                 row = db.execute("SELECT * FROM training_sets WHERE work_key = ?", (key.value,)).fetchone()
         return DataVersion(name=row["name"], version=str(row["version"]), uri=Path(row["path"]).as_uri())
+
+    def training_set_members(self, training_set: str) -> tuple[str, ...]:
+        name, _, version = training_set.rpartition(":")
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT members FROM training_sets WHERE name = ? AND version = ?", (name, int(version or 0))
+            ).fetchone()
+        if row is None:
+            raise WorkspaceError(f"training set {training_set} is not registered in {self._db}.")
+        return tuple(json.loads(row["members"]))
 
     def _data_by_key(self, key: WorkKey) -> DataVersion | None:
         with self._connect() as db:
@@ -395,8 +412,9 @@ class LocalWorkspace:
             return
         spec = self.pipeline()
         base = self.job_dir(job)
-        if base.exists():
-            shutil.rmtree(base)  # a resumed job starts clean: no half-written outputs
+        for folder in (base, self.root / job_output_path(job, "")):
+            if folder.exists():
+                shutil.rmtree(folder)  # a resumed job starts clean: no half-written outputs
         (base / "logs").mkdir(parents=True)
         self._set_status(job, JobState.RUNNING, started=_now())
         # The job's MLflow run, made by the tracker while the job gets ready (nothing waits for it);
@@ -409,8 +427,8 @@ class LocalWorkspace:
         log_event(log, logging.INFO, "job.started", job=job, data=row["data"])
 
         parent_inputs = {"data": row["data_path"], "contract": str(self._contract)}
-        if row["champion"]:
-            parent_inputs["champion"] = row["champion"]
+        # Every input bound, as on Azure ML: a first model's champion is the "no champion yet" marker.
+        parent_inputs["champion"] = row["champion"] or str(self._no_champion())
         parent_inputs["train_last"] = str(row["train_last"] or 0)
         produced: dict[tuple[str, str], Path] = {}
         ended: tuple[StepRun, bool] | None = None  # the last step's run: ended after the next one is asked for
@@ -421,7 +439,8 @@ class LocalWorkspace:
                 self._tracking.end_step(*ended)
             outputs = {}
             for out in step.outputs:
-                folder = base / "outputs" / step.name / out
+                promoted = step.promoted.get(out)
+                folder = self.root / job_output_path(job, promoted) if promoted else base / "outputs" / step.name / out
                 folder.mkdir(parents=True)
                 outputs[out] = folder
                 produced[(step.name, out)] = folder
@@ -651,21 +670,25 @@ class LocalWorkspace:
     def job_status(self, job: str) -> JobStatus:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE name = ?", (job,)).fetchone()
-            step = db.execute(
-                "SELECT exit_code FROM steps WHERE job = ? AND step = ?", (job, row["failed_step"])
-            ).fetchone() if row and row["failed_step"] else None
         if row is None:
             raise JobNotFoundError(f"job {job!r} does not exist in the local workspace ({self._db}).")
         state = JobState(row["status"])
         log_path = self.job_dir(job) / "logs" / f"{row['failed_step']}.log" if row["failed_step"] else None
         error = self._blob_names(row["error"]) if row["error"] else None
-        rejected = None
-        if state is JobState.FAILED and step is not None and step["exit_code"] == DATA_ERROR_EXIT:
-            rejected = str(error).removesuffix(f" (exit code {DATA_ERROR_EXIT})")
+        # The data's fault is what prep wrote in its report, as on Azure ML; not the exit code or the error text.
+        rejected = self._rejection(job) if state is JobState.FAILED else None
         return JobStatus(
             name=job, state=state, failed_step=row["failed_step"], error=error,
             log=str(log_path) if log_path else str(self.job_dir(job) / "logs"), rejected=rejected,
         )
+
+    def _rejection(self, job: str) -> str | None:
+        path = self._output(job, "report") / REPORT_FILE
+        try:
+            reason = rejection(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None  # no report: the job failed before prep judged the data, or for another reason
+        return self._blob_names(reason) if reason else None
 
     def _blob_names(self, error: str) -> str:
         """A step names the data file it read, and here that is our own file (`<work key>.csv`); say
@@ -696,11 +719,18 @@ class LocalWorkspace:
             time.sleep(0.1)
 
     def _output(self, job: str, pipeline_output: str) -> Path:
-        for step in self.pipeline().steps:
-            for out, target in step.promoted.items():
-                if target == pipeline_output:
-                    return self.job_dir(job) / "outputs" / step.name / out
-        raise WorkspaceError(f"{self._pipeline_path}: no step output is bound to pipeline output {pipeline_output!r}.")
+        """Where the job's pipeline output is: the one rule both adapters follow (job_output_path)."""
+        return self.root / job_output_path(job, pipeline_output)
+
+    def _no_champion(self) -> Path:
+        folder = self.root / NO_CHAMPION_PATH
+        if not (folder / "MLmodel").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in NO_CHAMPION_FILES.items():  # whole files only: a crash leaves none half-written
+                staging = folder / f".{name}.{uuid.uuid4().hex}"
+                staging.write_text(text, encoding="utf-8")
+                staging.replace(folder / name)
+        return folder
 
     def job_metrics(self, job: str) -> Metrics:
         status = self.job_status(job)

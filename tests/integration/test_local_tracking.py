@@ -18,7 +18,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from autoretrain.bootstrap import PIPELINE
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, WorkKey
+from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, TrainingMember, WorkKey, job_output_path
 from autoretrain.local.mlflow_ui import MlflowUI, run_ui
 from autoretrain.storage import AzureBlobStore
 from autoretrain.workspace.local import LocalWorkspace
@@ -64,7 +64,7 @@ def run_job(
     blob = store.upload(container, name, wine_csv(rows))
     key = WorkKey.for_blob(blob)
     data = workspace.register_data(blob, key, {"blob": blob.path, "etag": blob.etag, "work_key": key.value})
-    window = workspace.register_training_set(key, [f"{data.name}:{data.version}"])
+    window = workspace.register_training_set(key, [TrainingMember(f"{data.name}:{data.version}", blob.name)])
     job = workspace.submit(window, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag}, champion=champion)
     status = workspace.wait(job.name, timeout=180)
     assert status.state is JobState.COMPLETED, status
@@ -103,7 +103,7 @@ def test_each_job_is_a_run_with_its_steps_and_each_model_a_registered_version(
     # Its three steps as child runs, each with what its script logged.
     assert sorted(steps) == ["evaluate", "prep", "train"]
     assert {s.info.status for s in steps.values()} == {"FINISHED"}
-    report = json.loads((workspace.job_dir(first_job) / "outputs" / "prep" / "report" / "report.json").read_text())
+    report = json.loads((workspace.root / job_output_path(first_job, "report") / "report.json").read_text())
     prep = steps["prep"].data
     assert {k: prep.metrics[k] for k in ("rows_in", "train_rows", "test_rows")} == {
         k: float(report[k]) for k in ("rows_in", "train_rows", "test_rows")

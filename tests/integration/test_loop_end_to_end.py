@@ -120,14 +120,19 @@ def test_a_window_of_three_drops_is_trained_on_exactly_those_three_files(running
 
     third = running.wait_final(keys, timeout=240)[keys[-1]]
 
-    assert third.window == ("autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3")
+    assert (third.training_set, third.members, third.trained_on) == ("autoretrain-data-trainset:3", 3, 3)
     [trainset] = [t for t in catalog_rows(running.home, "trainsets") if t["version"] == 3]
-    assert trainset["members"] == list(third.window)
+    assert trainset["members"] == ["autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3"]
     data_files = {str(d["version"]): d["path"] for d in catalog_rows(running.home, "data")}
     assert mltable_files(Path(trainset["path"])) == [data_files["1"], data_files["2"], data_files["3"]]
     [model] = [m for m in catalog_rows(running.home, "models") if m["job"] == keys[-1].job_name]
-    assert model["properties"]["training_window"] == ",".join(third.window)
+    assert (model["properties"]["training_files"], model["properties"]["trained_on_files"]) == ("3", "3")
     assert model["properties"]["training_set"] == "autoretrain-data-trainset:3"
+    # The record keeps counts; `status FILE` still names the files, read from the training set.
+    text = cli(running.env, "status", drops[-1].name, cwd=tmp_path).stdout
+    assert "(window: 3 of 3: autoretrain-data:1, autoretrain-data:2, autoretrain-data:3)" in text
+    [story] = json.loads(cli(running.env, "status", drops[-1].name, "--json", cwd=tmp_path).stdout)
+    assert story["training_files"] == ["autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3"]
 
 
 def test_retrain_runs_a_version_again_as_a_numbered_run_and_the_ledger_keeps_each(

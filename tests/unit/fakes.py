@@ -21,6 +21,7 @@ from autoretrain.domain import (
     ModelVersion,
     Move,
     PipelineJob,
+    TrainingMember,
     WorkKey,
 )
 from autoretrain.errors import BlobChangedError, JobNotFoundError, LedgerError
@@ -63,6 +64,10 @@ class FakeBlobStore:
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         path.write_bytes(self._pinned(ref))
+
+    def read(self, container: str, name: str, max_bytes: int) -> bytes | None:
+        current = self.blobs.get((container, name))
+        return None if current is None else current[1][:max_bytes]
 
     def upload(self, container: str, name: str, data: bytes) -> BlobRef:
         return self.put(container, name, data)
@@ -127,6 +132,7 @@ class FakeWorkspace:
     tags: dict[str, dict[str, str]] = field(default_factory=dict)
     champions: dict[str, str | None] = field(default_factory=dict)  # job -> the champion it scores
     training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its versions
+    snapshots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its members' snapshots
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
     decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
 
@@ -138,8 +144,9 @@ class FakeWorkspace:
         versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
 
-    def register_training_set(self, key: WorkKey, members: Sequence[str]) -> DataVersion:
-        self.training_sets.setdefault(key.value, tuple(members))
+    def register_training_set(self, key: WorkKey, members: Sequence[TrainingMember]) -> DataVersion:
+        self.training_sets.setdefault(key.value, tuple(m.data_version for m in members))
+        self.snapshots.setdefault(key.value, tuple(m.snapshot for m in members))
         version = list(self.training_sets).index(key.value) + 1
         return DataVersion("autoretrain-data-trainset", str(version), f"trainset://{key}")
 
@@ -158,6 +165,10 @@ class FakeWorkspace:
         self.statuses[job] = JobStatus(job, state, **status)
         if metrics is not None:
             self.metrics[job] = metrics
+
+    def training_set_members(self, training_set: str) -> tuple[str, ...]:
+        _, _, version = training_set.rpartition(":")
+        return list(self.training_sets.values())[int(version) - 1]
 
     def job_status(self, job: str) -> JobStatus:
         if job not in self.statuses:

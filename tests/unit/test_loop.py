@@ -346,7 +346,7 @@ class TestComplete:
         assert model.properties == {
             "blob": "incoming/a.csv", "etag": outcome.record.blob.etag, "work_key": key.value,
             "job": key.job_name, "data_version": "autoretrain-data:1",
-            "training_set": "autoretrain-data-trainset:1", "training_window": "autoretrain-data:1",
+            "training_set": "autoretrain-data-trainset:1", "training_files": "1", "trained_on_files": "1",
         }
         record = ledger.get(key)
         assert record is not None
@@ -617,7 +617,7 @@ class TestTrainingWindow:
 
         assert workspace.training_sets[third.value] == ("autoretrain-data:1", "autoretrain-data:3")
         record = ledger.get(third)
-        assert record is not None and record.window == ("autoretrain-data:1", "autoretrain-data:3")
+        assert record is not None and (record.members, record.trained_on) == (2, 2)
         assert record.training_set == "autoretrain-data-trainset:3"
         assert workspace.training_sets[first.value] == ("autoretrain-data:1",)
 
@@ -641,7 +641,7 @@ class TestTrainingWindow:
         )
         assert workspace.train_last[keys[-1].job_name] == 2
         record = ledger.get(keys[-1])
-        assert record is not None and record.window == ("autoretrain-data:2", "autoretrain-data:3")
+        assert record is not None and (record.members, record.trained_on) == (3, 2)
 
     def test_the_model_s_lineage_names_the_window(self, deps: loop.Deps) -> None:
         workspace, _, _ = fakes(deps)
@@ -649,7 +649,10 @@ class TestTrainingWindow:
         workspace.finish(keys[-1].job_name, JobState.COMPLETED, METRICS)
         loop.complete(run_event(keys[-1]), deps)
         model = workspace.models[keys[-1].value]
-        assert model.properties["training_window"] == "autoretrain-data:1,autoretrain-data:2,autoretrain-data:3"
+        assert (model.properties["training_files"], model.properties["trained_on_files"]) == ("3", "3")
+        assert workspace.training_set_members(model.properties["training_set"]) == (
+            "autoretrain-data:1", "autoretrain-data:2", "autoretrain-data:3"
+        )
         assert model.properties["training_set"] == "autoretrain-data-trainset:3"
 
 
@@ -698,7 +701,8 @@ class TestRetrain:
         outcome = loop.retrain(ref, deps)
 
         assert isinstance(outcome, loop.Submitted)
-        assert outcome.record.window == ("autoretrain-data:1",)
+        assert (outcome.record.members, outcome.record.trained_on) == (1, 1)
+        assert workspace.training_sets[origin.retrain(1).value] == ("autoretrain-data:1",)
         workspace.finish(outcome.job.name, JobState.COMPLETED, METRICS)
         done = loop.complete(run_event(origin.retrain(1)), deps)
         assert isinstance(done, loop.Registered) and done.model.version != ledger.get(origin).model_version  # type: ignore[union-attr]
@@ -748,3 +752,42 @@ class TestRetrain:
         record = ledger.get(key)
         assert record is not None and record.state is LedgerState.SUBMITTED and record.attempts == 2
         assert [k for _, k, _ in workspace.submitted] == [origin, key]
+
+
+class TestBoundedRecord:
+    """A ledger record keeps the training set and two counts, never the list of its members."""
+
+    def test_a_record_after_5000_versions_fits_azure_table_limits(self, deps: loop.Deps) -> None:
+        """5,000 accepted versions, then one more file: its record (as the Table ledger writes it)
+        and its model's lineage stay far under Table's 64 KiB a property and 1 MiB an entity, and
+        the training set still names all 5,001 versions."""
+        from autoretrain.domain import Finish, LedgerRecord, StartCompleting, Submit
+        from autoretrain.ledger import _entity
+
+        workspace, ledger, blobs = fakes(deps)
+        for i in range(5000):
+            ref = BlobRef("incoming", f"2026/day-{i:05d}.csv", f"0x8D{i:012X}")
+            key = WorkKey.for_blob(ref)
+            record = LedgerRecord.claimed(ref, key, f"ev-{i}", ledger.now, ledger.now)
+            for move in (Submit(f"autoretrain-data:{key}", key.job_name, None, f"autoretrain-data-trainset:{key}",
+                                i + 1, i + 1),
+                         StartCompleting(ledger.now), Finish(f"autoretrain-model:{i + 1}", METRICS, False)):
+                record = record.after(move, ledger.now)
+            ledger.rows[key.value] = record
+        ref = blobs.put("incoming", "2026/day-05000.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+
+        outcome = loop.ingest(blob_event(ref), deps)
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        loop.complete(run_event(key), deps)
+
+        assert isinstance(outcome, loop.Submitted)
+        assert len(workspace.training_sets[key.value]) == 5001
+        record = ledger.get(key)
+        assert record is not None and (record.members, record.trained_on) == (5001, 5001)
+        entity = _entity(record)
+        sizes = {name: len(str(value).encode("utf-16-le")) for name, value in entity.items()}
+        assert max(sizes.values()) < 64 * 1024, max(sizes.items(), key=lambda kv: kv[1])
+        assert sum(sizes.values()) < 1024 * 1024
+        lineage = workspace.models[key.value].properties
+        assert max(len(v) for v in lineage.values()) < 1024 and lineage["training_files"] == "5001"
