@@ -1,15 +1,27 @@
-"""A fake of Azure ML's REST API for the real azure-ai-ml SDK, offline.
+"""A fake of Azure ML's REST API for the real azure-ai-ml SDK, offline, answering in recorded shapes.
 
-`FakeAzureML` answers the REST calls the SDK makes (ARM, workspace discovery, run history) with
-bodies shaped like the service's, keeps what was created, and records every request, so tests assert
-on the bodies the SDK really sends. It is mounted under azure-core's `RequestsTransport`, the
-transport MLClient is given (`ml_client`); the retry policy and error mapping above it are the SDK's
-own.
+`FakeAzureML` answers the REST calls the SDK makes (ARM, workspace discovery, run history), keeps
+what was created, and records every request, so tests assert on the bodies the SDK really sends. It
+is mounted under azure-core's `RequestsTransport`, the transport MLClient is given (`ml_client`); the
+retry policy and error mapping above it are the SDK's own.
+
+Each answer starts from a response body recorded against the real service (tests/recordings/, taken
+from azure-ai-ml's recorded e2e sessions; `recorded()`), with only our names and the values we sent
+put in. So the fake fills in no field the service was not seen to fill in:
+- a data version's `dataUri` comes back in the long `azureml://subscriptions/...` form, and its
+  `name` is the version (data_versions_uri_file_mltable.json);
+- a job's PUT answers `NotStarted` and echoes the outputs bound to a path (pipeline_job_create_put,
+  pipeline_job_output_with_path); a completed job names no `uri` for an output submitted without
+  one (pipeline_job_completed_unbound_outputs);
+- a failed step's error is in run history's children listing (pipeline_job_failed_step_error);
+- a model version echoes `flavors` and `modelUri` as sent (model_versions_put_get_list);
+- a missing resource is the recorded 404 body (error_bodies.json).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
@@ -35,6 +47,29 @@ ARM = "https://management.azure.com"
 API = "https://westeurope.api.azureml.ms"
 DATASTORE, COMPUTE, COMPONENT = "autoretrain_datasets", "cpu-cluster", "autoretrain_pipeline"
 COMPONENT_VERSION = "0123456789abcdef"
+
+
+RECORDINGS = ROOT / "tests" / "recordings"
+
+
+def recorded(file: str, entry: int) -> dict[str, Any]:
+    """Entry `entry` of a recording in tests/recordings/ (method, uri, status, bodies), a fresh copy."""
+    return copy.deepcopy(json.loads((RECORDINGS / file).read_text())["entries"][entry])
+
+
+def _long_uri(uri: str) -> str:
+    """A datastore URI as the service answers it: the long form, `resourcegroups` in lower case."""
+    short = "azureml://datastores/"
+    if not uri.startswith(short):
+        return uri
+    return f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/" + uri[len(short):]
+
+
+def _not_found(code: str, message: str) -> Answer:
+    """The recorded 404: a generic message, the specific one in `details` (error_bodies.json)."""
+    body = recorded("error_bodies.json", 0)["response_body"]
+    body["error"]["details"][0].update(code=code, message=message)
+    return 404, body, {"x-ms-response-type": "error"}
 
 
 # -- the fake service ----------------------------------------------------------------------------
@@ -78,8 +113,8 @@ class FakeAzureML(BaseAdapter):
     sent: list[Sent] = field(default_factory=list)
     data: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Run history's children listing per pipeline job: `child()` builds one in the recorded shape.
     children: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    run_errors: dict[str, str] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Canned answers that go first, per (method, path regex): to inject 409, 429, 503... They carry
     # Retry-After 0.01: azure-core reads 0 as "none given" and backs off for seconds instead.
@@ -141,7 +176,6 @@ class FakeAzureML(BaseAdapter):
             ("GET", ws + r"/jobs/([^/]+)", self._get_job),
             ("PUT", ws + r"/jobs/([^/]+)", self._put_job),
             ("GET", history + r"/runs/([^/]+)/children", self._children),
-            ("GET", history + r"/runs/([^/]+)/details", self._details),
             ("GET", ws + r"/models/([^/]+)", self._model_container),
             ("GET", ws + r"/models/([^/]+)/versions", self._list_models),
             ("GET", ws + r"/models/([^/]+)/versions/([^/]+)", self._get_model),
@@ -157,15 +191,12 @@ class FakeAzureML(BaseAdapter):
         # datastore the SDK would read a registered MLTable back through it to validate it (and fetch
         # the MLTable schema from azuremlschemas.azureedge.net); it skips that when it cannot, as here.
         if name != "workspaceblobstore":
-            return 404, _error("UserError", f"Could not find datastore {name} (not served by the fake).")
-        return 200, {
-            "id": f"{WS_ID}/datastores/{name}", "name": name, "systemData": SYSTEM,
-            "properties": {
-                "datastoreType": "AzureBlob", "accountName": self.store_account,
-                "containerName": self.store_container, "endpoint": "core.windows.net", "protocol": "https",
-                "credentials": {"credentialsType": "None"}, "isDefault": name == "workspaceblobstore",
-            },
-        }
+            return _not_found("DatastoreNotFound", f"Datastore {name} not found (not served by the fake).")
+        body = recorded("datastore_get.json", 0)["response_body"]
+        body["id"] = f"{WS_ID}/datastores/{name}"
+        body["properties"].update(accountName=self.store_account, containerName=self.store_container,
+                                  subscriptionId=SUB, resourceGroup=RG)
+        return 200, body
 
     def _workspace(self, _sent: Sent) -> Answer:
         return 200, {
@@ -175,17 +206,24 @@ class FakeAzureML(BaseAdapter):
 
     def _put_data(self, sent: Sent, name: str, version: str) -> Answer:
         previous = self.data.get((name, version))
-        if previous and previous["properties"]["dataUri"] != sent.body["properties"]["dataUri"]:
+        sent_props = sent.body["properties"]
+        uri = _long_uri(sent_props["dataUri"])
+        if previous and previous["properties"]["dataUri"] != uri:
             return 400, _error("UserError", "Asset paths cannot be updated.")
-        self.data[(name, version)] = {
-            "id": f"{WS_ID}/data/{name}/versions/{version}", "name": version,
-            "properties": sent.body["properties"], "systemData": SYSTEM,
-        }
-        return (200 if previous else 201), self.data[(name, version)]
+        # The recorded answer (uri_file or mltable), with what was sent; the path in its long form.
+        body = recorded("data_versions_uri_file_mltable.json", 2 if sent_props["dataType"] == "mltable" else 0)
+        answer = body["response_body"]
+        answer.update(id=f"{WS_ID}/data/{name}/versions/{version}", name=version)
+        answer["properties"].update(
+            description=sent_props.get("description"), tags=sent_props.get("tags") or {},
+            properties=sent_props.get("properties") or {}, dataType=sent_props["dataType"], dataUri=uri,
+        )
+        self.data[(name, version)] = answer
+        return (200 if previous else 201), answer
 
     def _get_data(self, _sent: Sent, name: str, version: str) -> Answer:
         if (name, version) not in self.data:
-            return 404, _error("UserError", f"Could not find asset with name {name} and version {version}.")
+            return _not_found("DataVersionNotFound", f"Data version {name}:{version} not found.")
         return 200, self.data[(name, version)]
 
     def _list_components(self, _sent: Sent, name: str) -> Answer:
@@ -213,43 +251,63 @@ class FakeAzureML(BaseAdapter):
 
     def _get_job(self, _sent: Sent, name: str) -> Answer:
         if name not in self.jobs:
-            return 404, _error("UserError", f"Could not find job {name}.")
+            return _not_found("JobNotFound", f"Job {name} not found.")
         return 200, self.jobs[name]
 
     def _put_job(self, sent: Sent, name: str) -> Answer:
         if name in self.jobs:
             return 409, _error("UserError", "A job with this name already exists.")
-        properties = {**sent.body["properties"], "status": "NotStarted", "services": {
-            "Studio": {"jobServiceType": "Studio", "endpoint": f"https://ml.azure.com/runs/{name}?wsid={WS_ID}"},
-        }}
-        self.jobs[name] = {"id": f"{WS_ID}/jobs/{name}", "name": name, "properties": properties, "systemData": SYSTEM}
-        return 201, self.jobs[name]
+        # The recorded create answer: NotStarted, the Studio link, what was sent echoed (an input or
+        # output gains its mode; `inputs: {}` comes back null).
+        answer = recorded("pipeline_job_create_put.json", 0)["response_body"]
+        sent_props = sent.body["properties"]
+        properties = answer["properties"]
+        for key in ("description", "tags", "displayName", "experimentName", "componentId", "jobType", "settings",
+                    "jobs"):
+            if key in sent_props:
+                properties[key] = sent_props[key]
+        properties["inputs"] = {n: {"description": None, **i} for n, i in (sent_props.get("inputs") or {}).items()} \
+            or None
+        properties["outputs"] = {
+            n: {"description": None, "assetName": None, "assetVersion": None, "pathOnCompute": None,
+                "autoDeleteSetting": None, "mode": "ReadWriteMount", **o}
+            for n, o in (sent_props.get("outputs") or {}).items()
+        }
+        studio = properties["services"]["Studio"]
+        studio["endpoint"] = f"https://ml.azure.com/runs/{name}?wsid=/subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}"
+        properties["services"]["Tracking"]["endpoint"] = f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{WS_ID}?"
+        properties["computeId"] = f"{WS_ID}/computes/{COMPUTE}"
+        answer.update(id=f"{WS_ID}/jobs/{name}", name=name)
+        self.jobs[name] = answer
+        return 201, answer
 
     def finish(self, name: str, status: str) -> None:
-        """The job ends. A completed one's outputs now name where its steps wrote them, as the service
-        answers: a path on the default datastore under the producing step's run id."""
+        """The job ends. Its outputs stay as submitted: an output bound to a path keeps that path, and
+        a declared output that was not bound names no path (`uri: null`), as a completed job's GET
+        answers in the recording."""
         properties = self.jobs[name]["properties"]
         properties["status"] = status
-        if status == "Completed":
-            # The job was submitted without outputs: they come from its pipeline component.
-            declared = yaml.safe_load((ROOT / "ml" / "pipeline.yml").read_text())["outputs"]
-            outputs = properties.setdefault("outputs", {}) or {}
-            properties["outputs"] = outputs
-            for output_name, output in declared.items():
-                outputs.setdefault(output_name, {"jobOutputType": output["type"], "mode": "ReadWriteMount"})
-                outputs[output_name]["uri"] = (
-                    f"azureml://datastores/workspaceblobstore/paths/azureml/{name}-step/{output_name}/"
-                )
+        outputs = properties["outputs"]
+        declared = yaml.safe_load((ROOT / "ml" / "pipeline.yml").read_text())["outputs"]
+        unbound = recorded("pipeline_job_completed_unbound_outputs.json", 0)["response_body"]
+        template = unbound["properties"]["outputs"]["job_out_path_1"]
+        for output_name, output in declared.items():
+            outputs.setdefault(output_name, {**template, "jobOutputType": output["type"]})
+
+    def child(self, job: str, step: str, status: str, error: str | None = None) -> dict[str, Any]:
+        """One step run of `job` as run history lists it (the recorded shape); added to its children."""
+        listing = recorded("pipeline_job_failed_step_error.json", 2)["response_body"]
+        entry = listing["value"][0]
+        entry.update(runId=f"{job}-{step}-run", rootRunId=job, parentRunId=job, displayName=step, status=status)
+        if error is None:
+            entry["error"] = None
+        else:
+            entry["error"]["error"]["message"] = error
+        self.children.setdefault(job, []).append(entry)
+        return entry
 
     def _children(self, _sent: Sent, run_id: str) -> Answer:
         return 200, {"value": self.children.get(run_id, []), "continuationToken": None}
-
-    def _details(self, _sent: Sent, run_id: str) -> Answer:
-        error = self.run_errors.get(run_id)
-        details: dict[str, Any] = {"runId": run_id, "status": "Failed" if error else "Completed"}
-        if error:
-            details["error"] = {"error": {"code": "UserError", "message": error}}
-        return 200, details
 
     def _versions_of(self, name: str) -> list[dict[str, Any]]:
         return [m for key, m in sorted(self.models.items(), key=lambda kv: int(kv[0])) if m["_name"] == name]
@@ -257,7 +315,7 @@ class FakeAzureML(BaseAdapter):
     def _model_container(self, _sent: Sent, name: str) -> Answer:
         versions = self._versions_of(name)
         if not versions:
-            return 404, _error("UserError", f"Could not find model container {name}.")
+            return _not_found("ModelNotFound", f"Model container with name: {name} not found.")
         return 200, {"id": f"{WS_ID}/models/{name}", "name": name,
                      "properties": {"latestVersion": str(len(versions)), "nextVersion": str(len(versions) + 1)}}
 
@@ -273,29 +331,23 @@ class FakeAzureML(BaseAdapter):
     def _get_model(self, _sent: Sent, name: str, version: str) -> Answer:
         model = self.models.get(version)
         if model is None or model["_name"] != name:
-            return 404, _error("UserError", f"Could not find model {name}:{version}.")
+            return _not_found("ModelNotFound", f"Model {name}:{version} not found.")
         return 200, self._public(model)
 
     def _put_model(self, sent: Sent, name: str, version: str) -> Answer:
-        properties = dict(sent.body["properties"])
+        sent_props = dict(sent.body["properties"])
+        # As recorded: the long-form modelUri with `resourcegroups` re-cased, flavors as sent.
+        uri = _long_uri(sent_props["modelUri"]).replace("/resourcegroups/", "/resourceGroups/")
         previous = self.models.get(version)
-        if previous and previous["properties"]["modelUri"] != properties["modelUri"]:
+        if previous and previous["properties"]["modelUri"] != uri:
             return 400, _error("UserError", "Asset paths cannot be updated.")
-        if previous is None and properties["modelUri"].startswith("azureml://jobs/"):
-            # (Kept for models registered from a job reference; the adapter registers the path the
-            # job's output names.)
-            # The service resolves a job output to where the job wrote it.
-            job = properties["modelUri"].split("/")[3]
-            properties["modelUri"] = (
-                f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/"
-                f"workspaceblobstore/paths/azureml/{job}/model/"
-            )
-            properties["jobName"] = job
-        properties.setdefault("flavors", {"python_function": {"data": {"loader_module": "mlflow.sklearn"}}})
-        self.models[version] = {
-            "_name": name, "id": f"{WS_ID}/models/{name}/versions/{version}", "name": version,
-            "properties": properties, "systemData": SYSTEM,
-        }
+        answer = recorded("model_versions_put_get_list.json", 1)["response_body"]
+        answer.update(id=f"{WS_ID}/models/{name}/versions/{version}", name=version)
+        properties = answer["properties"]
+        for key in ("description", "tags", "properties", "isArchived", "flavors", "modelType", "stage"):
+            properties[key] = sent_props.get(key, properties[key] if key == "stage" else None)
+        properties.update(modelUri=uri, jobName=sent_props.get("jobName"))
+        self.models[version] = {"_name": name, **answer}
         return (200 if previous else 201), self._public(self.models[version])
 
 

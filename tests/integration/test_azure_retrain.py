@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +34,7 @@ from requests.adapters import HTTPAdapter
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import LedgerState, WorkKey
+from autoretrain.domain import BlobRef, LedgerState, Metrics, WorkKey
 from autoretrain.errors import TransientError
 from autoretrain.events import parse_blob_created, parse_run_finished
 from autoretrain.ledger import TableLedger
@@ -99,7 +99,7 @@ def azure(azurite: str, unique: str) -> Iterator[Azure]:
     workspace = AzureMLWorkspace(
         ml_client(service, **ml_client_options()), blobs=blobs, datastore=DATASTORE,
         datasets_container=f"ds{unique}", compute=COMPUTE, contract=ROOT / "ml" / "contract.yaml",
-        pipeline_component=COMPONENT, workspace_store=lambda _account, _endpoint: store,
+        pipeline_component=COMPONENT, workspace_store=lambda _account, _endpoint: AzureBlobStore(store),
     )
     config = loop.LoopConfig(
         storage_topic=STORAGE_TOPIC, workspace_topic=WS_ID, incoming_container=f"in{unique}",
@@ -133,13 +133,21 @@ def _run_completed(key: WorkKey) -> Any:
     })
 
 
+def _job_wrote(azure: Azure, key: WorkKey, output: str, file: str, data: bytes) -> None:
+    """A step of key's job wrote `file` into `output`, at the path the adapter bound it to."""
+    azure.store.get_blob_client(azure.service.store_container, f"autoretrain/jobs/{key.job_name}/{output}/{file}") \
+        .upload_blob(data, overwrite=True)
+
+
 def _finish_job(azure: Azure, key: WorkKey, f1: float = 0.93) -> None:
-    """The job completes: its evaluate step wrote metrics.json where the job's output says."""
+    """The job completes: train wrote its model and evaluate metrics.json, at the paths bound at
+    submission. The job resource names no path for them (the recorded shape)."""
     azure.service.finish(key.job_name, "Completed")
     metrics = {"metrics": {"f1_macro": f1, "accuracy": 0.95}, "primary_metric": "f1_macro",
                "greater_is_better": True, "test_rows": 12}
-    azure.store.get_blob_client(azure.service.store_container, f"azureml/{key.job_name}-step/metrics/metrics.json") \
-        .upload_blob(json.dumps(metrics).encode(), overwrite=True)
+    _job_wrote(azure, key, "metrics", "metrics.json", json.dumps(metrics).encode())
+    _job_wrote(azure, key, "model", "MLmodel", (ROOT / "ml" / "sample" / "no-champion" / "MLmodel").read_bytes()
+               .replace(b"flavors: {}", b"flavors: {sklearn: {pickled_model: model.skops}}"))
 
 
 def _month() -> bytes:
@@ -164,8 +172,7 @@ def _calls(azure: Azure, key: WorkKey) -> list[str]:
 # the workspace). infra/README.md lists them.
 INGEST_CALLS = [
     "PUT {workspace}/data/autoretrain-data/versions/{key} ?api-version=2023-04-01-preview",
-    # The training set lists its members' paths: one read per member (here the one new version).
-    "GET {workspace}/data/autoretrain-data/versions/{key} ?api-version=2023-04-01-preview",
+    # The training set names its members' snapshots from the ledger: no call per member.
     # The SDK reads a new MLTable back through its datastore to validate it (and on Azure also reads
     # the MLTable file from storage and fetches its JSON schema from azuremlschemas.azureedge.net);
     # it goes on when it cannot, as against this fake.
@@ -178,10 +185,9 @@ INGEST_CALLS = [
 ]
 COMPLETE_CALLS = [
     "GET {workspace}/jobs/{job} ?api-version=2024-01-01-preview",  # its status
-    "GET {workspace}/jobs/{job} ?api-version=2024-01-01-preview",  # where its metrics output is
-    "GET {workspace}/datastores/workspaceblobstore ?api-version=2024-10-01-preview",  # (then a blob GET)
+    # The store its outputs were bound to (then blob GETs of metrics.json and the model's MLmodel).
+    "GET {workspace}/datastores/workspaceblobstore ?api-version=2024-10-01-preview",
     "GET {workspace}/models/autoretrain-model/versions ?api-version=2023-08-01-preview",  # registered?
-    "GET {workspace}/jobs/{job} ?api-version=2024-01-01-preview",  # where its model output is
     "GET {workspace}/models/autoretrain-model/versions ?api-version=2023-08-01-preview",  # SDK: next version
     "GET {workspace}/models/autoretrain-model ?api-version=2023-08-01-preview",
     "PUT {workspace}/models/autoretrain-model/versions/1 ?api-version=2023-08-01-preview",
@@ -218,11 +224,13 @@ def test_one_retrain_makes_these_calls_and_no_others(azure: Azure) -> None:
     # the model comes from the path the job names and carries the metrics and the gate's decision.
     job = azure.service.jobs[key.job_name]["properties"]
     assert job["tags"]["autoretrain"] == key.value and job["experimentName"] == "autoretrain"
-    assert job["inputs"]["data"] == {
-        "jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data-trainset/versions/{key}",
-    }
+    data = job["inputs"]["data"]
+    assert (data["jobInputType"], data["uri"]) == ("mltable", f"{WS_ID}/data/autoretrain-data-trainset/versions/{key}")
+    assert job["outputs"]["model"]["uri"] == (
+        f"azureml://datastores/workspaceblobstore/paths/autoretrain/jobs/{key.job_name}/model/"
+    )
     model = azure.service.models["1"]["properties"]
-    assert model["modelUri"].endswith(f"/datastores/workspaceblobstore/paths/azureml/{key.job_name}-step/model/")
+    assert model["modelUri"].endswith(f"/datastores/workspaceblobstore/paths/autoretrain/jobs/{key.job_name}/model/")
     assert model["tags"]["champion"] == "true" and model["tags"]["gate"].startswith("promoted")
     record = azure.deps.ledger.get(key)
     assert record is not None and record.state is LedgerState.DONE and record.model_version == "autoretrain-model:1"
@@ -326,3 +334,104 @@ def test_a_400_is_permanent_and_recorded_as_failed_with_its_reason(azure: Azure)
     assert isinstance(outcome, loop.Failed)
     assert outcome.reason.endswith("failed: HTTP 400: Asset paths cannot be updated.")
     assert "\n" not in outcome.reason and azure.service.requests_to("PUT", "/jobs/") == []
+
+
+def _run_failed(key: WorkKey) -> Any:
+    return parse_run_finished({
+        "id": f"run-failed-{key}", "topic": WS_ID, "eventType": "Microsoft.MachineLearningServices.RunStatusChanged",
+        "subject": f"experiments/e-1/runs/{key.job_name}", "eventTime": "2026-11-26T09:05:00Z",
+        "dataVersion": "2", "metadataVersion": "1",
+        "data": {"experimentId": "e-1", "experimentName": "autoretrain", "runId": key.job_name, "runType": None,
+                 "runTags": {"autoretrain": key.value}, "runProperties": {}, "runStatus": "Failed"},
+    })
+
+
+def _earlier_versions(azure: Azure, count: int) -> None:
+    """`count` blob versions already trained (done), as the ledger holds them."""
+    from autoretrain.domain import Finish, LedgerRecord, StartCompleting, Submit
+    from autoretrain.ledger import _entity
+
+    now = datetime.now(UTC)
+    for i in range(count):
+        ref = BlobRef(azure.deps.config.incoming_container, f"old/{count}-{i:04d}.csv", f"0x8D{i:012X}")
+        key = WorkKey.for_blob(ref)
+        record = LedgerRecord.claimed(ref, key, f"ev-{i}", now, now)
+        done = Finish("autoretrain-model:1", Metrics({"f1_macro": 0.9}, "f1_macro"), False)
+        for move in (Submit(f"autoretrain-data:{key}", key.job_name, None, f"autoretrain-data-trainset:{key}", 1, 1),
+                     StartCompleting(now), done):
+            record = record.after(move, now)
+        azure.deps.ledger._table.create_entity(_entity(record))  # type: ignore[attr-defined]
+
+
+def test_ingest_makes_the_same_azure_ml_calls_with_1_and_with_500_earlier_versions(azure: Azure) -> None:
+    """The training set's members come from the ledger, so the 501st file costs the calls of the 2nd:
+    the same requests, method and path, and one MLTable naming every member."""
+    def ingest_after(earlier: int, name: str) -> tuple[list[str], int]:
+        _earlier_versions(azure, earlier)
+        event = _blob_created(azure, name, _month())
+        key = WorkKey.for_blob(event.blob)
+        azure.service.sent.clear()
+        assert isinstance(loop.ingest(event, azure.deps), loop.Submitted)
+        mltable = azure.blobs.read(azure.deps.config.datasets_container, f"trainsets/{key}/MLTable", 1 << 20)
+        assert mltable is not None
+        members = sum(1 for line in mltable.decode().splitlines() if "file: " in line)
+        return [c for c in _calls(azure, key) if not c.startswith(("GET {workspace} ", "GET {api}/discovery"))], members
+
+    one, one_members = ingest_after(1, "2026-03.csv")
+    many, many_members = ingest_after(499, "2026-04.csv")  # 1 + 499 + the first file, done or not
+
+    assert one == many == INGEST_CALLS
+    assert (one_members, many_members) == (2, 501)
+
+
+def test_a_job_whose_run_event_never_came_is_completed_by_one_reconcile_pass(azure: Azure) -> None:
+    """No RunCompleted at all (lost, or never sent for this job): one reconcile pass completes it."""
+    event = _blob_created(azure, "2026-03.csv", _month())
+    key = WorkKey.for_blob(event.blob)
+    assert isinstance(loop.ingest(event, azure.deps), loop.Submitted)
+    _finish_job(azure, key)
+
+    report = loop.reconcile(azure.deps, grace=timedelta(minutes=10))
+
+    assert [(f.what, f.work_key) for f in report.found] == [("finished_job", key.value)]
+    record = azure.deps.ledger.get(key)
+    assert record is not None and record.state is LedgerState.DONE and record.model_version == "autoretrain-model:1"
+
+
+def test_a_file_prep_rejects_is_quarantined_on_what_its_report_says(azure: Azure) -> None:
+    """prep wrote `rejected` into its report before it exited; the service's error text says
+    something else entirely. The file is quarantined with prep's reason, and the customer's blob stays."""
+    event = _blob_created(azure, "2026-03.csv", _month())
+    key = WorkKey.for_blob(event.blob)
+    assert isinstance(loop.ingest(event, azure.deps), loop.Submitted)
+    reason = "2026-03.csv: column 'alcohol' has 'x' on line 40; expected a number. Fix the file and upload it again."
+    azure.service.finish(key.job_name, "Failed")
+    azure.service.child(key.job_name, "prep", "Failed", "Execution failed. A wording of the service's own.")
+    _job_wrote(azure, key, "report", "report.json", json.dumps({"rejected": {"reason": reason, "line": 40}}).encode())
+
+    outcome = loop.complete(_run_failed(key), azure.deps)
+
+    assert isinstance(outcome, loop.Quarantined), outcome
+    assert outcome.reason.startswith(reason + " (found by step 'prep'")
+    record = azure.deps.ledger.get(key)
+    assert record is not None and record.state is LedgerState.QUARANTINED
+    assert azure.blobs.read(event.blob.container, event.blob.name, 1 << 20) == _month()
+
+
+def test_the_first_job_binds_the_no_champion_marker_and_the_next_the_champion(azure: Azure) -> None:
+    """Every input of the published component bound, on the first job too."""
+    first = _blob_created(azure, "2026-03.csv", _month())
+    first_key = WorkKey.for_blob(first.blob)
+    loop.ingest(first, azure.deps)
+    _finish_job(azure, first_key)
+    assert isinstance(loop.complete(_run_completed(first_key), azure.deps), loop.Registered)
+    second = _blob_created(azure, "2026-04.csv", _month())
+    second_key = WorkKey.for_blob(second.blob)
+
+    loop.ingest(second, azure.deps)
+
+    champion = [azure.service.jobs[k.job_name]["properties"]["inputs"]["champion"] for k in (first_key, second_key)]
+    assert champion[0]["uri"] == f"azureml://datastores/{DATASTORE}/paths/autoretrain/no-champion/"
+    assert champion[1]["uri"] == f"{WS_ID}/models/autoretrain-model/versions/1"
+    marker = azure.blobs.read(azure.deps.config.datasets_container, "autoretrain/no-champion/MLmodel", 1 << 20)
+    assert marker is not None and b"autoretrain-no-champion: true" in marker

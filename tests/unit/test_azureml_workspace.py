@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ from fake_azureml import (
 from fakes import FakeBlobStore
 
 from autoretrain.bootstrap import bootstrap
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, WorkKey
+from autoretrain.datacontract import NO_CHAMPION_FILES, is_no_champion
+from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
 from autoretrain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
 from autoretrain.ledger import TableLedger
 from autoretrain.settings import Settings, WorkspaceKind
@@ -71,7 +73,6 @@ def service(client_and_service: tuple[MLClient, FakeAzureML]) -> Iterator[FakeAz
     fake.data.clear()
     fake.jobs.clear()
     fake.children.clear()
-    fake.run_errors.clear()
     fake.models.clear()
     fake.queued.clear()
 
@@ -82,13 +83,27 @@ def blobs() -> FakeBlobStore:
 
 
 @pytest.fixture
-def workspace(client_and_service: tuple[MLClient, FakeAzureML], blobs: FakeBlobStore) -> AzureMLWorkspace:
-    client, _ = client_and_service
+def store() -> FakeBlobStore:
+    """The workspace's own store (workspaceblobstore), where jobs write their outputs."""
+    return FakeBlobStore()
+
+
+@pytest.fixture
+def workspace(
+    client_and_service: tuple[MLClient, FakeAzureML], blobs: FakeBlobStore, store: FakeBlobStore
+) -> AzureMLWorkspace:
+    client, service = client_and_service
     return AzureMLWorkspace(
         client, blobs=blobs, datastore=DATASTORE, datasets_container="datasets", compute=COMPUTE,
         contract=ROOT / "ml" / "contract.yaml", experiment="autoretrain", data_asset="autoretrain-data",
         model_name="autoretrain-model", pipeline_component=COMPONENT,
+        workspace_store=lambda account, _endpoint: store if account == service.store_account else FakeBlobStore(),
     )
+
+
+def job_wrote(store: FakeBlobStore, job: str, output: str, file: str, data: bytes) -> None:
+    """A step of `job` wrote `file` into `output`, at the path the adapter bound it to."""
+    store.put(FakeAzureML.store_container, f"autoretrain/jobs/{job}/{output}/{file}", data)
 
 
 def data_version() -> DataVersion:
@@ -98,20 +113,13 @@ def data_version() -> DataVersion:
 TAGS = {RUN_TAG: KEY.value, "blob": SOURCE.path, "etag": SOURCE.etag}
 
 
-def _failed_in_prep(workspace: AzureMLWorkspace, service: FakeAzureML, error: str) -> str:
-    """KEY's job, submitted, failed in its prep step (whose run-history error is `error`; the train
-    step after it canceled); the prep step's run id."""
+def _failed_in_prep(workspace: AzureMLWorkspace, service: FakeAzureML, error: str) -> None:
+    """KEY's job, submitted, failed in its prep step (whose error in run history's children listing
+    is `error`, as recorded; the train step after it canceled)."""
     workspace.submit(data_version(), KEY, TAGS)
     service.finish(KEY.job_name, "Failed")
-    step = "f0e1d2c3-prep-run"
-    service.children[KEY.job_name] = [
-        {"runId": step, "displayName": "prep", "status": "Failed", "experimentId": "exp-1",
-         "properties": {"azureml.nodeid": "prep"}, "tags": {}},
-        {"runId": "f0e1d2c3-train-run", "displayName": "train", "status": "Canceled", "experimentId": "exp-1",
-         "properties": {}, "tags": {}},
-    ]
-    service.run_errors[step] = error
-    return step
+    service.child(KEY.job_name, "prep", "Failed", error)
+    service.child(KEY.job_name, "train", "Canceled")
 
 
 # -- tests ---------------------------------------------------------------------------------------
@@ -163,31 +171,51 @@ class TestRegisterData:
 
 
 class TestTrainingSet:
+    def members(self, count: int) -> list[TrainingMember]:
+        return [TrainingMember(f"autoretrain-data:{WorkKey(f'{i:024x}')}", f"{WorkKey(f'{i:024x}')}/2026-{i:04d}.csv")
+                for i in range(count)]
+
     def test_registers_an_mltable_naming_exactly_the_window_s_files(
         self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
     ) -> None:
-        """GET each member's data version for its path, upload trainsets/<key>/MLTable naming those
-        paths, PUT the training set as an mltable data asset version named by the key."""
-        members = []
-        for i, name in enumerate(["2026-01.csv", "2026-02.csv", "2026-03.csv"]):
-            key = WorkKey(f"{i:024x}")
-            source = blobs.put("datasets", f"{key}/{name}", b"a,b\n1,2\n")
-            workspace.register_data(source, key, {})
-            members.append(f"autoretrain-data:{key}")
-        service.sent.clear()
+        """Upload trainsets/<key>/MLTable naming the members' snapshots on the datastore (and
+        members.json, their data versions), PUT the training set as an mltable data asset version
+        named by the key. No GET of any member: its snapshot comes with it."""
+        members = self.members(3)
 
         training_set = workspace.register_training_set(KEY, members)
 
-        assert [s.method for s in service.sent if "/data/" in s.path] == ["GET", "GET", "GET", "PUT"]
+        assert [s.method for s in service.sent if "/data/" in s.path] == ["PUT"]
         [put] = service.requests_to("PUT", "/data/")
         assert put.path == f"{ARM}{WS_ID}/data/autoretrain-data-trainset/versions/{KEY}"
         assert put.body["properties"]["dataType"] == "mltable"
         assert put.body["properties"]["dataUri"] == f"azureml://datastores/{DATASTORE}/paths/trainsets/{KEY}/"
         _, mltable, _ = blobs.blobs[("datasets", f"trainsets/{KEY}/MLTable")]
         files = [line.split("file: ")[1].strip('"') for line in mltable.decode().splitlines() if "file: " in line]
-        assert files == [f"azureml://datastores/{DATASTORE}/paths/{WorkKey(f'{i:024x}')}/{n}"
-                         for i, n in enumerate(["2026-01.csv", "2026-02.csv", "2026-03.csv"])]
+        # In the long form the service answers with: the only one `mltable` (in prep) reads.
+        assert files == [f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/{DATASTORE}/"
+                         f"paths/{m.snapshot}" for m in members]
         assert (training_set.name, training_set.version) == ("autoretrain-data-trainset", KEY.value)
+        assert workspace.training_set_members(f"autoretrain-data-trainset:{KEY}") == tuple(
+            m.data_version for m in members
+        )
+
+    def test_500_members_cost_the_same_azure_calls_as_1(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore
+    ) -> None:
+        """The calls of a registration do not grow with the training set: the same requests (method
+        and path) for 1 member and for 500, and the same number of blob uploads."""
+        def calls(count: int, key: WorkKey) -> tuple[list[tuple[str, str]], int]:
+            service.sent.clear()
+            before = len(blobs.blobs)
+            workspace.register_training_set(key, self.members(count))
+            return [(s.method, s.path.replace(key.value, "{key}")) for s in service.sent], len(blobs.blobs) - before
+
+        one = calls(1, WorkKey("a" * 24))
+        many = calls(500, WorkKey("b" * 24))
+
+        assert one == many
+        assert one[1] == 2  # MLTable and members.json
 
 
 class TestSubmit:
@@ -206,17 +234,41 @@ class TestSubmit:
         assert job["experimentName"] == "autoretrain"
         assert job["tags"] == TAGS
         assert job["settings"]["default_compute"] == f"{WS_ID}/computes/{COMPUTE}"
-        [(contract_name, _)] = [(n, b) for (c, n), b in blobs.blobs.items() if c == "datasets"]
+        [contract_name] = [n for (c, n) in blobs.blobs if c == "datasets" and n.startswith("contracts/")]
         assert job["inputs"] == {
             "train_last": {"jobInputType": "literal", "value": "0"},
             "data": {"jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
+            # Every input bound: a first model's job binds the "no champion yet" marker.
+            "champion": {"jobInputType": "mlflow_model",
+                         "uri": f"azureml://datastores/{DATASTORE}/paths/autoretrain/no-champion/"},
         }
+        # Every output at a path of ours, where completion reads it: nothing waits for the service.
+        assert job["outputs"] == {
+            output: {"jobOutputType": kind, "mode": "ReadWriteMount",
+                     "uri": f"azureml://datastores/workspaceblobstore/paths/autoretrain/jobs/{KEY.job_name}/{output}/"}
+            for output, kind in (("model", "mlflow_model"), ("metrics", "uri_folder"), ("report", "uri_folder"))
+        }
+
+    def test_the_no_champion_marker_is_what_evaluate_recognises(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore, tmp_path: Path
+    ) -> None:
+        """The marker folder uploaded for a first job is the one `is_no_champion` (evaluate) accepts,
+        and ml/sample/no-champion (the pipeline's placeholder) is the same folder."""
+        workspace.submit(data_version(), KEY, TAGS)
+
+        marker = {n.removeprefix("autoretrain/no-champion/"): b for (c, n), (_, b, _) in blobs.blobs.items()
+                  if n.startswith("autoretrain/no-champion/")}
+        assert marker == {n: t.encode() for n, t in NO_CHAMPION_FILES.items()}
+        for name, data in marker.items():
+            (tmp_path / name).write_bytes(data)
+        assert is_no_champion(tmp_path) and is_no_champion(ROOT / "ml" / "sample" / "no-champion")
+        assert not is_no_champion(ROOT / "ml" / "sample")
 
     def test_binds_the_champion_model_for_evaluate_to_score_on_the_same_rows(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """The champion model asset version is the pipeline's optional `champion` input."""
+        """The champion model asset version is the pipeline's `champion` input."""
         champion = ModelVersion("autoretrain-model", "3", "autoretrain-old", Metrics({"r2": 0.5}, primary="r2"))
 
         workspace.submit(data_version(), KEY, TAGS, champion=champion)
@@ -232,7 +284,7 @@ class TestSubmit:
         """The contract the job reads is the app's, byte for byte, under a name its digest fixes."""
         workspace.submit(data_version(), KEY, TAGS)
 
-        [((container, name), (_, content, _))] = blobs.blobs.items()
+        [((container, name), (_, content, _))] = [(k, v) for k, v in blobs.blobs.items() if "contract" in k[1]]
         assert container == "datasets"
         assert re.fullmatch(r"contracts/[0-9a-f]{16}/contract\.yaml", name)
         assert content == (ROOT / "ml" / "contract.yaml").read_bytes()
@@ -354,34 +406,63 @@ class TestRunStatus:
     def test_a_failed_job_names_the_failed_step_and_its_error(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """The failed child step (run history) gives the step name, its one-line error and its link."""
-        step = _failed_in_prep(workspace, service,
-                               "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'")
+        """The failed child step (run history's children listing) gives the step name and its
+        one-line error; the job's studio link is where to look. One listing, no call per step."""
+        _failed_in_prep(workspace, service,
+                        "Execution failed.\nUser process 'python' exited with status code 2:\ncolumn 'price'")
+        service.sent.clear()
 
         status = workspace.job_status(KEY.job_name)
 
         assert (status.state, status.failed_step) == (JobState.FAILED, "prep")
         assert status.error == "Execution failed. User process 'python' exited with status code 2: column 'price'"
         assert status.rejected is None  # exit code 2 is our fault (contract, argument): the job failed
-        assert status.log is not None and step in status.log
-        assert service.requests_to("GET", f"/runs/{KEY.job_name}/children$")
-        assert service.requests_to("GET", f"/runs/{step}/details$")
+        assert status.log is not None and status.log.startswith(f"https://ml.azure.com/runs/{KEY.job_name}")
+        assert [s.path.rsplit("/", 2)[-2:] for s in service.sent if "/history/" in s.path] == [
+            [KEY.job_name, "children"]
+        ]
 
-    def test_a_step_that_exits_65_rejected_the_data_with_its_own_reason(
-        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    def test_the_data_s_fault_is_what_prep_wrote_in_its_report(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, store: FakeBlobStore
     ) -> None:
-        """Exit code 65 (DATA_ERROR_EXIT) is prep saying the file breaks the contract; the reason is the
-        step's stderr line that Azure ML appends after 'Error: '."""
+        """prep writes `rejected` into its report output before it exits; the adapter reads it at the
+        path bound at submission, whatever the service's error text says."""
         reason = ("march.csv: column 'alcohol' has 'x' on line 50000; expected a number. "
                   "Fix the file and upload it again.")
+        _failed_in_prep(workspace, service, "Something the service words its own way.")
+        job_wrote(store, KEY.job_name, "report", "report.json",
+                  json.dumps({"rejected": {"reason": reason, "line": 50000, "byte": None}}).encode())
+
+        status = workspace.job_status(KEY.job_name)
+
+        assert (status.state, status.failed_step, status.rejected) == (JobState.FAILED, "prep", reason)
+
+    def test_a_report_without_a_rejection_is_not_the_data_s_fault_whatever_the_error_says(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, store: FakeBlobStore
+    ) -> None:
+        """prep passed the data (its report has counts, no `rejected`): a later step's exit 65 text is
+        not read as a data error."""
+        _failed_in_prep(workspace, service, "User process 'python' exited with status code 65. Error: x")
+        job_wrote(store, KEY.job_name, "report", "report.json", json.dumps({"rows_in": 40}).encode())
+
+        assert workspace.job_status(KEY.job_name).rejected is None
+
+    def test_without_a_report_the_exit_code_in_the_error_text_is_a_logged_fallback(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """No report output at all (it was not written, or not uploaded): the step's exit code 65 in the
+        service's error text still quarantines the file, with a warning that says so."""
+        reason = "march.csv: line 7 has 3 fields, the header has 14; fix the row and upload the file again."
         _failed_in_prep(workspace, service, (
             "Execution failed. User process '/azureml-envs/azureml_1/bin/python' exited with status code 65. "
             f"Please check log file 'user_logs/std_log.txt' for error details. Error: {reason}"
         ))
 
-        status = workspace.job_status(KEY.job_name)
+        with caplog.at_level("WARNING", logger="autoretrain.workspace.azureml"):
+            status = workspace.job_status(KEY.job_name)
 
-        assert (status.state, status.failed_step, status.rejected) == (JobState.FAILED, "prep", reason)
+        assert status.rejected == reason
+        assert any("workspace.rejection_from_error_text" in r.getMessage() for r in caplog.records)
 
     def test_an_unknown_job_is_a_one_line_workspace_error(self, workspace: AzureMLWorkspace,
                                                           service: FakeAzureML) -> None:
@@ -389,16 +470,17 @@ class TestRunStatus:
         with pytest.raises(JobNotFoundError) as caught:
             workspace.job_status("autoretrain-000000000000000000000000")
 
+        # The recorded 404 body: a generic message (its specific one is in `details`).
         assert str(caught.value) == (
-            "status of job autoretrain-000000000000000000000000 failed: HTTP 404: "
-            "Could not find job autoretrain-000000000000000000000000."
+            "status of job autoretrain-000000000000000000000000 failed: HTTP 404: The specified resource was not found."
         )
 
 
 class TestModels:
     @pytest.fixture(autouse=True)
-    def _service(self, service: FakeAzureML) -> None:
+    def _service(self, service: FakeAzureML, store: FakeBlobStore) -> None:
         self.service = service
+        self.store = store
 
     def register(self, workspace: AzureMLWorkspace, key: WorkKey = KEY, metrics: Metrics = METRICS) -> Any:
         """Register the model of key's job, which has completed (submitted and finished first)."""
@@ -406,14 +488,16 @@ class TestModels:
             data = DataVersion("autoretrain-data", key.value, f"azureml://datastores/{DATASTORE}/paths/{key}/f.csv")
             workspace.submit(data, key, {RUN_TAG: key.value})
             self.service.finish(key.job_name, "Completed")
+            job_wrote(self.store, key.job_name, "model", "MLmodel",
+                      b"flavors: {sklearn: {pickled_model: model.skops, env: {conda: conda.yaml}}}\n")
         lineage = {**LINEAGE, "work_key": key.value, "job": key.job_name, "data_version": f"autoretrain-data:{key}"}
         return workspace.register_model(key.job_name, key, metrics, lineage)
 
     def test_registers_the_job_model_output_with_metrics_as_tags_and_lineage_as_properties(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """One PUT: mlflow_model from the path the completed job names for its model output (a GET of
-        the job), tags = metrics, properties = lineage."""
+        """One PUT: mlflow_model from the path the job's model output was bound to at submission (no
+        GET of the job: the service names no path for it), tags = metrics, properties = lineage."""
         model = self.register(workspace)
 
         assert (model.name, model.version, model.job, model.metrics, model.champion) == (
@@ -422,13 +506,14 @@ class TestModels:
         [put] = service.requests_to("PUT", "/models/")
         assert put.path == f"{ARM}{WS_ID}/models/autoretrain-model/versions/1"
         body = put.body["properties"]
-        assert service.requests_to("GET", f"/jobs/{KEY.job_name}$")
         # The SDK sends the datastore path in its long form, scoped to the workspace.
         assert body["modelUri"] == (
             f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WS}/datastores/workspaceblobstore/"
-            f"paths/azureml/{KEY.job_name}-step/model/"
+            f"paths/autoretrain/jobs/{KEY.job_name}/model/"
         )
         assert body["modelType"] == "mlflow_model"
+        # The flavors the job's MLmodel declares, sent (the SDK reads them back from every answer).
+        assert body["flavors"] == {"sklearn": {"data": {"pickled_model": "model.skops"}}}
         assert body["tags"] == {"f1_macro": "0.91", "accuracy": "0.93"}
         assert body["properties"] == {
             **LINEAGE, "job": KEY.job_name, "data_version": f"autoretrain-data:{KEY}",
@@ -463,12 +548,14 @@ class TestModels:
         assert not service.models["1"]["properties"].get("isArchived")
         assert self.register(workspace) == first  # and the archived twin stays out of sight
 
-    def test_a_job_that_has_not_completed_has_no_model_to_register(
+    def test_a_job_that_wrote_no_model_has_no_model_to_register(
         self, workspace: AzureMLWorkspace, service: FakeAzureML
     ) -> None:
-        """Its model output has no path yet: a one-line permanent error, and no PUT."""
+        """No MLmodel at the bound path (the job has not completed, or train wrote nothing): a one-line
+        permanent error that names the path, and no PUT."""
         workspace.submit(data_version(), KEY, TAGS)
-        with pytest.raises(WorkspaceRejectedError, match=r"names no path for its 'model' output"):
+        with pytest.raises(WorkspaceRejectedError, match=rf"no MLflow model at azureml://datastores/workspaceblobstore/"
+                                                          rf"paths/autoretrain/jobs/{KEY.job_name}/model/"):
             workspace.register_model(KEY.job_name, KEY, METRICS, LINEAGE)
         assert service.requests_to("PUT", "/models/") == []
 
@@ -576,9 +663,24 @@ class TestBootstrap:
 
 
 class TestRunMetrics:
+    def test_metrics_are_read_at_the_path_bound_at_submission(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML, store: FakeBlobStore
+    ) -> None:
+        """evaluate's metrics.json at autoretrain/jobs/<job>/metrics/ on the workspace store: found with
+        one datastore lookup, and no GET of the job (which names no path for the output)."""
+        workspace.submit(data_version(), KEY, TAGS)
+        service.finish(KEY.job_name, "Completed")
+        job_wrote(store, KEY.job_name, "metrics", "metrics.json", json.dumps(
+            {"metrics": {"f1_macro": 0.91, "accuracy": 0.93}, "primary_metric": "f1_macro", "greater_is_better": True}
+        ).encode())
+        service.sent.clear()
+
+        assert workspace.job_metrics(KEY.job_name) == METRICS
+        assert [(s.method, s.path.rsplit("/", 1)[-1]) for s in service.sent] == [("GET", "workspaceblobstore")]
+
     def test_a_job_that_has_not_finished_has_no_metrics(self, workspace: AzureMLWorkspace,
                                                          service: FakeAzureML) -> None:
-        """A running job names no path for its metrics output yet: one line naming the job."""
+        """Nothing at the bound path yet: one line naming the job and where it looked."""
         workspace.submit(data_version(), KEY, TAGS)
         service.finish(KEY.job_name, "Running")
 
@@ -586,6 +688,6 @@ class TestRunMetrics:
             workspace.job_metrics(KEY.job_name)
 
         message = str(caught.value)
-        assert message.startswith(f"read metrics of job {KEY.job_name} failed: job {KEY.job_name} (Running) "
-                                  "names no path for its 'metrics' output")
+        assert message.startswith(f"read metrics of job {KEY.job_name} failed: no metrics.json at "
+                                  f"azureml://datastores/workspaceblobstore/paths/autoretrain/jobs/{KEY.job_name}/metrics/")
         assert "\n" not in message
