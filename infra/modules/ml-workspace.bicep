@@ -201,7 +201,7 @@ resource functionDataScientist 'Microsoft.Authorization/roleAssignments@2022-04-
   }
 }
 
-// The function downloads a finished job's metrics output from the workspace store.
+// The function reads a job's outputs (metrics, prep's report, the model's MLmodel) where it bound them on the workspace store.
 resource functionReadsWorkspaceStore 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, functionPrincipalId, blobDataReader)
   scope: storage
@@ -212,7 +212,7 @@ resource functionReadsWorkspaceStore 'Microsoft.Authorization/roleAssignments@20
   }
 }
 
-// Jobs read their code snapshot and write their outputs (model, metrics) to the workspace store.
+// Jobs read their code snapshot and write their outputs (model, metrics, report) to the workspace store.
 resource computeWritesWorkspaceStore 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, computePrincipalId, blobDataContributor)
   scope: storage
