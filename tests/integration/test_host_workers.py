@@ -55,8 +55,14 @@ def _worker_pids(log: Path) -> list[int]:
     return [int(pid) for pid in _STARTED.findall(log.read_text())]
 
 
+def _first_worker(log: Path) -> int:
+    """The second worker process's pid, once it has logged its start (the host may answer before)."""
+    _wait(lambda: _worker_pids(log), 30, "no worker process started")
+    return _worker_pids(log)[0]
+
+
 def test_two_processes_serve_and_each_file_is_trained_once(running: Loop, tmp_path: Path) -> None:
-    [worker] = _worker_pids(running.log)
+    worker = _first_worker(running.log)
     assert _alive(worker)
     drops = list(wine().write_monthly_drops(tmp_path / "drops", months=4, seed=2))
     refs = [running.blobs.upload(running.incoming, p.name, p.read_bytes()) for p in drops]
@@ -81,7 +87,7 @@ def test_two_processes_serve_and_each_file_is_trained_once(running: Loop, tmp_pa
 
 
 def test_a_dead_worker_is_started_again_and_none_outlives_ctrl_c(running: Loop) -> None:
-    [first] = _worker_pids(running.log)
+    first = _first_worker(running.log)
     os.kill(first, signal.SIGKILL)
     _wait(lambda: len(_worker_pids(running.log)) == 2, 10, "no new worker process")
     second = _worker_pids(running.log)[1]
@@ -94,7 +100,7 @@ def test_a_dead_worker_is_started_again_and_none_outlives_ctrl_c(running: Loop) 
 
 
 def test_no_worker_outlives_a_killed_host(running: Loop) -> None:
-    [worker] = _worker_pids(running.log)
+    worker = _first_worker(running.log)
     running.process.kill()
     running.process.wait(timeout=10)
     _wait(lambda: not _alive(worker), 10, "the worker process outlived the host")
