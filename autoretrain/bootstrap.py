@@ -10,19 +10,24 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoretrain.contract import load_contract
-from autoretrain.errors import ConfigError
+from autoretrain.domain.errors import ConfigError
+from autoretrain.domain.ports import BlobStore, Ledger, Workspace
 from autoretrain.loop import Deps, LoopConfig
-from autoretrain.ports import BlobStore, Ledger, Workspace
 from autoretrain.settings import Settings, WorkspaceKind
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
 
-__all__ = ["PROJECT_ROOT", "bootstrap", "ml_client", "runtime", "runtime_settings", "shutdown"]
+    from autoretrain.adapters.storage import DeadLetterContainer
+
+__all__ = ["PIPELINE", "PROJECT_ROOT", "Operator", "bootstrap", "ml_client", "operator", "runtime", "runtime_settings",
+           "shutdown"]
 
 log = logging.getLogger("autoretrain.bootstrap")
 
@@ -69,7 +74,7 @@ def _emulator_options(connection: str) -> dict[str, Any]:
 def blob_service(settings: Settings):  # type: ignore[no-untyped-def]
     from azure.storage.blob import BlobServiceClient
 
-    from autoretrain.storage import client_options
+    from autoretrain.adapters.storage import client_options
 
     if settings.storage_connection:
         return BlobServiceClient.from_connection_string(
@@ -86,6 +91,31 @@ def table_service(settings: Settings):  # type: ignore[no-untyped-def]
             settings.storage_connection, **_RETRIES, **_emulator_options(settings.storage_connection)
         )
     return TableServiceClient(str(settings.table_service_uri), credential=_credential(settings), **_RETRIES)
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """What an operator's command needs besides the loop: the ledger, the customer's storage, and
+    Event Grid's dead-letter records (`autoretrain status`, `replay`, `drop`)."""
+
+    ledger: Ledger
+    blobs: BlobStore
+    deadletters: Callable[[str], DeadLetterContainer]
+    blob_url: Callable[[str, str], str]  # (container, name) -> the blob's URL, as an event names it
+
+
+def operator(settings: Settings) -> Operator:
+    """The ledger and the stores an operator's command reads, built from settings (nothing started)."""
+    from autoretrain.adapters.ledger import TableLedger
+    from autoretrain.adapters.storage import AzureBlobStore, DeadLetterContainer
+
+    service = blob_service(settings)
+    return Operator(
+        ledger=TableLedger.connect(table_service(settings), settings.ledger_table),
+        blobs=AzureBlobStore(service),
+        deadletters=lambda container: DeadLetterContainer(service, container),
+        blob_url=lambda container, name: str(service.get_blob_client(container, name).url),
+    )
 
 
 def bootstrap(
@@ -107,11 +137,11 @@ def bootstrap(
     settings = settings or Settings.from_env()
     contract = load_contract(settings.contract)
     if blobs is None:
-        from autoretrain.storage import AzureBlobStore
+        from autoretrain.adapters.storage import AzureBlobStore
 
         blobs = AzureBlobStore(blob_service(settings), create_containers=settings.storage_connection is not None)
     if ledger is None:
-        from autoretrain.ledger import TableLedger
+        from autoretrain.adapters.ledger import TableLedger
 
         ledger = TableLedger.connect(
             table_service(settings), settings.ledger_table, create=settings.storage_connection is not None
@@ -125,8 +155,8 @@ def bootstrap(
 
 def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool, resume: bool) -> Workspace:
     if settings.workspace is WorkspaceKind.LOCAL:
-        from autoretrain.local.eventgrid import EventGridDelivery, publish_to_function
-        from autoretrain.workspace.local import LocalWorkspace
+        from autoretrain.adapters.eventgrid import EventGridDelivery, publish_to_function
+        from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
 
         delivery = EventGridDelivery(settings.home)
 
@@ -147,7 +177,7 @@ def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool, resume: bo
             workspace.resume()
         return workspace
     if settings.workspace is WorkspaceKind.AZUREML:
-        from autoretrain.workspace.azureml import AzureMLWorkspace, client_options
+        from autoretrain.adapters.azureml import AzureMLWorkspace, client_options
 
         return AzureMLWorkspace(
             ml_client(settings, **client_options()),
@@ -197,7 +227,6 @@ def shutdown() -> None:
     """Stop this process's workspace (local mode: running jobs are stopped and left to resume)."""
     global _runtime, _runtime_settings
     with _runtime_lock:
-        close = getattr(_runtime.workspace, "close", None) if _runtime else None
-        if close is not None:
-            close()
+        if _runtime is not None:
+            _runtime.workspace.close()
         _runtime = _runtime_settings = None

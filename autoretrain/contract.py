@@ -25,7 +25,7 @@ from autoretrain.datacontract import (
     ContractRuleError,
     read_contract,
 )
-from autoretrain.errors import ConfigError, ContractError
+from autoretrain.domain.errors import ConfigError, ContractError
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FEATURE_TYPES", "HEAD_BYTES", "METRICS", "TASKS", "Contract", "check_head", "check_name",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from autoretrain.errors import PermanentError, TransientError, WorkspaceError
+from autoretrain.domain.errors import PermanentError, TransientError, WorkspaceError
 
 __all__ = [
     "CORRELATION_FIELDS",

@@ -14,7 +14,8 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from autoretrain.errors import ConfigError
+from autoretrain.domain.errors import ConfigError
+from autoretrain.schedule import TimerSchedule
 
 __all__ = ["LOCAL_STORAGE_TOPIC", "LOCAL_WORKSPACE_TOPIC", "SETTING_NAMES", "Settings", "WorkspaceKind"]
 
@@ -219,10 +220,8 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
-        from autoretrain.local.ncrontab import NcrontabSchedule
-
         try:
-            NcrontabSchedule.parse(self.reconcile_schedule)
+            TimerSchedule.parse(self.reconcile_schedule)
         except ConfigError as exc:
             raise ConfigError(f"AUTORETRAIN_RECONCILE_SCHEDULE: {exc}") from None
         for env_name, value in (

@@ -78,7 +78,7 @@ def driver(blob_name: str) -> int:
 
     from autoretrain import bootstrap as boot
     from autoretrain import loop
-    from autoretrain.events import parse_blob_created
+    from autoretrain.domain.events import parse_blob_created
     from autoretrain.local.eventgrid import blob_created_event
     from autoretrain.settings import Settings
 
@@ -200,7 +200,7 @@ def write_big(path: Path, size: int) -> int:
 def upload_streaming(connection: str, container: str, name: str, path: Path) -> None:
     from azure.storage.blob import BlobServiceClient
 
-    from autoretrain.storage import client_options
+    from autoretrain.adapters.storage import client_options
 
     service = BlobServiceClient.from_connection_string(connection, **client_options())
     container_client = service.get_container_client(container)

@@ -101,9 +101,9 @@ def held_deps() -> Any:
     """The loop's dependencies from the environment's settings, with a local workspace that keeps
     submitted jobs queued (ingest unchanged; the job is not run), its pipeline already loaded."""
     from autoretrain import bootstrap as boot
+    from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
+    from autoretrain.adapters.storage import AzureBlobStore
     from autoretrain.settings import Settings
-    from autoretrain.storage import AzureBlobStore
-    from autoretrain.workspace.local import LocalWorkspace
 
     class HeldJobsWorkspace(LocalWorkspace):
         """Submit writes the job row (status queued) as always; the job is not handed to the pool."""
@@ -398,9 +398,9 @@ def upload_blobs(stack: Stack, count: int, rows: int, seed: int) -> list[dict[st
     """Upload `count` files; return one BlobCreated event per blob, built as the local Event Grid does."""
     from azure.storage.blob import BlobServiceClient
 
+    from autoretrain.adapters.storage import AzureBlobStore, client_options
     from autoretrain.local.eventgrid import blob_created_event
     from autoretrain.settings import Settings
-    from autoretrain.storage import AzureBlobStore, client_options
 
     settings = Settings.from_env(stack.env)
     service = BlobServiceClient.from_connection_string(settings.storage_connection, **client_options())
@@ -514,7 +514,7 @@ def pct(values: list[float], q: float) -> float:
 
 def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from autoretrain.domain import WorkKey
-    from autoretrain.events import parse_blob_created
+    from autoretrain.domain.events import parse_blob_created
 
     token = f"{mode}{int(time.time()) % 100000}"
     started = time.monotonic()

@@ -27,13 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autoretrain.adapters.ledger import TableLedger  # noqa: E402
+from autoretrain.adapters.localworkspace.workspace import catalog_rows  # noqa: E402
+from autoretrain.adapters.storage import AzureBlobStore  # noqa: E402
 from autoretrain.bootstrap import blob_service, table_service  # noqa: E402
 from autoretrain.domain import LedgerState, WorkKey  # noqa: E402
-from autoretrain.ledger import TableLedger  # noqa: E402
 from autoretrain.local.stack import LocalStack  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
-from autoretrain.storage import AzureBlobStore  # noqa: E402
-from autoretrain.workspace.local import catalog_rows  # noqa: E402
 
 
 def _free_port() -> int:

@@ -37,8 +37,8 @@ from autoretrain import datacontract  # noqa: E402
 
 sys.modules.setdefault("datacontract", datacontract)
 
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace  # noqa: E402
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, TrainingMember, WorkKey  # noqa: E402
-from autoretrain.workspace.local import LocalWorkspace  # noqa: E402
 
 CONTRACT = ROOT / "ml" / "contract.yaml"
 

@@ -9,8 +9,8 @@ import azure.functions as func
 from autoretrain import loop
 from autoretrain.bootstrap import runtime
 from autoretrain.domain import WorkKey
-from autoretrain.errors import EventError
-from autoretrain.events import parse_blob_created
+from autoretrain.domain.errors import EventError
+from autoretrain.domain.events import parse_blob_created
 from autoretrain.logs import bind, invocation, log_event
 from functions._binding import event_json
 

@@ -20,11 +20,11 @@ import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.ledger import TableLedger
+from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
-from autoretrain.ledger import TableLedger
 from autoretrain.local import host_answers
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
-from autoretrain.storage import AzureBlobStore, client_options
 
 ROOT = Path(__file__).resolve().parent.parent
 

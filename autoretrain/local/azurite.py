@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-from autoretrain.errors import ConfigError, StorageError
+from autoretrain.domain.errors import ConfigError, StorageError
 
 __all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports"]
 

@@ -51,9 +51,9 @@ from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from azure.functions.timer import TimerRequest
 
-from autoretrain.errors import ConfigError
-from autoretrain.local.ncrontab import NcrontabSchedule
+from autoretrain.domain.errors import ConfigError
 from autoretrain.logs import RedactingFilter
+from autoretrain.schedule import TimerSchedule
 
 __all__ = [
     "EVENT_GRID_TRIGGER",
@@ -307,7 +307,7 @@ class LocalHost:
         timers = [i for i in functions.values() if i.trigger_type == TIMER_TRIGGER]
         if self._timers_enabled and timers:
             # Like the real host, a schedule may name an app setting: %NAME%.
-            schedules = {info.name: NcrontabSchedule.parse(resolve_setting(info.schedule or "")) for info in timers}
+            schedules = {info.name: TimerSchedule.parse(resolve_setting(info.schedule or "")) for info in timers}
             timers = [replace(info, schedule=schedules[info.name].expression) for info in timers]
             self._timer_thread = threading.Thread(
                 target=self._run_timers, args=(timers,), name="local-host-timers", daemon=True
@@ -356,7 +356,7 @@ class LocalHost:
     def _keep_workers(self) -> None:
         """Start the worker processes and start again any that dies, until stop(). Runs on its own
         thread for as long as they do: they die with it (PR_SET_PDEATHSIG), even on SIGKILL."""
-        from autoretrain.workspace.warm import die_with_parent
+        from autoretrain.adapters.localworkspace.warm import die_with_parent
 
         assert self._server is not None
         listening = self._server.socket.fileno()
@@ -542,7 +542,7 @@ class LocalHost:
 
     def _run_timers(self, timers: list[FunctionInfo]) -> None:
         now = datetime.now(UTC)
-        schedules = {info.name: NcrontabSchedule.parse(info.schedule or "") for info in timers}
+        schedules = {info.name: TimerSchedule.parse(info.schedule or "") for info in timers}
         due: dict[str, datetime] = {}
         last: dict[str, datetime | None] = {}
         for info in timers:
@@ -568,7 +568,7 @@ class LocalHost:
     def _fire(
         self,
         info: FunctionInfo,
-        schedule: NcrontabSchedule,
+        schedule: TimerSchedule,
         last: datetime | None,
         next_due: datetime,
         *,

@@ -1,6 +1,6 @@
 """`autoretrain ui`: the MLflow UI on the local workspace's tracking store.
 
-Runs `mlflow server` on the store the embedded workspace writes (autoretrain/workspace/tracking.py:
+Runs `mlflow server` on the store the embedded workspace writes (autoretrain/adapters/localworkspace/tracking.py:
 SQLite under AUTORETRAIN_HOME/mlflow, artifacts beside it), on 127.0.0.1 and a free port (or the
 one given), and prints its address: every job is a run with its steps as child runs, the chart view
 shows the primary metric across retrains, and the Models page the registered versions with the
@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from autoretrain.errors import AutoretrainError, ConfigError
-from autoretrain.workspace.tracking import artifact_root, mlflow_missing, store_folder, tracking_uri
+from autoretrain.adapters.localworkspace.tracking import artifact_root, mlflow_missing, store_folder, tracking_uri
+from autoretrain.domain.errors import AutoretrainError, ConfigError
 
 __all__ = ["MlflowUI", "free_port", "run_ui", "ui_command"]
 

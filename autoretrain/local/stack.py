@@ -14,7 +14,7 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from autoretrain.bootstrap import runtime, shutdown
-from autoretrain.errors import AutoretrainError, ConfigError
+from autoretrain.domain.errors import AutoretrainError, ConfigError
 from autoretrain.local.azurite import Azurite, azurite_ports
 from autoretrain.local.eventgrid import BlobWatcher, EventGridDelivery, eventgrid_webhook_url
 from autoretrain.local.host import LocalHost

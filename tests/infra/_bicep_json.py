@@ -1,6 +1,6 @@
 """Parse Bicep files with pycep-parser and print the result as JSON.
 
-Run by tests/infra/test_infra.py with the interpreter of .venv-iac (pycep-parser lives there, apart
+Run by tests/infra/infra_trees.py with the interpreter of .venv-iac (pycep-parser lives there, apart
 from the app's dependencies). Arguments: Bicep file paths. Output: one JSON object mapping each path
 to {"ok": true, "tree": ...} or {"ok": false, "error": "..."}.
 """

@@ -33,18 +33,18 @@ from mlmodules import wine
 from requests.adapters import HTTPAdapter
 
 from autoretrain import loop
-from autoretrain.contract import load_contract
-from autoretrain.domain import BlobRef, LedgerState, Metrics, WorkKey
-from autoretrain.errors import TransientError
-from autoretrain.events import parse_blob_created, parse_run_finished
-from autoretrain.ledger import TableLedger
-from autoretrain.storage import AzureBlobStore, client_options
-from autoretrain.workspace.azureml import (
+from autoretrain.adapters.azureml import (
     CALL_RETRIES,
     RETRY_AFTER_CAP_SECONDS,
     AzureMLWorkspace,
 )
-from autoretrain.workspace.azureml import client_options as ml_client_options
+from autoretrain.adapters.azureml import client_options as ml_client_options
+from autoretrain.adapters.ledger import TableLedger
+from autoretrain.adapters.storage import AzureBlobStore, client_options
+from autoretrain.contract import load_contract
+from autoretrain.domain import BlobRef, LedgerState, Metrics, WorkKey
+from autoretrain.domain.errors import TransientError
+from autoretrain.domain.events import parse_blob_created, parse_run_finished
 
 pytestmark = pytest.mark.integration
 
@@ -348,8 +348,8 @@ def _run_failed(key: WorkKey) -> Any:
 
 def _earlier_versions(azure: Azure, count: int) -> None:
     """`count` blob versions already trained (done), as the ledger holds them."""
+    from autoretrain.adapters.ledger import _entity
     from autoretrain.domain import Finish, LedgerRecord, StartCompleting, Submit
-    from autoretrain.ledger import _entity
 
     now = datetime.now(UTC)
     for i in range(count):

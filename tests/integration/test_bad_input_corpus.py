@@ -32,8 +32,8 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from localstack import ROOT, start
 from mlmodules import wine
 
+from autoretrain.adapters.localworkspace.workspace import catalog_rows
 from autoretrain.domain import BlobRef, LedgerState, WorkKey
-from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from localstack import stack_env
 from mlmodules import wine
 
 from autoretrain import loop
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace, catalog_rows
 from autoretrain.bootstrap import bootstrap
 from autoretrain.domain import LedgerState, WorkKey
 from autoretrain.settings import Settings
-from autoretrain.workspace.local import LocalWorkspace, catalog_rows
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_run_completed_and_run_status_changed_at_once_register_one_model(
     """One successful job can raise RunCompleted and RunStatusChanged(Completed); delivered at the
     same moment (eight deliveries of each), the completing compare-and-swap lets one register."""
     from autoretrain.domain import RUN_TAG
-    from autoretrain.events import RunFinished
+    from autoretrain.domain.events import RunFinished
     from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 
     _, settings, deps, workspace = _local_parts(tmp_path, unique, azurite, monkeypatch)

@@ -20,8 +20,8 @@ import pytest
 from localstack import Loop, blob_created, free_port, post_event, stack_env, start
 from mlmodules import wine
 
+from autoretrain.adapters.localworkspace.workspace import catalog_rows
 from autoretrain.domain import LedgerState, WorkKey
-from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ import mlmodules
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.localworkspace.tracking import LocalTracking, tracking_uri
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
+from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, TrainingMember, WorkKey, job_output_path
 from autoretrain.local.mlflow_ui import MlflowUI, run_ui
-from autoretrain.storage import AzureBlobStore
-from autoretrain.workspace.local import LocalWorkspace
-from autoretrain.workspace.tracking import LocalTracking, tracking_uri
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import mlmodules
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace, catalog_rows
+from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.domain import RUN_TAG, JobState, Metrics, WorkKey
-from autoretrain.errors import WorkspaceError
-from autoretrain.storage import AzureBlobStore
-from autoretrain.workspace.local import LocalWorkspace, catalog_rows
+from autoretrain.domain.errors import WorkspaceError
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from azure.storage.blob import BlobServiceClient
 from localstack import Loop, blob_created, cli, post_event, start
 from mlmodules import wine
 
+from autoretrain.adapters.localworkspace.workspace import catalog_rows
 from autoretrain.domain import LedgerState, WorkKey
-from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +24,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def running(tmp_path: Path, unique: str, azurite: str) -> Iterator[Loop]:
     yield from start(tmp_path, unique, azurite, {})
+
+
+def _wait_for_lines(log: Path, lines: list[str], timeout: float) -> None:
+    """Until the stack's log has a line containing each of `lines`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text().splitlines()
+        missing = [want for want in lines if not any(want in line for line in text)]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not in {log.name} after {timeout} s: {missing}\n" + "\n".join(text[-30:]))
+        time.sleep(0.1)
 
 
 def _wine_months(folder: Path, months: int) -> list[Path]:
@@ -77,7 +90,8 @@ def test_each_dropped_file_becomes_one_data_version_job_and_model(running: Loop,
         "subject": duplicate["subject"], "time": duplicate["eventTime"], "data": duplicate["data"],
     }
     assert post_event(running.url, "ingest", as_cloudevent) == 200
-    time.sleep(1)
+    # Each delivery was decided as a duplicate of the done record (the host answers after the function ran).
+    _wait_for_lines(running.log, ["duplicate event_id=redelivered-1 ", "duplicate event_id=redelivered-2 "], 30)
     assert len(catalog_rows(running.home, "jobs")) == 3
     assert running.ledger.get(keys[0]) == records[keys[0]]
 

@@ -14,12 +14,16 @@ from azure.storage.blob import BlobServiceClient
 from localstack import Loop, blob_created, cli, post_event, start
 from mlmodules import wine
 
+from autoretrain.adapters.localworkspace.workspace import catalog_rows
 from autoretrain.domain import BlobRef, LedgerState, WorkKey
-from autoretrain.workspace.local import catalog_rows
 
 pytestmark = pytest.mark.integration
 
 BAD = b"alcohol,cultivar\n13.2,class_0\n"
+# How long a file is watched to show that nothing claims it without its event. A negative check has no
+# condition to wait for, only time to let pass: bounded, and many times what a delivered event takes to
+# be claimed (`up` looks at incoming/ every 0.3 s in these tests).
+QUIET_SECONDS = 2.0
 
 
 @pytest.fixture
@@ -39,6 +43,16 @@ def _month(tmp_path: Path) -> bytes:
 
 
 
+def _stays_unclaimed(loop: Loop, key: WorkKey, seconds: float) -> None:
+    """Watch the ledger for `seconds` while the stack runs: no record for `key` may appear."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert loop.process.poll() is None, f"autoretrain up exited with {loop.process.returncode}"
+        record = loop.ledger.get(key)
+        assert record is None, f"claimed with no event and no reconcile: {record}"
+        time.sleep(0.2)
+
+
 def test_a_file_uploaded_while_event_grid_is_off_is_found_by_reconcile(
     without_eventgrid: Loop, tmp_path: Path
 ) -> None:
@@ -46,8 +60,7 @@ def test_a_file_uploaded_while_event_grid_is_off_is_found_by_reconcile(
     loop = without_eventgrid
     ref = loop.blobs.upload(loop.incoming, "2026-01.csv", _month(tmp_path))
     key = WorkKey.for_blob(ref)
-    time.sleep(2)
-    assert loop.ledger.get(key) is None
+    _stays_unclaimed(loop, key, QUIET_SECONDS)  # deliberately lets time pass: nothing may happen in it
 
     result = cli(loop.env, "reconcile", "--grace", "0", cwd=tmp_path)
 

@@ -27,8 +27,8 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from fake_azureml import ARM, RG, ROOT, SUB, SYSTEM, WS, WS_ID, Answer, FakeAzureML, FakeCredential, Sent, _error
 
 from autoretrain import cli
-from autoretrain.errors import PublishError
-from autoretrain.publish import component_version, pipeline_version, publish
+from autoretrain.adapters.publish import component_version, pipeline_version, publish
+from autoretrain.domain.errors import PublishError
 from autoretrain.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -33,14 +33,14 @@ from azure.storage.blob import BlobServiceClient
 from mlmodules import wine
 
 from autoretrain import loop
+from autoretrain.adapters.ledger import TableLedger
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace, catalog_rows
+from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.contract import HEAD_BYTES, load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, WorkKey
-from autoretrain.events import RunFinished
-from autoretrain.ledger import TableLedger
+from autoretrain.domain.events import RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
-from autoretrain.storage import AzureBlobStore, client_options
-from autoretrain.workspace.local import LocalWorkspace, catalog_rows
 
 pytestmark = pytest.mark.integration
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from localstack import Loop, cli, free_port, start
 from mlmodules import wine
 
-from autoretrain.domain import LedgerState, WorkKey
-from autoretrain.workspace.local import catalog_rows
+from autoretrain.adapters.localworkspace.workspace import catalog_rows
+from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +99,64 @@ def _wait_for(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def _wait_for_claim(loop: Loop, key: WorkKey, timeout: float) -> None:
+    """Until the stack has claimed the dropped file: its ledger record exists."""
+    deadline = time.monotonic() + timeout
+    while loop.ledger.get(key) is None:
+        if loop.process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{key} not claimed after {timeout} s:\n{loop.log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def _jobs_now(loop: Loop) -> set[str]:
+    try:
+        return {j["name"] for j in catalog_rows(loop.home, "jobs")}
+    except sqlite3.OperationalError:  # the catalogue file is there, its tables not yet
+        return set()
+
+
+def _wait_for_job(loop: Loop, key: WorkKey, timeout: float) -> None:
+    """Until the dropped file's job is in the workspace's catalogue: submitted, so running."""
+    deadline = time.monotonic() + timeout
+    while key.job_name not in _jobs_now(loop):
+        if loop.process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"job {key.job_name} not submitted after {timeout} s:\n{loop.log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def _wait_for_leases_to_run_out(loop: Loop, timeout: float) -> None:
+    """Until no record is held under a lease that still runs: a claim the dead stack held is free to take over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = datetime.now(UTC)
+        held = [r for r in loop.ledger.records() if r.state.leased and not r.lease_expired(now)]
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"leases still held after {timeout} s: {[(r.key.value, r.lease_until) for r in held]}")
+        time.sleep(0.2)
+
+
+def _reconcile_until_final(loop: Loop, cwd: Path, timeout: float) -> tuple[list[LedgerRecord], list[str]]:
+    """Run `autoretrain reconcile` until every ledger record is final (a job the dead stack left running
+    must finish first); the records and each pass's output. Fails with both after `timeout` s."""
+    outputs: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cli(loop.env, "reconcile", "--grace", "0", cwd=cwd)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+        records = list(loop.ledger.records())
+        if all(r.state.final for r in records):
+            return records, outputs
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"not final after {timeout} s of reconcile: {[(r.state.value, r.reason) for r in records]}\n"
+                + "\n".join(outputs)
+            )
+        time.sleep(2)  # between passes: each lists the container, the ledger and the workspace
+
+
 def _exactly_once(loop: Loop, key: WorkKey) -> None:
     record = loop.wait_final([key], timeout=180)[key]
     assert record.state is LedgerState.DONE, record.reason
@@ -129,26 +189,30 @@ def test_a_stop_right_after_a_drop_keeps_the_file_and_trains_it_once(
     """Azurite gets one signal from the stack and finishes its save: the blob and its claim survive."""
     loop = stack.up()
     ref = loop.blobs.upload(loop.incoming, "2026-01.csv", _month(tmp_path))
-    time.sleep(0.5)
+    key = WorkKey.for_blob(ref)
+    _wait_for_claim(loop, key, timeout=60)  # stopped as soon as the stack has taken the drop
 
     assert stack.signal(loop, sig) == 0
 
     again = stack.up()
     assert again.blobs.read_head(ref, 10)  # the customer's file survived the stop
-    _exactly_once(again, WorkKey.for_blob(ref))
+    assert again.ledger.get(key) is not None  # and so did its claim
+    _exactly_once(again, key)
 
 
 def test_a_hard_kill_right_after_a_drop_is_made_consistent_by_reconcile(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """SIGKILL of everything (power loss): Azurite may lose its last seconds, which is the emulator's
-    limit. After a restart and reconcile the ledger and the workspace agree on what survived: every
-    job has a final ledger record, at most one model per blob version, and a surviving blob is
-    trained exactly once."""
+    """SIGKILL of everything (power loss) while the drop's job runs: Azurite may lose its last seconds
+    (it saves every 5 s), which is the emulator's limit; the workspace's catalogue is on disk and keeps
+    the data version and the job. After a restart and reconcile the ledger and the workspace agree on
+    what survived, on every path: one final ledger record for the blob version, its one job, at most one
+    model and only with a done record. A surviving blob is trained exactly once; a lost one leaves its
+    job recorded as skipped, with no model."""
     loop = stack.up()
     ref = loop.blobs.upload(loop.incoming, "2026-01.csv", _month(tmp_path))
     key = WorkKey.for_blob(ref)
-    time.sleep(1.0)
+    _wait_for_job(loop, key, timeout=60)  # killed as soon as the job runs: the drop is spread over both stores
 
     os.killpg(loop.process.pid, signal.SIGKILL)
     subprocess.run(["pkill", "-KILL", "-f", str(loop.home)], check=False)
@@ -156,26 +220,37 @@ def test_a_hard_kill_right_after_a_drop_is_made_consistent_by_reconcile(
     stack.close()
 
     again = stack.up()
-    time.sleep(LEASE + 1)  # a claim the dead stack held is free to take over
-    outputs = []
-    deadline = time.monotonic() + 180
-    while True:
-        result = cli(again.env, "reconcile", "--grace", "0", cwd=tmp_path)
-        assert result.returncode == 0, result.stdout + result.stderr
-        outputs.append(result.stdout)
-        records = list(again.ledger.records())
-        if all(r.state.final for r in records) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    _wait_for_leases_to_run_out(again, timeout=LEASE + 30)
+    records, outputs = _reconcile_until_final(again, tmp_path, timeout=180)
     survived = [b.ref for b in again.blobs.list_blobs(again.incoming)]
     jobs = catalog_rows(again.home, "jobs")
     models = catalog_rows(again.home, "models")
+    data = catalog_rows(again.home, "data")
     print(f"hard kill: blob {'survived' if survived else 'lost'}, records {[r.state.value for r in records]}, "
-          f"jobs {len(jobs)}, models {len(models)}\n" + "\n".join(outputs))
+          f"jobs {[j['status'] for j in jobs]}, data {len(data)}, models {len(models)}\n" + "\n".join(outputs))
 
-    assert all(r.state.final for r in records), [(r.state, r.reason) for r in records]
-    assert {j["name"] for j in jobs} <= {r.key.job_name for r in records}
-    assert len(models) <= 1
+    # Every path. The job was in the catalogue before the kill, so it is there, and reconcile gave it a
+    # record if the ledger lost its own: exactly one record, this blob version's, final.
+    assert [j["name"] for j in jobs] == [key.job_name], jobs
+    assert [r.key for r in records] == [key], [(r.key.value, r.state, r.reason) for r in records]
+    [record] = records
+    assert record.state.final, (record.state, record.reason)
+    # One data version, this blob version's snapshot in the datasets container.
+    assert [d["source"] for d in data] == [f"{again.env['AUTORETRAIN_DATASETS_CONTAINER']}/{ref.copy_name(key)}"], data
+    # A model only with a done record, and a done record only with its model: nothing half-done.
+    assert len(models) == (1 if record.state is LedgerState.DONE else 0), (record.state, record.reason, models)
     if survived:
+        # The blob survived the kill: trained exactly once, whatever the ledger had kept.
         assert survived == [ref]
         _exactly_once(again, key)
+        assert (models[0]["job"], f"{models[0]['name']}:{models[0]['version']}") == (
+            key.job_name, record.model_version,
+        )
+    else:
+        # Azurite lost the blob (and so the ledger's later writes): the job it started is kept, recorded
+        # as skipped with the reason, and trains nothing; the data version stays as the job's input.
+        assert record.state is LedgerState.SKIPPED, (record.state, record.reason)
+        assert record.reason and ref.path in record.reason and "the blob version is gone" in record.reason, (
+            record.reason
+        )
+        assert models == []

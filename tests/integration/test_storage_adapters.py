@@ -10,6 +10,8 @@ import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.ledger import TableLedger
+from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.domain import (
     BlobRef,
     Finish,
@@ -23,9 +25,7 @@ from autoretrain.domain import (
     TakeOver,
     WorkKey,
 )
-from autoretrain.errors import BlobChangedError, LedgerError
-from autoretrain.ledger import TableLedger
-from autoretrain.storage import AzureBlobStore, client_options
+from autoretrain.domain.errors import BlobChangedError, LedgerError
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,12 @@ from opentelemetry.trace import SpanKind
 from otelcapture import Capture, custom_dimensions, log_envelope, otel_capture, span_envelope
 
 import autoretrain.bootstrap as boot
+from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
+from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.domain import BlobRef, LedgerState, WorkKey
 from autoretrain.local.host import LocalHost
 from autoretrain.loop import Deps
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, Settings
-from autoretrain.storage import AzureBlobStore
-from autoretrain.workspace.local import LocalWorkspace
 
 pytestmark = pytest.mark.integration
 
@@ -215,14 +215,15 @@ def test_each_files_story_is_one_trace_of_structured_lines(
     assert all(e["data"]["runTags"]["traceparent"].split("-")[1:3] == [
         f"{ingest_span.context.trace_id:032x}", f"{ingest_span.context.span_id:016x}"] for e in run_events)
     # Only the host's own lines, the job threads' and the library's indexing warning are outside.
-    assert _outside(capture) <= {"autoretrain.host", "autoretrain.workspace.local", "autoretrain.workspace.tracking",
-                                 "root"}
+    assert _outside(capture) <= {"autoretrain.host", "autoretrain.adapters.localworkspace.workspace",
+                                 "autoretrain.adapters.localworkspace.tracking", "root"}
 
     # The job's own lines, from the workspace's job thread: outside every invocation, and each with
     # the file's correlation fields all the same (the thread's context comes from the job's tags).
     J = {"work_key": key, "blob": good.path, "etag": good.etag, "job": job}
     job_lines = [(r.log_record.attributes or {}) for r in capture.log_records()
-                 if r.instrumentation_scope and r.instrumentation_scope.name == "autoretrain.workspace.local"]
+                 if r.instrumentation_scope
+                 and r.instrumentation_scope.name == "autoretrain.adapters.localworkspace.workspace"]
     steps = ("prep", "train", "evaluate")
     assert [(a["event"], a.get("step")) for a in job_lines] == [
         ("job.started", None), *((e, s) for s in steps for e in ("job.step_started", "job.step_completed")),

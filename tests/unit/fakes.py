@@ -24,7 +24,7 @@ from autoretrain.domain import (
     TrainingMember,
     WorkKey,
 )
-from autoretrain.errors import BlobChangedError, JobNotFoundError, LedgerError
+from autoretrain.domain.errors import BlobChangedError, JobNotFoundError, LedgerError
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -64,6 +64,13 @@ class FakeBlobStore:
 
     def download_to(self, ref: BlobRef, path: Path) -> None:
         path.write_bytes(self._pinned(ref))
+
+    def describe(self, container: str, name: str) -> ListedBlob | None:
+        current = self.blobs.get((container, name))
+        if current is None:
+            return None
+        modified = self.modified.get((container, name), T0)
+        return ListedBlob(BlobRef(container, name, current[0]), len(current[1]), modified)
 
     def read(self, container: str, name: str, max_bytes: int) -> bytes | None:
         current = self.blobs.get((container, name))
@@ -135,6 +142,7 @@ class FakeWorkspace:
     snapshots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its members' snapshots
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
     decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
+    closed: bool = False
 
     def register_data(
         self, source: BlobRef, key: WorkKey, lineage: Mapping[str, str], content: bytes | None = None
@@ -165,6 +173,12 @@ class FakeWorkspace:
         self.statuses[job] = JobStatus(job, state, **status)
         if metrics is not None:
             self.metrics[job] = metrics
+
+    def drain(self, timeout: float) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
 
     def training_set_members(self, training_set: str) -> tuple[str, ...]:
         _, _, version = training_set.rpartition(":")

@@ -32,14 +32,7 @@ from fake_azureml import (
 )
 from fakes import FakeBlobStore
 
-from autoretrain.bootstrap import bootstrap
-from autoretrain.datacontract import NO_CHAMPION_FILES, is_no_champion
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
-from autoretrain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
-from autoretrain.ledger import TableLedger
-from autoretrain.settings import Settings, WorkspaceKind
-from autoretrain.storage import AzureBlobStore
-from autoretrain.workspace.azureml import (
+from autoretrain.adapters.azureml import (
     CHAMPION_TAG,
     METRICS_PROPERTY,
     WORK_KEY_PROPERTY,
@@ -47,6 +40,13 @@ from autoretrain.workspace.azureml import (
     BoundedRetryPolicy,
     run_state,
 )
+from autoretrain.adapters.ledger import TableLedger
+from autoretrain.adapters.storage import AzureBlobStore
+from autoretrain.bootstrap import bootstrap
+from autoretrain.datacontract import NO_CHAMPION_FILES, is_no_champion
+from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
+from autoretrain.domain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
+from autoretrain.settings import Settings, WorkspaceKind
 
 SOURCE = BlobRef("incoming", "2026/march.csv", '"0x8DC0FFEE"')
 KEY = WorkKey.for_blob(SOURCE)
@@ -458,7 +458,7 @@ class TestRunStatus:
             f"Please check log file 'user_logs/std_log.txt' for error details. Error: {reason}"
         ))
 
-        with caplog.at_level("WARNING", logger="autoretrain.workspace.azureml"):
+        with caplog.at_level("WARNING", logger="autoretrain.adapters.azureml"):
             status = workspace.job_status(KEY.job_name)
 
         assert status.rejected == reason

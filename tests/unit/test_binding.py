@@ -8,7 +8,7 @@ from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from test_events import BLOB_CREATED_CLOUDEVENT, BLOB_CREATED_EVENTGRID, EXPECTED_BLOB
 
-from autoretrain.events import parse_blob_created
+from autoretrain.domain.events import parse_blob_created
 from functions._binding import event_json
 
 

@@ -9,7 +9,7 @@ import pytest
 from mlmodules import load_ml_module
 
 from autoretrain.contract import Contract, check_head, check_name, load_contract
-from autoretrain.errors import ConfigError, ContractError
+from autoretrain.domain.errors import ConfigError, ContractError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = Contract(target="y", task="classification", primary_metric="f1_macro",

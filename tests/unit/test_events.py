@@ -10,8 +10,8 @@ import pytest
 from samples import BLOB_CREATED_CLOUDEVENT, BLOB_CREATED_EVENTGRID, RUN_COMPLETED, STORAGE_TOPIC, WORKSPACE_TOPIC
 
 from autoretrain.domain import BlobRef
-from autoretrain.errors import EventError
-from autoretrain.events import BlobCreated, RunFinished, parse_blob_created, parse_event, parse_run_finished
+from autoretrain.domain.errors import EventError
+from autoretrain.domain.events import BlobCreated, RunFinished, parse_blob_created, parse_event, parse_run_finished
 
 
 def run_status_changed(status: str) -> dict[str, Any]:

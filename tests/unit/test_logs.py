@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from otelcapture import Capture, custom_dimensions, otel_capture
 
-from autoretrain.errors import ContractError, StorageError
+from autoretrain.domain.errors import ContractError, StorageError
 from autoretrain.local.host import configure_logging
 from autoretrain.logs import (
     RedactingFilter,
@@ -123,7 +123,7 @@ def test_a_traceback_is_written_masked_with_its_causes_and_notes(console: io.Str
 
     assert [secret for secret in SECRETS if secret in written + exported] == []
     for text in (written, attributes["exception.stacktrace"]):
-        assert "autoretrain.errors.StorageError: 403 on https://custacct.blob.core.windows.net/incoming/" in text
+        assert "autoretrain.domain.errors.StorageError: 403 on https://custacct.blob.core.windows.net/incoming/" in text
         assert "OSError: connect failed: DefaultEndpointsProtocol=https;AccountName=custacct;AccountKey=***" in text
         assert "retried with Bearer ***" in text and "in fail" in text
         assert "The above exception was the direct cause of the following exception" in text

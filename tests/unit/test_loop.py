@@ -12,8 +12,8 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 from autoretrain import loop
 from autoretrain.contract import HEAD_BYTES, load_contract
 from autoretrain.domain import RUN_TAG, BlobRef, JobState, JobStatus, LedgerState, Metrics, ModelVersion, WorkKey
-from autoretrain.errors import NotReadyError, RetrainRefused, StorageError
-from autoretrain.events import BlobCreated, RunFinished
+from autoretrain.domain.errors import NotReadyError, RetrainRefused, StorageError
+from autoretrain.domain.events import BlobCreated, RunFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 # Twelve rows and two classes: enough for the pipeline, so ingest's whole-file checks pass it.
@@ -761,8 +761,8 @@ class TestBoundedRecord:
         """5,000 accepted versions, then one more file: its record (as the Table ledger writes it)
         and its model's lineage stay far under Table's 64 KiB a property and 1 MiB an entity, and
         the training set still names all 5,001 versions."""
+        from autoretrain.adapters.ledger import _entity
         from autoretrain.domain import Finish, LedgerRecord, StartCompleting, Submit
-        from autoretrain.ledger import _entity
 
         workspace, ledger, blobs = fakes(deps)
         for i in range(5000):

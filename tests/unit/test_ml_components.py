@@ -581,7 +581,7 @@ class TestFairGate:
         gate keeps the champion."""
         from autoretrain.datacontract import mltable_text, read_contract
         from autoretrain.domain import Metrics, ModelVersion
-        from autoretrain.loop import _decide
+        from autoretrain.loop.gate import _decide
 
         # Two features only: a harder problem than the whole wine data, where every model scores 1.0.
         contract = tmp_path / "contract.yaml"

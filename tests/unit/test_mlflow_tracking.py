@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from autoretrain import cli
+from autoretrain.adapters.localworkspace import tracking
 from autoretrain.local import mlflow_ui
-from autoretrain.workspace import tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 

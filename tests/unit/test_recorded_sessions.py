@@ -17,9 +17,9 @@ from azure.ai.ml import MLClient
 from fake_azureml import COMPONENT, COMPUTE, DATASTORE, ROOT, FakeAzureML, ml_client, recorded
 from fakes import FakeBlobStore
 
+from autoretrain.adapters.azureml import AzureMLWorkspace
 from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, WorkKey
-from autoretrain.errors import JobNotFoundError
-from autoretrain.workspace.azureml import AzureMLWorkspace
+from autoretrain.domain.errors import JobNotFoundError
 
 SOURCE = BlobRef("incoming", "2026/march.csv", "0x8DC0FFEE")
 KEY = WorkKey.for_blob(SOURCE)

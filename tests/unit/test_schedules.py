@@ -20,7 +20,7 @@ from test_loop import GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.domain import BlobRef, JobState, LedgerState, Metrics, WorkKey
-from autoretrain.errors import RetrainRefused
+from autoretrain.domain.errors import RetrainRefused
 
 BAD_CSV = b"a,b,label\n1,2,yes\n"
 PORT_CALLS = [

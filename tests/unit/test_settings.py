@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoretrain import bootstrap as boot
-from autoretrain.errors import ConfigError
+from autoretrain.domain.errors import ConfigError
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, Settings, WorkspaceKind
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoretrain.workspace.warm import WarmRunner
+from autoretrain.adapters.localworkspace.warm import WarmRunner
 
 
 @pytest.fixture(scope="module")

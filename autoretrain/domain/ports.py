@@ -58,6 +58,10 @@ class BlobStore(Protocol):
 
     def upload(self, container: str, name: str, data: bytes) -> BlobRef: ...
 
+    def describe(self, container: str, name: str) -> ListedBlob | None:
+        """The blob's current version as a listing shows it (no content read); None if there is none."""
+        ...
+
     def list_blobs(self, container: str) -> Iterator[ListedBlob]:
         """Every blob version in the container, page by page, from the listing alone (no content).
         A name the service cannot list is logged and left out, never a reason to list nothing."""
@@ -139,4 +143,14 @@ class Workspace(Protocol):
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
         """Make `model` the champion if `replacing` still is (None: if there is none); the promoted
         model, or None when the champion changed since it was read (the caller reads it again)."""
+        ...
+
+    # Lifecycle: a workspace that runs jobs in this process (the local one) waits for them or stops
+    # them; one whose jobs run elsewhere (Azure ML) has nothing to wait for.
+    def drain(self, timeout: float) -> bool:
+        """Wait until the jobs this process runs have ended; False on timeout."""
+        ...
+
+    def close(self) -> None:
+        """Stop what this process runs (its jobs are left to resume) and release the workspace."""
         ...

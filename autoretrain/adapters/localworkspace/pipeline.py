@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoretrain.errors import WorkspaceError
+from autoretrain.domain.errors import WorkspaceError
 
 __all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "load_pipeline"]
 

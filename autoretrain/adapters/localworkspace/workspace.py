@@ -46,6 +46,16 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from autoretrain.adapters.localworkspace.pipeline import (
+    FromParent,
+    FromStep,
+    Literal,
+    PipelineSpec,
+    Step,
+    load_pipeline,
+)
+from autoretrain.adapters.localworkspace.tracking import STEP_ENV, LocalTracking, StepRun
+from autoretrain.adapters.localworkspace.warm import WarmRunner, die_with_parent
 from autoretrain.datacontract import NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
     NO_CHAMPION_PATH,
@@ -61,18 +71,15 @@ from autoretrain.domain import (
     WorkKey,
     job_output_path,
 )
-from autoretrain.errors import JobNotFoundError, WorkspaceError
-from autoretrain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
+from autoretrain.domain.errors import JobNotFoundError, WorkspaceError
+from autoretrain.domain.events import RUN_COMPLETED, RUN_STATUS_CHANGED
+from autoretrain.domain.ports import BlobStore
 from autoretrain.logs import bound, log_event, log_exception
-from autoretrain.ports import BlobStore
 from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
-from autoretrain.workspace.pipeline import FromParent, FromStep, Literal, PipelineSpec, Step, load_pipeline
-from autoretrain.workspace.tracking import STEP_ENV, LocalTracking, StepRun
-from autoretrain.workspace.warm import WarmRunner, die_with_parent
 
 __all__ = ["LocalWorkspace", "catalog_rows"]
 
-log = logging.getLogger("autoretrain.workspace.local")
+log = logging.getLogger("autoretrain.adapters.localworkspace.workspace")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_versions (

@@ -32,11 +32,11 @@ from azure.storage.blob import (
 )
 
 from autoretrain.domain import BlobRef, ListedBlob
-from autoretrain.errors import BlobChangedError, BlobRejectedError, StorageError
+from autoretrain.domain.errors import BlobChangedError, BlobRejectedError, StorageError
 
-__all__ = ["AzureBlobStore", "client_options", "safe_metadata"]
+__all__ = ["AzureBlobStore", "DeadLetterContainer", "client_options", "safe_metadata"]
 
-log = logging.getLogger("autoretrain.storage")
+log = logging.getLogger("autoretrain.adapters.storage")
 
 # Answers that mean "this request, as made, will never succeed": the name or the body is wrong.
 _REJECTED = frozenset({400, 411, 413, 414, 416})
@@ -245,6 +245,16 @@ class AzureBlobStore:
             return
         yield from (blob for blob in items if not blob.name.startswith(tuple(prefix + c for c in _SPLIT)))
 
+    def describe(self, container: str, name: str) -> ListedBlob | None:
+        try:
+            props = self._service.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _error(f"{container}/{name}: cannot read its properties", exc) from exc
+        ref = BlobRef(container, name, str(props.etag).strip('"'))
+        return ListedBlob(ref, int(props.size), props.last_modified, props.content_settings.content_type)
+
     def read(self, container: str, name: str, max_bytes: int) -> bytes | None:
         blob = self._service.get_blob_client(container, name)
         try:
@@ -275,3 +285,33 @@ class AzureBlobStore:
         except AzureError as exc:
             raise StorageError(f"cannot upload {container}/{name} ({_msg(exc)}).") from exc
         return BlobRef(container, name, str(result["etag"]))
+
+
+class DeadLetterContainer:
+    """The dead-letter records Event Grid wrote to a container (one blob per record batch).
+
+    A record is kept after it was redelivered, marked with `replayed_at` in its metadata: it stays
+    the evidence of what happened, and a second `replay` skips it."""
+
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self._container = service.get_container_client(container)
+        self.name = container
+
+    def pending(self) -> Iterator[tuple[str, bytes]]:
+        """(blob name, content) of each record not redelivered yet; nothing when the container is absent."""
+        try:
+            if not self._container.exists():
+                return
+            for blob in self._container.list_blobs(include=["metadata"]):
+                if not (blob.metadata or {}).get("replayed_at"):
+                    yield blob.name, bytes(self._container.get_blob_client(blob.name).download_blob().readall())
+        except AzureError as exc:
+            raise _error(f"container {self.name!r}: cannot read its dead-letter records", exc) from exc
+
+    def mark_replayed(self, name: str, stamp: str) -> None:
+        client = self._container.get_blob_client(name)
+        try:
+            metadata = client.get_blob_properties().metadata or {}
+            client.set_blob_metadata({**metadata, "replayed_at": stamp})
+        except AzureError as exc:
+            raise _error(f"{self.name}/{name}: cannot mark it replayed", exc) from exc

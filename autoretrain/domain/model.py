@@ -34,6 +34,7 @@ __all__ = [
     "Metrics",
     "ModelVersion",
     "Move",
+    "Moved",
     "PipelineJob",
     "Quarantine",
     "Release",

@@ -23,7 +23,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, Moved, WorkKey
-from autoretrain.errors import LedgerError, StorageError
+from autoretrain.domain.errors import LedgerError, StorageError
 
 __all__ = ["TableLedger"]
 

@@ -50,7 +50,7 @@ class WarmRunner:
         # BLAS and OpenMP threads must not exist before a fork: one thread each in the server.
         server_env = {**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._process = subprocess.Popen(
-            [python, "-c", "from autoretrain.workspace.warm import serve; serve()"],
+            [python, "-c", "from autoretrain.adapters.localworkspace.warm import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
             # started the server ends, so runners are started on threads that live as long.

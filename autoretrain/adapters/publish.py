@@ -34,8 +34,8 @@ from azure.ai.ml.entities import Component, PipelineComponent, PipelineJob
 from azure.ai.ml.exceptions import MlException
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
 
-from autoretrain.errors import PublishError, WorkspaceError
-from autoretrain.workspace.azureml import service_reason
+from autoretrain.adapters.azureml import service_reason
+from autoretrain.domain.errors import PublishError, WorkspaceError
 
 __all__ = ["component_version", "pipeline_version", "publish"]
 

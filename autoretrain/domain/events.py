@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from autoretrain.domain import BlobRef
-from autoretrain.errors import EventError
+from autoretrain.domain.errors import EventError
 
 __all__ = [
     "BLOB_CREATED",

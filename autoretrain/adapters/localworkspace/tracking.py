@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from autoretrain.errors import one_line
+from autoretrain.domain.errors import one_line
 from autoretrain.logs import log_event
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
     "tracking_uri",
 ]
 
-log = logging.getLogger("autoretrain.workspace.tracking")
+log = logging.getLogger("autoretrain.adapters.localworkspace.tracking")
 
 CHAMPION_ALIAS = "champion"
 INSTALL_HINT = "pip install -e '.[dev]' (or: pip install 'mlflow>=3,<4')"
@@ -258,7 +258,7 @@ class LocalTracking:
             self._disabled = missing
             log_event(log, logging.WARNING, "tracking.unavailable", reason=missing)
             return None
-        from autoretrain.workspace.warm import die_with_parent
+        from autoretrain.adapters.localworkspace.warm import die_with_parent
 
         folder = store_folder(self.home)
         artifact_root(self.home).mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,8 @@ class LocalTracking:
         env["MLFLOW_DISABLE_TELEMETRY"] = "true"
         with (folder / "tracker.log").open("ab") as errors:
             process = subprocess.Popen(
-                [self._python, "-c", "from autoretrain.workspace.tracking import serve; serve()", json.dumps(config)],
+                [self._python, "-c", "from autoretrain.adapters.localworkspace.tracking import serve; serve()",
+                 json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
                 start_new_session=True, preexec_fn=die_with_parent,
             )

@@ -71,6 +71,8 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import RetryPolicy
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.storage import AzureBlobStore
+from autoretrain.adapters.storage import client_options as storage_client_options
 from autoretrain.datacontract import DATA_ERROR_EXIT, NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
     NO_CHAMPION_PATH,
@@ -86,23 +88,21 @@ from autoretrain.domain import (
     WorkKey,
     job_output_path,
 )
-from autoretrain.errors import (
+from autoretrain.domain.errors import (
     JobNotFoundError,
     WorkspaceError,
     WorkspaceRejectedError,
     WorkspaceUnavailableError,
 )
+from autoretrain.domain.ports import BlobStore
 from autoretrain.logs import log_event
-from autoretrain.ports import BlobStore
-from autoretrain.storage import AzureBlobStore
-from autoretrain.storage import client_options as storage_client_options
 
 __all__ = [
     "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state",
     "service_reason",
 ]
 
-log = logging.getLogger("autoretrain.workspace.azureml")
+log = logging.getLogger("autoretrain.adapters.azureml")
 
 GATE_TAG = "gate"
 CHAMPION_TAG = "champion"
@@ -612,6 +612,14 @@ class AzureMLWorkspace:
                 if _is_champion(other) and str(other.version) != model.version:
                     self._retag(str(other.version), _without_champion)
         return self._model(promoted)
+
+    # -- lifecycle: jobs run in Azure ML, not in this process ------------------------------------
+
+    def drain(self, timeout: float) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
     def _retag(self, version: str, change: Callable[[dict[str, str]], dict[str, str]]) -> Any:
         # Tags are the one mutable part of a model version: the same version and path again

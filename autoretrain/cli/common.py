@@ -1,0 +1,85 @@
+"""What the commands share: the local Azurite they may need, Ctrl-C, the status table."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from autoretrain.domain import LedgerRecord
+from autoretrain.settings import Settings
+
+__all__ = ["STATUS_COLUMNS", "azurite_for", "print_table", "records_named", "status_row", "wait_for_ctrl_c"]
+
+
+log = logging.getLogger("autoretrain.cli")
+
+
+STATUS_COLUMNS = ("blob", "etag", "state", "retrain", "data_version", "job", "model_version", "metrics", "promoted",
+                  "decision", "reason")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, dict):
+            return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        text = str(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def status_row(record: LedgerRecord) -> dict[str, Any]:
+    row = record.as_row()
+    if record.metrics:
+        # The gate's two numbers, on the same test rows: this model's and the champion's.
+        metrics: dict[str, Any] = {record.metrics.primary: record.metrics.primary_value}
+        if record.metrics.champion_value is not None:
+            metrics["champion"] = record.metrics.champion_value
+        if record.metrics.test_rows is not None:
+            metrics["rows"] = record.metrics.test_rows
+        row["metrics"] = metrics
+    return row
+
+
+def azurite_for(settings: Settings):  # type: ignore[no-untyped-def]
+    from autoretrain.local.azurite import Azurite, azurite_ports
+
+    if settings.storage_connection is None:
+        return contextlib.nullcontext()  # Azure storage: nothing to start
+    blob_port, table_port = azurite_ports(settings.storage_connection)
+    return Azurite(settings.home, blob_port=blob_port, table_port=table_port)
+
+
+def wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    # Set explicitly: a shell starts background jobs with SIGINT ignored. SIGHUP is the terminal
+    # closing: the same clean stop, so Azurite's last save completes.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    log.info("Stopping: waiting for running functions and jobs to finish")
+
+
+def records_named(settings: Settings, records: Sequence[LedgerRecord], target: str) -> list[LedgerRecord]:
+    """The records `target` names, with every retrain of them: a work key, a blob path, or a name
+    in the incoming container (all its versions)."""
+    name = target.removeprefix(f"{settings.incoming_container}/")
+    incoming = settings.incoming_container
+    origins = {
+        r.origin for r in records
+        if target in (r.key.value, r.blob.path) or (r.blob.container == incoming and r.blob.name == name)
+    }
+    return [r for r in records if r.origin in origins]

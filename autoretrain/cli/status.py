@@ -1,0 +1,133 @@
+"""`status` and `list`: the ledger's records, one file's story, the local workspace's catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from autoretrain.bootstrap import operator
+from autoretrain.cli.common import STATUS_COLUMNS, azurite_for, print_table, records_named, status_row
+from autoretrain.domain import LedgerRecord
+from autoretrain.domain.errors import AutoretrainError
+from autoretrain.settings import Settings
+
+__all__ = ["cmd_list", "cmd_status"]
+
+
+def _story(settings: Settings, record: LedgerRecord) -> dict[str, Any]:
+    """One run of one blob version as data: the ledger's row and timeline, and (local mode) the
+    job's steps from the embedded workspace's catalogue."""
+    from autoretrain.settings import WorkspaceKind
+
+    story = record.as_row()
+    story["steps"] = []
+    # Which files trained the model: read from the training set (the record keeps only counts).
+    story["training_files"] = list(_training_files(settings, record.training_set)) if record.training_set else []
+    if record.job and settings.workspace is WorkspaceKind.LOCAL:
+        from autoretrain.adapters.localworkspace.workspace import catalog_rows
+
+        logs = Path(settings.home).resolve() / "workspace" / "jobs" / record.job / "logs"
+        story["steps"] = [
+            {"step": s["step"], "status": s["status"], "seconds": s["seconds"], "exit_code": s["exit_code"],
+             "log": str(logs / f"{s['step']}.log")}
+            for s in catalog_rows(settings.home, "steps") if s["job"] == record.job
+        ]
+    return story
+
+
+def _training_files(settings: Settings, training_set: str) -> tuple[str, ...]:
+    """The data versions of a training set, oldest first (empty when it cannot be read)."""
+    from autoretrain.settings import WorkspaceKind
+
+    if settings.workspace is WorkspaceKind.LOCAL:
+        from autoretrain.adapters.localworkspace.workspace import catalog_rows
+
+        name, _, version = training_set.rpartition(":")
+        rows = [r for r in catalog_rows(settings.home, "trainsets")
+                if (r["name"], str(r["version"])) == (name, version)]
+        return tuple(rows[0]["members"]) if rows else ()
+    from autoretrain.bootstrap import bootstrap
+
+    try:
+        return bootstrap(settings, worker=False).workspace.training_set_members(training_set)
+    except AutoretrainError as exc:
+        print(f"training set {training_set}: {exc}", file=sys.stderr)
+        return ()
+
+
+def _print_story(story: dict[str, Any], out: TextIO) -> None:
+    run = f"retrain {story['retrain']}" if story["retrain"] else "first run"
+    out.write(f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}\n")
+    for moved in story["history"]:
+        at = moved["at"].replace("T", " ")[:23]
+        out.write(f"  {at}  {moved['state']:<11} {moved['note']}\n")
+    if story["data_version"]:
+        files = story["training_files"]
+        trained = files[-story["trained_on"]:] if story["trained_on"] else files
+        window = ", ".join(trained) or story["data_version"]
+        of = f"{story['trained_on']} of {story['members']}: " if story["members"] else ""
+        out.write(f"  data      {story['data_version']}, trained in {story['training_set']} (window: {of}{window})\n")
+    if story["job"]:
+        steps = ", ".join(f"{s['step']} {s['status'].lower()} {s['seconds']} s" for s in story["steps"] if s["seconds"]
+                          is not None)
+        out.write(f"  job       {story['job']}" + (f": {steps}" if steps else "") + "\n")
+        for step in story["steps"]:
+            out.write(f"            {step['step']} log: {step['log']}\n")
+    if story["model_version"]:
+        metrics = story["metrics"] or {}
+        primary = story["primary_metric"]
+        value = metrics.get(primary)
+        champion = (story["champion_metrics"] or {}).get(primary)
+        numbers = f"{primary} {value:.4f}" if value is not None else ""
+        if champion is not None:
+            numbers += f" against the champion's {champion:.4f} on the same {story['test_rows']} test rows"
+        out.write(f"  model     {story['model_version']}{', promoted' if story['promoted'] else ''}: {numbers}\n")
+    if story["decision"]:
+        out.write(f"  gate      {story['decision']}\n")
+    if story["reason"]:
+        out.write(f"  reason    {story['reason']}\n")
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    with azurite_for(settings):
+        records = sorted(operator(settings).ledger.records(), key=lambda r: r.created)
+    if args.blob:
+        runs = records_named(settings, records, args.blob)
+        if not runs:
+            raise AutoretrainError(
+                f"{args.blob}: no blob version or work key of that name in the ledger; `autoretrain status` lists them."
+            )
+        stories = [_story(settings, r) for r in runs]
+        if args.json:
+            json.dump(stories, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            for story in stories:
+                _print_story(story, sys.stdout)
+        return 0
+    rows = [status_row(r) for r in records]
+    if args.json:
+        json.dump([r.as_row() for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif rows:
+        print_table(rows, STATUS_COLUMNS, sys.stdout)
+    else:
+        print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    from autoretrain.adapters.localworkspace.workspace import catalog_rows
+
+    rows = catalog_rows(settings.home, args.kind)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif rows:
+        print_table(rows, list(rows[0]), sys.stdout)
+    else:
+        print(f"No {args.kind} in the local workspace at {settings.home}.")
+    return 0

@@ -1,0 +1,72 @@
+"""The domain: what the loop reasons about, in its own words, with no SDK and no I/O.
+
+    model.py    the values: a blob version and its work key, data versions, jobs and their state,
+                metrics, models, the ledger record with its moves (a state machine)
+    errors.py   the one error hierarchy, drawn in its docstring
+    events.py   the Event Grid events we take, parsed into our own types
+    ports.py    the Protocols the loop is written against (Workspace, Ledger, BlobStore, Clock)
+
+Imports only the standard library: adapters depend on it, never the other way round.
+"""
+
+from __future__ import annotations
+
+from autoretrain.domain.model import (
+    ALLOWED_MOVES,
+    JOB_OUTPUTS,
+    NO_CHAMPION_PATH,
+    RUN_TAG,
+    BlobRef,
+    DataVersion,
+    Fail,
+    Finish,
+    JobState,
+    JobStatus,
+    LedgerRecord,
+    LedgerState,
+    ListedBlob,
+    Metrics,
+    ModelVersion,
+    Move,
+    Moved,
+    PipelineJob,
+    Quarantine,
+    Release,
+    Skip,
+    StartCompleting,
+    Submit,
+    TakeOver,
+    TrainingMember,
+    WorkKey,
+    job_output_path,
+)
+
+__all__ = [
+    "ALLOWED_MOVES",
+    "JOB_OUTPUTS",
+    "NO_CHAMPION_PATH",
+    "RUN_TAG",
+    "BlobRef",
+    "DataVersion",
+    "Fail",
+    "Finish",
+    "JobState",
+    "JobStatus",
+    "LedgerRecord",
+    "LedgerState",
+    "ListedBlob",
+    "Metrics",
+    "ModelVersion",
+    "Move",
+    "Moved",
+    "PipelineJob",
+    "Quarantine",
+    "Release",
+    "Skip",
+    "StartCompleting",
+    "Submit",
+    "TakeOver",
+    "TrainingMember",
+    "WorkKey",
+    "job_output_path",
+]

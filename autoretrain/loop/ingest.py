@@ -1,0 +1,168 @@
+"""Ingest: a new blob version is checked, registered and submitted as one job."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from autoretrain.contract import HEAD_BYTES, check_head, check_name
+from autoretrain.domain import (
+    RUN_TAG,
+    BlobRef,
+    DataVersion,
+    LedgerRecord,
+    LedgerState,
+    PipelineJob,
+    Submit,
+    TrainingMember,
+    WorkKey,
+)
+from autoretrain.domain.errors import (
+    BlobChangedError,
+    ContractError,
+)
+from autoretrain.domain.events import COMMITTED_APIS, BlobCreated
+from autoretrain.logs import log_event, trace_context
+from autoretrain.loop.deps import Deps, LoopConfig
+from autoretrain.loop.outcomes import Duplicate, Ignored, IngestOutcome, Submitted
+from autoretrain.loop.steps import _move, _quarantine, _same_topic, _skip, _snapshot, _take_over, _under_lease
+
+log = logging.getLogger("autoretrain.loop")
+
+
+def _authenticate(event: BlobCreated, config: LoopConfig) -> str | None:
+    """Why this event is not ours to act on, or None."""
+    if not _same_topic(event.topic, config.storage_topic):
+        return f"topic {event.topic!r} is not our storage account {config.storage_topic!r}"
+    if event.blob.container != config.incoming_container:
+        return f"container {event.blob.container!r} is not {config.incoming_container!r}"
+    if event.api not in COMMITTED_APIS:
+        return f"api {event.api!r} does not mean a committed blob"
+    if event.blob.name.endswith("/"):
+        return f"blob {event.blob.name!r} is a folder marker"
+    return None
+
+
+def ingest(event: BlobCreated, deps: Deps) -> IngestOutcome:
+    """A blob landed in incoming/: check it, register it, submit the pipeline on it, once."""
+    why_not = _authenticate(event, deps.config)
+    if why_not is not None:
+        return Ignored(why_not)
+    return ingest_blob(event.blob, deps, event_id=event.event_id, content_length=event.content_length)
+
+
+def ingest_blob(blob: BlobRef, deps: Deps, *, event_id: str, content_length: int | None) -> IngestOutcome:
+    """Ingest one blob version: the path of its BlobCreated event, and of reconcile when it was lost."""
+    key = WorkKey.for_blob(blob)
+    now = deps.clock()
+    record, created = deps.ledger.claim(blob, key, event_id, now + deps.config.lease)
+    if not created:
+        if record.state is not LedgerState.CLAIMED or not record.lease_expired(now):
+            return Duplicate(record)  # done, or another worker holds it and its lease runs
+        taken = _take_over(record, deps)
+        if not isinstance(taken, LedgerRecord):
+            return taken
+        record = taken
+    log_event(log, logging.INFO, "ingest.claimed", attempt=record.attempts)
+    claimed = record
+    return _under_lease(claimed, deps, lambda: _ingest_claimed(claimed, content_length, deps))
+
+
+def _ingest_claimed(
+    record: LedgerRecord, content_length: int | None, deps: Deps, *, data_version: str | None = None
+) -> IngestOutcome:
+    """Check, register and submit a claimed record. A retrain of a version that already has its
+    data version (`data_version`) skips the check and the registration: the same bytes again."""
+    blob = record.blob
+    whole: bytes | None = None  # the blob's bytes, when the head read was all of it
+    if data_version is None:
+        try:
+            check_name(blob.name, content_length, deps.contract)
+            head = deps.blobs.read_head(blob, HEAD_BYTES)
+            # Fewer bytes than asked for: the service says that was all of this version. (The event's
+            # contentLength is not trusted for that: a wrong one would cut the data version short.)
+            whole = head if len(head) < HEAD_BYTES else None
+            rows = check_head(blob.path, head, deps.contract, complete=whole is not None)
+        except ContractError as exc:
+            return _quarantine(record, str(exc), deps, whole)
+        except BlobChangedError as exc:
+            return _skip(record, str(exc), deps)
+        log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
+    try:
+        data, job, champion, training_set, members, trained_on = _register_and_submit(
+            record, deps, data_version, whole
+        )
+    except BlobChangedError as exc:
+        return _skip(record, str(exc), deps)
+    submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", members, trained_on)
+    record = _move(deps.ledger, record, submit)
+    return Submitted(record, job)
+
+
+def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[TrainingMember, ...], int]:
+    """(every accepted data version so far, oldest first, this one last, each with its snapshot; how
+    many of the last ones the job trains on, 0 for all). All of it comes from the ledger: the
+    workspace is not asked about any member, so ingest makes the same calls for 1 or 500 of them.
+    Accepted: done, so its file passed prep and trained a model; never one whose job is still running
+    (prep may yet find it bad, and would fail every job it is in), quarantined, skipped or failed.
+    Fixed here, at submission: a version registered later does not leak in; one still running joins
+    the next window. The window selects what the model learns from; the test rows come from every
+    accepted version, so a model that forgot old data is judged on it too."""
+    rule = deps.contract.training
+    # A retrain's data version was accepted before: it moves to the end, as the newest.
+    accepted = sorted(
+        (r for r in deps.ledger.records(LedgerState.DONE)
+         if r.key != record.key and r.data_version and r.data_version != data),
+        key=lambda r: (r.created, r.key.value),
+    )
+    snapshots = {str(r.data_version): r.blob.copy_name(r.origin) for r in reversed(accepted)}
+    snapshots[data] = record.blob.copy_name(record.origin)
+    history = tuple(
+        TrainingMember(version, snapshots[version])
+        for version in dict.fromkeys([*(str(r.data_version) for r in accepted), data])
+    )
+    if rule.window == "last" and rule.versions is not None:
+        return history, min(rule.versions, len(history))
+    if rule.window == "days" and rule.days is not None:
+        since = deps.clock() - timedelta(days=rule.days)
+        recent = {str(r.data_version) for r in accepted if r.created >= since}
+        inside = 1  # this version, and the run of recent ones just before it
+        for member in reversed(history[:-1]):
+            if member.data_version not in recent:
+                break
+            inside += 1
+        return history, inside
+    return history, 0
+
+
+def _register_and_submit(
+    record: LedgerRecord, deps: Deps, data_version: str | None = None, whole: bytes | None = None
+) -> tuple[str, PipelineJob, str | None, DataVersion, int, int]:
+    """Snapshot the blob version, register it and its training set, submit the job: each step
+    idempotent by key. A data version already registered for this blob version (a resubmit, a
+    retrain) is used again: one blob version, one data version. `whole`: the blob's bytes, read
+    pinned to its eTag by the head check: a small file is then written, not read twice more."""
+    blob, key = record.blob, record.key
+    data = data_version or record.data_version
+    if data is None:
+        lineage = {"blob": blob.path, "etag": blob.etag, "work_key": key.value, "event_id": record.event_id}
+        registered = deps.workspace.register_data(_snapshot(record, deps, whole), key, lineage, whole)
+        data = f"{registered.name}:{registered.version}"
+        log_event(log, logging.INFO, "ingest.data_registered", data_version=data)
+    history, train_last = _training_window(record, data, deps)
+    trained_on = train_last or len(history)
+    training_set = deps.workspace.register_training_set(key, history)
+    log_event(log, logging.INFO, "ingest.training_set", training_set=f"{training_set.name}:{training_set.version}",
+              trained_on=trained_on, tested_on=len(history), newest=history[-1].data_version)
+    # The job scores the current champion on its own test rows: the gate compares like with like.
+    champion = deps.workspace.champion()
+    tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
+            **trace_context()}  # completion continues this trace from the job's tags
+    if record.retrain_of is not None:
+        tags.update(retrain=str(record.retrain), retrain_of=record.retrain_of.value)
+    job = deps.workspace.submit(training_set, key, tags, champion=champion, train_last=train_last)
+    # A resubmit finds the first job, which scored the champion named in its tags.
+    scored = job.tags.get("champion", champion.version if champion else "") or None
+    log_event(log, logging.INFO, "ingest.pipeline_submitted", job=job.name, experiment=job.experiment,
+              champion_version=scored)
+    return data, job, scored, training_set, len(history), trained_on

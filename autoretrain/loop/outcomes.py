@@ -1,0 +1,120 @@
+"""What a use case decided: frozen values the trigger logs (`log_outcome`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TypeVar
+
+from autoretrain.domain import (
+    BlobRef,
+    JobStatus,
+    LedgerRecord,
+    ModelVersion,
+    PipelineJob,
+)
+from autoretrain.logs import log_event
+
+log = logging.getLogger("autoretrain.loop")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    record: LedgerRecord
+    job: PipelineJob
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Already handled, or being handled by another worker whose lease still runs."""
+
+    record: LedgerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    record: LedgerRecord
+    reason: str
+    copy: BlobRef
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    record: LedgerRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A permanent error that is not the data's fault, or too many attempts: recorded as failed."""
+
+    record: LedgerRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Not ours, or not (yet) something to act on. Not retried."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """The job has not finished (a RunStatusChanged to Running, or a reordered event)."""
+
+    record: LedgerRecord
+    status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    record: LedgerRecord
+    model: ModelVersion
+    promoted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    record: LedgerRecord
+    status: JobStatus
+
+
+IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
+
+
+CompleteOutcome = Registered | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored
+
+
+_Outcome = TypeVar("_Outcome", IngestOutcome, CompleteOutcome)
+
+
+def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
+    """One line per decision, at the level ops should see it: the trigger's last word."""
+    match outcome:
+        case Submitted(record, job):
+            log_event(log, logging.INFO, "ingest.submitted", job=job.name, data_version=record.data_version)
+        case Quarantined(record, reason, copy):
+            # Quarantined by ingest's head check, or after its job, when prep found the fault deeper.
+            # The customer's data, not our fault: a warning.
+            event = "complete.quarantined" if record.job else "ingest.quarantined"
+            log_event(log, logging.WARNING, event, reason=reason, copy=copy.path, job=record.job)
+        case Failed(record, reason):
+            log_event(log, logging.ERROR, "failed", state=record.state.value, reason=reason)
+        case Skipped(record, reason):
+            log_event(log, logging.WARNING, "ingest.skipped", reason=reason)
+        case Registered(record, _, promoted):
+            log_event(
+                log, logging.INFO, "complete.done",
+                model_version=record.model_version, promoted=promoted,
+                metric=record.metrics.primary if record.metrics else None,
+                value=record.metrics.primary_value if record.metrics else None,
+            )
+        case JobFailed(record, status):
+            log_event(log, logging.ERROR, "complete.job_failed", job=status.name, reason=record.reason)
+        case InProgress(record, status):
+            log_event(log, logging.INFO, "complete.in_progress", job=status.name, job_state=status.state.value)
+        case Duplicate(record):
+            log_event(log, logging.INFO, "duplicate", state=record.state.value, job=record.job)
+        case Ignored(reason):
+            log_event(log, logging.WARNING, "ignored", reason=reason)

@@ -1,0 +1,221 @@
+"""Reconcile: one pass that makes the ledger, the container and the workspace agree."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from autoretrain.domain import (
+    RUN_TAG,
+    BlobRef,
+    LedgerRecord,
+    LedgerState,
+    ListedBlob,
+    PipelineJob,
+    StartCompleting,
+    WorkKey,
+)
+from autoretrain.domain.errors import (
+    BlobChangedError,
+    JobNotFoundError,
+    one_line,
+)
+from autoretrain.logs import invocation, log_event
+from autoretrain.loop.complete import complete_record
+from autoretrain.loop.deps import Deps
+from autoretrain.loop.ingest import _register_and_submit, ingest_blob
+from autoretrain.loop.outcomes import (
+    CompleteOutcome,
+    Duplicate,
+    Failed,
+    Ignored,
+    IngestOutcome,
+    InProgress,
+    JobFailed,
+    Quarantined,
+    Registered,
+    Skipped,
+    Submitted,
+    log_outcome,
+)
+from autoretrain.loop.retrain import _resume_retrain
+from autoretrain.loop.steps import _fail, _move, _skip
+
+log = logging.getLogger("autoretrain.loop")
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One thing a reconcile pass found out of step, and what it did about it."""
+
+    what: str  # unannounced | stale_claim | finished_job | stale_completion | orphan_job
+    blob: str
+    work_key: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    blobs_listed: int
+    records: int
+    jobs: int
+    found: tuple[Found, ...] = ()
+    errors: tuple[str, ...] = field(default=())
+
+
+def _result(outcome: IngestOutcome | CompleteOutcome) -> str:
+    match outcome:
+        case Submitted(record, job):
+            return f"submitted {job.name} on {record.data_version}"
+        case Registered(record, _, promoted):
+            return f"done: model {record.model_version}{', promoted' if promoted else ''}"
+        case Quarantined(_, reason, _) | Skipped(_, reason) | Failed(_, reason):
+            return f"{type(outcome).__name__.lower()}: {reason}"
+        case JobFailed(record, _):
+            return f"failed: {record.reason}"
+        case InProgress(_, status):
+            return f"job {status.name} is {status.state.value.lower()}"
+        case Duplicate(record):
+            return f"already {record.state.value}"
+        case Ignored(reason):
+            return f"ignored: {reason}"
+
+
+def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
+    """One pass that makes the ledger, the container and the workspace agree. Safe to run any time.
+
+    - blob versions in incoming/ with no ledger record, older than `grace` (their event may still
+      be on its way): ingested through the same path and work key as their event;
+    - `claimed` records whose lease ran out (the worker died): taken over and finished;
+    - `submitted`/`completing` records whose job ended: completed; a job the workspace does not
+      know is submitted again from the same blob version;
+    - jobs of ours with no ledger record (the ledger lost a write): adopted when their blob version
+      still exists, reported otherwise.
+
+    Every step is the idempotent one of ingest or complete, so a live event or a second pass at the
+    same time changes nothing twice. No blob content is read, except by the ingest of a found blob.
+    """
+    now = deps.clock()
+    found: list[Found] = []
+    errors: list[str] = []
+    done: set[str] = set()
+
+    def attempt(what: str, blob: BlobRef, key: WorkKey, action: Callable[[], IngestOutcome | CompleteOutcome]) -> None:
+        done.add(key.value)
+        # Each file found is a trace of its own (linked to the pass's), as if its event had come.
+        with invocation("reconcile.attempt", root=True, blob=blob.path, etag=blob.etag, work_key=key.value):
+            try:
+                outcome = action()
+            except Exception as exc:
+                message = f"{what} {blob.path} ({key}): {type(exc).__name__}: {one_line(exc)}"
+                log_event(log, logging.ERROR, "reconcile.error", what=what, error=one_line(exc))
+                errors.append(message)
+                return
+            if isinstance(outcome, Duplicate | InProgress):
+                return  # a live event or another pass has it: nothing was out of step after all
+            log_outcome(outcome)
+            result = _result(outcome)
+            log_event(log, logging.WARNING, "reconcile.found", what=what, result=result)
+            found.append(Found(what, blob.path, key.value, result))
+
+    records = {r.key.value: r for r in deps.ledger.records()}
+    listed: dict[str, ListedBlob] = {}
+    for item in deps.blobs.list_blobs(deps.config.incoming_container):
+        key = WorkKey.for_blob(item.ref)
+        listed[key.value] = item
+        if key.value in records or item.ref.name.endswith("/") or now - item.last_modified < grace:
+            continue
+        attempt("unannounced", item.ref, key, _ingest_then_complete(item.ref, deps, item.size, now))
+
+    for record in records.values():
+        if record.state is LedgerState.CLAIMED and record.lease_expired(now) and record.retrain_of is not None:
+            attempt("stale_claim", record.blob, record.key, _resume_retrain(record, deps))
+        elif record.state is LedgerState.CLAIMED and record.lease_expired(now):
+            seen = listed.get(record.key.value)
+            size = seen.size if seen else None
+            attempt("stale_claim", record.blob, record.key, _ingest_then_complete(record.blob, deps, size, now))
+        elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
+            what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
+            attempt(what, record.blob, record.key, _complete_or_resubmit(record, deps))
+
+    jobs = 0
+    for job in deps.workspace.jobs():
+        if not job.tags.get("blob", "").startswith(f"{deps.config.incoming_container}/"):
+            continue  # another deployment's job in a shared workspace: its own reconcile adopts it
+        jobs += 1
+        tag = job.tags.get(RUN_TAG, "")
+        try:
+            key = WorkKey(tag)
+        except ValueError:
+            continue
+        if key.value in records or key.value in done:
+            continue
+        survivor = listed.get(key.value)
+        if survivor is not None:
+            attempt("orphan_job", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
+            continue
+        attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, deps, now))
+
+    report = ReconcileReport(len(listed), len(records), jobs, tuple(found), tuple(errors))
+    log_event(
+        log, logging.ERROR if errors else logging.INFO, "reconcile.done",
+        blobs=report.blobs_listed, records=report.records, jobs=report.jobs, found=len(found), errors=len(errors),
+    )
+    return report
+
+
+def _job_blob(job: PipelineJob) -> BlobRef:
+    container, _, name = job.tags.get("blob", "?/?").partition("/")
+    return BlobRef(container, name, job.tags.get("etag", "?"))
+
+
+def _record_orphan(job: PipelineJob, key: WorkKey, deps: Deps, now: datetime) -> Callable[[], IngestOutcome]:
+    """A job whose blob version and ledger record are both gone: record it as skipped, once, so the
+    next pass knows it and ops see why it has no model."""
+
+    def record() -> IngestOutcome:
+        blob = _job_blob(job)
+        claimed, created = deps.ledger.claim(blob, key, f"reconcile-{now:%Y%m%dT%H%M%SZ}", now + deps.config.lease)
+        if not created:
+            return Duplicate(claimed)
+        reason = (
+            f"{blob.path}: the blob version is gone and its ledger record was lost (a storage emulator crash); "
+            f"job {job.name} is kept, not trained on again. Upload the file again to train on it."
+        )
+        return _skip(claimed, reason, deps)
+
+    return record
+
+
+def _ingest_then_complete(
+    blob: BlobRef, deps: Deps, size: int | None, now: datetime
+) -> Callable[[], IngestOutcome | CompleteOutcome]:
+    def run() -> IngestOutcome | CompleteOutcome:
+        outcome = ingest_blob(blob, deps, event_id=f"reconcile-{now:%Y%m%dT%H%M%SZ}", content_length=size)
+        if isinstance(outcome, Submitted) and outcome.job.status.terminal:
+            # The job already ran (an adopted job, or one whose record was lost): finish it now.
+            return complete_record(outcome.record, deps)
+        return outcome
+
+    return run
+
+
+def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome | CompleteOutcome]:
+    def run() -> IngestOutcome | CompleteOutcome:
+        try:
+            return complete_record(record, deps)
+        except JobNotFoundError:
+            pass
+        # The workspace lost the job (or never got it): submit it again, from the same blob version.
+        log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
+        try:
+            _, submitted, *_ = _register_and_submit(record, deps)
+        except BlobChangedError as exc:
+            latest = deps.ledger.get(record.key) or record
+            completing = _move(deps.ledger, latest, StartCompleting(deps.clock() + deps.config.lease))
+            return _fail(completing, f"the workspace lost job {record.job} and the blob version is gone: {exc}", deps)
+        return Submitted(record, submitted)
+
+    return run
