@@ -12,14 +12,13 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoretrain.contract import load_contract
 from autoretrain.domain.errors import ConfigError
 from autoretrain.domain.ports import BlobStore, Ledger, Workspace
 from autoretrain.loop import Deps, LoopConfig
-from autoretrain.settings import Settings, WorkspaceKind
+from autoretrain.settings import PROJECT_ROOT, Settings, WorkspaceKind
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -31,7 +30,6 @@ __all__ = ["PIPELINE", "PROJECT_ROOT", "Operator", "bootstrap", "ml_client", "op
 
 log = logging.getLogger("autoretrain.bootstrap")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = PROJECT_ROOT / "ml" / "pipeline.yml"
 
 

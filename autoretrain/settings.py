@@ -17,7 +17,7 @@ from pathlib import Path
 from autoretrain.domain.errors import ConfigError
 from autoretrain.schedule import TimerSchedule
 
-__all__ = ["LOCAL_STORAGE_TOPIC", "LOCAL_WORKSPACE_TOPIC", "SETTING_NAMES", "Settings", "WorkspaceKind"]
+__all__ = ["LOCAL_STORAGE_TOPIC", "LOCAL_WORKSPACE_TOPIC", "PROJECT_ROOT", "SETTING_NAMES", "Settings", "WorkspaceKind"]
 
 # The Event Grid topics the local event sources stamp on their events: the same shape as Azure's.
 LOCAL_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
@@ -61,7 +61,8 @@ SETTING_NAMES: tuple[str, ...] = (
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The project's root folder (where ml/, function_app.py and node_modules/ are): its one name.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _seconds(name: str, raw: str | None, default: int) -> int:
@@ -95,7 +96,7 @@ class Settings:
 
     workspace: WorkspaceKind = WorkspaceKind.LOCAL
     home: Path = Path(".autoretrain")
-    contract: Path = _PROJECT_ROOT / "ml" / "contract.yaml"
+    contract: Path = PROJECT_ROOT / "ml" / "contract.yaml"
     # Local: a connection string (UseDevelopmentStorage=true reaches Azurite). Azure: None, and the
     # two service URIs below are reached with the managed identity.
     storage_connection: str | None = "UseDevelopmentStorage=true"
@@ -176,7 +177,7 @@ class Settings:
         if not contract.is_absolute() and not contract.exists():
             # On Azure the worker's working folder need not be the app root: a relative path
             # such as ml/contract.yaml means the one shipped with the app.
-            contract = _PROJECT_ROOT / contract
+            contract = PROJECT_ROOT / contract
         if not contract.is_file():
             raise ConfigError(
                 f"AUTORETRAIN_CONTRACT={str(contract)!r} is not a file; point it at a contract YAML "

@@ -38,7 +38,7 @@ from autoretrain import datacontract  # noqa: E402
 sys.modules.setdefault("datacontract", datacontract)
 
 from autoretrain.adapters.localworkspace.workspace import LocalWorkspace  # noqa: E402
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, TrainingMember, WorkKey  # noqa: E402
+from autoretrain.domain import JOB_TAG, BlobRef, JobState, TrainingMember, WorkKey  # noqa: E402
 
 CONTRACT = ROOT / "ml" / "contract.yaml"
 
@@ -105,7 +105,7 @@ def local_job(home: Path, folder: Path, name: str, attempt: int) -> tuple[float,
     data = workspace.register_data(BlobRef("datasets", name, "0x1"), key, {})
     started = time.perf_counter()
     training_set = workspace.register_training_set(key, [TrainingMember(f"{data.name}:{data.version}", name)])
-    job = workspace.submit(training_set, key, {RUN_TAG: key.value})
+    job = workspace.submit(training_set, key, {JOB_TAG: key.value})
     status = workspace.wait(job.name, timeout=3600)
     assert status.state is JobState.COMPLETED, status
     workspace.register_model(job.name, key, workspace.job_metrics(job.name), {})

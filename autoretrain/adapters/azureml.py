@@ -75,8 +75,8 @@ from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.adapters.storage import client_options as storage_client_options
 from autoretrain.datacontract import DATA_ERROR_EXIT, NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
+    JOB_TAG,
     NO_CHAMPION_PATH,
-    RUN_TAG,
     BlobRef,
     DataVersion,
     JobState,
@@ -98,7 +98,7 @@ from autoretrain.domain.ports import BlobStore
 from autoretrain.logs import log_event
 
 __all__ = [
-    "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "run_state",
+    "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "job_state",
     "service_reason",
 ]
 
@@ -167,7 +167,7 @@ def client_options() -> dict[str, Any]:
 _SPACE = re.compile(r"\s+")
 
 
-def run_state(status: object) -> JobState:
+def job_state(status: object) -> JobState:
     """The port's JobState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
     text = str(getattr(status, "value", status) or "NotStarted")
     return _STATES.get(text, JobState.RUNNING)
@@ -422,7 +422,7 @@ class AzureMLWorkspace:
     def _run(self, job: Any) -> PipelineJob:
         tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
         return PipelineJob(
-            name=str(job.name), experiment=str(job.experiment_name), status=run_state(job.status), tags=tags
+            name=str(job.name), experiment=str(job.experiment_name), status=job_state(job.status), tags=tags
         )
 
     def job_status(self, job: str) -> JobStatus:
@@ -431,7 +431,7 @@ class AzureMLWorkspace:
                 found = self._client.jobs.get(job)
             except ResourceNotFoundError as exc:
                 raise JobNotFoundError(f"status of job {job} failed: {service_reason(exc)}") from exc
-            state = run_state(found.status)
+            state = job_state(found.status)
             if state is not JobState.FAILED:
                 return JobStatus(name=job, state=state, log=found.studio_url)
             return self._failure(found)
@@ -439,10 +439,10 @@ class AzureMLWorkspace:
     def jobs(self) -> Iterator[PipelineJob]:
         with _translated("list jobs"):
             # The service filters by tag key, so a pass pages through our jobs only.
-            for job in self._client.jobs.list(tag=RUN_TAG):
+            for job in self._client.jobs.list(tag=JOB_TAG):
                 tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
-                if job is not None and RUN_TAG in tags:
-                    yield PipelineJob(str(job.name), str(job.experiment_name), run_state(job.status), tags)
+                if job is not None and JOB_TAG in tags:
+                    yield PipelineJob(str(job.name), str(job.experiment_name), job_state(job.status), tags)
 
     def _failure(self, job: Any) -> JobStatus:
         """The failed step of a failed pipeline job, its error and where to read its log.
@@ -452,7 +452,7 @@ class AzureMLWorkspace:
         (tests/recordings/pipeline_job_failed_step_error.json); the job resource carries only
         `status: Failed`. azure-ai-ml's public `jobs.list(parent_job_name=...)` drops the error, so
         the listing is read through its run-history client as the service sends it."""
-        failed = [child for child in self._children(str(job.name)) if run_state(child.status) is JobState.FAILED]
+        failed = [child for child in self._children(str(job.name)) if job_state(child.status) is JobState.FAILED]
         step = failed[0] if failed else None
         error = getattr(getattr(getattr(step, "error", None), "error", None), "message", None)
         return JobStatus(

@@ -14,8 +14,8 @@ from __future__ import annotations
 from autoretrain.domain.model import (
     ALLOWED_MOVES,
     JOB_OUTPUTS,
+    JOB_TAG,
     NO_CHAMPION_PATH,
-    RUN_TAG,
     BlobRef,
     DataVersion,
     Fail,
@@ -44,8 +44,8 @@ from autoretrain.domain.model import (
 __all__ = [
     "ALLOWED_MOVES",
     "JOB_OUTPUTS",
+    "JOB_TAG",
     "NO_CHAMPION_PATH",
-    "RUN_TAG",
     "BlobRef",
     "DataVersion",
     "Fail",

@@ -1,7 +1,8 @@
 """The two events the loop reacts to, parsed from Event Grid or CloudEvents 1.0 JSON.
 
 - `BlobCreated`: Microsoft.Storage.BlobCreated (a customer file landed).
-- `RunFinished`: Microsoft.MachineLearningServices.RunCompleted or RunStatusChanged (a run ended).
+- `JobFinished`: Microsoft.MachineLearningServices.RunCompleted or RunStatusChanged (our pipeline job
+  ended; Azure ML calls a job a run in its events, and its keys keep Azure's spelling: runId, runTags).
 
 Keys are matched case-insensitively (the docs' own samples spell some keys two ways) and the eTag
 is accepted quoted or unquoted. Anything else raises `EventError` with a one-line message.
@@ -25,10 +26,10 @@ __all__ = [
     "RUN_COMPLETED",
     "RUN_STATUS_CHANGED",
     "BlobCreated",
-    "RunFinished",
+    "JobFinished",
     "parse_blob_created",
     "parse_event",
-    "parse_run_finished",
+    "parse_job_finished",
 ]
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
@@ -57,7 +58,9 @@ class BlobCreated:
 
 
 @dataclass(frozen=True, slots=True)
-class RunFinished:
+class JobFinished:
+    """A pipeline job ended: `job` is the event's runId, `job_tags` its runTags."""
+
     event_id: str
     event_type: str
     topic: str
@@ -65,11 +68,11 @@ class RunFinished:
     event_time: datetime | None
     experiment_id: str
     experiment_name: str
-    run_id: str
-    run_type: str
+    job: str
+    job_type: str
     job_status: str
-    run_tags: Mapping[str, str] = field(default_factory=dict)
-    run_properties: Mapping[str, str] = field(default_factory=dict)
+    job_tags: Mapping[str, str] = field(default_factory=dict)
+    job_properties: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Keys:
@@ -183,7 +186,7 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in value.items()}
 
 
-def parse_run_finished(raw: Mapping[str, Any] | str | bytes) -> RunFinished:
+def parse_job_finished(raw: Mapping[str, Any] | str | bytes) -> JobFinished:
     """A RunCompleted or RunStatusChanged event of an Azure ML workspace, from either schema."""
     env, data = _envelope(raw)
     event_id, event_type = env.text("id"), env.text("eventType")
@@ -192,7 +195,7 @@ def parse_run_finished(raw: Mapping[str, Any] | str | bytes) -> RunFinished:
     status = data.opt_text("runStatus")
     if event_type == RUN_STATUS_CHANGED and status is None:
         raise EventError(f"event {event_id}: RunStatusChanged without 'runStatus'.")
-    return RunFinished(
+    return JobFinished(
         event_id=event_id,
         event_type=event_type,
         topic=env.text("topic"),
@@ -200,20 +203,20 @@ def parse_run_finished(raw: Mapping[str, Any] | str | bytes) -> RunFinished:
         event_time=_time(env.opt("eventTime")),
         experiment_id=data.opt_text("experimentId") or "",
         experiment_name=data.opt_text("experimentName") or "",
-        run_id=data.text("runId"),
-        run_type=data.opt_text("runType") or "",
+        job=data.text("runId"),
+        job_type=data.opt_text("runType") or "",
         job_status=status or "Completed",
-        run_tags=_str_map(data.opt("runTags"), f"event {event_id} data.runTags"),
-        run_properties=_str_map(data.opt("runProperties"), f"event {event_id} data.runProperties"),
+        job_tags=_str_map(data.opt("runTags"), f"event {event_id} data.runTags"),
+        job_properties=_str_map(data.opt("runProperties"), f"event {event_id} data.runProperties"),
     )
 
 
-def parse_event(raw: Mapping[str, Any] | str | bytes) -> BlobCreated | RunFinished:
+def parse_event(raw: Mapping[str, Any] | str | bytes) -> BlobCreated | JobFinished:
     """Either event, chosen by its type."""
     env, _ = _envelope(raw)
     event_type = env.opt_text("eventType")
     if event_type == BLOB_CREATED:
         return parse_blob_created(raw)
     if event_type in (RUN_COMPLETED, RUN_STATUS_CHANGED):
-        return parse_run_finished(raw)
+        return parse_job_finished(raw)
     raise EventError(f"event {env.opt_text('id') or '?'}: type {event_type!r} is not one autoretrain handles.")

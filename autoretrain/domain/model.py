@@ -20,8 +20,8 @@ from typing import Any
 __all__ = [
     "ALLOWED_MOVES",
     "JOB_OUTPUTS",
+    "JOB_TAG",
     "NO_CHAMPION_PATH",
-    "RUN_TAG",
     "BlobRef",
     "DataVersion",
     "Fail",
@@ -49,7 +49,7 @@ __all__ = [
 
 # The run tag that marks our pipeline runs. Event Grid advanced filters cannot use keys with a
 # dot, so it is a plain word: the subscription filters on `data.runTags.autoretrain`.
-RUN_TAG = "autoretrain"
+JOB_TAG = "autoretrain"
 
 _KEY = re.compile(r"^[0-9a-f]{24}$")
 _COPY_NAME_MAX = 250
@@ -443,7 +443,9 @@ class Moved:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRecord:
-    """One blob version's row in the ledger. `etag` is the ledger row's own, for optimistic updates.
+    """One attempt of a blob version, as the ledger keeps it: attempt 0 is its own run (its event), and
+    attempt n its nth `autoretrain retrain` (`retrain`, `retrain_of`). `etag` is the ledger row's own,
+    for optimistic updates.
 
     `lease_until` bounds how long the holder of a `claimed` or `completing` record may take before
     another worker takes it over; `attempts` counts the takers, the first included. A retrain is a

@@ -16,11 +16,11 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from autoretrain.domain.errors import ConfigError, StorageError
+from autoretrain.settings import PROJECT_ROOT
 
 __all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports"]
 
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
-_ROOT = Path(__file__).resolve().parent.parent.parent
 log = logging.getLogger("autoretrain.azurite")
 
 
@@ -51,7 +51,7 @@ def azurite_ports(connection: str | None) -> tuple[int, int]:
 
 
 def azurite_binary() -> Path:
-    local = _ROOT / "node_modules" / ".bin" / "azurite"
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
     if local.exists():
         return local
     found = shutil.which("azurite")

@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -19,14 +18,13 @@ from autoretrain.local.azurite import Azurite, azurite_ports
 from autoretrain.local.eventgrid import BlobWatcher, EventGridDelivery, eventgrid_webhook_url
 from autoretrain.local.host import LocalHost
 from autoretrain.loop import Deps, reconcile
-from autoretrain.settings import Settings
+from autoretrain.settings import PROJECT_ROOT, Settings
 
 __all__ = ["LocalStack"]
 
 log = logging.getLogger("autoretrain.stack")
 
 # The function app's root (function_app.py, host.json): the real host puts it on sys.path too.
-APP_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class LocalStack:
@@ -48,7 +46,7 @@ class LocalStack:
         blob_port, table_port = azurite_ports(settings.storage_connection)
         self.azurite = Azurite(settings.home, blob_port=blob_port, table_port=table_port)
         self.host = LocalHost(
-            "function_app", app_root=APP_ROOT, host="127.0.0.1", port=parts.port,
+            "function_app", app_root=PROJECT_ROOT, host="127.0.0.1", port=parts.port,
             processes=settings.worker_processes, worker_command=worker_command,
         )
         self._poll_interval = poll_interval

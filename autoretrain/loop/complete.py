@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from autoretrain.domain import (
-    RUN_TAG,
+    JOB_TAG,
     Fail,
     Finish,
     JobState,
@@ -22,7 +22,7 @@ from autoretrain.domain.errors import (
     LedgerError,
     NotReadyError,
 )
-from autoretrain.domain.events import RunFinished
+from autoretrain.domain.events import JobFinished
 from autoretrain.logs import log_event
 from autoretrain.loop.deps import Deps
 from autoretrain.loop.gate import _champion_gate
@@ -40,7 +40,7 @@ from autoretrain.loop.steps import _move, _same_topic, _snapshot, _take_over, _u
 log = logging.getLogger("autoretrain.loop")
 
 
-def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
+def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
     """Our pipeline job ended (Azure ML calls the event a run event): record a failure, or register its
     model with metrics and gate it."""
     config = deps.config
@@ -49,23 +49,23 @@ def complete(event: RunFinished, deps: Deps) -> CompleteOutcome:
     # Ours: it carries our tag, and it is the very job the tag names (a step run of our job, or
     # any other run that copied the tag, is not). runType is not relied on: Microsoft does not
     # document what v2 pipeline jobs send there.
-    tag = event.run_tags.get(RUN_TAG)
+    tag = event.job_tags.get(JOB_TAG)
     if not tag:
-        return Ignored(f"job {event.run_id} has no {RUN_TAG!r} tag")
+        return Ignored(f"job {event.job} has no {JOB_TAG!r} tag")
     try:
         key = WorkKey(tag)
     except ValueError:
-        return Ignored(f"job {event.run_id} has tag {RUN_TAG}={tag!r}, which is not a work key")
-    if event.run_id != key.job_name:
-        return Ignored(f"job {event.run_id} is not job {key.job_name} that its tag names")
+        return Ignored(f"job {event.job} has tag {JOB_TAG}={tag!r}, which is not a work key")
+    if event.job != key.job_name:
+        return Ignored(f"job {event.job} is not job {key.job_name} that its tag names")
     record = deps.ledger.get(key)
     if record is None:
         # Reconcile adopts a job whose ledger record was lost, if its blob version still exists.
-        return Ignored(f"job {event.run_id}: no ledger record for work key {key}; reconcile will look at it")
+        return Ignored(f"job {event.job}: no ledger record for work key {key}; reconcile will look at it")
     try:
         return complete_record(record, deps)
     except JobNotFoundError as exc:
-        return Ignored(f"job {event.run_id}: {exc}; reconcile submits it again")
+        return Ignored(f"job {event.job}: {exc}; reconcile submits it again")
 
 
 def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from autoretrain.contract import HEAD_BYTES, check_head, check_name
 from autoretrain.domain import (
-    RUN_TAG,
+    JOB_TAG,
     BlobRef,
     DataVersion,
     LedgerRecord,
@@ -156,7 +156,7 @@ def _register_and_submit(
               trained_on=trained_on, tested_on=len(history), newest=history[-1].data_version)
     # The job scores the current champion on its own test rows: the gate compares like with like.
     champion = deps.workspace.champion()
-    tags = {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
+    tags = {JOB_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
             **trace_context()}  # completion continues this trace from the job's tags
     if record.retrain_of is not None:
         tags.update(retrain=str(record.retrain), retrain_of=record.retrain_of.value)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from autoretrain.domain import (
-    RUN_TAG,
+    JOB_TAG,
     BlobRef,
     LedgerRecord,
     LedgerState,
@@ -145,7 +145,7 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
         if not job.tags.get("blob", "").startswith(f"{deps.config.incoming_container}/"):
             continue  # another deployment's job in a shared workspace: its own reconcile adopts it
         jobs += 1
-        tag = job.tags.get(RUN_TAG, "")
+        tag = job.tags.get(JOB_TAG, "")
         try:
             key = WorkKey(tag)
         except ValueError:

@@ -33,7 +33,7 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
     replaced the blob; a version quarantined at ingest has none, and is checked afresh.
     """
     origin = WorkKey.for_blob(blob)
-    runs = sorted(_runs_of(origin, deps), key=lambda r: r.retrain)
+    runs = sorted(_attempts_of(origin, deps), key=lambda r: r.retrain)
     if not runs:
         raise RetrainRefused(
             f"{blob.path} (eTag {blob.etag}): the ledger has no record of this blob version; it is ingested "
@@ -42,7 +42,7 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
     latest = runs[-1]
     if not latest.state.final:
         raise RetrainRefused(
-            f"{blob.path}: its {_run_name(latest)} is still {latest.state.value} (job {latest.job or 'not yet'}); "
+            f"{blob.path}: its {_attempt_name(latest)} is still {latest.state.value} (job {latest.job or 'not yet'}); "
             "retrain it once that has ended."
         )
     data_version = _data_version_of(runs)
@@ -59,7 +59,7 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
     return _under_lease(record, deps, lambda: _ingest_claimed(record, None, deps, data_version=data_version))
 
 
-def _runs_of(origin: WorkKey, deps: Deps) -> list[LedgerRecord]:
+def _attempts_of(origin: WorkKey, deps: Deps) -> list[LedgerRecord]:
     return [r for r in deps.ledger.records() if r.origin == origin]
 
 
@@ -68,7 +68,7 @@ def _data_version_of(runs: Sequence[LedgerRecord]) -> str | None:
     return next((r.data_version for r in runs if r.data_version), None)
 
 
-def _run_name(record: LedgerRecord) -> str:
+def _attempt_name(record: LedgerRecord) -> str:
     return f"retrain {record.retrain}" if record.retrain else "first run"
 
 
@@ -79,7 +79,7 @@ def _resume_retrain(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutc
         taken = _take_over(record, deps)
         if not isinstance(taken, LedgerRecord):
             return taken
-        data_version = _data_version_of(_runs_of(record.origin, deps))
+        data_version = _data_version_of(_attempts_of(record.origin, deps))
         return _under_lease(taken, deps, lambda: _ingest_claimed(taken, None, deps, data_version=data_version))
 
     return run

@@ -44,7 +44,7 @@ from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.contract import load_contract
 from autoretrain.domain import BlobRef, LedgerState, Metrics, WorkKey
 from autoretrain.domain.errors import TransientError
-from autoretrain.domain.events import parse_blob_created, parse_run_finished
+from autoretrain.domain.events import parse_blob_created, parse_job_finished
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,7 @@ def _blob_created(azure: Azure, name: str, data: bytes) -> Any:
 
 
 def _run_completed(key: WorkKey) -> Any:
-    return parse_run_finished({
+    return parse_job_finished({
         "id": f"run-{key}", "topic": WS_ID, "eventType": "Microsoft.MachineLearningServices.RunCompleted",
         "subject": f"experiments/e-1/runs/{key.job_name}", "eventTime": "2026-11-26T09:05:00Z",
         "dataVersion": "2", "metadataVersion": "1",
@@ -337,7 +337,7 @@ def test_a_400_is_permanent_and_recorded_as_failed_with_its_reason(azure: Azure)
 
 
 def _run_failed(key: WorkKey) -> Any:
-    return parse_run_finished({
+    return parse_job_finished({
         "id": f"run-failed-{key}", "topic": WS_ID, "eventType": "Microsoft.MachineLearningServices.RunStatusChanged",
         "subject": f"experiments/e-1/runs/{key.job_name}", "eventTime": "2026-11-26T09:05:00Z",
         "dataVersion": "2", "metadataVersion": "1",

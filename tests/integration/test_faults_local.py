@@ -139,8 +139,8 @@ def test_run_completed_and_run_status_changed_at_once_register_one_model(
 ) -> None:
     """One successful job can raise RunCompleted and RunStatusChanged(Completed); delivered at the
     same moment (eight deliveries of each), the completing compare-and-swap lets one register."""
-    from autoretrain.domain import RUN_TAG
-    from autoretrain.domain.events import RunFinished
+    from autoretrain.domain import JOB_TAG
+    from autoretrain.domain.events import JobFinished
     from autoretrain.settings import LOCAL_WORKSPACE_TOPIC
 
     _, settings, deps, workspace = _local_parts(tmp_path, unique, azurite, monkeypatch)
@@ -150,12 +150,12 @@ def test_run_completed_and_run_status_changed_at_once_register_one_model(
     key = WorkKey.for_blob(ref)
     assert workspace.drain(300)
 
-    def event(kind: str, i: int) -> RunFinished:
-        return RunFinished(
+    def event(kind: str, i: int) -> JobFinished:
+        return JobFinished(
             event_id=f"{kind}-{i}", event_type=f"Microsoft.MachineLearningServices.{kind}",
             topic=LOCAL_WORKSPACE_TOPIC, subject=f"experiments/x/runs/{key.job_name}", event_time=None,
-            experiment_id="x", experiment_name="autoretrain", run_id=key.job_name, run_type="",
-            job_status="Completed", run_tags={RUN_TAG: key.value},
+            experiment_id="x", experiment_name="autoretrain", job=key.job_name, job_type="",
+            job_status="Completed", job_tags={JOB_TAG: key.value},
         )
 
     events = [event(kind, i) for i in range(8) for kind in ("RunCompleted", "RunStatusChanged")]

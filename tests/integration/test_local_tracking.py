@@ -21,7 +21,7 @@ from autoretrain.adapters.localworkspace.tracking import LocalTracking, tracking
 from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import PIPELINE
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, ModelVersion, TrainingMember, WorkKey, job_output_path
+from autoretrain.domain import JOB_TAG, BlobRef, JobState, ModelVersion, TrainingMember, WorkKey, job_output_path
 from autoretrain.local.mlflow_ui import MlflowUI, run_ui
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def run_job(
     key = WorkKey.for_blob(blob)
     data = workspace.register_data(blob, key, {"blob": blob.path, "etag": blob.etag, "work_key": key.value})
     window = workspace.register_training_set(key, [TrainingMember(f"{data.name}:{data.version}", blob.name)])
-    job = workspace.submit(window, key, {RUN_TAG: key.value, "blob": blob.path, "etag": blob.etag}, champion=champion)
+    job = workspace.submit(window, key, {JOB_TAG: key.value, "blob": blob.path, "etag": blob.etag}, champion=champion)
     status = workspace.wait(job.name, timeout=180)
     assert status.state is JobState.COMPLETED, status
     return job.name, key, blob
@@ -146,7 +146,7 @@ def test_a_failed_step_fails_its_run_and_the_job_run(tmp_path: Path, store: Azur
     rows = [",".join("" if i == target else v for i, v in enumerate(line.split(","))) for line in text[1:]]
     blob = store.upload(f"ds{unique}", "k/no-target.csv", ("\n".join([text[0], *rows]) + "\n").encode())
     key = WorkKey.for_blob(blob)
-    job = workspace.submit(workspace.register_data(blob, key, {}), key, {RUN_TAG: key.value})
+    job = workspace.submit(workspace.register_data(blob, key, {}), key, {JOB_TAG: key.value})
     assert workspace.wait(job.name, timeout=120).state is JobState.FAILED
     assert workspace.flush_tracking(60)
     workspace.close()

@@ -14,7 +14,7 @@ from azure.storage.blob import BlobServiceClient
 from autoretrain.adapters.localworkspace.workspace import LocalWorkspace, catalog_rows
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import PIPELINE
-from autoretrain.domain import RUN_TAG, JobState, Metrics, WorkKey
+from autoretrain.domain import JOB_TAG, JobState, Metrics, WorkKey
 from autoretrain.domain.errors import WorkspaceError
 
 pytestmark = pytest.mark.integration
@@ -72,8 +72,8 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
     data = workspace.register_data(blob, key, {"blob": blob.path})
     assert workspace.register_data(blob, key, {"blob": blob.path}) == data
     assert (data.name, data.version) == ("autoretrain-data", "1")
-    run = workspace.submit(data, key, {RUN_TAG: key.value})
-    again = workspace.submit(data, key, {RUN_TAG: key.value})
+    run = workspace.submit(data, key, {JOB_TAG: key.value})
+    again = workspace.submit(data, key, {JOB_TAG: key.value})
     assert run.name == again.name == key.job_name
 
     status = workspace.wait(run.name, timeout=180)
@@ -82,7 +82,7 @@ def test_a_blob_becomes_data_job_and_model_and_survives_a_restart(
         ("RunStatusChanged", "Running"), ("RunStatusChanged", "Completed"), ("RunCompleted", None)
     ]
     completed = events.items[-1]
-    assert completed["data"]["runTags"] == {RUN_TAG: key.value}
+    assert completed["data"]["runTags"] == {JOB_TAG: key.value}
     assert completed["subject"].endswith(f"/runs/{run.name}")
     for step in ("prep", "train", "evaluate"):
         assert (workspace.job_dir(run.name) / "logs" / f"{step}.log").is_file()
@@ -118,7 +118,7 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
     blob = store.upload(f"ds{unique}", "k/empty-target.csv", ("\n".join([text[0], *rows]) + "\n").encode())
     key = WorkKey.for_blob(blob)
     lineage = {"blob": "incoming/empty target.csv"}
-    run = workspace.submit(workspace.register_data(blob, key, lineage), key, {RUN_TAG: key.value})
+    run = workspace.submit(workspace.register_data(blob, key, lineage), key, {JOB_TAG: key.value})
 
     status = workspace.wait(run.name, timeout=120)
 
@@ -146,7 +146,7 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     data = first.register_data(blob, key, {})
     first._pool.shutdown(wait=True)  # the "crash": nothing will pick the job up in this process
     with pytest.raises(RuntimeError):
-        first.submit(data, key, {RUN_TAG: key.value})
+        first.submit(data, key, {JOB_TAG: key.value})
     assert [r["status"] for r in catalog_rows(tmp_path, "jobs")] == ["Queued"]
 
     events = Events()

@@ -38,8 +38,8 @@ from autoretrain.adapters.localworkspace.workspace import LocalWorkspace, catalo
 from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.bootstrap import PIPELINE
 from autoretrain.contract import HEAD_BYTES, load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, LedgerState, WorkKey
-from autoretrain.domain.events import RunFinished
+from autoretrain.domain import JOB_TAG, BlobRef, LedgerState, WorkKey
+from autoretrain.domain.events import JobFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 pytestmark = pytest.mark.integration
@@ -140,12 +140,12 @@ def _world(parts: Parts, unique: str) -> World:
     return World(deps, parts, config.incoming_container, now)
 
 
-def _run_event(key: WorkKey, kind: str) -> RunFinished:
-    return RunFinished(
+def _run_event(key: WorkKey, kind: str) -> JobFinished:
+    return JobFinished(
         event_id=f"{kind}-{key}", event_type=f"Microsoft.MachineLearningServices.{kind}", topic=LOCAL_WORKSPACE_TOPIC,
         subject=f"experiments/x/runs/{key.job_name}", event_time=None, experiment_id="x",
-        experiment_name="autoretrain", run_id=key.job_name, run_type="", job_status="Completed",
-        run_tags={RUN_TAG: key.value},
+        experiment_name="autoretrain", job=key.job_name, job_type="", job_status="Completed",
+        job_tags={JOB_TAG: key.value},
     )
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autoretrain.domain import (
-    RUN_TAG,
+    JOB_TAG,
     BlobRef,
     DataVersion,
     JobState,
@@ -192,7 +192,7 @@ class FakeWorkspace:
     def jobs(self) -> Iterator[PipelineJob]:
         for name, status in list(self.statuses.items()):
             tags = self.tags.get(name, {})
-            if RUN_TAG in tags:
+            if JOB_TAG in tags:
                 yield PipelineJob(name, "autoretrain", status.state, tags)
 
     def job_metrics(self, job: str) -> Metrics:

@@ -38,13 +38,13 @@ from autoretrain.adapters.azureml import (
     WORK_KEY_PROPERTY,
     AzureMLWorkspace,
     BoundedRetryPolicy,
-    run_state,
+    job_state,
 )
 from autoretrain.adapters.ledger import TableLedger
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import bootstrap
 from autoretrain.datacontract import NO_CHAMPION_FILES, is_no_champion
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
+from autoretrain.domain import JOB_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
 from autoretrain.domain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
 from autoretrain.settings import Settings, WorkspaceKind
 
@@ -110,7 +110,7 @@ def data_version() -> DataVersion:
     return DataVersion("autoretrain-data", KEY.value, f"azureml://datastores/{DATASTORE}/paths/{SNAPSHOT.name}")
 
 
-TAGS = {RUN_TAG: KEY.value, "blob": SOURCE.path, "etag": SOURCE.etag}
+TAGS = {JOB_TAG: KEY.value, "blob": SOURCE.path, "etag": SOURCE.etag}
 
 
 def _failed_in_prep(workspace: AzureMLWorkspace, service: FakeAzureML, error: str) -> None:
@@ -380,16 +380,16 @@ class TestSubmit:
 class TestRunStatus:
     def test_maps_azure_ml_statuses_to_run_states(self) -> None:
         """Every documented status has a state; unknown ones count as running, never as finished."""
-        assert {s: run_state(s) for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")} == {
+        assert {s: job_state(s) for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")} == {
             s: JobState.QUEUED for s in ("NotStarted", "Queued", "Preparing", "Provisioning", "Starting")
         }
-        assert {run_state(s) for s in ("Running", "Finalizing", "CancelRequested", "NotResponding", "Paused")} == {
+        assert {job_state(s) for s in ("Running", "Finalizing", "CancelRequested", "NotResponding", "Paused")} == {
             JobState.RUNNING
         }
-        assert (run_state("Completed"), run_state("Failed"), run_state("Canceled")) == (
+        assert (job_state("Completed"), job_state("Failed"), job_state("Canceled")) == (
             JobState.COMPLETED, JobState.FAILED, JobState.CANCELED,
         )
-        assert run_state("SomethingNew") is JobState.RUNNING
+        assert job_state("SomethingNew") is JobState.RUNNING
 
     def test_a_completed_job(self, workspace: AzureMLWorkspace, service: FakeAzureML) -> None:
         """Completed, with the studio link as the place to look."""
@@ -486,7 +486,7 @@ class TestModels:
         """Register the model of key's job, which has completed (submitted and finished first)."""
         if key.job_name not in self.service.jobs:
             data = DataVersion("autoretrain-data", key.value, f"azureml://datastores/{DATASTORE}/paths/{key}/f.csv")
-            workspace.submit(data, key, {RUN_TAG: key.value})
+            workspace.submit(data, key, {JOB_TAG: key.value})
             self.service.finish(key.job_name, "Completed")
             job_wrote(self.store, key.job_name, "model", "MLmodel",
                       b"flavors: {sklearn: {pickled_model: model.skops, env: {conda: conda.yaml}}}\n")

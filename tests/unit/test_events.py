@@ -11,7 +11,7 @@ from samples import BLOB_CREATED_CLOUDEVENT, BLOB_CREATED_EVENTGRID, RUN_COMPLET
 
 from autoretrain.domain import BlobRef
 from autoretrain.domain.errors import EventError
-from autoretrain.domain.events import BlobCreated, RunFinished, parse_blob_created, parse_event, parse_run_finished
+from autoretrain.domain.events import BlobCreated, JobFinished, parse_blob_created, parse_event, parse_job_finished
 
 
 def run_status_changed(status: str) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class TestBlobCreated:
 class TestRunFinished:
     def test_docs_sample_run_completed(self) -> None:
         """RunCompleted carries no runStatus: it means Completed. A null runType reads as ''."""
-        assert parse_run_finished(RUN_COMPLETED) == RunFinished(
+        assert parse_job_finished(RUN_COMPLETED) == JobFinished(
             event_id="831e1650-001e-001b-66ab-eeb76e069631",
             event_type="Microsoft.MachineLearningServices.RunCompleted",
             topic=WORKSPACE_TOPIC,
@@ -98,19 +98,19 @@ class TestRunFinished:
             event_time=datetime(2017, 6, 26, 18, 41, 0, 958410, tzinfo=UTC),
             experiment_id="0fa9dfaa-cba3-4fa7-b590-23e48548f5c1",
             experiment_name="automl-local-regression",
-            run_id="AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5",
-            run_type="",
+            job="AutoML_ad912b2d-6467-4f32-a616-dbe4af6dd8fc_5",
+            job_type="",
             job_status="Completed",
-            run_tags={},
-            run_properties={"runTemplate": "automl_child", "training_percent": "100", "predicted_cost": ""},
+            job_tags={},
+            job_properties={"runTemplate": "automl_child", "training_percent": "100", "predicted_cost": ""},
         )
 
     def test_run_status_changed_in_cloudevents_schema(self) -> None:
         event = run_status_changed("Failed")
         cloud = {"specversion": "1.0", "source": event["topic"], "type": event["eventType"],
                  "time": event["eventTime"], "id": event["id"], "subject": event["subject"], "data": event["data"]}
-        parsed = parse_run_finished(cloud)
-        assert (parsed.job_status, parsed.run_type, dict(parsed.run_tags)) == (
+        parsed = parse_job_finished(cloud)
+        assert (parsed.job_status, parsed.job_type, dict(parsed.job_tags)) == (
             "Failed", "azureml.PipelineRun", {"autoretrain": "ab" * 12}
         )
 
@@ -118,11 +118,11 @@ class TestRunFinished:
         event = run_status_changed("Running")
         del event["data"]["runStatus"]
         with pytest.raises(EventError, match="RunStatusChanged without 'runStatus'"):
-            parse_run_finished(event)
+            parse_job_finished(event)
 
     def test_parse_event_picks_the_type(self) -> None:
         assert isinstance(parse_event(BLOB_CREATED_EVENTGRID), BlobCreated)
-        assert isinstance(parse_event(RUN_COMPLETED), RunFinished)
+        assert isinstance(parse_event(RUN_COMPLETED), JobFinished)
         other = dict(BLOB_CREATED_EVENTGRID[0], eventType="Microsoft.Storage.BlobTierChanged")
         with pytest.raises(EventError, match="not one autoretrain handles"):
             parse_event(other)

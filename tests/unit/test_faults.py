@@ -20,7 +20,7 @@ from test_loop import CONTRACT, GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.contract import load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, LedgerState, Metrics, WorkKey
+from autoretrain.domain import JOB_TAG, BlobRef, JobState, LedgerState, Metrics, WorkKey
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 
@@ -254,7 +254,7 @@ class TestReconcileFinds:
         recording it here would make a skipped record for no blob of ours."""
         deps, ledger, workspace, _ = self._deps(tmp_path)
         other = WorkKey.for_blob(BlobRef("other-incoming", "x.csv", "0x1"))
-        workspace.tags[other.job_name] = {RUN_TAG: other.value, "blob": "other-incoming/x.csv", "etag": "0x1"}
+        workspace.tags[other.job_name] = {JOB_TAG: other.value, "blob": "other-incoming/x.csv", "etag": "0x1"}
         workspace.finish(other.job_name, JobState.COMPLETED, Metrics({"f1_macro": 0.9}, primary="f1_macro"))
 
         report = loop.reconcile(deps, grace=timedelta(0))

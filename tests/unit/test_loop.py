@@ -11,9 +11,9 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
 from autoretrain.contract import HEAD_BYTES, load_contract
-from autoretrain.domain import RUN_TAG, BlobRef, JobState, JobStatus, LedgerState, Metrics, ModelVersion, WorkKey
+from autoretrain.domain import JOB_TAG, BlobRef, JobState, JobStatus, LedgerState, Metrics, ModelVersion, WorkKey
 from autoretrain.domain.errors import NotReadyError, RetrainRefused, StorageError
-from autoretrain.domain.events import BlobCreated, RunFinished
+from autoretrain.domain.events import BlobCreated, JobFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 
 # Twelve rows and two classes: enough for the pipeline, so ingest's whole-file checks pass it.
@@ -38,12 +38,12 @@ def blob_event(ref: BlobRef, *, event_id: str = "ev-1", api: str = "PutBlob", to
 
 
 def run_event(key: WorkKey, *, event_type: str = "Microsoft.MachineLearningServices.RunCompleted",
-              run_type: str = "azureml.PipelineRun", status: str = "Completed", tags: dict[str, str] | None = None,
-              topic: str = LOCAL_WORKSPACE_TOPIC, event_id: str = "run-ev-1", run_id: str | None = None) -> RunFinished:
-    return RunFinished(
+              job_type: str = "azureml.PipelineRun", status: str = "Completed", tags: dict[str, str] | None = None,
+              topic: str = LOCAL_WORKSPACE_TOPIC, event_id: str = "run-ev-1", job: str | None = None) -> JobFinished:
+    return JobFinished(
         event_id=event_id, event_type=event_type, topic=topic, subject=f"experiments/x/runs/{key.job_name}",
-        event_time=None, experiment_id="x", experiment_name="autoretrain", run_id=run_id or key.job_name,
-        run_type=run_type, job_status=status, run_tags={RUN_TAG: key.value} if tags is None else tags,
+        event_time=None, experiment_id="x", experiment_name="autoretrain", job=job or key.job_name,
+        job_type=job_type, job_status=status, job_tags={JOB_TAG: key.value} if tags is None else tags,
     )
 
 
@@ -70,7 +70,7 @@ class TestIngest:
         snapshot = BlobRef("datasets", f"{key}/2026-01.csv", blobs.blobs[("datasets", f"{key}/2026-01.csv")][0])
         assert workspace.registered_data == [(snapshot, key)]
         assert [(d.version, k, t) for d, k, t in workspace.submitted] == [
-            ("1", key, {RUN_TAG: key.value, "blob": "incoming/2026-01.csv", "etag": ref.etag, "champion": ""})
+            ("1", key, {JOB_TAG: key.value, "blob": "incoming/2026-01.csv", "etag": ref.etag, "champion": ""})
         ]
         record = ledger.get(key)
         assert record is not None
@@ -406,7 +406,7 @@ class TestComplete:
         workspace, _, _ = fakes(deps)
         key = self._submitted(deps)
         workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
-        outcome = loop.complete(run_event(key, run_type=""), deps)
+        outcome = loop.complete(run_event(key, job_type=""), deps)
         assert isinstance(outcome, loop.Registered)
 
     def test_second_completion_event_registers_nothing_more(self, deps: loop.Deps) -> None:
@@ -482,9 +482,9 @@ class TestComplete:
     @pytest.mark.parametrize(
         ("changes", "reason"),
         [
-            ({"run_id": "step-run-of-our-job"}, "is not job autoretrain-"),
+            ({"job": "step-run-of-our-job"}, "is not job autoretrain-"),
             ({"tags": {}}, "has no 'autoretrain' tag"),
-            ({"tags": {RUN_TAG: "not-a-key"}}, "not a work key"),
+            ({"tags": {JOB_TAG: "not-a-key"}}, "not a work key"),
             ({"topic": LOCAL_WORKSPACE_TOPIC.replace("/local", "/other")}, "is not our workspace"),
         ],
     )

@@ -18,7 +18,7 @@ from fake_azureml import COMPONENT, COMPUTE, DATASTORE, ROOT, FakeAzureML, ml_cl
 from fakes import FakeBlobStore
 
 from autoretrain.adapters.azureml import AzureMLWorkspace
-from autoretrain.domain import RUN_TAG, BlobRef, DataVersion, JobState, Metrics, WorkKey
+from autoretrain.domain import JOB_TAG, BlobRef, DataVersion, JobState, Metrics, WorkKey
 from autoretrain.domain.errors import JobNotFoundError
 
 SOURCE = BlobRef("incoming", "2026/march.csv", "0x8DC0FFEE")
@@ -124,7 +124,7 @@ class TestSubmission:
 
         assert job.outputs["component_out_path"].path == sent_output["uri"]
         service.queued.clear()
-        workspace.submit(DataVersion("autoretrain-data-trainset", KEY.value, "x"), KEY, {RUN_TAG: KEY.value})
+        workspace.submit(DataVersion("autoretrain-data-trainset", KEY.value, "x"), KEY, {JOB_TAG: KEY.value})
         [put] = service.requests_to("PUT", "/jobs/")
         ours = put.body["properties"]["outputs"]["metrics"]
         assert set(sent_output) <= set(ours) and ours["uri"].startswith("azureml://datastores/workspaceblobstore/paths/")
@@ -136,12 +136,12 @@ class TestSubmission:
         entry = recorded("pipeline_job_create_put.json", 0)
         body = entry["response_body"]
         body["name"] = KEY.job_name
-        body["properties"]["tags"] = {RUN_TAG: KEY.value}
+        body["properties"]["tags"] = {JOB_TAG: KEY.value}
         answer(service, "PUT", "/jobs/", entry)
 
-        job = workspace.submit(DataVersion("autoretrain-data-trainset", KEY.value, "x"), KEY, {RUN_TAG: KEY.value})
+        job = workspace.submit(DataVersion("autoretrain-data-trainset", KEY.value, "x"), KEY, {JOB_TAG: KEY.value})
 
-        assert (job.name, job.status, dict(job.tags)) == (KEY.job_name, JobState.QUEUED, {RUN_TAG: KEY.value})
+        assert (job.name, job.status, dict(job.tags)) == (KEY.job_name, JobState.QUEUED, {JOB_TAG: KEY.value})
         assert job.experiment == body["properties"]["experimentName"]
 
 

@@ -58,8 +58,8 @@ from autoretrain.adapters.localworkspace.tracking import STEP_ENV, LocalTracking
 from autoretrain.adapters.localworkspace.warm import WarmRunner, die_with_parent
 from autoretrain.datacontract import NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
+    JOB_TAG,
     NO_CHAMPION_PATH,
-    RUN_TAG,
     BlobRef,
     DataVersion,
     JobState,
@@ -713,7 +713,7 @@ class LocalWorkspace:
             rows = db.execute("SELECT name, experiment, status, tags FROM jobs ORDER BY created").fetchall()
         for row in rows:
             tags = json.loads(row["tags"])
-            if RUN_TAG in tags:
+            if JOB_TAG in tags:
                 yield PipelineJob(row["name"], row["experiment"], JobState(row["status"]), tags)
 
     def wait(self, job: str, timeout: float) -> JobStatus:
