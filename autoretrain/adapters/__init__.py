@@ -2,7 +2,8 @@
 
     ledger.py           Ledger on Azure Table Storage (Azurite locally)
     storage.py          BlobStore on Azure Blob Storage (Azurite locally)
-    azureml.py          Workspace on Azure Machine Learning (azure-ai-ml), imported only for azureml mode
+    azureml.py          Workspace on Azure Machine Learning (azure-ai-ml), imported only for azureml mode;
+    azureml_calls.py    its call policy: bounded retries, job statuses, errors as one line
     publish.py          registers ml/pipeline.yml as the pipeline component the Azure ML adapter submits
     eventgrid.py        Event Grid's delivery to a Functions host: retries, dead letters (the local
                         workspace's run events, the local Event Grid's blob events)

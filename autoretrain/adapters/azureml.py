@@ -38,9 +38,9 @@ blob and the same input). azure-ai-ml could upload a local path itself, but it d
 workspace's default store with a storage client of its own, which needs write access there and
 one more set of credentials; our datastore is already readable by the cluster.
 
-Every SDK error becomes a `WorkspaceError` with one line naming what failed. Throttling (429),
-server errors (5xx) and timeouts are retried by azure-core's retry policy first; when they persist
-the error propagates, so Event Grid retries the event.
+Every SDK error becomes a `WorkspaceError` with one line naming what failed (azureml_calls.py: the
+bounded retry policy, the status mapping, the error translation). Throttling (429), server errors
+(5xx) and timeouts are retried first; when they persist the error propagates, so Event Grid retries.
 """
 
 from __future__ import annotations
@@ -48,9 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +56,29 @@ from azure.ai.ml import Input, MLClient, Output
 from azure.ai.ml.constants import AssetTypes
 from azure.ai.ml.entities import Data, Model, PipelineJobSettings
 from azure.ai.ml.entities import PipelineJob as SdkPipelineJob
-from azure.ai.ml.exceptions import MlException, ValidationException
+from azure.ai.ml.exceptions import ValidationException
 from azure.core.exceptions import (
     AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
-from azure.core.pipeline.policies import RetryPolicy
 from azure.storage.blob import BlobServiceClient
 
+from autoretrain.adapters.azureml_calls import (
+    CALL_BUDGET_SECONDS,
+    CALL_RETRIES,
+    RETRY_AFTER_CAP_SECONDS,
+    BoundedRetryPolicy,
+    client_options,
+    data_rejection,
+    job_state,
+    one_line,
+    service_reason,
+    translated,
+)
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.adapters.storage import client_options as storage_client_options
-from autoretrain.datacontract import DATA_ERROR_EXIT, NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
+from autoretrain.datacontract import NO_CHAMPION_FILES, REPORT_FILE, mltable_text, rejection
 from autoretrain.domain import (
     JOB_TAG,
     NO_CHAMPION_PATH,
@@ -92,14 +97,15 @@ from autoretrain.domain.errors import (
     JobNotFoundError,
     WorkspaceError,
     WorkspaceRejectedError,
-    WorkspaceUnavailableError,
 )
 from autoretrain.domain.ports import BlobStore
 from autoretrain.logs import log_event
 
+# The call policy (azureml_calls) is re-exported: the adapter and its policy are one import for callers.
 __all__ = [
-    "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "job_state",
-    "service_reason",
+    "CALL_BUDGET_SECONDS", "CALL_RETRIES", "CHAMPION_TAG", "CONTRACTS_PREFIX", "METRICS_PROPERTY",
+    "RETRY_AFTER_CAP_SECONDS", "WORK_KEY_PROPERTY", "AzureMLWorkspace", "BoundedRetryPolicy", "client_options",
+    "job_state", "service_reason",
 ]
 
 log = logging.getLogger("autoretrain.adapters.azureml")
@@ -120,105 +126,6 @@ OUTPUTS_DATASTORE = "workspaceblobstore"
 OUTPUTS: Mapping[str, str] = {"model": AssetTypes.MLFLOW_MODEL, "metrics": AssetTypes.URI_FOLDER,
                               "report": AssetTypes.URI_FOLDER}
 
-# Azure ML job statuses (azure.ai.ml.constants.JobStatus) in the port's words. Anything not listed
-# counts as running: a status added by the service later must not end a run in our ledger.
-_STATES: Mapping[str, JobState] = {
-    "NotStarted": JobState.QUEUED,
-    "Queued": JobState.QUEUED,
-    "Preparing": JobState.QUEUED,
-    "Provisioning": JobState.QUEUED,
-    "Starting": JobState.QUEUED,
-    "Running": JobState.RUNNING,
-    "Finalizing": JobState.RUNNING,
-    "CancelRequested": JobState.RUNNING,
-    "NotResponding": JobState.RUNNING,
-    "Paused": JobState.RUNNING,
-    "Unknown": JobState.RUNNING,
-    "Completed": JobState.COMPLETED,
-    "Failed": JobState.FAILED,
-    "Canceled": JobState.CANCELED,
-}
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-# Event Grid waits 30 s for an answer, then redelivers. One SDK call may retry, but must give up
-# well before that, so the invocation raises (TransientError) and Event Grid's own retry takes over.
-CALL_RETRIES = 3  # after the first try
-CALL_BUDGET_SECONDS = 15.0  # every try and wait of one call, together
-RETRY_AFTER_CAP_SECONDS = 3.0  # a longer Retry-After (a throttled workspace) is not waited out here
-
-
-class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
-    """azure-core's retry policy with bounds for an Event Grid trigger: 3 retries, 0.5/1/2 s apart,
-    a Retry-After honoured up to 3 s, and at most 15 s for one call. The defaults (10 retries,
-    Retry-After honoured in full, a 300 s read timeout) can hold one call for minutes."""
-
-    def __init__(self) -> None:
-        super().__init__(retry_total=CALL_RETRIES, retry_backoff_factor=0.5, retry_backoff_max=2,
-                         timeout=CALL_BUDGET_SECONDS)
-
-    def get_retry_after(self, response: Any) -> float | None:
-        after = super().get_retry_after(response)
-        return None if after is None else min(after, RETRY_AFTER_CAP_SECONDS)
-
-
-def client_options() -> dict[str, Any]:
-    """Keyword arguments for MLClient: the bounded retry policy and per-try timeouts."""
-    return {"retry_policy": BoundedRetryPolicy(), "connection_timeout": 5, "read_timeout": 10}
-_SPACE = re.compile(r"\s+")
-
-
-def job_state(status: object) -> JobState:
-    """The port's JobState for an Azure ML job status (a string, or the SDK's JobStatus enum)."""
-    text = str(getattr(status, "value", status) or "NotStarted")
-    return _STATES.get(text, JobState.RUNNING)
-
-
-# How Azure ML words a command step that exited non-zero: "Execution failed. User process 'python'
-# exited with status code 65. Please check log file 'user_logs/std_log.txt' for error details.
-# Error: <the end of the step's stderr>".
-_EXIT = re.compile(rf"exited with status code {DATA_ERROR_EXIT}\b")
-
-
-def data_rejection(error: str | None) -> str | None:
-    """The step's own reason when a failed step exited with DATA_ERROR_EXIT (the data file breaks the
-    contract, which the loop quarantines); None for any other failure, which stays ours."""
-    if not error or not _EXIT.search(error):
-        return None
-    _, found, reason = error.partition("Error: ")
-    return reason.strip() if found and reason.strip() else error
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    line = _SPACE.sub(" ", str(text)).strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def service_reason(exc: BaseException) -> str:
-    """The service's own message, without the SDK's multi-line decoration."""
-    if isinstance(exc, HttpResponseError):
-        error = getattr(exc, "error", None)
-        message = getattr(error, "message", None) or exc.message or exc.reason
-        return _one_line(f"HTTP {exc.status_code}: {message}" if exc.status_code else message)
-    if isinstance(exc, MlException):
-        return _one_line(exc.message)
-    return _one_line(exc)
-
-
-def _error(action: str, exc: BaseException) -> WorkspaceError:
-    """One WorkspaceError line for a failed SDK call: what failed, why, and what happens next."""
-    reason = service_reason(exc)
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-        # Retried: a role assignment may still be propagating, or ops may fix it within the retries.
-        hint = "give the function's identity AzureML Data Scientist on the workspace; the event is retried"
-        return WorkspaceUnavailableError(f"{action} failed: {reason}; {hint}")
-    if isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS:
-        hint = "Azure ML is throttling or unavailable; the event is retried"
-        return WorkspaceUnavailableError(f"{action} failed: {reason}; {hint}")
-    if isinstance(exc, HttpResponseError) and status is not None and 400 <= status < 500:
-        return WorkspaceRejectedError(f"{action} failed: {reason}")
-    return WorkspaceError(f"{action} failed: {reason}")
-
 
 def _store_client(client: MLClient) -> Callable[[str, str], BlobStore]:
     def make(account: str, endpoint: str) -> BlobStore:
@@ -228,14 +135,6 @@ def _store_client(client: MLClient) -> Callable[[str, str], BlobStore]:
         return AzureBlobStore(service, create_containers=False)
 
     return make
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except (AzureError, MlException) as exc:
-        raise _error(action, exc) from exc
 
 
 class AzureMLWorkspace:
@@ -297,7 +196,7 @@ class AzureMLWorkspace:
             properties=dict(lineage),
         )
         # The same name, version and path again is an update that changes nothing: a retry is a no-op.
-        with _translated(f"register data {self.data_asset}:{key} ({uri})"):
+        with translated(f"register data {self.data_asset}:{key} ({uri})"):
             self._client.data.create_or_update(asset)
         return DataVersion(name=self.data_asset, version=key.value, uri=uri)
 
@@ -323,7 +222,7 @@ class AzureMLWorkspace:
             description=f"The {len(files)} data version(s) job {key.job_name} trains on",
             tags={"work_key": key.value}, properties={"members": str(len(members))},
         )
-        with _translated(f"register training set {name}:{key} ({uri})"):
+        with translated(f"register training set {name}:{key} ({uri})"):
             self._client.data.create_or_update(asset)
         return DataVersion(name=name, version=key.value, uri=uri)
 
@@ -351,7 +250,7 @@ class AzureMLWorkspace:
         train_last: int = 0,
     ) -> PipelineJob:
         name = key.job_name
-        with _translated(f"submit {name}"):
+        with translated(f"submit {name}"):
             existing = self._existing_job(name)
             if existing is not None:
                 return self._run(existing)
@@ -426,7 +325,7 @@ class AzureMLWorkspace:
         )
 
     def job_status(self, job: str) -> JobStatus:
-        with _translated(f"status of job {job}"):
+        with translated(f"status of job {job}"):
             try:
                 found = self._client.jobs.get(job)
             except ResourceNotFoundError as exc:
@@ -437,7 +336,7 @@ class AzureMLWorkspace:
             return self._failure(found)
 
     def jobs(self) -> Iterator[PipelineJob]:
-        with _translated("list jobs"):
+        with translated("list jobs"):
             # The service filters by tag key, so a pass pages through our jobs only.
             for job in self._client.jobs.list(tag=JOB_TAG):
                 tags = {str(k): str(v) for k, v in (getattr(job, "tags", None) or {}).items()}
@@ -459,7 +358,7 @@ class AzureMLWorkspace:
             name=str(job.name),
             state=JobState.FAILED,
             failed_step=str(step.display_name or step.run_id) if step else None,
-            error=_one_line(error, 500) if error else None,
+            error=one_line(error, 500) if error else None,
             log=job.studio_url,
             rejected=self._rejection(str(job.name), error),
         )
@@ -510,7 +409,7 @@ class AzureMLWorkspace:
         with our own storage client and its bounded retries. (azure-ai-ml's jobs.download would ask run
         history where the output went, and its storage client retries for minutes.)"""
         action = f"read metrics of job {job}"
-        with _translated(action):
+        with translated(action):
             data = self._read_output(job, "metrics", "metrics.json")
         if data is None:
             raise WorkspaceRejectedError(
@@ -521,7 +420,7 @@ class AzureMLWorkspace:
             return Metrics.from_evaluate(json.loads(data))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise WorkspaceError(
-                f"job {job}: its metrics output has no readable metrics.json ({_one_line(exc)})."
+                f"job {job}: its metrics output has no readable metrics.json ({one_line(exc)})."
             ) from exc
 
     # -- models --------------------------------------------------------------------------------
@@ -534,7 +433,7 @@ class AzureMLWorkspace:
 
     def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
         action = f"register model {self.model_name} for {key} (job {job})"
-        with _translated(action):
+        with translated(action):
             existing = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
             if existing:
                 return self._model(min(existing, key=_version_number))
@@ -590,14 +489,14 @@ class AzureMLWorkspace:
         )
 
     def champion(self) -> ModelVersion | None:
-        with _translated(f"find the champion of model {self.model_name}"):
+        with translated(f"find the champion of model {self.model_name}"):
             champions = [m for m in self._versions() if _is_champion(m)]
         # promote() tags the new champion before it untags the old one: if it died in between,
         # two carry the tag and the newer one is the champion.
         return self._model(max(champions, key=_version_number)) if champions else None
 
     def record_decision(self, model: ModelVersion, decision: str) -> None:
-        with _translated(f"tag model {model.name}:{model.version} with the gate's decision"):
+        with translated(f"tag model {model.name}:{model.version} with the gate's decision"):
             self._retag(model.version, lambda tags: {**tags, GATE_TAG: decision[:256]})
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
@@ -606,7 +505,7 @@ class AzureMLWorkspace:
         current = self.champion()
         if (current.version if current else None) != (replacing.version if replacing else None):
             return None
-        with _translated(f"promote model {model.name}:{model.version}"):
+        with translated(f"promote model {model.name}:{model.version}"):
             promoted = self._retag(model.version, lambda tags: {**tags, CHAMPION_TAG: "true"})
             for other in self._versions():
                 if _is_champion(other) and str(other.version) != model.version:

@@ -1,7 +1,8 @@
 """The domain: what the loop reasons about, in its own words, with no SDK and no I/O.
 
     model.py    the values: a blob version and its work key, data versions, jobs and their state,
-                metrics, models, the ledger record with its moves (a state machine)
+                metrics, models
+    ledger.py   the ledger record of one attempt, and its moves (a state machine)
     errors.py   the one error hierarchy, drawn in its docstring
     events.py   the Event Grid events we take, parsed into our own types
     ports.py    the Protocols the loop is written against (Workspace, Ledger, BlobStore, Clock)
@@ -11,31 +12,34 @@ Imports only the standard library: adapters depend on it, never the other way ro
 
 from __future__ import annotations
 
-from autoretrain.domain.model import (
+from autoretrain.domain.ledger import (
     ALLOWED_MOVES,
-    JOB_OUTPUTS,
-    JOB_TAG,
-    NO_CHAMPION_PATH,
-    BlobRef,
-    DataVersion,
+    HISTORY_LIMIT,
     Fail,
     Finish,
-    JobState,
-    JobStatus,
     LedgerRecord,
     LedgerState,
-    ListedBlob,
-    Metrics,
-    ModelVersion,
     Move,
     Moved,
-    PipelineJob,
     Quarantine,
     Release,
     Skip,
     StartCompleting,
     Submit,
     TakeOver,
+)
+from autoretrain.domain.model import (
+    JOB_OUTPUTS,
+    JOB_TAG,
+    NO_CHAMPION_PATH,
+    BlobRef,
+    DataVersion,
+    JobState,
+    JobStatus,
+    ListedBlob,
+    Metrics,
+    ModelVersion,
+    PipelineJob,
     TrainingMember,
     WorkKey,
     job_output_path,
@@ -43,6 +47,7 @@ from autoretrain.domain.model import (
 
 __all__ = [
     "ALLOWED_MOVES",
+    "HISTORY_LIMIT",
     "JOB_OUTPUTS",
     "JOB_TAG",
     "NO_CHAMPION_PATH",

@@ -97,13 +97,39 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
     Every step is the idempotent one of ingest or complete, so a live event or a second pass at the
     same time changes nothing twice. No blob content is read, except by the ingest of a found blob.
     """
-    now = deps.clock()
-    found: list[Found] = []
-    errors: list[str] = []
-    done: set[str] = set()
+    return _Pass(deps, deps.clock(), grace).run()
 
-    def attempt(what: str, blob: BlobRef, key: WorkKey, action: Callable[[], IngestOutcome | CompleteOutcome]) -> None:
-        done.add(key.value)
+
+Action = Callable[[], IngestOutcome | CompleteOutcome]
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass: what it has listed, what it found and what went wrong."""
+
+    deps: Deps
+    now: datetime
+    grace: timedelta
+    found: list[Found] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    records: dict[str, LedgerRecord] = field(default_factory=dict)
+    listed: dict[str, ListedBlob] = field(default_factory=dict)
+
+    def run(self) -> ReconcileReport:
+        self.records = {r.key.value: r for r in self.deps.ledger.records()}
+        self._unannounced_blobs()
+        self._unfinished_records()
+        jobs = self._orphan_jobs()
+        report = ReconcileReport(len(self.listed), len(self.records), jobs, tuple(self.found), tuple(self.errors))
+        log_event(
+            log, logging.ERROR if self.errors else logging.INFO, "reconcile.done", blobs=report.blobs_listed,
+            records=report.records, jobs=report.jobs, found=len(self.found), errors=len(self.errors),
+        )
+        return report
+
+    def _attempt(self, what: str, blob: BlobRef, key: WorkKey, action: Action) -> None:
+        self.done.add(key.value)
         # Each file found is a trace of its own (linked to the pass's), as if its event had come.
         with invocation("reconcile.attempt", root=True, blob=blob.path, etag=blob.etag, work_key=key.value):
             try:
@@ -111,59 +137,61 @@ def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
             except Exception as exc:
                 message = f"{what} {blob.path} ({key}): {type(exc).__name__}: {one_line(exc)}"
                 log_event(log, logging.ERROR, "reconcile.error", what=what, error=one_line(exc))
-                errors.append(message)
+                self.errors.append(message)
                 return
             if isinstance(outcome, Duplicate | InProgress):
                 return  # a live event or another pass has it: nothing was out of step after all
             log_outcome(outcome)
             result = _result(outcome)
             log_event(log, logging.WARNING, "reconcile.found", what=what, result=result)
-            found.append(Found(what, blob.path, key.value, result))
+            self.found.append(Found(what, blob.path, key.value, result))
 
-    records = {r.key.value: r for r in deps.ledger.records()}
-    listed: dict[str, ListedBlob] = {}
-    for item in deps.blobs.list_blobs(deps.config.incoming_container):
-        key = WorkKey.for_blob(item.ref)
-        listed[key.value] = item
-        if key.value in records or item.ref.name.endswith("/") or now - item.last_modified < grace:
-            continue
-        attempt("unannounced", item.ref, key, _ingest_then_complete(item.ref, deps, item.size, now))
+    def _ingest(self, blob: BlobRef, size: int | None) -> Action:
+        return _ingest_then_complete(blob, self.deps, size, self.now)
 
-    for record in records.values():
-        if record.state is LedgerState.CLAIMED and record.lease_expired(now) and record.retrain_of is not None:
-            attempt("stale_claim", record.blob, record.key, _resume_retrain(record, deps))
-        elif record.state is LedgerState.CLAIMED and record.lease_expired(now):
-            seen = listed.get(record.key.value)
-            size = seen.size if seen else None
-            attempt("stale_claim", record.blob, record.key, _ingest_then_complete(record.blob, deps, size, now))
-        elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
-            what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
-            attempt(what, record.blob, record.key, _complete_or_resubmit(record, deps))
+    def _unannounced_blobs(self) -> None:
+        """Blob versions with no ledger record, past the grace period (their event is not coming)."""
+        for item in self.deps.blobs.list_blobs(self.deps.config.incoming_container):
+            key = WorkKey.for_blob(item.ref)
+            self.listed[key.value] = item
+            fresh = self.now - item.last_modified < self.grace
+            if key.value not in self.records and not item.ref.name.endswith("/") and not fresh:
+                self._attempt("unannounced", item.ref, key, self._ingest(item.ref, item.size))
 
-    jobs = 0
-    for job in deps.workspace.jobs():
-        if not job.tags.get("blob", "").startswith(f"{deps.config.incoming_container}/"):
-            continue  # another deployment's job in a shared workspace: its own reconcile adopts it
-        jobs += 1
-        tag = job.tags.get(JOB_TAG, "")
-        try:
-            key = WorkKey(tag)
-        except ValueError:
-            continue
-        if key.value in records or key.value in done:
-            continue
-        survivor = listed.get(key.value)
-        if survivor is not None:
-            attempt("orphan_job", survivor.ref, key, _ingest_then_complete(survivor.ref, deps, survivor.size, now))
-            continue
-        attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, deps, now))
+    def _unfinished_records(self) -> None:
+        """Claims whose holder is gone, and records whose job ended without a completion."""
+        for record in self.records.values():
+            if record.state is LedgerState.CLAIMED and record.lease_expired(self.now):
+                if record.retrain_of is not None:
+                    self._attempt("stale_claim", record.blob, record.key, _resume_retrain(record, self.deps))
+                else:
+                    seen = self.listed.get(record.key.value)
+                    action = self._ingest(record.blob, seen.size if seen else None)
+                    self._attempt("stale_claim", record.blob, record.key, action)
+            elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
+                what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
+                self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps))
 
-    report = ReconcileReport(len(listed), len(records), jobs, tuple(found), tuple(errors))
-    log_event(
-        log, logging.ERROR if errors else logging.INFO, "reconcile.done",
-        blobs=report.blobs_listed, records=report.records, jobs=report.jobs, found=len(found), errors=len(errors),
-    )
-    return report
+    def _orphan_jobs(self) -> int:
+        """Jobs of ours that no ledger record names: adopted, or recorded as skipped. Returns how many
+        jobs of this deployment the workspace has."""
+        jobs = 0
+        for job in self.deps.workspace.jobs():
+            if not job.tags.get("blob", "").startswith(f"{self.deps.config.incoming_container}/"):
+                continue  # another deployment's job in a shared workspace: its own reconcile adopts it
+            jobs += 1
+            try:
+                key = WorkKey(job.tags.get(JOB_TAG, ""))
+            except ValueError:
+                continue
+            if key.value in self.records or key.value in self.done:
+                continue
+            survivor = self.listed.get(key.value)
+            if survivor is not None:
+                self._attempt("orphan_job", survivor.ref, key, self._ingest(survivor.ref, survivor.size))
+            else:
+                self._attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, self.deps, self.now))
+        return jobs
 
 
 def _job_blob(job: PipelineJob) -> BlobRef:

@@ -1,0 +1,292 @@
+"""The ledger's record of one attempt of a blob version, and its moves: a state machine.
+
+Each move is a frozen value that names what changes; `LedgerRecord.after(move, now)` is the one
+transition function, refusing a move `ALLOWED_MOVES` does not list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from autoretrain.domain.model import BlobRef, Metrics, WorkKey
+
+__all__ = [
+    "ALLOWED_MOVES",
+    "HISTORY_LIMIT",
+    "Fail",
+    "Finish",
+    "LedgerRecord",
+    "LedgerState",
+    "Move",
+    "Moved",
+    "Quarantine",
+    "Release",
+    "Skip",
+    "StartCompleting",
+    "Submit",
+    "TakeOver",
+]
+
+
+class LedgerState(StrEnum):
+    """Where one blob version stands.
+
+    claimed → quarantined | skipped | submitted | failed;
+    submitted → completing → done | failed | quarantined (prep found the file breaks the contract).
+    `claimed` and `completing` are held under a lease: work in progress that another worker may
+    take over once the lease has run out (its holder crashed).
+    """
+
+    CLAIMED = "claimed"
+    QUARANTINED = "quarantined"
+    SKIPPED = "skipped"
+    SUBMITTED = "submitted"
+    COMPLETING = "completing"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.DONE, LedgerState.FAILED)
+
+    @property
+    def leased(self) -> bool:
+        return self in (LedgerState.CLAIMED, LedgerState.COMPLETING)
+
+
+ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
+    {
+        LedgerState.CLAIMED: frozenset(
+            {LedgerState.CLAIMED, LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.SUBMITTED,
+             LedgerState.FAILED}
+        ),
+        LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
+        LedgerState.COMPLETING: frozenset(
+            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED}
+        ),
+        LedgerState.QUARANTINED: frozenset(),
+        LedgerState.SKIPPED: frozenset(),
+        LedgerState.DONE: frozenset(),
+        LedgerState.FAILED: frozenset(),
+    }
+)
+
+
+# One frozen object per ledger move: what changes is named, nothing else can.
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """A worker takes over leased work whose holder is gone (its lease ran out): one more attempt."""
+
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The holder gives its lease back after a transient failure, so a retry may start at once."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    data_version: str
+    job: str
+    champion: str | None = None  # the champion version the job scores the new model against
+    training_set: str | None = None  # the training-set data version the job trains on
+    members: int = 0  # how many data versions it holds (the job tests on all of them)
+    trained_on: int = 0  # how many of them, the newest, the model trains on (the contract's window)
+
+
+@dataclass(frozen=True, slots=True)
+class StartCompleting:
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    model_version: str
+    metrics: Metrics
+    promoted: bool
+    decision: str = ""  # the champion gate's one line: what it compared and what it decided
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    reason: str
+
+
+Move = TakeOver | Release | Quarantine | Skip | Submit | StartCompleting | Finish | Fail
+
+
+HISTORY_LIMIT = 40  # moves kept per record (a table entity holds 64 KiB)
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """One move in a record's timeline: what it became, when, and a short note."""
+
+    state: str  # the state after the move, or taken_over / released for a lease
+    at: datetime
+    note: str = ""
+
+    @classmethod
+    def of(cls, move: Move, state: LedgerState, now: datetime, attempts: int) -> Moved:
+        match move:
+            case TakeOver():
+                return cls("taken_over", now, f"attempt {attempts + 1}")
+            case Release(reason):
+                return cls("released", now, reason[:200])
+            case Submit(data_version, job, _, _, members, trained_on):
+                return cls(state.value, now, f"{data_version}, job {job}, trains on {trained_on} of {members}")
+            case Finish(model_version, _, promoted, _):
+                return cls(state.value, now, f"{model_version}{', promoted' if promoted else ''}")
+            case Quarantine(reason) | Skip(reason) | Fail(reason):
+                return cls(state.value, now, reason[:200])
+        return cls(state.value, now)
+
+    def as_row(self) -> dict[str, str]:
+        return {"state": self.state, "at": self.at.isoformat(), "note": self.note}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, str]) -> Moved:
+        return cls(row["state"], datetime.fromisoformat(row["at"]), row.get("note", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One attempt of a blob version, as the ledger keeps it: attempt 0 is its own run (its event), and
+    attempt n its nth `autoretrain retrain` (`retrain`, `retrain_of`). `etag` is the ledger row's own,
+    for optimistic updates.
+
+    `lease_until` bounds how long the holder of a `claimed` or `completing` record may take before
+    another worker takes it over; `attempts` counts the takers, the first included. A retrain is a
+    record of its own (key `origin.retrain(n)`), so the ledger keeps every run of a blob version.
+    """
+
+    key: WorkKey
+    blob: BlobRef
+    state: LedgerState
+    event_id: str
+    created: datetime
+    updated: datetime
+    data_version: str | None = None
+    job: str | None = None
+    model_version: str | None = None
+    metrics: Metrics | None = None
+    promoted: bool | None = None
+    reason: str | None = None
+    lease_until: datetime | None = None
+    attempts: int = 1
+    champion: str | None = None
+    decision: str | None = None
+    # The training set the job reads (its MLTable names the files) and two counts, never the list of
+    # its members: a Table property holds 64 KiB, and that list grows with every accepted file.
+    training_set: str | None = None
+    members: int = 0
+    trained_on: int = 0
+    retrain: int = 0  # 0: the blob version's own run; n: its nth `autoretrain retrain`
+    retrain_of: WorkKey | None = None  # for a retrain: the key of the blob version's own record
+    history: tuple[Moved, ...] = ()  # every move, oldest first: the record's timeline
+    etag: str | None = None
+
+    @classmethod
+    def claimed(
+        cls, blob: BlobRef, key: WorkKey, event_id: str, now: datetime, lease_until: datetime,
+        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+    ) -> LedgerRecord:
+        """A new record, as a claim writes it: the first entry of its timeline."""
+        note = f"retrain {retrain}" if retrain else f"event {event_id}"
+        return cls(
+            key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
+            lease_until=lease_until, retrain=retrain, retrain_of=retrain_of,
+            history=(Moved(LedgerState.CLAIMED.value, now, note),),
+        )
+
+    @property
+    def origin(self) -> WorkKey:
+        """The blob version's own work key, which every retrain of it shares: its data snapshot's."""
+        return self.retrain_of or self.key
+
+    def lease_expired(self, now: datetime) -> bool:
+        return self.lease_until is None or self.lease_until <= now
+
+    def after(self, move: Move, now: datetime) -> LedgerRecord:
+        """This record once `move` is applied at `now`; ValueError when the move is not allowed."""
+        changes: dict[str, Any]
+        match move:
+            case TakeOver(lease_until):
+                state, changes = self.state, {"lease_until": lease_until, "attempts": self.attempts + 1}
+            case Release(reason):
+                state, changes = self.state, {"lease_until": None, "reason": reason}
+            case Quarantine(reason):
+                state, changes = LedgerState.QUARANTINED, {"reason": reason}
+            case Skip(reason):
+                state, changes = LedgerState.SKIPPED, {"reason": reason}
+            case Submit(data_version, job, champion, training_set, members, trained_on):
+                state, changes = LedgerState.SUBMITTED, {
+                    "data_version": data_version, "job": job, "champion": champion, "reason": None,
+                    "training_set": training_set, "members": members, "trained_on": trained_on,
+                }
+            case StartCompleting(lease_until):
+                state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
+            case Finish(model_version, metrics, promoted, decision):
+                state, changes = LedgerState.DONE, {
+                    "model_version": model_version, "metrics": metrics, "promoted": promoted,
+                    "decision": decision or None, "reason": None,
+                }
+            case Fail(reason):
+                state, changes = LedgerState.FAILED, {"reason": reason}
+        if isinstance(move, TakeOver | Release) and not self.state.leased:
+            raise ValueError(f"ledger: {self.key} is {self.state.value}, which holds no lease.")
+        if state not in ALLOWED_MOVES[self.state]:
+            raise ValueError(f"ledger: {self.key} cannot move from {self.state.value} to {state.value}.")
+        if state.final:
+            changes["lease_until"] = None
+        changes["history"] = (*self.history, Moved.of(move, state, now, self.attempts))[-HISTORY_LIMIT:]
+        return replace(self, state=state, updated=now, etag=None, **changes)
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat, JSON-friendly view: what `autoretrain status --json` prints."""
+        return {
+            "blob": self.blob.path,
+            "etag": self.blob.etag,
+            "key": self.key.value,
+            "state": self.state.value,
+            "data_version": self.data_version,
+            "job": self.job,
+            "model_version": self.model_version,
+            "metrics": dict(self.metrics.values) if self.metrics else None,
+            "primary_metric": self.metrics.primary if self.metrics else None,
+            "promoted": self.promoted,
+            "champion_metrics": dict(self.metrics.champion) if self.metrics and self.metrics.champion else None,
+            "test_rows": self.metrics.test_rows if self.metrics else None,
+            "decision": self.decision,
+            "training_set": self.training_set,
+            "members": self.members,
+            "trained_on": self.trained_on,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "retrain": self.retrain,
+            "history": [m.as_row() for m in self.history],
+            "retrain_of": self.retrain_of.value if self.retrain_of else None,
+            "lease_until": self.lease_until.isoformat() if self.lease_until else None,
+            "created": self.created.isoformat(),
+            "updated": self.updated.isoformat(),
+        }
