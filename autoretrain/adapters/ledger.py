@@ -105,6 +105,19 @@ class TableLedger:
             raise StorageError(f"ledger: cannot write {record.key} ({_msg(exc)}).") from exc
         return _record({**entity, "etag": meta.get("etag")})
 
+    def forget(self, record: LedgerRecord) -> None:
+        if record.etag is None:
+            raise LedgerError(f"ledger: {record.key} was not read from the ledger; read it before deleting it.")
+        partition, row = self._keys(record.key)
+        try:
+            self._table.delete_entity(partition, row, etag=record.etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as exc:
+            raise LedgerError(f"ledger: {record.key} changed since it was read; not deleted.") from exc
+        except ResourceNotFoundError:
+            return  # already gone
+        except AzureError as exc:
+            raise StorageError(f"ledger: cannot delete {record.key} ({_msg(exc)}).") from exc
+
     def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
         try:
             entities = (

@@ -32,7 +32,7 @@ from azure.storage.blob import (
 )
 
 from autoretrain.domain import BlobRef, ListedBlob
-from autoretrain.domain.errors import BlobChangedError, BlobRejectedError, StorageError
+from autoretrain.domain.errors import BlobChangedError, BlobMissingError, BlobRejectedError, StorageError
 
 __all__ = ["AzureBlobStore", "DeadLetterContainer", "client_options", "safe_metadata"]
 
@@ -98,6 +98,9 @@ class AzureBlobStore:
         self._service = service
         self._create = create_containers
         self._ready: set[str] = set()
+        # Prefixes a listing had to split, per container: each is told once (WARNING), then quietly.
+        self._told: set[tuple[str, str]] = set()
+        self._unlistable: dict[str, tuple[str, ...]] = {}
 
     def _ensure_container(self, container: str) -> None:
         if container in self._ready or not self._create:
@@ -118,7 +121,16 @@ class AzureBlobStore:
             return blob.download_blob(
                 offset, length, etag=f'"{ref.etag}"', match_condition=MatchConditions.IfNotModified
             )
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+        except ResourceNotFoundError as exc:
+            raise BlobMissingError(
+                f"{ref.path}: no such blob (deleted, or never there), so version {ref.etag} cannot be read."
+            ) from exc
+        except ResourceModifiedError as exc:
+            # Azurite answers 412, not 404, for a conditional read of a blob that does not exist.
+            if not self._exists(blob):
+                raise BlobMissingError(
+                    f"{ref.path}: no such blob (deleted, or never there), so version {ref.etag} cannot be read."
+                ) from exc
             raise BlobChangedError(
                 f"{ref.path}: version {ref.etag} was replaced or deleted before it was read; "
                 "a newer version is processed under its own event."
@@ -127,6 +139,13 @@ class AzureBlobStore:
             if offset is not None and getattr(exc, "status_code", None) == 416:
                 raise _EmptyBlob from exc
             raise _error(f"{ref.path}: cannot read it", exc) from exc
+
+    @staticmethod
+    def _exists(blob: Any) -> bool:
+        try:
+            return bool(blob.exists())
+        except AzureError:
+            return True  # cannot tell: the safe reading is "replaced", which keeps a record
 
     def read_head(self, ref: BlobRef, max_bytes: int) -> bytes:
         try:
@@ -188,7 +207,8 @@ class AzureBlobStore:
         self._ensure_container(container)
         client = self._service.get_container_client(container)
         seen: set[str] = set()
-        for blob in self._listing(client, container, "", 0):
+        splits: list[str] = []
+        for blob in self._listing(client, container, "", 0, splits):
             if blob.name in seen:
                 continue
             seen.add(blob.name)
@@ -200,9 +220,30 @@ class AzureBlobStore:
                 BlobRef(container, blob.name, str(blob.etag)), int(blob.size or 0), modified,
                 settings.content_type if settings else None,
             )
+        self._report_unlistable(container, splits)
 
-    def _listing(self, client: ContainerClient, container: str, prefix: str, depth: int) -> Iterator[BlobProperties]:
-        """List under `prefix`; when the service fails on a name in it, split the prefix instead."""
+    def unlistable(self, container: str) -> tuple[str, ...]:
+        """The prefixes under which the last listing of `container` met a name it could not list."""
+        return self._unlistable.get(container, ())
+
+    def _report_unlistable(self, container: str, splits: list[str]) -> None:
+        """One WARNING per prefix that hides an unlistable name (the deepest split), the first time."""
+        deepest = tuple(p for p in splits if not any(q != p and q.startswith(p) for q in splits))
+        self._unlistable[container] = deepest
+        for prefix in deepest:
+            if (container, "unlistable:" + prefix) in self._told:
+                continue
+            self._told.add((container, "unlistable:" + prefix))
+            log.warning(
+                "storage.unlistable container=%s prefix=%r: a blob whose name starts with this prefix and then "
+                "holds a control character cannot be listed, so no listing (or reconcile) finds it; rename it, "
+                "or give its name to `autoretrain replay '<name>'` to ingest it", container, prefix,
+            )
+    def _listing(
+        self, client: ContainerClient, container: str, prefix: str, depth: int, splits: list[str]
+    ) -> Iterator[BlobProperties]:
+        """List under `prefix`; when the service fails on a name in it, split the prefix instead
+        (noted in `splits`)."""
         try:
             # One retry for the whole listing, none for the split ones: a 500 there is the name.
             # Materialised per prefix: a failure half-way must not yield half a listing twice.
@@ -211,19 +252,26 @@ class AzureBlobStore:
             if exc.status_code is None or exc.status_code < 500 or depth >= _SPLIT_DEPTH:
                 if depth == 0:
                     raise _error(f"cannot list container {container!r}", exc) from exc
-                log.warning(
+                first = (container, "left_out:" + prefix) not in self._told
+                self._told.add((container, "left_out:" + prefix))
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
                     "storage.unlistable container=%s prefix=%r reason=%r: names under this prefix are left out; "
                     "rename or delete the blob whose name the service cannot list",
                     container, prefix, _msg(exc),
                 )
                 return
-            log.warning(
+            splits.append(prefix)
+            first = (container, prefix) not in self._told
+            self._told.add((container, prefix))
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
                 "storage.listing_split container=%s prefix=%r reason=%r: a name under this prefix cannot be "
                 "listed (Azurite answers 500 for a control character); the rest is listed prefix by prefix",
                 container, prefix, _msg(exc),
             )
             for char in _SPLIT:
-                yield from self._listing(client, container, prefix + char, depth + 1)
+                yield from self._listing(client, container, prefix + char, depth + 1, splits)
             yield from self._after(client, container, prefix, depth)
             return
         except AzureError as exc:

@@ -14,7 +14,9 @@
     ├── PermanentError          retrying cannot help: recorded in the ledger with the reason and
     │   │                       answered 2xx, with one log line
     │   ├── ContractError       a data file breaks the data contract; the file is quarantined
-    │   ├── BlobChangedError    the blob version an event names was replaced or deleted; skipped
+    │   ├── BlobChangedError    the blob version an event names was replaced; skipped
+    │   │   └── BlobMissingError    ... or no blob of that name exists (deleted, or never there):
+    │   │                           ingest then leaves no ledger record (a phantom event)
     │   ├── BlobRejectedError   storage refuses the request as made (a name it cannot hold)
     │   └── WorkspaceRejectedError      the workspace refused the request as made; failed
     │       └── JobNotFoundError        the workspace does not know the job
@@ -33,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "AutoretrainError",
     "BlobChangedError",
+    "BlobMissingError",
     "BlobRejectedError",
     "ConfigError",
     "ContractError",
@@ -100,6 +103,10 @@ class StorageError(TransientError):
 
 class BlobChangedError(PermanentError):
     """The blob version an event names is gone: replaced (new eTag) or deleted."""
+
+
+class BlobMissingError(BlobChangedError):
+    """No blob of that name exists at all (deleted, or an event for a blob the store never had)."""
 
 
 class BlobRejectedError(PermanentError):

@@ -88,6 +88,11 @@ class Ledger(Protocol):
         """Every record, or those in `state` (filtered by the store, not after reading them all)."""
         ...
 
+    def forget(self, record: LedgerRecord) -> None:
+        """Delete a claim that should never have been made (its blob does not exist), if it is still
+        as read (its etag); LedgerError otherwise."""
+        ...
+
 
 class Workspace(Protocol):
     def register_data(

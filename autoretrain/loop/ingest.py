@@ -17,10 +17,7 @@ from autoretrain.domain import (
     TrainingMember,
     WorkKey,
 )
-from autoretrain.domain.errors import (
-    BlobChangedError,
-    ContractError,
-)
+from autoretrain.domain.errors import BlobChangedError, BlobMissingError, ContractError, LedgerError
 from autoretrain.domain.events import COMMITTED_APIS, BlobCreated
 from autoretrain.logs import log_event, trace_context
 from autoretrain.loop.deps import Deps, LoopConfig
@@ -77,14 +74,20 @@ def _ingest_claimed(
     whole: bytes | None = None  # the blob's bytes, when the head read was all of it
     if data_version is None:
         try:
-            check_name(blob.name, content_length, deps.contract)
+            if not blob.addressable:
+                # No URL reaches a name with '.' or '..' segments: judged by its name, never read.
+                check_name(blob.name, content_length, deps.contract)
+            # Read before judging the name: an event for a blob that does not exist leaves no record.
             head = deps.blobs.read_head(blob, HEAD_BYTES)
+            check_name(blob.name, content_length, deps.contract)
             # Fewer bytes than asked for: the service says that was all of this version. (The event's
             # contentLength is not trusted for that: a wrong one would cut the data version short.)
             whole = head if len(head) < HEAD_BYTES else None
             rows = check_head(blob.path, head, deps.contract, complete=whole is not None)
         except ContractError as exc:
             return _quarantine(record, str(exc), deps, whole)
+        except BlobMissingError as exc:
+            return _forget(record, str(exc), deps)
         except BlobChangedError as exc:
             return _skip(record, str(exc), deps)
         log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
@@ -97,6 +100,18 @@ def _ingest_claimed(
     submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", members, trained_on)
     record = _move(deps.ledger, record, submit)
     return Submitted(record, job)
+
+
+def _forget(record: LedgerRecord, reason: str, deps: Deps) -> Ignored | Duplicate:
+    """No blob of that name exists: the event named a version the store does not have (deleted, or
+    never there: a forged or mistaken event). Its claim is deleted, so it leaves no permanent record;
+    the next event for a real blob of that name is new work as usual."""
+    try:
+        deps.ledger.forget(record)
+    except LedgerError:
+        return Duplicate(deps.ledger.get(record.key) or record)  # another worker moved it meanwhile
+    return Ignored(f"{record.blob.path} (eTag {record.blob.etag}): {reason} Nothing was recorded.",
+                   event="ingest.ignored")
 
 
 def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple[TrainingMember, ...], int]:
@@ -125,14 +140,18 @@ def _training_window(record: LedgerRecord, data: str, deps: Deps) -> tuple[tuple
         return history, min(rule.versions, len(history))
     if rule.window == "days" and rule.days is not None:
         since = deps.clock() - timedelta(days=rule.days)
-        recent = {str(r.data_version) for r in accepted if r.created >= since}
-        inside = 1  # this version, and the run of recent ones just before it
-        for member in reversed(history[:-1]):
-            if member.data_version not in recent:
-                break
-            inside += 1
-        return history, inside
+        return history, _newest_run(history, {str(r.data_version) for r in accepted if r.created >= since})
     return history, 0
+
+
+def _newest_run(history: tuple[TrainingMember, ...], recent: set[str]) -> int:
+    """How many of the newest members are recent: this version, and the unbroken run just before it."""
+    inside = 1
+    for member in reversed(history[:-1]):
+        if member.data_version not in recent:
+            break
+        inside += 1
+    return inside
 
 
 def _register_and_submit(

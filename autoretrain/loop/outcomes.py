@@ -57,6 +57,7 @@ class Ignored:
     """Not ours, or not (yet) something to act on. Not retried."""
 
     reason: str
+    event: str = "ignored"  # the log line's event name
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,5 +117,5 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
             log_event(log, logging.INFO, "complete.in_progress", job=status.name, job_state=status.state.value)
         case Duplicate(record):
             log_event(log, logging.INFO, "duplicate", state=record.state.value, job=record.job)
-        case Ignored(reason):
-            log_event(log, logging.WARNING, "ignored", reason=reason)
+        case Ignored(reason, event):
+            log_event(log, logging.WARNING, event, reason=reason)

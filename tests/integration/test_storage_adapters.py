@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from autoretrain.domain import (
     TakeOver,
     WorkKey,
 )
-from autoretrain.domain.errors import BlobChangedError, LedgerError
+from autoretrain.domain.errors import BlobChangedError, BlobMissingError, LedgerError
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +127,18 @@ class TestAzureBlobStore:
         with pytest.raises(BlobChangedError, match="was replaced or deleted before it was read"):
             store.read_head(ref, 4)
 
+    def test_a_blob_that_does_not_exist_is_missing_not_replaced(self, store: AzureBlobStore, unique: str) -> None:
+        """No blob of that name (a phantom event): BlobMissingError, which ingest records nothing for;
+        a replaced one stays BlobChangedError (recorded as skipped)."""
+        store.upload(f"in{unique}", "real.csv", b"x\n")
+        with pytest.raises(BlobMissingError, match="no such blob"):
+            store.read_head(BlobRef(f"in{unique}", "ghost.csv", "0x8DEADBEEF000001"), 4)
+        replaced = store.upload(f"in{unique}", "a.csv", b"x\n")
+        store.upload(f"in{unique}", "a.csv", b"y\n")
+        with pytest.raises(BlobChangedError) as caught:
+            store.read_head(replaced, 4)
+        assert not isinstance(caught.value, BlobMissingError)
+
     def test_head_of_an_empty_blob_is_empty(self, store: AzureBlobStore, unique: str) -> None:
         """Zero-length uploads happen; their head is b'' (and the contract check quarantines it)."""
         ref = store.upload(f"in{unique}", "empty.csv", b"")
@@ -195,3 +208,23 @@ class TestAzureBlobStore:
         assert listed == ["a.csv", "b/c.csv", "z.csv", "é.csv"]
         splits = [r.getMessage() for r in caplog.records if "storage.listing_split" in r.getMessage()]
         assert [m.split("prefix=")[1].split(" ")[0] for m in splits] == ["''", "'b'", "'ba'", "'bad'"]
+        [told] = [r.getMessage() for r in caplog.records if "storage.unlistable" in r.getMessage()]
+        assert "prefix='bad'" in told and "autoretrain replay '<name>'" in told
+        assert store.unlistable(container) == ("bad",)
+
+    def test_a_name_the_service_cannot_list_is_told_once_not_on_every_listing(
+        self, store: AzureBlobStore, unique: str, azurite: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The local Event Grid lists every second: the warnings come with the first listing only."""
+        container = f"in{unique}"
+        for name in ("a.csv", "ctl\x01name.csv"):
+            store.upload(container, name, b"x\n")
+        list(store.list_blobs(container))
+        caplog.clear()
+
+        for _ in range(3):
+            assert [b.ref.name for b in store.list_blobs(container)] == ["a.csv"]
+
+        assert [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name.startswith("autoretrain")] == []
+        assert store.unlistable(container) == ("ctl",)

@@ -24,7 +24,7 @@ from autoretrain.domain import (
     TrainingMember,
     WorkKey,
 )
-from autoretrain.domain.errors import BlobChangedError, JobNotFoundError, LedgerError
+from autoretrain.domain.errors import BlobChangedError, BlobMissingError, JobNotFoundError, LedgerError
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -46,7 +46,9 @@ class FakeBlobStore:
     def _pinned(self, ref: BlobRef) -> bytes:
         self.reads.append(ref)
         current = self.blobs.get((ref.container, ref.name))
-        if current is None or current[0] != ref.etag:
+        if current is None:
+            raise BlobMissingError(f"{ref.path}: no such blob (deleted, or never there).")
+        if current[0] != ref.etag:
             raise BlobChangedError(f"{ref.path}: version {ref.etag} was replaced or deleted.")
         return current[1]
 
@@ -123,6 +125,12 @@ class FakeLedger:
 
     def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
         return iter([r for r in self.rows.values() if state is None or r.state is state])
+
+    def forget(self, record: LedgerRecord) -> None:
+        current = self.rows.get(record.key.value)
+        if current is None or current.etag != record.etag:
+            raise LedgerError(f"{record.key} changed since it was read")
+        del self.rows[record.key.value]
 
 
 @dataclass

@@ -282,6 +282,32 @@ class TestIngest:
         assert "replaced or deleted" in (record.reason or "")
         assert workspace.submitted == []
 
+    def test_an_event_for_a_blob_that_does_not_exist_leaves_no_record(
+        self, deps: loop.Deps, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A phantom event (no blob of that name: deleted, or never there) is one WARNING line,
+        `ingest.ignored`, and no ledger record, however often it is delivered."""
+        workspace, ledger, _ = fakes(deps)
+        ghost = BlobRef("incoming", "ghost.csv", "0x8DEADBEEF000001")
+        caplog.set_level(logging.WARNING, logger="autoretrain")
+
+        outcomes = [loop.ingest(blob_event(ghost, event_id=f"ev-{i}"), deps) for i in range(2)]
+        for outcome in outcomes:
+            loop.log_outcome(outcome)
+
+        assert all(isinstance(o, loop.Ignored) and o.event == "ingest.ignored" for o in outcomes)
+        assert "incoming/ghost.csv (eTag 0x8DEADBEEF000001): " in outcomes[0].reason  # type: ignore[union-attr]
+        assert ledger.rows == {} and workspace.submitted == []
+        assert [r.event for r in caplog.records if hasattr(r, "event")] == ["ingest.ignored", "ingest.ignored"]
+
+    def test_a_bad_name_for_a_blob_that_does_not_exist_quarantines_nothing(self, deps: loop.Deps) -> None:
+        """Existence comes first: a phantom with a name ingest would refuse is ignored, not recorded."""
+        _, ledger, blobs = fakes(deps)
+
+        outcome = loop.ingest(blob_event(BlobRef("incoming", "ghost.exe", "0x1")), deps)
+
+        assert isinstance(outcome, loop.Ignored) and ledger.rows == {} and blobs.blobs == {}
+
     def test_each_step_is_logged_with_the_bound_context(
         self, deps: loop.Deps, caplog: pytest.LogCaptureFixture
     ) -> None:
