@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -66,11 +67,17 @@ def client_options(retries: int = 2) -> dict[str, Any]:
     }
 
 
+# Printable ASCII travels in a metadata header as it is; everything else (and '%' itself) is
+# percent-encoded as UTF-8, so `unquote` gives back the exact text (a reason naming `données/été.csv`).
+_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
 def safe_metadata(values: Mapping[str, str]) -> dict[str, str]:
-    """Blob metadata travels in HTTP headers: ASCII only, no line breaks, bounded length."""
+    """Blob metadata travels in HTTP headers: ASCII only, no line breaks, bounded length. Values are
+    percent-encoded (UTF-8) where they are not printable ASCII: `urllib.parse.unquote` reads them."""
     clean = {}
     for name, value in values.items():
-        text = re.sub(r"[^\x20-\x7e]", "?", value)[:1024]
+        text = re.sub(r"%[0-9A-F]?$", "", quote(value, safe=_METADATA_SAFE)[:1024])  # no escape cut in two
         clean[re.sub(r"[^A-Za-z0-9_]", "_", name)] = text
     return clean
 

@@ -34,3 +34,20 @@ def test_an_event_for_a_blob_that_never_existed_answers_200_and_leaves_no_record
     assert wait_until(lambda: running.log.read_text().count("ingest.ignored") >= 4, 30), running.log.read_text()
     assert [running.ledger.get(WorkKey.for_blob(g)) for g in ghosts] == [None, None]
     assert "ingest.skipped" not in running.log.read_text()
+
+
+def test_a_quarantine_reason_with_accents_reads_back_exactly(running: Loop, azurite: str) -> None:
+    """Blob metadata is ASCII: the quarantine copy's reason is percent-encoded UTF-8, so it reads
+    back (urllib.parse.unquote) as exactly the ledger's reason, accents included (not `donn?es`)."""
+    from urllib.parse import unquote
+
+    from azure.storage.blob import BlobServiceClient
+
+    ref = running.blobs.upload(running.incoming, "données/été 2026.csv", b"alcohol,cultivar\n13.2,class_0\n")
+    record = running.wait_final([WorkKey.for_blob(ref)], timeout=120)[WorkKey.for_blob(ref)]
+
+    assert record.reason is not None and "données/été 2026.csv" in record.reason
+    copy = BlobServiceClient.from_connection_string(azurite).get_blob_client(
+        running.quarantine, ref.copy_name(WorkKey.for_blob(ref)))
+    stored = copy.get_blob_properties().metadata["reason"]
+    assert stored.isascii() and unquote(stored) == record.reason
