@@ -4,28 +4,43 @@ The contract is a YAML file (default `ml/contract.yaml`, `AUTORETRAIN_CONTRACT` 
 rules live in `autoretrain.datacontract`, the one module the pipeline steps share.
 
 Ingest reads only the first `HEAD_BYTES` of a file: enough to catch the wrong file, a missing
-column or a mistyped value early. The pipeline's prep step validates every row.
+column or a mistyped value early. The pipeline's prep step validates every row, with the same
+rules and messages (`datacontract`'s CSV check).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoretrain.datacontract import (
     DEFAULT_MAX_BYTES,
     FEATURE_TYPES,
     METRICS,
-    MIN_ROWS,
-    MISSING,
     TASKS,
     Contract,
     ContractRuleError,
+    bad_value_message,
+    cell_problem,
+    header_not_csv_message,
+    header_problem,
+    is_missing,
+    no_data_rows_message,
+    no_header_message,
+    no_target_values_message,
+    not_csv_message,
+    not_utf8_message,
+    ragged_row_message,
     read_contract,
+    target_problem,
 )
 from autoretrain.domain.errors import ConfigError, ContractError
+
+if TYPE_CHECKING:
+    from _csv import Reader
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FEATURE_TYPES", "HEAD_BYTES", "METRICS", "TASKS", "Contract", "check_head", "check_name",
@@ -34,7 +49,6 @@ __all__ = [
 
 HEAD_BYTES = 256 * 1024
 HEAD_ROWS = 1000
-_MISSING = MISSING
 
 
 def load_contract(path: Path) -> Contract:
@@ -64,56 +78,50 @@ def check_name(blob: str, content_length: int | None, contract: Contract) -> Non
         )
 
 
-def _typed(value: str, kind: str) -> bool:
-    if value.strip().lower() in _MISSING or kind == "category":
-        return True
-    try:
-        number = float(value)
-    except ValueError:
-        return False
-    if kind == "int":
-        return math.isfinite(number) and number == int(number)
-    return not math.isinf(number)
-
-
 def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) -> int:
     """Check the header and the first rows of a CSV against the contract; return rows checked.
 
     `complete` says whether `head` is the whole file; if not, its last (maybe cut) line is skipped.
     """
+    reader = csv.reader(io.StringIO(_head_text(blob, head, complete=complete), newline=""))
+    header = _header(blob, reader, contract)
+    rows, targets = _check_rows(blob, reader, header, contract)
+    if rows == 0:
+        raise ContractError(no_data_rows_message(blob))
+    if complete and rows <= HEAD_ROWS:
+        # The whole file was read: what prep would refuse after registering it is refused here.
+        _check_whole_file(blob, targets, contract)
+    return rows
+
+
+def _head_text(blob: str, head: bytes, *, complete: bool) -> str:
+    """The head as text, up to its last whole line when it is not the whole file."""
     try:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         if complete or exc.start < len(head) - 4:
-            raise ContractError(
-                f"{blob}: byte {exc.start} is not UTF-8; save the file as UTF-8 CSV and upload it again."
-            ) from None
-        text = head[: exc.start].decode("utf-8-sig")
-    if not complete:
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(io.StringIO(text, newline=""))
+            raise ContractError(not_utf8_message(blob, exc.start)) from None
+        text = head[: exc.start].decode("utf-8-sig")  # a character cut at the end of the head
+    return text if complete else text[: text.rfind("\n") + 1]
+
+
+def _header(blob: str, reader: Reader, contract: Contract) -> list[str]:
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise ContractError(f"{blob}: no header line; the first line must name the columns.") from None
+        raise ContractError(no_header_message(blob)) from None
     except csv.Error as exc:
-        raise ContractError(f"{blob}: line 1 is not CSV ({exc}); fix the file and upload it again.") from None
-    header = [h.strip() for h in header]
-    missing = [c for c in contract.columns if c not in header]
-    if missing:
-        raise ContractError(
-            f"{blob}: missing column(s) {', '.join(repr(m) for m in missing)} required by "
-            f"{contract.source}; add them and upload the file again."
-        )
-    doubled = sorted({c for c in contract.columns if header.count(c) > 1})
-    if doubled:
-        raise ContractError(
-            f"{blob}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
-            "upload the file again."
-        )
+        raise ContractError(header_not_csv_message(blob, exc)) from None
+    problem = header_problem(header, contract, blob)
+    if problem:
+        raise ContractError(problem)
+    return header
+
+
+def _check_rows(blob: str, reader: Reader, header: list[str], contract: Contract) -> tuple[int, list[str]]:
+    """Check up to HEAD_ROWS rows; how many were checked, and the target values they have."""
     position = {name: header.index(name) for name in contract.columns}
-    kinds = dict(contract.features)
-    kinds[contract.target] = "category" if contract.task == "classification" else "float"
+    kinds = contract.kinds
     rows = 0
     targets: list[str] = []
     try:
@@ -123,45 +131,30 @@ def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) ->
                 break
             if not row:
                 continue
-            if len(row) != len(header):
-                raise ContractError(
-                    f"{blob}: line {line_no} has {len(row)} fields, the header has {len(header)}; "
-                    "fix the row and upload the file again."
-                )
-            for name, kind in kinds.items():
-                value = row[position[name]]
-                if not _typed(value, kind):
-                    expected = "a whole number" if kind == "int" else "a number"
-                    raise ContractError(
-                        f"{blob}: column {name!r} has {value!r} on line {line_no}; expected {expected}. "
-                        "Fix the file and upload it again."
-                    )
+            _check_row(blob, row, line_no, len(header), position, kinds)
             target = row[position[contract.target]].strip()
-            if target.lower() not in _MISSING:
+            if not is_missing(target):
                 targets.append(target)
             rows += 1
     except csv.Error as exc:
-        raise ContractError(f"{blob}: not valid CSV near line {reader.line_num} ({exc}).") from None
-    if rows == 0:
-        raise ContractError(f"{blob}: the header has no data rows under it; upload a file with data.")
-    if complete and rows <= HEAD_ROWS:
-        # The whole file was read: what prep would refuse after registering it is refused here.
-        _check_whole_file(blob, targets, contract)
-    return rows
+        raise ContractError(not_csv_message(blob, reader.line_num, exc)) from None
+    return rows, targets
+
+
+def _check_row(
+    blob: str, row: list[str], line_no: int, width: int, position: Mapping[str, int], kinds: Mapping[str, str]
+) -> None:
+    if len(row) != width:
+        raise ContractError(ragged_row_message(blob, line_no, len(row), width))
+    for name, kind in kinds.items():
+        value = row[position[name]]
+        if cell_problem(kind, value):
+            raise ContractError(bad_value_message(blob, name, value, line_no, kind))
 
 
 def _check_whole_file(blob: str, targets: list[str], contract: Contract) -> None:
     if not targets:
-        raise ContractError(
-            f"{blob}: the target column {contract.target!r} has no values; fill it in and upload the file again."
-        )
-    if len(targets) < MIN_ROWS:
-        raise ContractError(
-            f"{blob}: {len(targets)} row(s) have a {contract.target!r} value; at least {MIN_ROWS} are needed to "
-            "train and test. Upload a file with more rows."
-        )
-    if contract.task == "classification" and len(set(targets)) < 2:
-        raise ContractError(
-            f"{blob}: {contract.target!r} has the single value {targets[0]!r}; a classifier needs at least two "
-            "classes. Upload a file with more than one class."
-        )
+        raise ContractError(no_target_values_message(blob, contract.target))
+    problem = target_problem(blob, contract, targets)
+    if problem:
+        raise ContractError(problem)

@@ -16,40 +16,31 @@ side maps to its own (`ConfigError` in the app, `InputError` in a step).
       params: {max_iter: 200}
     promote: {min_delta: 0.01, min_value: 0.8}   # optional: the champion gate's rule
     training: {window: all}         # all (default) | {window: last, versions: N} | {window: days, days: D}
+
+It also holds the one check of a data file's CSV against the contract: ingest's head check
+(`autoretrain.contract.check_head`, the csv module on a file's first bytes) and prep's check of the
+whole training set (pandas) apply the same rules and build every message here, so a fault reads
+the same wherever it is found.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 __all__ = [
-    "DATA_ERROR_EXIT",
-    "DEFAULT_MAX_BYTES",
-    "ESTIMATORS",
-    "FEATURE_TYPES",
-    "METRICS",
-    "MIN_ROWS",
-    "MISSING",
-    "NO_CHAMPION_FILES",
-    "REPORT_FILE",
-    "TASKS",
-    "WINDOWS",
-    "Contract",
-    "ContractRuleError",
-    "ModelSpec",
-    "PromoteRule",
-    "TrainingWindow",
-    "is_no_champion",
-    "mltable_files",
-    "mltable_text",
-    "parse_contract",
-    "read_contract",
-    "rejection",
+    "DATA_ERROR_EXIT", "DEFAULT_MAX_BYTES", "ESTIMATORS", "FEATURE_TYPES", "METRICS", "MIN_ROWS", "MISSING",
+    "NO_CHAMPION_FILES", "REPORT_FILE", "TASKS", "WINDOWS", "Contract", "ContractRuleError", "ModelSpec",
+    "PromoteRule", "TrainingWindow", "bad_value_message", "cell_problem", "expected_value",
+    "header_not_csv_message", "header_problem", "is_missing", "is_no_champion", "mltable_files", "mltable_text",
+    "no_data_rows_message", "no_header_message", "no_target_values_message", "not_csv_message",
+    "not_utf8_message", "parse_contract", "ragged_row_message", "read_contract", "rejection",
+    "single_class_message", "target_problem", "too_few_rows_message",
 ]
 
 FEATURE_TYPES = ("float", "int", "category")
@@ -168,6 +159,12 @@ class Contract:
         """Whether a higher primary metric is a better model (false for error metrics)."""
         return METRICS[self.task][self.primary_metric]
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Every declared column's type, features first: the target is a category to a classifier
+        and a float to a regressor."""
+        return {**self.features, self.target: "category" if self.task == "classification" else "float"}
+
     def columns_of(self, kind: str) -> list[str]:
         """Feature names declared with type `kind`, in contract order."""
         return [name for name, declared in self.features.items() if declared == kind]
@@ -271,12 +268,27 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingWindow:
 
 def parse_contract(raw: Any, where: str) -> Contract:
     """Check a parsed contract; ContractRuleError names the file, the key and the fix."""
+    target, task, metric = _target_task_metric(raw, where)
+    return Contract(
+        target=target,
+        task=task,
+        primary_metric=metric,
+        features=_features(raw["features"], target, where),
+        max_bytes=_max_bytes(raw, where),
+        model=_model(raw, where, task),
+        promote=_promote(raw, where),
+        training=_training(raw, where),
+        source=where,
+    )
+
+
+def _target_task_metric(raw: Any, where: str) -> tuple[str, str, str]:
     if not isinstance(raw, Mapping):
         raise ContractRuleError(f"{where}: expected a mapping with target, task, primary_metric and features.")
     for key in ("target", "task", "primary_metric", "features"):
         if key not in raw:
             raise ContractRuleError(f"{where}: '{key}' is missing; see ml/contract.yaml for the shape.")
-    target, task, metric, features = raw["target"], raw["task"], raw["primary_metric"], raw["features"]
+    target, task, metric = raw["target"], raw["task"], raw["primary_metric"]
     if not isinstance(target, str) or not target:
         raise ContractRuleError(f"{where}: 'target' must be a column name.")
     if task not in TASKS:
@@ -285,6 +297,10 @@ def parse_contract(raw: Any, where: str) -> Contract:
         raise ContractRuleError(
             f"{where}: primary_metric {metric!r} is not written for {task}; use one of {', '.join(METRICS[task])}."
         )
+    return target, task, metric
+
+
+def _features(features: Any, target: str, where: str) -> Mapping[str, str]:
     if not isinstance(features, Mapping) or not features:
         raise ContractRuleError(f"{where}: 'features' must map at least one column name to a type.")
     for name, kind in features.items():
@@ -295,20 +311,128 @@ def parse_contract(raw: Any, where: str) -> Contract:
             )
     if target in features:
         raise ContractRuleError(f"{where}: the target {target!r} is also listed as a feature; remove it there.")
+    return MappingProxyType({str(k): str(v) for k, v in features.items()})
+
+
+def _max_bytes(raw: Mapping[str, Any], where: str) -> int:
     max_bytes = raw.get("max_bytes", DEFAULT_MAX_BYTES)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ContractRuleError(f"{where}: max_bytes {max_bytes!r} must be a positive whole number of bytes.")
-    return Contract(
-        target=target,
-        task=task,
-        primary_metric=metric,
-        features=MappingProxyType({str(k): str(v) for k, v in features.items()}),
-        max_bytes=max_bytes,
-        model=_model(raw, where, task),
-        promote=_promote(raw, where),
-        training=_training(raw, where),
-        source=where,
+    return max_bytes
+
+
+# ---- the CSV check: ingest's head check and prep's whole-file check ----------------------------
+# Each side reads the file its own way (ingest: the csv module on the head; prep: csv or pandas on
+# every row, vectorised) and asks these for the rule and the words. A `name` is what a message
+# calls the file: the blob path at ingest, the file (or training set) name in prep.
+
+
+def is_missing(value: str) -> bool:
+    """Whether a cell holds no value (MISSING, whatever its case and surrounding spaces)."""
+    return value.strip().lower() in MISSING
+
+
+def expected_value(kind: str) -> str:
+    """What a cell of a numeric column of type `kind` must hold, in a message's words."""
+    return "a whole number" if kind == "int" else "a number"
+
+
+def cell_problem(kind: str, value: str) -> str | None:
+    """None when `value` fits a column of type `kind` (any category, a gap, a number of the kind);
+    else what was expected there. prep applies it to whole columns with pandas."""
+    if kind == "category" or is_missing(value):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return expected_value(kind)
+    fits = math.isfinite(number) and number == int(number) if kind == "int" else not math.isinf(number)
+    return None if fits else expected_value(kind)
+
+
+def header_problem(header: Sequence[str], contract: Contract, name: str, *, cite_line: bool = False) -> str | None:
+    """What is wrong with a header (its column names), or None: a declared column is missing or
+    appears twice. `cite_line` words a missing column as prep always has ("line 1 (the header)
+    lacks column(s)"); ingest says "missing column(s)"."""
+    missing = [c for c in contract.columns if c not in header]
+    if missing:
+        lacks = "line 1 (the header) lacks" if cite_line else "missing"
+        return (
+            f"{name}: {lacks} column(s) {', '.join(map(repr, missing))} required by {contract.source}; "
+            "add them and upload the file again."
+        )
+    doubled = sorted({c for c in contract.columns if header.count(c) > 1})
+    if doubled:
+        return (
+            f"{name}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
+            "upload the file again."
+        )
+    return None
+
+
+def target_problem(name: str, contract: Contract, targets: Collection[Any]) -> str | None:
+    """What makes a file too thin to train on, or None: fewer than MIN_ROWS target values, or a
+    classifier's single class. `targets`: the values present in the target column, in file order."""
+    if len(targets) < MIN_ROWS:
+        return too_few_rows_message(name, len(targets), contract.target)
+    if contract.task == "classification":
+        classes: list[Any] = []
+        for value in targets:  # stops at the second class: a sorted file is not read to its end
+            if value not in classes:
+                classes.append(value)
+                if len(classes) == 2:
+                    return None
+        return single_class_message(name, contract.target, classes[0])
+    return None
+
+
+def bad_value_message(name: str, column: str, value: str, line: int, kind: str, more: int = 0) -> str:
+    """A value that does not fit its column's type; `more`: how many other bad values it has."""
+    also = f" ({more} more bad value(s) in that column)" if more else ""
+    return (
+        f"{name}: column {column!r} has {value!r} on line {line}; expected {expected_value(kind)}{also}. "
+        "Fix the file and upload it again."
     )
+
+
+def ragged_row_message(name: str, line: int, fields: int, header_fields: int) -> str:
+    return (f"{name}: line {line} has {fields} fields, the header has {header_fields}; "
+            "fix the row and upload the file again.")
+
+
+def not_utf8_message(name: str, byte: int, line: int | None = None) -> str:
+    at = f"line {line}, byte {byte}" if line is not None else f"byte {byte}"
+    return f"{name}: {at} is not UTF-8; save the file as UTF-8 CSV and upload it again."
+
+
+def no_header_message(name: str) -> str:
+    return f"{name}: no header line; the first line must name the columns."
+
+
+def header_not_csv_message(name: str, error: object) -> str:
+    return f"{name}: line 1 is not CSV ({error}); fix the file and upload it again."
+
+
+def not_csv_message(name: str, line: int, error: object) -> str:
+    return f"{name}: not valid CSV near line {line} ({error})."
+
+
+def no_data_rows_message(name: str) -> str:
+    return f"{name}: the header has no data rows under it; upload a file with data."
+
+
+def no_target_values_message(name: str, target: str) -> str:
+    return f"{name}: the target column {target!r} has no values; fill it in and upload the file again."
+
+
+def too_few_rows_message(name: str, rows: int, target: str) -> str:
+    return (f"{name}: {rows} row(s) have a {target!r} value; at least {MIN_ROWS} are needed to train and test. "
+            "Upload a file with more rows.")
+
+
+def single_class_message(name: str, target: str, value: object) -> str:
+    return (f"{name}: {target!r} has the single value {value!r}; a classifier needs at least two classes. "
+            "Upload a file with more than one class.")
 
 
 # ---- the training set: which files a job trains on -------------------------------------------

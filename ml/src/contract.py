@@ -1,4 +1,5 @@
-"""The data contract as the pipeline steps see it, and the plumbing every step script shares.
+"""The data contract as the pipeline steps see it, and the plumbing every step script shares
+(reading a training set's files where they are, logging to MLflow, running a step).
 
 The contract's rules are in `datacontract`, the one module the function app shares with the steps:
 every component lists it under `additional_includes`, so Azure ML (and the local workspace) copies
@@ -14,13 +15,17 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 from datacontract import (
@@ -51,6 +56,7 @@ __all__ = [
     "DataError",
     "InputError",
     "load_contract",
+    "local_files",
     "log_to_mlflow",
     "read_split",
     "run_step",
@@ -141,6 +147,74 @@ def log_to_mlflow(params: Mapping[str, object], metrics: Mapping[str, float]) ->
     _log.info("mlflow_logged uri=%s run=%s params=%d metrics=%d", mlflow.get_tracking_uri(), run_id, len(params),
               len(metrics))
     return True
+
+
+# ---- a training set's files, wherever they are -------------------------------------------------
+
+
+def local_files(files: Sequence[str]) -> list[Path]:
+    """The files a training set's MLTable names (`datacontract.mltable_files`), as local paths, in
+    order. On Azure ML it names URIs (azureml://...), locally paths: a scheme is remote, and a remote
+    set is copied (`_fetch_remote`) once per process, for both of prep's readers (data versions never
+    change), to a temporary folder removed when the step ends."""
+    if not any("://" in f for f in files):
+        return [Path(f) for f in files]
+    key = tuple(files)
+    if key not in _COPIES:
+        folder = Path(tempfile.mkdtemp(prefix="prep-remote-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _COPIES[key] = _fetch_remote(files, folder)
+    return _COPIES[key]
+
+
+_COPIES: dict[tuple[str, ...], list[Path]] = {}
+
+
+_WORKSPACE_VARIABLES = ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME")
+
+
+def _long_form(uri: str) -> str:
+    """`mltable` takes a datastore URI in its long form only (it reads `azureml://datastores/...` as a
+    local path): the job's workspace, which Azure ML sets in the step's environment, completes it."""
+    prefix = "azureml://datastores/"
+    if not uri.startswith(prefix):
+        return uri
+    workspace = [os.environ.get(name, "") for name in _WORKSPACE_VARIABLES]
+    if not all(workspace):
+        raise InputError(f"{uri}: a datastore URI is read in an Azure ML job; {', '.join(_WORKSPACE_VARIABLES)} "
+                         "name its workspace and are not all set here.")
+    subscription, group, name = workspace
+    return (f"azureml://subscriptions/{subscription}/resourcegroups/{group}/workspaces/{name}/datastores/"
+            f"{uri[len(prefix):]}")
+
+
+def _fetch_remote(files: Sequence[str], folder: Path) -> list[Path]:
+    """Copy each file the URIs name, byte for byte, to `folder`/<position>/<its base name>, with the
+    `mltable` package (in the step's environment; it reads datastore URIs with the job's identity).
+    prep then reads the copies with the very code that reads local files: rows, errors, file names
+    and line numbers are the same on Azure ML as locally. A file that cannot be copied is an
+    InputError (nothing is known about its content), as a local file that cannot be opened is."""
+    import mltable  # here only: local runs never load it
+
+    copies = []
+    for position, uri in enumerate(files):
+        target = folder / str(position)
+        staging = folder / f"{position}.download"
+        source = _long_form(uri)
+        try:
+            # MLTable._download copies the raw streams (no parsing) and returns where each landed,
+            # under the source's own path; the package has no public call that does this.
+            fetched = mltable.from_paths([{"file": source}])._download(target_path=str(staging))
+        except Exception as exc:  # the package's errors (not found, no access, ...) share no base class
+            raise InputError(f"{uri}: cannot copy the data file ({' '.join(str(exc).split())}).") from None
+        if len(fetched) != 1:
+            raise InputError(f"{uri}: names {len(fetched)} files, not one; list each data file in the MLTable.")
+        target.mkdir()
+        copy = target / (PurePosixPath(urlsplit(uri).path).name or Path(fetched[0]).name)
+        Path(fetched[0]).replace(copy)
+        shutil.rmtree(staging)
+        copies.append(copy)
+    return copies
 
 
 def run_step(

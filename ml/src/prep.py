@@ -16,22 +16,42 @@ and are dropped and counted. Each row's split is a function of its own content a
 from __future__ import annotations
 
 import argparse
-import atexit
 import codecs
 import csv
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from contract import DATA_FILE, MISSING, Contract, DataError, InputError, load_contract, log_to_mlflow, run_step
-from datacontract import MIN_ROWS, REPORT_FILE, ContractRuleError, mltable_files
+from contract import (
+    DATA_FILE,
+    MISSING,
+    Contract,
+    DataError,
+    InputError,
+    load_contract,
+    local_files,
+    log_to_mlflow,
+    run_step,
+)
+from datacontract import (
+    REPORT_FILE,
+    ContractRuleError,
+    bad_value_message,
+    header_problem,
+    mltable_files,
+    no_header_message,
+    not_csv_message,
+    not_utf8_message,
+    ragged_row_message,
+    target_problem,
+)
+
+if TYPE_CHECKING:
+    from _csv import Reader
 
 __all__ = ["build_parser", "first_non_utf8", "hash_test_mask", "main", "parse_args", "read_rows"]
 
@@ -85,57 +105,58 @@ def read_rows(path: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]]:
     Read with the csv module rather than pandas so that line numbers in errors are the ones
     an editor shows, blank lines included. Whatever is wrong with the file is a DataError.
     """
-    name = path.name
-    try:
-        handle = path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the data file ({exc.strerror}).") from None
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = [h.strip() for h in next(reader)]
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{name}: line {reader.line_num} has {len(row)} fields, the header has "
-                        f"{len(header)}; fix the row and upload the file again.", line=reader.line_num,
-                    )
-                rows.append(row)
-                lines.append(reader.line_num)
-        except StopIteration:
-            raise DataError(f"{name}: no header line; the first line must name the columns.", line=1) from None
-        except csv.Error as exc:
-            raise DataError(f"{name}: not valid CSV near line {reader.line_num} ({exc}).",
-                            line=reader.line_num) from None
-        except UnicodeDecodeError as exc:
-            where = first_non_utf8(path)
-            at = f"line {where[1]}, byte {where[0]}" if where else f"byte {exc.start}"
-            raise DataError(
-                f"{name}: {at} is not UTF-8; save the file as UTF-8 CSV and upload it again.",
-                line=where[1] if where else None, byte=where[0] if where else exc.start,
-            ) from None
-    missing = [c for c in contract.columns if c not in header]
-    if missing:
-        raise DataError(
-            f"{name}: line 1 (the header) lacks column(s) {', '.join(map(repr, missing))} required by "
-            f"{contract.source}; add them and upload the file again.", line=1,
-        )
-    doubled = sorted({c for c in contract.columns if header.count(c) > 1})
-    if doubled:
-        raise DataError(
-            f"{name}: column(s) {', '.join(map(repr, doubled))} appear twice in line 1; keep one and "
-            "upload the file again.", line=1,
-        )
+    header, rows, lines = _read_csv(path)
+    problem = header_problem(header, contract, path.name, cite_line=True)
+    if problem:
+        raise DataError(problem, line=1)
     ignored = [c for c in header if c not in contract.columns]
     if ignored:
         _log.info("columns_ignored %s", ",".join(ignored))
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     frame = frame[list(contract.columns)].apply(lambda column: column.str.strip())
     return frame.reset_index(drop=True), lines
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """The stripped header, the rows that are not blank and the line each ends on."""
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the data file ({exc.strerror}).") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            return _records(reader, path.name)
+        except StopIteration:
+            raise DataError(no_header_message(path.name), line=1) from None
+        except csv.Error as exc:
+            raise DataError(not_csv_message(path.name, reader.line_num, exc), line=reader.line_num) from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+
+
+def _records(reader: Reader, name: str) -> tuple[list[str], list[list[str]], list[int]]:
+    header = [h.strip() for h in next(reader)]
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        line = reader.line_num
+        if len(row) != len(header):
+            raise DataError(ragged_row_message(name, line, len(row), len(header)), line=line)
+        rows.append(row)
+        lines.append(line)
+    return header, rows, lines
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    """The line and byte in the whole file (a text reader's offset counts from its own buffer)."""
+    where = first_non_utf8(path)
+    if where is None:
+        return DataError(not_utf8_message(path.name, exc.start), byte=exc.start)
+    byte, line = where
+    return DataError(not_utf8_message(path.name, byte, line), line=line, byte=byte)
 
 
 # The spellings of "no value" pandas is told about (MISSING, compared lower-cased, has these).
@@ -164,54 +185,71 @@ def read_fast(data: Path, contract: Contract) -> tuple[pd.DataFrame, list[int]] 
     frame and each row's file number. None when anything is unusual (a value that is not a number,
     a ragged row, a quoted field, another encoding, a padded header): the exact reader then
     runs and names the file, the line and the value. Valid files give the same rows either way.
-    A remote training set is read from its local copies (`_local_copies`), as the exact reader reads it."""
-    if data.is_dir():
-        try:
-            names = mltable_files(data)
-        except ContractRuleError:
-            return None
-        files = _local_copies(names) if _is_remote(names) else [Path(f) for f in names]
-    else:
-        files = [data]
-    numeric = {c for c, kind in contract.features.items() if kind != "category"}
-    if contract.task == "regression":
-        numeric.add(contract.target)
+    A remote training set is read from its local copies (`local_files`), as the exact reader reads it."""
+    try:
+        files = _training_files(data)
+    except ContractRuleError:
+        return None
+    numeric = {c for c, kind in contract.kinds.items() if kind != "category"}
     frames, positions = [], []
     for position, file in enumerate(files):
-        try:
-            if not _rectangular(file):
-                return None
-            header = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig").columns)
-            if any(h != h.strip() or header.count(h) > 1 for h in header if h in contract.columns) or not set(
-                contract.columns
-            ) <= set(header):
-                return None
-            frame = pd.read_csv(
-                file, usecols=list(contract.columns), encoding="utf-8-sig", engine="c",
-                dtype={c: ("float64" if c in numeric else object) for c in contract.columns},
-                na_values=_NA_TOKENS, keep_default_na=False, skip_blank_lines=True,
-            )
-        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+        frame = _read_fast_file(file, contract, numeric)
+        if frame is None:
             return None
-        for column in numeric:
-            values = frame[column].to_numpy()
-            present = ~np.isnan(values)
-            if not np.isfinite(values[present]).all():
-                return None
-            if contract.features.get(column) == "int" and (values[present] != np.floor(values[present])).any():
-                return None
-        for column in set(contract.columns) - numeric:
-            text = frame[column].astype(object)
-            stripped = text.where(text.isna(), text.astype(str).str.strip())
-            frame[column] = stripped.where(~stripped.astype(str).str.lower().isin(MISSING), None)
-        for column in contract.columns_of("int"):
-            frame[column] = frame[column].astype("Int64")  # as the exact reader types them
-        frame = frame[list(contract.columns)]
-        empty = frame.isna().all(axis=1)  # the exact reader skips rows with no value at all
-        frame = frame[~empty]
         frames.append(frame)
         positions += [position] * len(frame)
     return pd.concat(frames, ignore_index=True), positions
+
+
+def _training_files(data: Path) -> list[Path]:
+    """One CSV file, or the local files (or copies) of those a training set's MLTable names."""
+    return local_files(mltable_files(data)) if data.is_dir() else [data]
+
+
+def _read_fast_file(file: Path, contract: Contract, numeric: set[str]) -> pd.DataFrame | None:
+    """One file's typed rows, or None when the exact reader must read it."""
+    try:
+        if not _rectangular(file) or not _plain_header(file, contract):
+            return None
+        frame = pd.read_csv(
+            file, usecols=list(contract.columns), encoding="utf-8-sig", engine="c",
+            dtype={c: ("float64" if c in numeric else object) for c in contract.columns},
+            na_values=_NA_TOKENS, keep_default_na=False, skip_blank_lines=True,
+        )
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError, csv.Error):
+        return None
+    if not _numbers_fit(frame, contract, numeric):
+        return None
+    for column in set(contract.columns) - numeric:
+        text = frame[column].astype(object)
+        stripped = text.where(text.isna(), text.astype(str).str.strip())
+        frame[column] = stripped.where(~stripped.astype(str).str.lower().isin(MISSING), None)
+    for column in contract.columns_of("int"):
+        frame[column] = frame[column].astype("Int64")  # as the exact reader types them
+    frame = frame[list(contract.columns)]
+    return frame[~frame.isna().all(axis=1)]  # the exact reader skips rows with no value at all
+
+
+def _plain_header(file: Path, contract: Contract) -> bool:
+    """The header passes the shared rule as it is, unstripped. Read with the csv module: pandas
+    would rename a doubled column ('x.1') and so hide it."""
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    padded = any(h != h.strip() for h in header if h in contract.columns)
+    return not padded and header_problem(header, contract, file.name) is None
+
+
+def _numbers_fit(frame: pd.DataFrame, contract: Contract, numeric: set[str]) -> bool:
+    """Every numeric value is finite, and whole in an int column (a gap is NaN)."""
+    kinds = contract.kinds
+    for column in numeric:
+        values = frame[column].to_numpy()
+        present = values[~np.isnan(values)]
+        if not np.isfinite(present).all():
+            return False
+        if kinds[column] == "int" and (present != np.floor(present)).any():
+            return False
+    return True
 
 
 def read_training_set(
@@ -220,95 +258,23 @@ def read_training_set(
     """The rows of every file in the training set, in order; each row's line, file name and file
     number; a name for messages. `data` is a training set (a folder with an MLTable file naming the
     files, as the workspace registers it) or one CSV file."""
-    if not data.is_dir():
-        frame, lines = read_rows(data, contract)
-        return frame, lines, [data.name] * len(lines), data.name, [0] * len(lines)
     try:
-        files = mltable_files(data)
+        files = _training_files(data)
     except ContractRuleError as exc:
         raise InputError(str(exc)) from None
-    if _is_remote(files):
-        files = [str(copy) for copy in _local_copies(files)]
     frames, lines, names, positions = [], [], [], []
     for position, file in enumerate(files):
         try:
-            frame, file_lines = read_rows(Path(file), contract)
+            frame, file_lines = read_rows(file, contract)
         except DataError as exc:
             raise _fault(str(exc), position, len(files), line=exc.line, byte=exc.byte) from None
         frames.append(frame)
         lines += file_lines
-        names += [Path(file).name] * len(file_lines)
+        names += [file.name] * len(file_lines)
         positions += [position] * len(file_lines)
     _log.info("training_set files=%d rows=%d", len(files), len(lines))
-    label = f"training set of {len(files)} file(s)" if len(files) > 1 else Path(files[0]).name
+    label = f"training set of {len(files)} file(s)" if len(files) > 1 else files[0].name
     return pd.concat(frames, ignore_index=True), lines, names, label, positions
-
-
-def _is_remote(files: Sequence[str]) -> bool:
-    """On Azure ML the MLTable names URIs (azureml://...), locally it names paths: a scheme is remote."""
-    return any("://" in f for f in files)
-
-
-# Each remote training set's local copies, made once per process for both readers (data versions
-# never change), in a temporary folder removed when the step ends.
-_COPIES: dict[tuple[str, ...], list[Path]] = {}
-
-
-def _local_copies(uris: Sequence[str]) -> list[Path]:
-    """The local copies of a remote training set's files (`_fetch_remote`), in its order."""
-    key = tuple(uris)
-    if key not in _COPIES:
-        folder = Path(tempfile.mkdtemp(prefix="prep-remote-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _COPIES[key] = _fetch_remote(uris, folder)
-    return _COPIES[key]
-
-
-_WORKSPACE_VARIABLES = ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME")
-
-
-def _long_form(uri: str) -> str:
-    """`mltable` takes a datastore URI in its long form only (it reads `azureml://datastores/...` as a
-    local path): the job's workspace, which Azure ML sets in the step's environment, completes it."""
-    prefix = "azureml://datastores/"
-    if not uri.startswith(prefix):
-        return uri
-    workspace = [os.environ.get(name, "") for name in _WORKSPACE_VARIABLES]
-    if not all(workspace):
-        raise InputError(f"{uri}: a datastore URI is read in an Azure ML job; {', '.join(_WORKSPACE_VARIABLES)} "
-                         "name its workspace and are not all set here.")
-    subscription, group, name = workspace
-    return (f"azureml://subscriptions/{subscription}/resourcegroups/{group}/workspaces/{name}/datastores/"
-            f"{uri[len(prefix):]}")
-
-
-def _fetch_remote(files: Sequence[str], folder: Path) -> list[Path]:
-    """Copy each file the URIs name, byte for byte, to `folder`/<position>/<its base name>, with the
-    `mltable` package (in the step's environment; it reads datastore URIs with the job's identity).
-    prep then reads the copies with the very code that reads local files: rows, errors, file names
-    and line numbers are the same on Azure ML as locally. A file that cannot be copied is an
-    InputError (nothing is known about its content), as a local file that cannot be opened is."""
-    import mltable  # here only: local runs never load it
-
-    copies = []
-    for position, uri in enumerate(files):
-        target = folder / str(position)
-        staging = folder / f"{position}.download"
-        source = _long_form(uri)
-        try:
-            # MLTable._download copies the raw streams (no parsing) and returns where each landed,
-            # under the source's own path; the package has no public call that does this.
-            fetched = mltable.from_paths([{"file": source}])._download(target_path=str(staging))
-        except Exception as exc:  # the package's errors (not found, no access, ...) share no base class
-            raise InputError(f"{uri}: cannot copy the data file ({' '.join(str(exc).split())}).") from None
-        if len(fetched) != 1:
-            raise InputError(f"{uri}: names {len(fetched)} files, not one; list each data file in the MLTable.")
-        target.mkdir()
-        copy = target / (PurePosixPath(urlsplit(uri).path).name or Path(fetched[0]).name)
-        Path(fetched[0]).replace(copy)
-        shutil.rmtree(staging)
-        copies.append(copy)
-    return copies
 
 
 def _fault(message: str, position: int, count: int, *, line: int | None = None, byte: int | None = None) -> InputError:
@@ -326,7 +292,9 @@ def _typed_column(
     values: pd.Series, kind: str, column: str, lines: Sequence[int], files: Sequence[str],
     positions: Sequence[int], count: int,
 ) -> pd.Series:
-    """Convert one column to its declared type; the first bad value fails with its line."""
+    """Convert one column to its declared type; the first bad value fails with its line. The rule is
+    `datacontract.cell_problem`'s, on the whole column at once (the values are stripped); pandas
+    parses a little less than float() does ('1_000', non-ASCII digits), so those fail here only."""
     missing = values.str.lower().isin(MISSING)
     if kind == "category":
         return values.where(~missing, None).astype(object)
@@ -336,14 +304,8 @@ def _typed_column(
         bad |= ~missing & np.isfinite(numbers) & (numbers != np.floor(numbers))
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
-        more = int(bad.sum()) - 1
-        expected = "a whole number" if kind == "int" else "a number"
-        also = f" ({more} more bad value(s) in that column)" if more else ""
-        raise _fault(
-            f"{files[first]}: column {column!r} has {values.iloc[first]!r} on line {lines[first]}; "
-            f"expected {expected}{also}. Fix the file and upload it again.", positions[first], count,
-            line=lines[first],
-        )
+        message = bad_value_message(files[first], column, values.iloc[first], lines[first], kind, int(bad.sum()) - 1)
+        raise _fault(message, positions[first], count, line=lines[first])
     return numbers.astype("Int64") if kind == "int" else numbers
 
 
@@ -429,28 +391,9 @@ def _prepare(
     of them (the contract's window; 0: all), and is tested, with the champion, on the test rows of
     all of them: a model that forgot a class is judged on that class too.
     """
-    if not 0 < test_fraction < 1:
-        raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
-    if train_last < 0:
-        raise InputError(f"train_last {train_last} must be 0 (every file) or more.")
+    _check_arguments(test_fraction, train_last)
     spec = load_contract(contract)
-    fast = read_fast(data, spec)
-    if fast is not None:
-        frame, positions = fast
-        label = data.name
-        path = "fast"
-    else:
-        raw, lines, files, label, positions = read_training_set(data, spec)
-        count = max(positions, default=0) + 1
-        frame = pd.DataFrame(index=raw.index)
-        for column, kind in spec.features.items():
-            frame[column] = _typed_column(raw[column], kind, column, lines, files, positions, count)
-        target_kind = "category" if spec.task == "classification" else "float"
-        frame[spec.target] = _typed_column(
-            raw[spec.target], target_kind, spec.target, lines, files, positions, count
-        )
-        del raw
-        path = "exact"
+    frame, positions, label, path = _read(data, spec)
     _log.info("read path=%s rows=%d", path, len(frame))
     rows_in = len(frame)
 
@@ -461,43 +404,28 @@ def _prepare(
         _log.info("rows_dropped_missing_target %d", dropped)
     # Fewer rows or one class in a single file is that file's fault; in a window of files that
     # each passed before, it cannot happen from the data alone.
-    only = max(positions, default=0) == 0
-    if len(frame) < MIN_ROWS:
-        raise (DataError if only else InputError)(
-            f"{label}: {len(frame)} row(s) have a {spec.target!r} value; at least {MIN_ROWS} are "
-            "needed to train and test. Upload a file with more rows."
-        )
-    labels = frame[spec.target] if spec.task == "classification" else None
-    if labels is not None and labels.nunique() < 2:
-        raise (DataError if only else InputError)(
-            f"{label}: {spec.target!r} has the single value {labels.iloc[0]!r}; a classifier needs "
-            "at least two classes. Upload a file with more than one class."
-        )
+    problem = target_problem(label, spec, frame[spec.target])
+    if problem:
+        raise (DataError if max(positions, default=0) == 0 else InputError)(problem)
     imputed = {column: int(frame[column].isna().sum()) for column in spec.features}
     for column, count in imputed.items():
         if count:
             _log.info("values_missing column=%s count=%d", column, count)
 
-    test_mask = hash_test_mask(_hash_view(frame, spec), test_fraction, seed)
     position = np.asarray(positions)[has_target.to_numpy()]
-    in_window = position >= (position.max() + 1 - train_last) if train_last else np.ones(len(frame), dtype=bool)
-    train_mask = ~test_mask & in_window
-    if train_mask.sum() < 2:
-        raise InputError(
-            f"{label}: the window's last {train_last} file(s) leave {int(train_mask.sum())} training row(s); "
-            "widen the contract's training window or upload more rows."
-        )
+    train_mask, test_mask = _split(frame, spec, position, label, test_fraction, seed, train_last)
     for folder, mask in ((train_data, train_mask), (test_data, test_mask)):
         folder.mkdir(parents=True, exist_ok=True)
         _write_rows(frame, mask, folder / DATA_FILE)
+    files = int(position.max()) + 1 if len(position) else 0
     summary: dict[str, object] = {
         "rows_in": rows_in,
         "rows_out": len(frame),
         "rows_dropped_missing_target": dropped,
         "values_imputed": imputed,
         "train_rows": int(train_mask.sum()),
-        "files": int(position.max()) + 1 if len(position) else 0,
-        "train_files": train_last or (int(position.max()) + 1 if len(position) else 0),
+        "files": files,
+        "train_files": train_last or files,
         "test_rows": int(test_mask.sum()),
         "split": "row content hash",
     }
@@ -510,6 +438,42 @@ def _prepare(
          "values_imputed": float(sum(imputed.values()))},
     )
     return summary
+
+
+def _check_arguments(test_fraction: float, train_last: int) -> None:
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
+    if train_last < 0:
+        raise InputError(f"train_last {train_last} must be 0 (every file) or more.")
+
+
+def _read(data: Path, spec: Contract) -> tuple[pd.DataFrame, list[int], str, str]:
+    """The typed rows, each row's file number, a name for messages and the path that read them."""
+    fast = read_fast(data, spec)
+    if fast is not None:
+        return fast[0], fast[1], data.name, "fast"
+    raw, lines, files, label, positions = read_training_set(data, spec)
+    count = max(positions, default=0) + 1
+    frame = pd.DataFrame(index=raw.index)
+    for column, kind in spec.kinds.items():
+        frame[column] = _typed_column(raw[column], kind, column, lines, files, positions, count)
+    return frame, positions, label, "exact"
+
+
+def _split(
+    frame: pd.DataFrame, spec: Contract, position: np.ndarray, label: str, test_fraction: float, seed: int,
+    train_last: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train and test masks: test rows by content hash, train rows from the window's files only."""
+    test_mask = hash_test_mask(_hash_view(frame, spec), test_fraction, seed)
+    in_window = position >= (position.max() + 1 - train_last) if train_last else np.ones(len(frame), dtype=bool)
+    train_mask = ~test_mask & in_window
+    if train_mask.sum() < 2:
+        raise InputError(
+            f"{label}: the window's last {train_last} file(s) leave {int(train_mask.sum())} training row(s); "
+            "widen the contract's training window or upload more rows."
+        )
+    return train_mask, test_mask
 
 
 if __name__ == "__main__":

@@ -139,6 +139,48 @@ class TestCheckHead:
         check_name("A.CSV", 10, small)
 
 
+_GOOD_ROWS = b"1.5,1,a,yes\n2.5,2,b,no\n" * 6
+
+
+class TestOneCsvCheck:
+    """Ingest's head check and prep's check of every row apply datacontract's rules, in its words."""
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"n,k,c,y\n1.5,1,a,yes\nabc,2,b,no\n" + _GOOD_ROWS,
+            b"n,k,c,y\n1.5,1,a,yes\n2.5,2.5,b,no\n" + _GOOD_ROWS,
+            b"n,k,c,y\n1.5,1,a,yes\n2.5,2,b\n" + _GOOD_ROWS,
+            b"n,k,c,y,k\n" + _GOOD_ROWS.replace(b"\n", b",1\n"),
+            b"n,k,c,y\n" + b"1.5,1,a,yes\n2.5,2,b,no\n" * 2,
+            b"n,k,c,y\n" + b"1.5,1,a,yes\n" * 12,
+        ],
+        ids=["not-a-number", "not-whole", "ragged", "doubled-column", "too-few-rows", "single-class"],
+    )
+    def test_a_fault_reads_the_same_at_ingest_and_in_prep(self, tmp_path: Path, data: bytes) -> None:
+        prep = load_ml_module(ROOT / "ml" / "src" / "prep.py", "prep_one_check")
+        (tmp_path / "a.csv").write_bytes(data)
+        contract = write(tmp_path, "target: y\ntask: classification\nprimary_metric: f1_macro\n"
+                                   "features: {n: float, k: int, c: category}\n")
+        with pytest.raises(ContractError) as ingest:
+            check_head("a.csv", data, load_contract(contract), complete=True)
+        with pytest.raises(prep.DataError) as step:
+            prep.main(data=tmp_path / "a.csv", contract=contract, train_data=tmp_path / "train",
+                      test_data=tmp_path / "test", report=tmp_path / "report")
+        assert str(step.value) == str(ingest.value)
+
+    def test_prep_s_fast_path_leaves_a_doubled_column_to_the_exact_reader(self, tmp_path: Path) -> None:
+        """pandas would read a doubled column as 'k' and 'k.1'; the shared header rule sees it twice."""
+        prep = load_ml_module(ROOT / "ml" / "src" / "prep.py", "prep_one_check")
+        path = tmp_path / "a.csv"
+        path.write_bytes(b"n,k,c,y,k\n" + _GOOD_ROWS.replace(b"\n", b",1\n"))
+        contract = Contract(target="y", task="classification", primary_metric="f1_macro",
+                            features={"n": "float", "k": "int", "c": "category"})
+        assert prep.read_fast(path, contract) is None
+        with pytest.raises(prep.DataError, match=r"^a\.csv: column\(s\) 'k' appear twice in line 1;"):
+            prep.read_training_set(path, contract)
+
+
 def _pipeline_contract_module() -> Any:
     return load_ml_module(ROOT / "ml" / "src" / "contract.py", "pipeline_contract")
 

@@ -30,6 +30,8 @@ SRC = ROOT / "ml" / "src"
 WINE_CONTRACT = ROOT / "ml" / "contract.yaml"
 
 prep = load_ml_module(SRC / "prep.py", "ml_step_prep_remote")
+# The remote copies are made by the steps' shared plumbing (ml/src/contract.py), which prep calls.
+steps = load_ml_module(SRC / "contract.py", "ml_step_contract_remote")
 CONTRACT = prep.load_contract(WINE_CONTRACT)
 
 _FRAME = wine().wine_frame()
@@ -204,7 +206,7 @@ def test_copies_are_byte_for_byte_under_their_own_base_names(tmp_path: Path) -> 
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "drop.csv").write_bytes(data)
         sources.append(tmp_path / folder / "drop.csv")
-    copies = prep._fetch_remote([s.as_uri() for s in sources], tmp_path / "copies")
+    copies = steps._fetch_remote([s.as_uri() for s in sources], tmp_path / "copies")
     assert [c.name for c in copies] == ["drop.csv", "drop.csv"] and copies[0] != copies[1]
     assert [c.read_bytes() for c in copies] == [s.read_bytes() for s in sources]
     assert sorted(p.name for p in (tmp_path / "copies").iterdir()) == ["0", "1"]  # no download left-overs
@@ -213,9 +215,9 @@ def test_copies_are_byte_for_byte_under_their_own_base_names(tmp_path: Path) -> 
 def test_a_file_that_cannot_be_copied_is_an_input_error_naming_its_uri(tmp_path: Path) -> None:
     """Not the data's fault (nothing is known of its content): an InputError, as a missing local file is."""
     uri = (tmp_path / "gone.csv").as_uri()
-    with pytest.raises(prep.InputError) as caught:
-        prep._fetch_remote([uri], tmp_path / "copies")
-    assert not isinstance(caught.value, prep.DataError)
+    with pytest.raises(steps.InputError) as caught:
+        steps._fetch_remote([uri], tmp_path / "copies")
+    assert not isinstance(caught.value, steps.DataError)
     assert str(caught.value).startswith(f"{uri}: cannot copy the data file (")
     assert "\n" not in str(caught.value)
 
@@ -224,19 +226,19 @@ def test_a_short_datastore_uri_is_completed_from_the_job_s_workspace(monkeypatch
     """mltable reads `azureml://datastores/...` as a local path; in a job, the workspace Azure ML
     names in the environment makes it the long form, which it reads as the datastore's."""
     short = "azureml://datastores/workspaceblobstore/paths/k/2026/march.csv"
-    for name in prep._WORKSPACE_VARIABLES:
+    for name in steps._WORKSPACE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(prep.InputError, match="AZUREML_ARM_SUBSCRIPTION"):
-        prep._long_form(short)
+    with pytest.raises(steps.InputError, match="AZUREML_ARM_SUBSCRIPTION"):
+        steps._long_form(short)
     monkeypatch.setenv("AZUREML_ARM_SUBSCRIPTION", "sub")
     monkeypatch.setenv("AZUREML_ARM_RESOURCEGROUP", "rg")
     monkeypatch.setenv("AZUREML_ARM_WORKSPACE_NAME", "ws")
-    assert prep._long_form(short) == (
+    assert steps._long_form(short) == (
         "azureml://subscriptions/sub/resourcegroups/rg/workspaces/ws/datastores/workspaceblobstore/paths/k/2026/march.csv"
     )
     for other in ("file:///tmp/a.csv", "https://acct.blob.core.windows.net/c/a.csv",
                   "azureml://subscriptions/s/resourcegroups/r/workspaces/w/datastores/d/paths/a.csv"):
-        assert prep._long_form(other) == other
+        assert steps._long_form(other) == other
 
 
 def test_a_local_training_set_never_imports_mltable(tmp_path: Path) -> None:
