@@ -85,11 +85,12 @@ def check_head(blob: str, head: bytes, contract: Contract, *, complete: bool) ->
     """
     reader = csv.reader(io.StringIO(_head_text(blob, head, complete=complete), newline=""))
     header = _header(blob, reader, contract)
-    rows, targets = _check_rows(blob, reader, header, contract)
+    rows, targets, all_rows = _check_rows(blob, reader, header, contract)
     if rows == 0:
         raise ContractError(no_data_rows_message(blob))
-    if complete and rows <= HEAD_ROWS:
-        # The whole file was read: what prep would refuse after registering it is refused here.
+    if complete and all_rows:
+        # Every row of the file was read: what prep would refuse after registering it is refused here.
+        # (Not when the check stopped at HEAD_ROWS: the rest may hold the other class, or the targets.)
         _check_whole_file(blob, targets, contract)
     return rows
 
@@ -118,8 +119,9 @@ def _header(blob: str, reader: Reader, contract: Contract) -> list[str]:
     return header
 
 
-def _check_rows(blob: str, reader: Reader, header: list[str], contract: Contract) -> tuple[int, list[str]]:
-    """Check up to HEAD_ROWS rows; how many were checked, and the target values they have."""
+def _check_rows(blob: str, reader: Reader, header: list[str], contract: Contract) -> tuple[int, list[str], bool]:
+    """Check up to HEAD_ROWS rows; how many were checked, the target values they have, and whether
+    they were all the rows the text holds (False when the check stopped at HEAD_ROWS)."""
     position = {name: header.index(name) for name in contract.columns}
     kinds = contract.kinds
     rows = 0
@@ -128,7 +130,7 @@ def _check_rows(blob: str, reader: Reader, header: list[str], contract: Contract
         for row in reader:
             line_no = reader.line_num  # the line an editor shows (a quoted field may span lines)
             if rows >= HEAD_ROWS:
-                break
+                return rows, targets, False
             if not row:
                 continue
             _check_row(blob, row, line_no, len(header), position, kinds)
@@ -138,7 +140,7 @@ def _check_rows(blob: str, reader: Reader, header: list[str], contract: Contract
             rows += 1
     except csv.Error as exc:
         raise ContractError(not_csv_message(blob, reader.line_num, exc)) from None
-    return rows, targets
+    return rows, targets, True
 
 
 def _check_row(

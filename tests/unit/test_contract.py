@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mlmodules import load_ml_module
 
-from autoretrain.contract import Contract, check_head, check_name, load_contract
+from autoretrain.contract import HEAD_BYTES, Contract, check_head, check_name, load_contract
 from autoretrain.domain.errors import ConfigError, ContractError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,14 @@ class TestCheckHead:
         head = b"n,k,c,y\n1.5,1,a,yes\n2.5,2,b,n"
         assert check_head("in/a.csv", head + b"o\n" + b"3.5,3,a,yes\n4.5,4,b,no\n" * 4, CONTRACT, complete=True) == 10
         assert check_head("in/a.csv", head[:-3] + b"x" * 0 + b"2.", CONTRACT, complete=False) == 1
+
+    @pytest.mark.parametrize("first", [b"1.5,1,a,yes\n", b"1.5,1,a,\n"])
+    def test_a_whole_file_of_more_than_head_rows_is_not_judged_on_its_first_rows_alone(self, first: bytes) -> None:
+        """A small file (all of it in the head) with 1,000 rows of one class, or with no target, and the
+        other class after them: valid, so it is not quarantined for what the first 1,000 rows lack."""
+        head = b"n,k,c,y\n" + first * 1000 + b"2.5,2,b,no\n" * 20
+        assert len(head) < HEAD_BYTES
+        assert check_head("in/a.csv", head, CONTRACT, complete=True) == 1000
 
     @pytest.mark.parametrize(
         ("head", "message"),
