@@ -144,7 +144,7 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     key = WorkKey.for_blob(blob)
     first = make_workspace(tmp_path, store, Events())
     data = first.register_data(blob, key, {})
-    first._pool.shutdown(wait=True)  # the "crash": nothing will pick the job up in this process
+    first._runner._pool.shutdown(wait=True)  # the "crash": nothing will pick the job up in this process
     with pytest.raises(RuntimeError):
         first.submit(data, key, {JOB_TAG: key.value})
     assert [r["status"] for r in catalog_rows(tmp_path, "jobs")] == ["Queued"]

@@ -1,13 +1,19 @@
-"""`ml/pipeline.yml` as azure-ai-ml loads it, reduced to what a local runner needs.
+"""`ml/pipeline.yml` as azure-ai-ml loads it, reduced to what a local runner needs, and its templating.
 
 The YAML is loaded with azure-ai-ml's own `load_job`, so it is validated by the same schema Azure
 ML uses; the result is turned into plain `Step`s in dependency order. Nothing here runs anything.
+
+Every expression of the YAML is read here, in one place: a step's input bindings
+(`${{parent.inputs.x}}`, `${{parent.jobs.<step>.outputs.y}}`, a literal), its outputs promoted to the
+pipeline's (`${{parent.outputs.z}}`), and its command's `${{inputs.x}}`, `${{outputs.y}}` and
+`$[[ ... ]]` (kept only when every input in it has a value), which `Step.argv` fills in.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +27,9 @@ __all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "load_pi
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _STEP_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_INPUT_REF = re.compile(r"\$\{\{\s*inputs\.([A-Za-z0-9_]+)\s*\}\}")
+_OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.([A-Za-z0-9_]+)\s*\}\}")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,46 @@ class Step:
             else:
                 shutil.copy2(include, target / include.name)
         return target
+
+    def bind(self, parent: Mapping[str, str], produced: Mapping[tuple[str, str], Path]) -> dict[str, str]:
+        """The step's input values: the pipeline's inputs given (`parent`), the folders of the outputs
+        earlier steps produced (`produced`, by step and output name), and literals."""
+        values = {}
+        for name, binding in self.inputs.items():
+            if isinstance(binding, FromParent):
+                if binding.input in parent:
+                    values[name] = parent[binding.input]
+                # else: an optional pipeline input left out (the champion of a first model); a
+                # command that needs it anyway fails in argv, naming the input.
+            elif isinstance(binding, FromStep):
+                values[name] = str(produced[(binding.step, binding.output)])
+            elif isinstance(binding, Literal):
+                values[name] = binding.value
+        return values
+
+    def argv(self, python: str, inputs: Mapping[str, str], outputs: Mapping[str, Path]) -> list[str]:
+        """The step's command with its inputs and outputs filled in, run by `python`."""
+
+        def optional(match: re.Match[str]) -> str:
+            names = _INPUT_REF.findall(match.group(1))
+            return match.group(1) if all(n in inputs for n in names) else ""
+
+        command = _OPTIONAL.sub(optional, self.command)
+        argv = shlex.split(command)
+        if not argv or argv[0] not in ("python", "python3"):
+            raise WorkspaceError(f"step {self.name!r}: command must start with 'python', got {command!r}.")
+
+        def one_input(m: re.Match[str]) -> str:
+            if m.group(1) not in inputs:
+                raise WorkspaceError(f"step {self.name!r}: input {m.group(1)!r} has no value.")
+            return inputs[m.group(1)]
+
+        def one_output(m: re.Match[str]) -> str:
+            if m.group(1) not in outputs:
+                raise WorkspaceError(f"step {self.name!r}: output {m.group(1)!r} is not declared.")
+            return str(outputs[m.group(1)])
+
+        return [python, *(_OUTPUT_REF.sub(one_output, _INPUT_REF.sub(one_input, a)) for a in argv[1:])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,43 +176,7 @@ def load_pipeline(path: Path) -> PipelineSpec:
     except Exception as exc:  # the SDK raises several unrelated types for a bad YAML
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkspaceError(f"{path}: azure-ai-ml cannot load it: {first}") from exc
-    steps: dict[str, Step] = {}
-    for name, node in job.jobs.items():
-        component = node.component
-        command = getattr(component, "command", None)
-        if not isinstance(command, str):
-            raise WorkspaceError(f"{path}: step {name!r} is not a command step; the local workspace runs only those.")
-        base = Path(getattr(component, "base_path", None) or path.parent)
-        code = (base / str(component.code)).resolve() if component.code else base
-        declared_inputs = component.inputs or {}
-        inputs: dict[str, Binding] = {}
-        for input_name, declared in declared_inputs.items():
-            given = node.inputs.get(input_name) if node.inputs else None
-            binding = _binding(given, getattr(declared, "default", None))
-            if binding is not None:
-                inputs[input_name] = binding
-        outputs = {out: str(decl.type) for out, decl in (component.outputs or {}).items()}
-        includes = []
-        for include in getattr(component, "additional_includes", None) or []:
-            resolved = (base / str(include)).resolve()
-            if not resolved.exists():
-                raise WorkspaceError(f"{path}: step {name!r} includes {include!r}, which does not exist.")
-            includes.append(resolved)
-        promoted: dict[str, str] = {}
-        for out, raw in (node.outputs or {}).items():
-            data = getattr(raw, "_data", raw)
-            if isinstance(data, str) and (match := _PARENT_OUTPUT.match(data)):
-                promoted[out] = match.group(1)
-        steps[name] = Step(
-            name=name,
-            component=str(component.name),
-            command=command,
-            code=code,
-            inputs=inputs,
-            outputs=outputs,
-            promoted=promoted,
-            includes=tuple(includes),
-        )
+    steps = {name: _step(path, name, node) for name, node in job.jobs.items()}
     return PipelineSpec(
         path=path,
         experiment=job.experiment_name,
@@ -171,3 +184,48 @@ def load_pipeline(path: Path) -> PipelineSpec:
         outputs=tuple(job.outputs or {}),
         steps=_order(steps),
     )
+
+
+def _step(path: Path, name: str, node: Any) -> Step:
+    """One of the pipeline's jobs (azure-ai-ml's node) as a Step."""
+    component = node.component
+    command = getattr(component, "command", None)
+    if not isinstance(command, str):
+        raise WorkspaceError(f"{path}: step {name!r} is not a command step; the local workspace runs only those.")
+    base = Path(getattr(component, "base_path", None) or path.parent)
+    inputs: dict[str, Binding] = {}
+    for input_name, declared in (component.inputs or {}).items():
+        given = node.inputs.get(input_name) if node.inputs else None
+        binding = _binding(given, getattr(declared, "default", None))
+        if binding is not None:
+            inputs[input_name] = binding
+    return Step(
+        name=name,
+        component=str(component.name),
+        command=command,
+        code=(base / str(component.code)).resolve() if component.code else base,
+        inputs=inputs,
+        outputs={out: str(decl.type) for out, decl in (component.outputs or {}).items()},
+        promoted=_promoted(node),
+        includes=_includes(path, name, base, component),
+    )
+
+
+def _promoted(node: Any) -> dict[str, str]:
+    """The step's outputs bound to the pipeline's (`${{parent.outputs.z}}`): output -> pipeline output."""
+    promoted: dict[str, str] = {}
+    for out, raw in (node.outputs or {}).items():
+        data = getattr(raw, "_data", raw)
+        if isinstance(data, str) and (match := _PARENT_OUTPUT.match(data)):
+            promoted[out] = match.group(1)
+    return promoted
+
+
+def _includes(path: Path, name: str, base: Path, component: Any) -> tuple[Path, ...]:
+    includes = []
+    for include in getattr(component, "additional_includes", None) or []:
+        resolved = (base / str(include)).resolve()
+        if not resolved.exists():
+            raise WorkspaceError(f"{path}: step {name!r} includes {include!r}, which does not exist.")
+        includes.append(resolved)
+    return tuple(includes)

@@ -9,25 +9,25 @@ step's. Nothing is shared between steps but the already-imported modules, and (w
 environment names a SQLite MLflow tracking store) that store, opened once: a step that logs to its
 run pays neither SQLAlchemy's import nor the store's schema check (about a second, then 50-80 ms).
 
-Protocol (one JSON object per line): the workspace writes
+Protocol (dicts over the server's connection, channel.py): the workspace sends
 `{"argv": [...], "cwd": ..., "stdout": ..., "stderr": ..., "env": {...}}`; the server answers
 `{"pid": N}` when the step starts and `{"code": N}` when it ends; to `{"tracking": URI}` (the store
-exists now) it opens that store and answers `{"tracking": true}`. One server runs one step at a
+exists now) it opens that store and answers `{"tracking": True}`. One server runs one step at a
 time; the workspace keeps one server per job thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+# die_with_parent lives in channel.py; it is named here too, where the local host has always found it.
+from autoretrain.adapters.localworkspace.channel import Helper, die_with_parent, to_parent
 
 __all__ = ["WarmRunner", "die_with_parent", "serve"]
 
@@ -49,79 +49,70 @@ class WarmRunner:
         self._lock = threading.Lock()
         # BLAS and OpenMP threads must not exist before a fork: one thread each in the server.
         server_env = {**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self._process = subprocess.Popen(
-            [python, "-c", "from autoretrain.adapters.localworkspace.warm import serve; serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
-            # started the server ends, so runners are started on threads that live as long.
-            env=server_env, start_new_session=True, preexec_fn=die_with_parent,
-        )
-        ready = self._read()
+        # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
+        # started the server ends, so runners are started on threads that live as long.
+        self._server = Helper("from autoretrain.adapters.localworkspace.warm import serve; serve()",
+                              python=python, env=server_env, what="warm step runner")
+        ready = self._server.receive()
         if ready.get("ready") is not True:
             raise RuntimeError(f"the warm step runner did not start: {ready}")
-
-    def _read(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            raise RuntimeError("the warm step runner exited")
-        return dict(json.loads(line))
 
     def run(
         self, argv: Sequence[str], cwd: Path, stdout: Path, stderr: Path, env: Mapping[str, str],
         on_start: Callable[[int], None],
     ) -> int:
         with self._lock:
-            assert self._process.stdin is not None
-            request = {"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr),
-                       "env": dict(env)}
-            self._process.stdin.write(json.dumps(request) + "\n")
-            self._process.stdin.flush()
-            on_start(int(self._read()["pid"]))
-            return int(self._read()["code"])
+            started = self._server.call({"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout),
+                                         "stderr": str(stderr), "env": dict(env)})
+            on_start(int(started["pid"]))
+            return int(self._server.receive()["code"])
 
     def open_tracking(self, uri: str) -> bool:
         """Have the server open the MLflow store at `uri` (once it exists), so no step opens it."""
         with self._lock:
-            assert self._process.stdin is not None
-            self._process.stdin.write(json.dumps({"tracking": uri}) + "\n")
-            self._process.stdin.flush()
-            return bool(self._read()["tracking"])
+            return bool(self._server.call({"tracking": uri})["tracking"])
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._server.alive
 
     def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-
-
-def die_with_parent() -> None:
-    """In a child, before exec: on Linux, die when the process (strictly: the thread) that started
-    it dies, so a SIGKILL of the stack orphans nothing; its own session keeps Ctrl-C away."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _write(out: IO[str], message: Mapping[str, Any]) -> None:
-    out.write(json.dumps(dict(message)) + "\n")
-    out.flush()
+        self._server.stop(terminate=True)  # a step running in a fork dies with the server
 
 
 def serve() -> None:
     """The server's loop (in its own process)."""
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    local_store = tracking.startswith("sqlite:")
+    _preload(local_store)
+    parent = to_parent()
+    parent.send({"ready": True})
+    opened = False
+    while True:
+        try:
+            request = parent.recv()
+        except EOFError:  # the workspace closed its end: it is done with this server
+            return
+        if "tracking" in request:  # the workspace's tracker has made the store: open it now
+            opened = opened or (local_store and request["tracking"] == tracking and _open_tracking_store(tracking))
+            parent.send({"tracking": opened})
+            continue
+        if local_store and not opened and request["env"].get("MLFLOW_TRACKING_URI") == tracking:
+            # Not opened yet: the store exists by now (the workspace made this step's run in it).
+            opened = _open_tracking_store(tracking)
+        pid = os.fork()
+        if pid == 0:  # the step
+            parent.close()  # the server's line, not the step's
+            _run_step(request)
+        parent.send({"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        parent.send({"code": os.waitstatus_to_exitcode(status)})
+
+
+def _preload(local_store: bool) -> None:
     import gc
     import importlib
 
-    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
-    local_store = tracking.startswith("sqlite:")
     for name in (*_PRELOAD, *(_PRELOAD_TRACKING if local_store else ())):
         # A library that is missing is imported by the step that needs it, as it would be cold.
         with contextlib.suppress(ImportError):
@@ -130,25 +121,6 @@ def serve() -> None:
     # full collection walks only the step's own objects (not the libraries': ~150 ms each time).
     gc.collect()
     gc.freeze()
-    out = sys.stdout
-    _write(out, {"ready": True})
-    opened = False
-    for line in sys.stdin:
-        request = json.loads(line)
-        if "tracking" in request:  # the workspace's tracker has made the store: open it now
-            opened = opened or (local_store and request["tracking"] == tracking and _open_tracking_store(tracking))
-            _write(out, {"tracking": opened})
-            continue
-        if local_store and not opened and request["env"].get("MLFLOW_TRACKING_URI") == tracking:
-            # Not opened yet: the store exists by now (the workspace made this step's run in it).
-            opened = _open_tracking_store(tracking)
-        pid = os.fork()
-        if pid == 0:  # the step
-            _run_step(request)
-        _write(out, {"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        _write(out, {"code": code})
 
 
 def _open_tracking_store(uri: str) -> bool:

@@ -1,0 +1,88 @@
+"""A helper process of the workspace (a warm step runner, the MLflow tracker) and its connection.
+
+The workspace starts `python -c CODE` with one end of a `multiprocessing.Pipe` (a socket pair) as an
+inherited descriptor; the two sides then `send` and `recv` whole (pickled) Python objects. Only the
+two processes hold the socket pair, so it needs no authkey. The helper's stdout and stderr stay free
+for whatever its libraries print, and when either side ends the other reads EOF instead of a half
+line. The helper dies with the thread that started it (`die_with_parent`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import IO, Any
+
+__all__ = ["Helper", "die_with_parent", "to_parent"]
+
+_FD = "AUTORETRAIN_CHANNEL_FD"
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: on Linux, die when the process (strictly: the thread) that started
+    it dies, so a SIGKILL of the stack orphans nothing; its own session keeps Ctrl-C away."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Helper:
+    """`python -c code`, started now, and our end of its connection. Its stdout and stderr go to
+    `output`; its own session; it dies with the calling thread (see `die_with_parent`)."""
+
+    def __init__(
+        self, code: str, *, python: str, env: Mapping[str, str], what: str, output: IO[bytes] | int = subprocess.DEVNULL
+    ) -> None:
+        self._what = what
+        ours, theirs = Pipe()
+        try:
+            self.process = subprocess.Popen(
+                [python, "-c", code], stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                env={**env, _FD: str(theirs.fileno())}, pass_fds=(theirs.fileno(),),
+                start_new_session=True, preexec_fn=die_with_parent,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the helper's now: when it exits, our recv() reads EOF
+        self._connection = ours
+
+    def call(self, message: Any) -> Any:
+        """Send `message` and return the helper's answer."""
+        self._connection.send(message)
+        return self.receive()
+
+    def receive(self) -> Any:
+        """The helper's next message; RuntimeError naming it and its exit code when it has exited."""
+        try:
+            return self._connection.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"the {self._what} exited (code {self.process.poll()})") from exc
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, *, terminate: bool = False, timeout: float = 5.0) -> None:
+        """Close the connection (the helper reads EOF and returns), after SIGTERM if `terminate`;
+        SIGKILL if it is still there after `timeout`."""
+        if terminate and self.alive:
+            self.process.terminate()
+        self._connection.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def to_parent() -> Connection:
+    """In the helper: its connection to the workspace that started it."""
+    return Connection(int(os.environ.pop(_FD)))

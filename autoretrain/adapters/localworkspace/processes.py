@@ -1,0 +1,177 @@
+"""How a step's process runs on this machine, and how the workspace stops it.
+
+A step runs in a fork of its job thread's warm runner (warm.py: the heavy libraries imported once),
+or, without one, as a subprocess of this Python in its own session (a Ctrl-C in the terminal
+reaches the stack, which stops the steps itself, instead of failing them half-way). `stop()` sends
+each running step SIGTERM, then SIGKILL after a timeout; a step asked to start after it never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from autoretrain.adapters.localworkspace.channel import die_with_parent
+from autoretrain.adapters.localworkspace.tracking import LocalTracking
+from autoretrain.adapters.localworkspace.warm import WarmRunner
+from autoretrain.logs import log_event
+from autoretrain.waiting import wait_until
+
+__all__ = ["StepProcesses"]
+
+# The workspace's lines keep the workspace's logger, whichever of its modules writes them.
+log = logging.getLogger("autoretrain.adapters.localworkspace.workspace")
+
+
+class StepProcesses:
+    """The running steps (one a job) and the warm runners they fork from (one a job thread)."""
+
+    def __init__(
+        self, *, python: str, env: Mapping[str, str], warm: bool, runners: int, tracking: LocalTracking | None
+    ) -> None:
+        self._python = python
+        self._env = env  # the warm servers' own environment (a step gets its own)
+        self._warm = warm
+        self._tracking = tracking
+        # Set by stop(): running steps are stopped and their jobs left queued/running, to resume.
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen[bytes] | _ForkedStep] = {}
+        self._thread_state = threading.local()
+        self._runners: list[WarmRunner] = []
+        self._spare: queue.Queue[WarmRunner | None] = queue.Queue()
+        if warm:
+            threading.Thread(target=self._start_runners, args=(runners,), name="local-warm-runners",
+                             daemon=True).start()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self, job: str, argv: list[str], cwd: Path, log_path: Path, err_path: Path,
+            env: Mapping[str, str]) -> int:
+        """Run the job's step to its end; its exit code (-1: not started, the workspace is stopping)."""
+        runner = self._warm_runner()
+        if runner is not None:
+            def started(pid: int) -> None:
+                with self._lock:
+                    self._running[job] = _ForkedStep(pid)
+                if self._stopping.is_set():
+                    self._running[job].terminate()
+
+            try:
+                return runner.run(argv, cwd, log_path, err_path, env, on_start=started)
+            finally:
+                with self._lock:
+                    self._running.pop(job, None)
+        with log_path.open("wb") as out_file, err_path.open("wb") as err_file:
+            with self._lock:
+                if self._stopping.is_set():
+                    return -1
+                process = subprocess.Popen(argv, cwd=cwd, stdout=out_file, stderr=err_file,
+                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                           preexec_fn=die_with_parent)
+                self._running[job] = process
+            try:
+                return process.wait()
+            finally:
+                with self._lock:
+                    self._running.pop(job, None)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the running steps: SIGTERM, SIGKILL after `timeout`. No step starts after this."""
+        with self._lock:
+            self._stopping.set()
+            running = list(self._running.items())
+        for job, process in running:
+            log_event(log, logging.INFO, "job.stopping", job=job, pid=process.pid)
+            process.terminate()
+        for _, process in running:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def close(self) -> None:
+        """Stop the warm runners (after `stop()`, once no job thread uses them)."""
+        for runner in self._runners:
+            runner.close()
+
+    def _warm_runner(self) -> WarmRunner | None:
+        """This job thread's prefork server (started on first use), or None to run steps cold."""
+        if not self._warm:
+            return None
+        runner: WarmRunner | None = getattr(self._thread_state, "runner", None)
+        if runner is not None and runner.alive:
+            return runner
+        try:
+            runner = self._spare.get(timeout=60)  # started with the workspace, warm by now
+        except queue.Empty:
+            runner = None
+        if runner is None or not runner.alive:
+            runner = self._new_runner()
+            if runner is None:
+                return None
+        self._thread_state.runner = runner
+        return runner
+
+    def _new_runner(self) -> WarmRunner | None:
+        try:
+            runner = WarmRunner(self._python, self._env)
+        except (OSError, RuntimeError) as exc:
+            log_event(log, logging.WARNING, "workspace.warm_runner_unavailable", error=str(exc))
+            self._warm = False
+            return None
+        with self._lock:
+            self._runners.append(runner)
+        return runner
+
+    def _start_runners(self, count: int) -> None:
+        started = []
+        for _ in range(count):
+            runner = self._new_runner()
+            if runner is None:
+                self._spare.put(None)
+                return
+            self._spare.put(runner)
+            started.append(runner)
+        if self._tracking is not None and self._tracking.ready():
+            # The store exists now: each server opens it once, for all the steps it forks.
+            for runner in started:
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    runner.open_tracking(self._tracking.uri)
+        # The servers die with the thread that started them (PR_SET_PDEATHSIG): it lives until stop().
+        self._stopping.wait()
+
+
+class _ForkedStep:
+    """A step running in a fork of the warm server: what stop() needs to stop it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> None:
+        if not wait_until(self._gone, timeout, interval=0.05):
+            raise subprocess.TimeoutExpired(str(self.pid), timeout)
+
+    def _gone(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
