@@ -1,18 +1,21 @@
 """One frozen Settings object, read from the environment once at start.
 
-The variable names are the same in Bicep `appSettings` (infra/), in `local.settings.json.example`
-and here; `SETTING_NAMES` is the list a test holds the other two to.
+`_SETTINGS` is the one table of environment variables: each name, written once, with the field it
+fills, how its text is read and how its value is checked; `from_env`, `SETTING_NAMES` and the error
+messages all come from it. The names are the same in Bicep `appSettings` (infra/), in
+`local.settings.json.example` and here; `SETTING_NAMES` is the list a test holds the other two to.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from autoretrain.domain.errors import ConfigError
 from autoretrain.schedule import TimerSchedule
@@ -31,43 +34,51 @@ LOCAL_WORKSPACE_TOPIC = (
     "/providers/Microsoft.MachineLearningServices/workspaces/local"
 )
 
-SETTING_NAMES: tuple[str, ...] = (
-    "AUTORETRAIN_WORKSPACE",
-    "AUTORETRAIN_HOME",
-    "AUTORETRAIN_CONTRACT",
-    "AUTORETRAIN_STORAGE",
-    "AUTORETRAIN_STORAGE__blobServiceUri",
-    "AUTORETRAIN_STORAGE__tableServiceUri",
-    "AUTORETRAIN_STORAGE_RESOURCE_ID",
-    "AUTORETRAIN_INCOMING_CONTAINER",
-    "AUTORETRAIN_QUARANTINE_CONTAINER",
-    "AUTORETRAIN_DATASETS_CONTAINER",
-    "AUTORETRAIN_LEDGER_TABLE",
-    "AUTORETRAIN_EXPERIMENT",
-    "AUTORETRAIN_DATA_ASSET",
-    "AUTORETRAIN_MODEL_NAME",
-    "AUTORETRAIN_PIPELINE_COMPONENT",
-    "AUTORETRAIN_AZUREML_SUBSCRIPTION_ID",
-    "AUTORETRAIN_AZUREML_RESOURCE_GROUP",
-    "AUTORETRAIN_AZUREML_WORKSPACE",
-    "AUTORETRAIN_AZUREML_DATASTORE",
-    "AUTORETRAIN_AZUREML_COMPUTE",
-    "AUTORETRAIN_HOST_URL",
-    "AUTORETRAIN_RECONCILE_SCHEDULE",
-    "AUTORETRAIN_RECONCILE_GRACE_SECONDS",
-    "AUTORETRAIN_LEASE_SECONDS",
-    "AZURE_CLIENT_ID",
-)
-
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+_TABLE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 # The project's root folder (where ml/, function_app.py and node_modules/ are): its one name.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _seconds(name: str, raw: str | None, default: int) -> int:
-    if raw is None:
-        return default
+class WorkspaceKind(StrEnum):
+    LOCAL = "local"
+    AZUREML = "azureml"
+
+
+# Parsers turn a variable's (trimmed, non-empty) text into its field's value; checks look at the
+# value, the default included. Both take the variable's name, so each message names it.
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _kind(name: str, raw: str) -> WorkspaceKind:
+    try:
+        return WorkspaceKind(raw.lower())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a workspace kind; use 'local' or 'azureml'.") from None
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _contract_path(name: str, raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_absolute() and not path.exists():
+        # On Azure the worker's working folder need not be the app root: a relative path
+        # such as ml/contract.yaml means the one shipped with the app.
+        return PROJECT_ROOT / path
+    return path
+
+
+def _url(name: str, raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def _seconds(name: str, raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -77,17 +88,99 @@ def _seconds(name: str, raw: str | None, default: int) -> int:
     return value
 
 
-def _worker_processes(raw: str | None) -> int:
-    if raw is None:
-        return 1
+def _worker_processes(name: str, raw: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 10:
-        raise ConfigError(f"FUNCTIONS_WORKER_PROCESS_COUNT={raw!r} must be a whole number from 1 to 10.")
+        raise ConfigError(f"{name}={raw!r} must be a whole number from 1 to 10.")
     return int(raw)
 
 
-class WorkspaceKind(StrEnum):
-    LOCAL = "local"
-    AZUREML = "azureml"
+def _is_file(name: str, value: Path) -> None:
+    if not value.is_file():
+        raise ConfigError(
+            f"{name}={str(value)!r} is not a file; point it at a contract YAML such as ml/contract.yaml."
+        )
+
+
+def _schedule(name: str, value: str) -> None:
+    try:
+        TimerSchedule.parse(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _container(name: str, value: str) -> None:
+    if not _NAME.match(value) or "--" in value:
+        raise ConfigError(
+            f"{name}={value!r} is not a valid container name; use 3-63 lowercase letters, "
+            "digits and single hyphens."
+        )
+
+
+def _table(name: str, value: str) -> None:
+    if not _TABLE.fullmatch(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a valid table name; use 3-63 letters and digits, starting with a letter."
+        )
+
+
+def _azureml_name(name: str, value: str) -> None:
+    if not _ASSET.match(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a valid Azure ML name; use letters, digits, '-', '_' "
+            "and '.', starting with a letter or digit."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """One environment variable: the Settings field it fills, how its text is read and checked."""
+
+    name: str
+    field: str
+    parse: Callable[[str, str], Any] = _text
+    check: Callable[[str, Any], None] | None = None
+    # Unset in azureml mode, or left at its local default, it stops the start with the others missing.
+    needed_by_azureml: bool = False
+    # Unset means the field's default; not so for the storage connection, whose default depends
+    # on the workspace kind and the service URIs (`Settings._storage`).
+    defaulted: bool = True
+    # FUNCTIONS_WORKER_PROCESS_COUNT is the Functions platform's own setting: read, not in SETTING_NAMES.
+    ours: bool = True
+
+
+# Checks run in this order, so with several bad values the first one here is reported.
+_SETTINGS: tuple[_Setting, ...] = (
+    _Setting("AUTORETRAIN_WORKSPACE", "workspace", _kind),
+    _Setting("AUTORETRAIN_HOME", "home", _path),
+    _Setting("AUTORETRAIN_CONTRACT", "contract", _contract_path, _is_file),
+    _Setting("AUTORETRAIN_STORAGE", "storage_connection", defaulted=False),
+    _Setting("AUTORETRAIN_STORAGE__blobServiceUri", "blob_service_uri"),
+    _Setting("AUTORETRAIN_STORAGE__tableServiceUri", "table_service_uri"),
+    _Setting("AUTORETRAIN_RECONCILE_SCHEDULE", "reconcile_schedule", check=_schedule),
+    _Setting("AUTORETRAIN_RECONCILE_GRACE_SECONDS", "reconcile_grace_seconds", _seconds),
+    _Setting("AUTORETRAIN_LEASE_SECONDS", "lease_seconds", _seconds),
+    _Setting("AUTORETRAIN_INCOMING_CONTAINER", "incoming_container", check=_container),
+    _Setting("AUTORETRAIN_QUARANTINE_CONTAINER", "quarantine_container", check=_container),
+    _Setting("AUTORETRAIN_DATASETS_CONTAINER", "datasets_container", check=_container),
+    _Setting("AUTORETRAIN_LEDGER_TABLE", "ledger_table", check=_table),
+    _Setting("AUTORETRAIN_EXPERIMENT", "experiment", check=_azureml_name),
+    _Setting("AUTORETRAIN_DATA_ASSET", "data_asset", check=_azureml_name),
+    _Setting("AUTORETRAIN_MODEL_NAME", "model_name", check=_azureml_name),
+    _Setting("AUTORETRAIN_PIPELINE_COMPONENT", "pipeline_component", check=_azureml_name),
+    _Setting("AUTORETRAIN_AZUREML_SUBSCRIPTION_ID", "azureml_subscription_id", needed_by_azureml=True),
+    _Setting("AUTORETRAIN_AZUREML_RESOURCE_GROUP", "azureml_resource_group", needed_by_azureml=True),
+    _Setting("AUTORETRAIN_AZUREML_WORKSPACE", "azureml_workspace", needed_by_azureml=True),
+    _Setting("AUTORETRAIN_AZUREML_DATASTORE", "azureml_datastore", needed_by_azureml=True),
+    _Setting("AUTORETRAIN_AZUREML_COMPUTE", "azureml_compute", needed_by_azureml=True),
+    # The storage account's resource id: the topic its blob events come from.
+    _Setting("AUTORETRAIN_STORAGE_RESOURCE_ID", "storage_topic", needed_by_azureml=True),
+    _Setting("AUTORETRAIN_HOST_URL", "host_url", _url),
+    _Setting("AZURE_CLIENT_ID", "azure_client_id"),
+    _Setting("FUNCTIONS_WORKER_PROCESS_COUNT", "worker_processes", _worker_processes, ours=False),
+)
+
+SETTING_NAMES: tuple[str, ...] = tuple(setting.name for setting in _SETTINGS if setting.ours)
+_ENV_NAME = {setting.field: setting.name for setting in _SETTINGS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,126 +240,49 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the settings; a bad one raises ConfigError with a one-line message."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        raw_kind = get("AUTORETRAIN_WORKSPACE") or WorkspaceKind.LOCAL.value
-        try:
-            kind = WorkspaceKind(raw_kind.lower())
-        except ValueError:
-            raise ConfigError(
-                f"AUTORETRAIN_WORKSPACE={raw_kind!r} is not a workspace kind; use 'local' or 'azureml'."
-            ) from None
-
         defaults = cls()
-        blob_uri = get("AUTORETRAIN_STORAGE__blobServiceUri")
-        table_uri = get("AUTORETRAIN_STORAGE__tableServiceUri")
-        connection = get("AUTORETRAIN_STORAGE")
-        if connection is None and blob_uri is None and kind is WorkspaceKind.LOCAL:
-            connection = defaults.storage_connection
-        if connection is None and (blob_uri is None or table_uri is None):
-            raise ConfigError(
-                "Storage is not configured: set AUTORETRAIN_STORAGE__blobServiceUri and "
-                "AUTORETRAIN_STORAGE__tableServiceUri (managed identity), or AUTORETRAIN_STORAGE "
-                "to a connection string (local only)."
-            )
-
-        contract = Path(get("AUTORETRAIN_CONTRACT") or defaults.contract)
-        if not contract.is_absolute() and not contract.exists():
-            # On Azure the worker's working folder need not be the app root: a relative path
-            # such as ml/contract.yaml means the one shipped with the app.
-            contract = PROJECT_ROOT / contract
-        if not contract.is_file():
-            raise ConfigError(
-                f"AUTORETRAIN_CONTRACT={str(contract)!r} is not a file; point it at a contract YAML "
-                "such as ml/contract.yaml."
-            )
-
-        settings = cls(
-            workspace=kind,
-            home=Path(get("AUTORETRAIN_HOME") or defaults.home),
-            contract=contract,
-            storage_connection=connection,
-            blob_service_uri=blob_uri,
-            table_service_uri=table_uri,
-            storage_topic=get("AUTORETRAIN_STORAGE_RESOURCE_ID") or defaults.storage_topic,
-            incoming_container=get("AUTORETRAIN_INCOMING_CONTAINER") or defaults.incoming_container,
-            quarantine_container=get("AUTORETRAIN_QUARANTINE_CONTAINER") or defaults.quarantine_container,
-            datasets_container=get("AUTORETRAIN_DATASETS_CONTAINER") or defaults.datasets_container,
-            ledger_table=get("AUTORETRAIN_LEDGER_TABLE") or defaults.ledger_table,
-            experiment=get("AUTORETRAIN_EXPERIMENT") or defaults.experiment,
-            data_asset=get("AUTORETRAIN_DATA_ASSET") or defaults.data_asset,
-            model_name=get("AUTORETRAIN_MODEL_NAME") or defaults.model_name,
-            pipeline_component=get("AUTORETRAIN_PIPELINE_COMPONENT") or defaults.pipeline_component,
-            azureml_subscription_id=get("AUTORETRAIN_AZUREML_SUBSCRIPTION_ID"),
-            azureml_resource_group=get("AUTORETRAIN_AZUREML_RESOURCE_GROUP"),
-            azureml_workspace=get("AUTORETRAIN_AZUREML_WORKSPACE"),
-            azureml_datastore=get("AUTORETRAIN_AZUREML_DATASTORE"),
-            azureml_compute=get("AUTORETRAIN_AZUREML_COMPUTE"),
-            host_url=(get("AUTORETRAIN_HOST_URL") or defaults.host_url).rstrip("/"),
-            reconcile_schedule=get("AUTORETRAIN_RECONCILE_SCHEDULE") or defaults.reconcile_schedule,
-            reconcile_grace_seconds=_seconds(
-                "AUTORETRAIN_RECONCILE_GRACE_SECONDS", get("AUTORETRAIN_RECONCILE_GRACE_SECONDS"),
-                defaults.reconcile_grace_seconds,
-            ),
-            lease_seconds=_seconds(
-                "AUTORETRAIN_LEASE_SECONDS", get("AUTORETRAIN_LEASE_SECONDS"), defaults.lease_seconds
-            ),
-            azure_client_id=get("AZURE_CLIENT_ID"),
-            worker_processes=_worker_processes(get("FUNCTIONS_WORKER_PROCESS_COUNT")),
-        )
+        values: dict[str, Any] = {}
+        for setting in _SETTINGS:
+            raw = env.get(setting.name, "").strip()
+            if raw:
+                values[setting.field] = setting.parse(setting.name, raw)
+            else:
+                values[setting.field] = getattr(defaults, setting.field) if setting.defaulted else None
+        values["storage_connection"] = cls._storage(values, defaults)
+        settings = cls(**values)
         settings._validate()
         return settings
 
-    def _validate(self) -> None:
-        try:
-            TimerSchedule.parse(self.reconcile_schedule)
-        except ConfigError as exc:
-            raise ConfigError(f"AUTORETRAIN_RECONCILE_SCHEDULE: {exc}") from None
-        for env_name, value in (
-            ("AUTORETRAIN_INCOMING_CONTAINER", self.incoming_container),
-            ("AUTORETRAIN_QUARANTINE_CONTAINER", self.quarantine_container),
-            ("AUTORETRAIN_DATASETS_CONTAINER", self.datasets_container),
-        ):
-            if not _NAME.match(value) or "--" in value:
-                raise ConfigError(
-                    f"{env_name}={value!r} is not a valid container name; use 3-63 lowercase letters, "
-                    "digits and single hyphens."
-                )
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", self.ledger_table):
+    @staticmethod
+    def _storage(values: Mapping[str, Any], defaults: Settings) -> str | None:
+        """The storage connection: given, or Azurite's for the local workspace without service URIs."""
+        connection: str | None = values["storage_connection"]
+        blob_uri, table_uri = values["blob_service_uri"], values["table_service_uri"]
+        if connection is None and blob_uri is None and values["workspace"] is WorkspaceKind.LOCAL:
+            connection = defaults.storage_connection
+        if connection is None and (blob_uri is None or table_uri is None):
             raise ConfigError(
-                f"AUTORETRAIN_LEDGER_TABLE={self.ledger_table!r} is not a valid table name; use 3-63 "
-                "letters and digits, starting with a letter."
+                f"Storage is not configured: set {_ENV_NAME['blob_service_uri']} and "
+                f"{_ENV_NAME['table_service_uri']} (managed identity), or {_ENV_NAME['storage_connection']} "
+                "to a connection string (local only)."
             )
-        for env_name, value in (
-            ("AUTORETRAIN_EXPERIMENT", self.experiment),
-            ("AUTORETRAIN_DATA_ASSET", self.data_asset),
-            ("AUTORETRAIN_MODEL_NAME", self.model_name),
-            ("AUTORETRAIN_PIPELINE_COMPONENT", self.pipeline_component),
-        ):
-            if not _ASSET.match(value):
-                raise ConfigError(
-                    f"{env_name}={value!r} is not a valid Azure ML name; use letters, digits, '-', '_' "
-                    "and '.', starting with a letter or digit."
-                )
-        if self.workspace is WorkspaceKind.AZUREML:
-            missing = [
-                env_name
-                for env_name, value in (
-                    ("AUTORETRAIN_AZUREML_SUBSCRIPTION_ID", self.azureml_subscription_id),
-                    ("AUTORETRAIN_AZUREML_RESOURCE_GROUP", self.azureml_resource_group),
-                    ("AUTORETRAIN_AZUREML_WORKSPACE", self.azureml_workspace),
-                    ("AUTORETRAIN_AZUREML_DATASTORE", self.azureml_datastore),
-                    ("AUTORETRAIN_AZUREML_COMPUTE", self.azureml_compute),
-                )
-                if not value
-            ]
-            if self.storage_topic == LOCAL_STORAGE_TOPIC:
-                missing.append("AUTORETRAIN_STORAGE_RESOURCE_ID")
-            if missing:
-                raise ConfigError(
-                    f"AUTORETRAIN_WORKSPACE=azureml needs {', '.join(missing)}; set them in the app "
-                    "settings (infra/ sets them on deploy)."
-                )
+        return connection
+
+    def _validate(self) -> None:
+        for setting in _SETTINGS:
+            if setting.check is not None:
+                setting.check(setting.name, getattr(self, setting.field))
+        if self.workspace is not WorkspaceKind.AZUREML:
+            return
+        defaults = Settings()
+        missing = [
+            setting.name
+            for setting in _SETTINGS
+            if setting.needed_by_azureml
+            and getattr(self, setting.field) in (None, "", getattr(defaults, setting.field))
+        ]
+        if missing:
+            raise ConfigError(
+                f"{_ENV_NAME['workspace']}=azureml needs {', '.join(missing)}; set them in the app "
+                "settings (infra/ sets them on deploy)."
+            )

@@ -9,10 +9,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.table import Table
+
 from autoretrain.domain import LedgerRecord
 from autoretrain.settings import Settings
 
-__all__ = ["STATUS_COLUMNS", "azurite_for", "print_table", "records_named", "status_row", "wait_for_ctrl_c"]
+__all__ = [
+    "STATUS_COLUMNS", "azurite_for", "console_for", "print_table", "records_named", "status_row", "wait_for_ctrl_c",
+]
 
 
 log = logging.getLogger("autoretrain.cli")
@@ -22,22 +27,44 @@ STATUS_COLUMNS = ("blob", "etag", "state", "retrain", "data_version", "job", "mo
                   "decision", "reason")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        if isinstance(value, dict):
-            return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
-        text = str(value)
-        return text if len(text) <= width else text[: width - 1] + "…"
+# A line as long as its content: no cell is wrapped, and no column squeezed, to fit a width.
+_UNWRAPPED = 100_000
 
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
-    for r in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+def console_for(out: TextIO, *, width: int | None = None) -> Console:
+    """A rich Console on `out`: colour and the terminal's width on a terminal; anywhere else (a pipe,
+    a file, a test's capture) plain text without escape codes, each line as long as its content."""
+    terminal = out.isatty()
+    return Console(
+        file=out, force_terminal=terminal, no_color=not terminal, width=width or (None if terminal else _UNWRAPPED),
+        soft_wrap=not terminal, markup=False, emoji=False, highlight=False,
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
+    """One row per dict, a column per name: upper-case headers, cells two spaces apart, "-" for none,
+    a cell longer than `width` cut with "…". The same columns on a terminal (bold headers) and in a pipe."""
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold", show_edge=False)
+    for column in columns:
+        table.add_column(column.upper(), max_width=width, overflow="ellipsis", no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    # As wide as its content on a terminal too: a narrow one wraps the lines, and every column stays.
+    console = console_for(out, width=_UNWRAPPED)
+    with console.capture() as captured:
+        console.print(table)
+    # Cells are padded to their column's width: the line ends where its last value does.
+    out.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def status_row(record: LedgerRecord) -> dict[str, Any]:

@@ -7,17 +7,21 @@ import contextlib
 import importlib.util
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from autoretrain.bootstrap import PROJECT_ROOT, operator
-from autoretrain.cli.common import STATUS_COLUMNS, print_table, status_row
-from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
+from autoretrain.cli.common import STATUS_COLUMNS, console_for, print_table, status_row
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
 from autoretrain.domain.errors import AutoretrainError
 from autoretrain.domain.ports import Ledger
 from autoretrain.local import host_answers
 from autoretrain.settings import Settings
+from autoretrain.waiting import wait_until
 
 __all__ = ["cmd_demo"]
 
@@ -47,64 +51,105 @@ def _demo_files(folder: Path, months: int) -> list[Path]:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from autoretrain.local.host import configure_logging
-    from autoretrain.local.stack import LocalStack
 
     started = time.monotonic()
+    console = console_for(sys.stdout)
     settings.home.mkdir(parents=True, exist_ok=True)
     log_path = settings.home / "logs" / "demo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The logging handler owns the file until the process ends: threads may still log at exit.
     log_file = log_path.open("a", encoding="utf-8")
     configure_logging(log_file)
-    print(f"autoretrain demo: home {settings.home}, function logs in {log_path}", flush=True)
+    console.print(f"autoretrain demo: home {settings.home}, function logs in {log_path}")
     drops = _demo_files(settings.home / "demo" / "drops", args.months)
     with contextlib.ExitStack() as running:
-        if host_answers(settings.host_url):
-            # `autoretrain up` is already running: drop into it instead of starting a second stack.
-            print(f"  using the running autoretrain at {settings.host_url}", flush=True)
-        else:
-            stack = running.enter_context(LocalStack(settings, poll_interval=0.5))
-            print(f"  Azurite {'started' if stack.azurite.started_here else 'already running'}, "
-                  f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'",
-                  flush=True)
+        _start_stack(settings, running, console)
         blobs, ledger = operator(settings).blobs, operator(settings).ledger
-        progress = _Progress(ledger, started)
-        for path in drops:
-            ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
-            key = WorkKey.for_blob(ref)
-            progress.dropped[key] = (path.name, time.monotonic())
-            print(f"  dropped {ref.path} ({path.stat().st_size} bytes)", flush=True)
-            # One month after the other, as a customer would: the next drop waits until this one is
-            # trained, so each new model is scored against the champion of the month before, on the
-            # same test rows (a job scores the champion it was submitted with).
-            progress.wait([key], lambda r: r.state.final, args.timeout)
-        progress.wait(progress.dropped, lambda r: r.state.final, args.timeout)
+        with _Progress(ledger, started, console, total=len(drops)) as progress:
+            for path in drops:
+                ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
+                key = progress.dropped(path.name, ref)
+                console.print(f"  dropped {ref.path} ({path.stat().st_size} bytes)")
+                # One month after the other, as a customer would: the next drop waits until this one is
+                # trained, so each new model is scored against the champion of the month before, on the
+                # same test rows (a job scores the champion it was submitted with).
+                progress.wait([key], args.timeout)
+            progress.wait(progress.drops, args.timeout)
         records = sorted(progress.records.values(), key=lambda r: r.blob.name)
-        dropped = progress.dropped
     log_file.flush()
-    print()
+    _report(settings, records, started, log_file.name, console)
+    unfinished = [r for r in records if not r.state.final]
+    return 1 if unfinished or len(records) < len(progress.drops) else 0
+
+
+def _start_stack(settings: Settings, running: contextlib.ExitStack, console: Console) -> None:
+    """The local stack for the demo's length, or the one `autoretrain up` already runs."""
+    from autoretrain.local.stack import LocalStack
+
+    if host_answers(settings.host_url):
+        # `autoretrain up` is already running: drop into it instead of starting a second stack.
+        console.print(f"  using the running autoretrain at {settings.host_url}")
+        return
+    stack = running.enter_context(LocalStack(settings, poll_interval=0.5))
+    console.print(f"  Azurite {'started' if stack.azurite.started_here else 'already running'}, "
+                  f"Functions host on {stack.host.url}, Event Grid watching '{settings.incoming_container}'")
+
+
+def _report(settings: Settings, records: list[LedgerRecord], started: float, log_name: str, console: Console) -> None:
+    """The table of every drop, the quarantined ones' reasons, and where to look next."""
+    console.print()
     print_table([status_row(r) for r in records], STATUS_COLUMNS, sys.stdout)
     quarantined = [r for r in records if r.state is LedgerState.QUARANTINED]
     for r in quarantined:
         copy = f"{settings.quarantine_container}/{r.blob.copy_name(r.key)}"
-        print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
+        console.print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
-    print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
-          f"demo wall time {time.monotonic() - started:.1f} s.")
+    console.print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
+                  f"demo wall time {time.monotonic() - started:.1f} s.")
     story = (done or records)[-1].blob.name if records else "FILE"
-    print(f"Where to look: the log lines in {log_file.name}; one file's story: `autoretrain status {story}`; "
-          "the metric across retrains: `autoretrain ui`.")
-    unfinished = [r for r in records if not r.state.final]
-    return 1 if unfinished or len(records) < len(dropped) else 0
+    console.print(f"Where to look: the log lines in {log_name}; one file's story: `autoretrain status {story}`; "
+                  "the metric across retrains: `autoretrain ui`.")
+
+
+def _detail(record: LedgerRecord, dropped_at: float) -> str:
+    """What a state change adds: the job and its data when submitted, the model and gate when done."""
+    if record.state is LedgerState.SUBMITTED:
+        champion = f", scores v{record.champion} on the same rows" if record.champion else ""
+        return (f"data {record.data_version}, job {record.job}, "
+                f"trains on {record.trained_on} of {record.members} version(s){champion}")
+    if record.state is LedgerState.DONE:
+        gate = record.decision or ("promoted" if record.promoted else "not promoted")
+        return f"model {record.model_version}, {time.monotonic() - dropped_at:.1f} s after the drop; gate: {gate}"
+    return record.reason or ""
 
 
 class _Progress:
-    """Prints each drop's state changes as the ledger records them; keeps the latest records."""
+    """Prints each drop's state changes as the ledger records them, under a live bar of the drops
+    finished (on a terminal; elsewhere only the lines); keeps the latest records."""
 
-    def __init__(self, ledger: Ledger, started: float) -> None:
+    def __init__(self, ledger: Ledger, started: float, console: Console, *, total: int) -> None:
         self._ledger = ledger
         self._started = started
-        self.dropped: dict[WorkKey, tuple[str, float]] = {}
+        self._console = console
+        self._dropped: dict[WorkKey, tuple[str, float]] = {}
         self.records: dict[WorkKey, LedgerRecord] = {}
+        # Only on a terminal, and gone from it at the end (transient): pipes and logs get only the lines.
+        self._live = console.is_terminal
+        self._bar = Progress(
+            SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self._task = self._bar.add_task("drops trained", total=total)
+
+    @property
+    def drops(self) -> list[WorkKey]:
+        return list(self._dropped)
+
+    def dropped(self, name: str, ref: BlobRef) -> WorkKey:
+        key = WorkKey.for_blob(ref)
+        self._dropped[key] = (name, time.monotonic())
+        self._bar.update(self._task, description=f"{name}: uploaded")
+        return key
 
     def poll(self, key: WorkKey) -> LedgerRecord | None:
         record = self._ledger.get(key)
@@ -112,24 +157,29 @@ class _Progress:
         if record is None or (previous is not None and previous.state == record.state):
             return record
         self.records[key] = record
-        name, at = self.dropped[key]
-        detail = {
-            LedgerState.SUBMITTED: (
-                f"data {record.data_version}, job {record.job}, "
-                f"trains on {record.trained_on} of {record.members} version(s)"
-                + (f", scores v{record.champion} on the same rows" if record.champion else "")
-            ),
-            LedgerState.DONE: (
-                f"model {record.model_version}, {time.monotonic() - at:.1f} s after the drop; gate: "
-                + (record.decision or ("promoted" if record.promoted else "not promoted"))
-            ),
-        }.get(record.state, record.reason or "")
-        print(f"  [{time.monotonic() - self._started:6.1f}s] {name:<18} {record.state.value:<11} {detail}", flush=True)
+        name, at = self._dropped[key]
+        self._console.print(
+            f"  [{time.monotonic() - self._started:6.1f}s] {name:<18} {record.state.value:<11} {_detail(record, at)}"
+        )
+        finished = sum(1 for r in self.records.values() if r.state.final)
+        self._bar.update(self._task, description=f"{name}: {record.state.value}", completed=finished)
         return record
 
-    def wait(self, keys: Iterable[WorkKey], done: Callable[[LedgerRecord], bool], timeout: float) -> None:
-        pending, deadline = list(keys), time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            pending = [k for k in pending if not ((r := self.poll(k)) is not None and done(r))]
-            if pending:
-                time.sleep(0.1)
+    def wait(self, keys: Iterable[WorkKey], timeout: float) -> None:
+        """Until every one of `keys` is in a final state, or `timeout` seconds passed."""
+        pending = list(keys)
+
+        def settled() -> bool:
+            pending[:] = [k for k in pending if not ((r := self.poll(k)) is not None and r.state.final)]
+            return not pending
+
+        wait_until(settled, timeout)
+
+    def __enter__(self) -> _Progress:
+        if self._live:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live:
+            self._bar.stop()

@@ -60,35 +60,46 @@ def _training_files(settings: Settings, training_set: str) -> tuple[str, ...]:
 
 def _print_story(story: dict[str, Any], out: TextIO) -> None:
     run = f"retrain {story['retrain']}" if story["retrain"] else "first run"
-    out.write(f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}\n")
+    lines = [f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}"]
     for moved in story["history"]:
-        at = moved["at"].replace("T", " ")[:23]
-        out.write(f"  {at}  {moved['state']:<11} {moved['note']}\n")
-    if story["data_version"]:
-        files = story["training_files"]
-        trained = files[-story["trained_on"]:] if story["trained_on"] else files
-        window = ", ".join(trained) or story["data_version"]
-        of = f"{story['trained_on']} of {story['members']}: " if story["members"] else ""
-        out.write(f"  data      {story['data_version']}, trained in {story['training_set']} (window: {of}{window})\n")
-    if story["job"]:
-        steps = ", ".join(f"{s['step']} {s['status'].lower()} {s['seconds']} s" for s in story["steps"] if s["seconds"]
-                          is not None)
-        out.write(f"  job       {story['job']}" + (f": {steps}" if steps else "") + "\n")
-        for step in story["steps"]:
-            out.write(f"            {step['step']} log: {step['log']}\n")
-    if story["model_version"]:
-        metrics = story["metrics"] or {}
-        primary = story["primary_metric"]
-        value = metrics.get(primary)
-        champion = (story["champion_metrics"] or {}).get(primary)
-        numbers = f"{primary} {value:.4f}" if value is not None else ""
-        if champion is not None:
-            numbers += f" against the champion's {champion:.4f} on the same {story['test_rows']} test rows"
-        out.write(f"  model     {story['model_version']}{', promoted' if story['promoted'] else ''}: {numbers}\n")
+        lines.append(f"  {moved['at'].replace('T', ' ')[:23]}  {moved['state']:<11} {moved['note']}")
+    lines += [*_data_lines(story), *_job_lines(story), *_model_lines(story)]
     if story["decision"]:
-        out.write(f"  gate      {story['decision']}\n")
+        lines.append(f"  gate      {story['decision']}")
     if story["reason"]:
-        out.write(f"  reason    {story['reason']}\n")
+        lines.append(f"  reason    {story['reason']}")
+    out.write("".join(f"{line}\n" for line in lines))
+
+
+def _data_lines(story: dict[str, Any]) -> list[str]:
+    if not story["data_version"]:
+        return []
+    files = story["training_files"]
+    trained = files[-story["trained_on"]:] if story["trained_on"] else files
+    window = ", ".join(trained) or story["data_version"]
+    of = f"{story['trained_on']} of {story['members']}: " if story["members"] else ""
+    return [f"  data      {story['data_version']}, trained in {story['training_set']} (window: {of}{window})"]
+
+
+def _job_lines(story: dict[str, Any]) -> list[str]:
+    if not story["job"]:
+        return []
+    steps = ", ".join(f"{s['step']} {s['status'].lower()} {s['seconds']} s" for s in story["steps"]
+                      if s["seconds"] is not None)
+    return [f"  job       {story['job']}" + (f": {steps}" if steps else ""),
+            *(f"            {step['step']} log: {step['log']}" for step in story["steps"])]
+
+
+def _model_lines(story: dict[str, Any]) -> list[str]:
+    if not story["model_version"]:
+        return []
+    primary = story["primary_metric"]
+    value = (story["metrics"] or {}).get(primary)
+    champion = (story["champion_metrics"] or {}).get(primary)
+    numbers = f"{primary} {value:.4f}" if value is not None else ""
+    if champion is not None:
+        numbers += f" against the champion's {champion:.4f} on the same {story['test_rows']} test rows"
+    return [f"  model     {story['model_version']}{', promoted' if story['promoted'] else ''}: {numbers}"]
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,4 +1,16 @@
-"""Local stand-ins for the Azure parts that cannot run on a laptop: the Functions host and Event Grid."""
+"""Local stand-ins for the Azure parts that cannot run on a laptop: the Functions host and Event Grid.
+
+    stack        Azurite + the host + Event Grid, as one object (`autoretrain up`, `demo`)
+    host         the local Functions host (`LocalHost`), put together from:
+      appindex     the function app imported and indexed
+      webhook      its HTTP surface: the real host's URLs
+      timers       timer functions on their schedules
+      workers      its worker processes (hostworker: one of them)
+      hostlog      its log lines, in the real host's shape
+    eventgrid    blob events and their delivery, with retries and dead-lettering
+    azurite      Azurite, started on demand
+    mlflow_ui    `autoretrain ui`: the MLflow UI on the local tracking store
+"""
 
 from __future__ import annotations
 

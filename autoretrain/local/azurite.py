@@ -10,13 +10,13 @@ import logging
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
 from autoretrain.domain.errors import ConfigError, StorageError
 from autoretrain.settings import PROJECT_ROOT
+from autoretrain.waiting import start_and_poll
 
 __all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports"]
 
@@ -83,6 +83,22 @@ class Azurite:
             log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d", self.blob_port, self.table_port)
             return self
         self.location.mkdir(parents=True, exist_ok=True)
+        try:
+            start_and_poll(self._spawn, self.running, self._timeout)
+        except ChildProcessError:
+            err = self._process.stderr.read().decode(errors="replace") if self._process and self._process.stderr else ""
+            self._process = None
+            last = err.strip().splitlines()[-1] if err.strip() else "no output"
+            raise StorageError(f"Azurite exited at start: {last}") from None
+        except TimeoutError:
+            self._process = None  # start_and_poll has stopped it
+            raise StorageError(
+                f"Azurite did not listen on ports {self.blob_port}/{self.table_port} within {self._timeout:.0f} s."
+            ) from None
+        log.info("azurite.started location=%s", self.location)
+        return self
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self._process = subprocess.Popen(
             [str(azurite_binary()), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
              "--location", str(self.location),
@@ -95,21 +111,7 @@ class Azurite:
             # writes, so only stop() signals it, once.
             start_new_session=True,
         )
-        deadline = time.monotonic() + self._timeout
-        while not self.running():
-            if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                self._process = None
-                last = err.strip().splitlines()[-1] if err.strip() else "no output"
-                raise StorageError(f"Azurite exited at start: {last}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise StorageError(
-                    f"Azurite did not listen on ports {self.blob_port}/{self.table_port} within {self._timeout:.0f} s."
-                )
-            time.sleep(0.1)
-        log.info("azurite.started location=%s", self.location)
-        return self
+        return self._process
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM once and wait for Azurite's last save; SIGKILL only if it hangs past `timeout`."""

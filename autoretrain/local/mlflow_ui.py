@@ -21,7 +21,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TextIO
 
 from autoretrain.adapters.localworkspace.tracking import artifact_root, mlflow_missing, store_folder, tracking_uri
 from autoretrain.domain.errors import AutoretrainError, ConfigError
+from autoretrain.waiting import start_and_poll
 
 __all__ = ["MlflowUI", "free_port", "run_ui", "ui_command"]
 
@@ -76,25 +76,27 @@ class MlflowUI:
 
     def start(self, timeout: float = 120.0) -> MlflowUI:
         artifact_root(self.home).mkdir(parents=True, exist_ok=True)
+        try:
+            start_and_poll(self._spawn, self.healthy, timeout, interval=0.2)
+        except ChildProcessError:
+            code = self._process.returncode if self._process else None
+            self._process = None
+            raise AutoretrainError(f"mlflow server exited at start (code {code}): {self._last_log_line()}") from None
+        except TimeoutError:
+            self.stop()  # its workers too: start_and_poll has stopped only the server's own process
+            raise AutoretrainError(
+                f"mlflow server did not answer {self.url}/health within {timeout:.0f} s; see {self.log_path}"
+            ) from None
+        return self
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         # No job runners (GenAI evaluation jobs, periodic tasks): this UI only reads runs and models.
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log_path.open("ab") as log_file:
             # Its own session: Ctrl-C reaches this process, which stops the server's whole group once.
             self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log_file,
                                              stderr=log_file, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            code = self._process.poll()
-            if code is not None:
-                self._process = None
-                raise AutoretrainError(f"mlflow server exited at start (code {code}): {self._last_log_line()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AutoretrainError(
-                    f"mlflow server did not answer {self.url}/health within {timeout:.0f} s; see {self.log_path}"
-                )
-            time.sleep(0.2)
-        return self
+        return self._process
 
     def healthy(self) -> bool:
         try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from autoretrain import bootstrap as boot
 from autoretrain.domain.errors import ConfigError
-from autoretrain.settings import LOCAL_STORAGE_TOPIC, Settings, WorkspaceKind
+from autoretrain.settings import LOCAL_STORAGE_TOPIC, SETTING_NAMES, Settings, WorkspaceKind
 
 
 def test_defaults_are_the_offline_local_mode() -> None:
@@ -114,3 +115,18 @@ def test_only_a_storage_emulator_on_this_machine_skips_the_proxy_settings(
             transport = transport._transport
         with transport:  # opens the requests session (no request is sent)
             assert transport.session.trust_env is reads_proxy_settings
+
+
+def test_every_field_is_read_from_its_variable(tmp_path: Path) -> None:
+    """Each setting name fills one field: set them all, and no field keeps its default."""
+    contract = tmp_path / "c.yaml"
+    contract.write_text("x")
+    env = {name: f"v{i}x" for i, name in enumerate(SETTING_NAMES)} | {
+        "AUTORETRAIN_WORKSPACE": "azureml", "AUTORETRAIN_CONTRACT": str(contract),
+        "AUTORETRAIN_RECONCILE_SCHEDULE": "0 */7 * * * *", "AUTORETRAIN_RECONCILE_GRACE_SECONDS": "7",
+        "AUTORETRAIN_LEASE_SECONDS": "8", "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+    }
+    settings, defaults = Settings.from_env(env), Settings()
+    kept = [f.name for f in fields(Settings) if getattr(settings, f.name) == getattr(defaults, f.name)]
+    assert kept == []
+    assert "FUNCTIONS_WORKER_PROCESS_COUNT" not in SETTING_NAMES, "the platform's setting, not ours"
