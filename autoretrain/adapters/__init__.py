@@ -4,6 +4,7 @@
     storage.py          BlobStore on Azure Blob Storage (Azurite locally)
     azureml.py          Workspace on Azure Machine Learning (azure-ai-ml), imported only for azureml mode;
     azureml_calls.py    its call policy: bounded retries, job statuses, errors as one line
+    azureml_models.py   its model registry: one version per work key, champion and gate tags
     publish.py          registers ml/pipeline.yml as the pipeline component the Azure ML adapter submits
     eventgrid.py        Event Grid's delivery to a Functions host: retries, dead letters (the local
                         workspace's run events, the local Event Grid's blob events)

@@ -26,11 +26,8 @@ output is bound at submission to `azureml://datastores/workspaceblobstore/paths/
 store, where the cluster's identity writes and the function's reads. Completion reads and registers
 from there, and never asks the service where an output went.
 
-Model versions must be integers in a workspace, so unlike data versions they cannot be the work
-key: the service numbers them, and `register_model` finds an existing one by its `work_key`
-property before registering. Two workers racing through that check at the same moment (the ledger's
-`completing` lease makes that rare) both register; each then lists the key's versions, keeps the
-lowest and archives the others, so both return the same model.
+Models are kept by `azureml_models.ModelRegistry`: one version per work key (found again by its
+`work_key` property; twins of a race archived), metrics as tags, the champion and gate tags.
 
 The contract travels with the job as a uri_file on our datastore: the adapter uploads it to
 `datasets` at `contracts/<sha256 prefix>/<file name>` (content-addressed, so the same contract is the same
@@ -54,7 +51,7 @@ from typing import Any
 
 from azure.ai.ml import Input, MLClient, Output
 from azure.ai.ml.constants import AssetTypes
-from azure.ai.ml.entities import Data, Model, PipelineJobSettings
+from azure.ai.ml.entities import Data, PipelineJobSettings
 from azure.ai.ml.entities import PipelineJob as SdkPipelineJob
 from azure.ai.ml.exceptions import ValidationException
 from azure.core.exceptions import (
@@ -75,6 +72,12 @@ from autoretrain.adapters.azureml_calls import (
     one_line,
     service_reason,
     translated,
+)
+from autoretrain.adapters.azureml_models import (
+    CHAMPION_TAG,
+    METRICS_PROPERTY,
+    WORK_KEY_PROPERTY,
+    ModelRegistry,
 )
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.adapters.storage import client_options as storage_client_options
@@ -110,11 +113,6 @@ __all__ = [
 
 log = logging.getLogger("autoretrain.adapters.azureml")
 
-GATE_TAG = "gate"
-CHAMPION_TAG = "champion"
-WORK_KEY_PROPERTY = "work_key"
-# Properties cannot be changed once set: the metrics as evaluate reported them, whole.
-METRICS_PROPERTY = "autoretrain.metrics"
 CONTRACTS_PREFIX = "contracts"
 TRAINSETS_PREFIX = "trainsets"
 MEMBERS_FILE = "members.json"  # beside a training set's MLTable: its members' data versions
@@ -168,6 +166,7 @@ class AzureMLWorkspace:
         self.data_asset = data_asset
         self.model_name = model_name
         self.pipeline_component = pipeline_component
+        self._models = ModelRegistry(client, model_name)
         self.outputs_datastore = outputs_datastore
         self._outputs: tuple[BlobStore, str] | None = None  # (store, container), found once
 
@@ -423,20 +422,14 @@ class AzureMLWorkspace:
                 f"job {job}: its metrics output has no readable metrics.json ({one_line(exc)})."
             ) from exc
 
-    # -- models --------------------------------------------------------------------------------
-
-    def _versions(self) -> list[Any]:
-        try:
-            return list(self._client.models.list(name=self.model_name))
-        except ResourceNotFoundError:
-            return []
+    # -- models: the registry (azureml_models.py) -------------------------------------------------
 
     def register_model(self, job: str, key: WorkKey, metrics: Metrics, lineage: Mapping[str, str]) -> ModelVersion:
         action = f"register model {self.model_name} for {key} (job {job})"
         with translated(action):
-            existing = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
-            if existing:
-                return self._model(min(existing, key=_version_number))
+            existing = self._models.existing(key)
+            if existing is not None:
+                return existing
             # The path the job's model output was bound to: not a job reference the service must resolve.
             mlmodel = self._read_output(job, "model", "MLmodel")
             if mlmodel is None:
@@ -444,73 +437,17 @@ class AzureMLWorkspace:
                     f"{action} failed: no MLflow model at {self._output_uri(job, 'model')} (no MLmodel file); "
                     "the train step wrote none (see the job's log)."
                 )
-            model = Model(
-                name=self.model_name,
-                path=self._output_uri(job, "model"),
-                type=AssetTypes.MLFLOW_MODEL,
-                # Sent, not left to the service: azure-ai-ml reads `flavors` of every model version it
-                # gets back, and the recorded answers echo what was sent.
-                flavors=_flavors(mlmodel),
-                description=f"Trained by {job}",
-                tags=metrics.as_tags(),
-                properties={**lineage, WORK_KEY_PROPERTY: key.value, METRICS_PROPERTY: metrics.to_json()},
-            )
-            created = self._client.models.create_or_update(model)
-            # Lookup and create are two calls: two workers past the lookup at once register two
-            # versions. Both then see both, keep the lowest and archive the rest: one model per key.
-            twins = [m for m in self._versions() if (m.properties or {}).get(WORK_KEY_PROPERTY) == key.value]
-            if len(twins) > 1:
-                first = min(twins, key=_version_number)
-                for twin in twins:
-                    if twin.version != first.version:
-                        self._client.models.archive(self.model_name, version=str(twin.version))
-                        log_event(log, logging.WARNING, "workspace.model_twin_archived", work_key=key.value,
-                                  kept=first.version, archived=twin.version)
-                return self._model(first)
-            return self._model(created)
-
-    def _model(self, model: Any) -> ModelVersion:
-        properties = dict(model.properties or {})
-        try:
-            metrics = Metrics.from_json(properties.pop(METRICS_PROPERTY))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise WorkspaceError(
-                f"model {model.name}:{model.version} has no {METRICS_PROPERTY!r} property; "
-                "it was not registered by autoretrain."
-            ) from exc
-        lineage = {k: str(v) for k, v in properties.items() if not k.startswith("azureml.")}
-        return ModelVersion(
-            name=str(model.name),
-            version=str(model.version),
-            job=lineage.get("job", ""),
-            metrics=metrics,
-            properties=lineage,
-            champion=_is_champion(model),
-        )
+            return self._models.register(job, key, metrics, lineage, path=self._output_uri(job, "model"),
+                                         mlmodel=mlmodel)
 
     def champion(self) -> ModelVersion | None:
-        with translated(f"find the champion of model {self.model_name}"):
-            champions = [m for m in self._versions() if _is_champion(m)]
-        # promote() tags the new champion before it untags the old one: if it died in between,
-        # two carry the tag and the newer one is the champion.
-        return self._model(max(champions, key=_version_number)) if champions else None
+        return self._models.champion()
 
     def record_decision(self, model: ModelVersion, decision: str) -> None:
-        with translated(f"tag model {model.name}:{model.version} with the gate's decision"):
-            self._retag(model.version, lambda tags: {**tags, GATE_TAG: decision[:256]})
+        self._models.record_decision(model, decision)
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
-        # Tags have no compare-and-swap in Azure ML: the check narrows the race to the moment
-        # between this read and the tagging, which completions of one workspace rarely share.
-        current = self.champion()
-        if (current.version if current else None) != (replacing.version if replacing else None):
-            return None
-        with translated(f"promote model {model.name}:{model.version}"):
-            promoted = self._retag(model.version, lambda tags: {**tags, CHAMPION_TAG: "true"})
-            for other in self._versions():
-                if _is_champion(other) and str(other.version) != model.version:
-                    self._retag(str(other.version), _without_champion)
-        return self._model(promoted)
+        return self._models.promote(model, replacing=replacing)
 
     # -- lifecycle: jobs run in Azure ML, not in this process ------------------------------------
 
@@ -519,42 +456,3 @@ class AzureMLWorkspace:
 
     def close(self) -> None:
         pass
-
-    def _retag(self, version: str, change: Callable[[dict[str, str]], dict[str, str]]) -> Any:
-        # Tags are the one mutable part of a model version: the same version and path again
-        # with other tags is an update.
-        current = self._client.models.get(self.model_name, version=version)
-        current.tags = change(dict(current.tags or {}))
-        return self._client.models.create_or_update(current)
-
-
-def _flavors(mlmodel: bytes) -> dict[str, dict[str, str]]:
-    """The flavors an MLmodel file declares, each with its plain settings (the REST shape takes strings)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(mlmodel)
-    except yaml.YAMLError:
-        return {}
-    flavors = raw.get("flavors") if isinstance(raw, dict) else None
-    if not isinstance(flavors, dict):
-        return {}
-    return {
-        str(name): {str(k): str(v) for k, v in (spec or {}).items() if isinstance(v, str | int | float | bool)}
-        for name, spec in flavors.items() if isinstance(spec, dict | type(None))
-    }
-
-
-def _is_champion(model: Any) -> bool:
-    return str((model.tags or {}).get(CHAMPION_TAG, "")).lower() == "true"
-
-
-def _without_champion(tags: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in tags.items() if k != CHAMPION_TAG}
-
-
-def _version_number(model: Any) -> int:
-    try:
-        return int(model.version)
-    except (TypeError, ValueError):
-        return -1
