@@ -35,7 +35,7 @@ from typing import Any
 
 __all__ = [
     "DATA_ERROR_EXIT", "DEFAULT_MAX_BYTES", "ESTIMATORS", "FEATURE_TYPES", "METRICS", "MIN_ROWS", "MISSING",
-    "NO_CHAMPION_FILES", "REPORT_FILE", "TASKS", "WINDOWS", "Contract", "ContractRuleError", "ModelSpec",
+    "NO_CHAMPION_FILES", "REPORT_FILE", "TASKS", "TOP_KEYS", "WINDOWS", "Contract", "ContractRuleError", "ModelSpec",
     "PromoteRule", "TrainingWindow", "bad_value_message", "cell_problem", "expected_value",
     "header_not_csv_message", "header_problem", "is_missing", "is_no_champion", "mltable_files", "mltable_text",
     "no_data_rows_message", "no_header_message", "no_target_values_message", "not_csv_message",
@@ -75,6 +75,7 @@ NO_CHAMPION_FILES: Mapping[str, str] = MappingProxyType({
     "README.md": "Bound to the pipeline's `champion` input while no model is champion; evaluate scores no champion.\n",
 })
 WINDOWS = ("all", "last", "days")
+TOP_KEYS = ("target", "task", "primary_metric", "features", "max_bytes", "model", "promote", "training")
 
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
 # The estimators a contract may name, per task, with the parameters it may set and their types.
@@ -285,6 +286,10 @@ def parse_contract(raw: Any, where: str) -> Contract:
 def _target_task_metric(raw: Any, where: str) -> tuple[str, str, str]:
     if not isinstance(raw, Mapping):
         raise ContractRuleError(f"{where}: expected a mapping with target, task, primary_metric and features.")
+    unknown = sorted(str(k) for k in set(raw) - set(TOP_KEYS))  # a misspelt key must not fall back to a default
+    if unknown:
+        raise ContractRuleError(f"{where}: unknown key(s) {', '.join(unknown)}; the keys allowed at the top "
+                                f"level are {', '.join(TOP_KEYS)}.")
     for key in ("target", "task", "primary_metric", "features"):
         if key not in raw:
             raise ContractRuleError(f"{where}: '{key}' is missing; see ml/contract.yaml for the shape.")

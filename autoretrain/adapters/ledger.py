@@ -32,6 +32,9 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_CLAIM_TRIES = 5
+
+
 class TableLedger:
     """The Ledger port on one Azure table."""
 
@@ -63,16 +66,20 @@ class TableLedger:
             blob, key, event_id, self._clock(), lease_until, retrain=retrain, retrain_of=retrain_of
         )
         entity = _entity(record)
-        try:
-            meta = self._table.create_entity(entity)
-        except ResourceExistsError:
-            existing = self.get(key)
-            if existing is None:
-                raise LedgerError(f"ledger: {key} exists and vanished at once; the event will be retried.") from None
-            return existing, False
-        except AzureError as exc:
-            raise StorageError(f"ledger: cannot claim {blob.path} ({_msg(exc)}).") from exc
-        return _record({**entity, "etag": meta.get("etag")}), True
+        # A claim can vanish between our failed insert and our read: another worker forgot it (an event
+        # for a blob that does not exist). Then the insert is tried again, a bounded number of times.
+        for _ in range(_CLAIM_TRIES):
+            try:
+                meta = self._table.create_entity(entity)
+            except ResourceExistsError:
+                existing = self.get(key)
+                if existing is not None:
+                    return existing, False
+                continue
+            except AzureError as exc:
+                raise StorageError(f"ledger: cannot claim {blob.path} ({_msg(exc)}).") from exc
+            return _record({**entity, "etag": meta.get("etag")}), True
+        raise LedgerError(f"ledger: {key} exists and vanished {_CLAIM_TRIES} times; the event will be retried.")
 
     def get(self, key: WorkKey) -> LedgerRecord | None:
         partition, row = self._keys(key)

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from autoretrain.bootstrap import operator
 from autoretrain.cli.common import azurite_for, wait_for_ctrl_c
+from autoretrain.contract import load_contract
 from autoretrain.domain import WorkKey
 from autoretrain.domain.errors import AutoretrainError
 from autoretrain.settings import Settings
@@ -21,6 +22,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from autoretrain.local.stack import LocalStack
 
     configure_logging()
+    load_contract(settings.contract)  # a bad contract stops here, in one line, before Azurite or the host start
     with LocalStack(settings, poll_interval=args.poll_interval, eventgrid=not args.without_eventgrid) as stack:
         events = "" if not args.without_eventgrid else (
             " Event Grid is off: a new file is found only by reconcile (the timer, or `autoretrain reconcile`)."

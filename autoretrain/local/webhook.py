@@ -28,11 +28,13 @@ from azure.functions.timer import TimerRequest
 from autoretrain.local.appindex import EVENT_GRID_TRIGGER, TIMER_TRIGGER, FunctionInfo
 from autoretrain.local.hostlog import log, now_iso
 
-__all__ = ["Execute", "Response", "Routes", "SharedServer", "handler_class"]
+__all__ = ["MAX_BODY", "Execute", "Response", "Routes", "SharedServer", "handler_class"]
 
 _VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 _WEBHOOK_PATH = "/runtime/webhooks/eventgrid"
-_MAX_BODY = 64 * 1024 * 1024  # Event Grid's own limit is 1 MB per event; this only stops runaway bodies.
+# Event Grid never delivers a body over 1 MB (its limit per event and per batch): a larger one is not
+# Event Grid's, and is refused before it is read.
+MAX_BODY = 1024 * 1024
 
 # Run one invocation (function, its argument, the trigger's reason); True when it succeeded.
 Execute = Callable[[FunctionInfo, Any, str], bool]
@@ -67,6 +69,8 @@ class Routes:
         try:
             return self._route(method, path, parse_qs(parts.query), headers, body)
         except _RequestError as exc:
+            # One line per refused request (a malformed or foreign body): it was answered, not lost.
+            log.warning("host.refused method=%s path=%s status=%d reason=%r", method, path, exc.status, str(exc))
             return Response(exc.status, {"error": str(exc)})
 
     def _route(
@@ -178,8 +182,10 @@ def handler_class(handle: Callable[[str, str, Mapping[str, str], bytes], Respons
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
-                response = Response(413, {"error": f"body of {length} bytes is over {_MAX_BODY}"})
+            if length > MAX_BODY:
+                reason = f"body of {length} bytes is over {MAX_BODY}, the most Event Grid sends"
+                log.warning("host.refused method=%s path=%s status=413 reason=%r", self.command, self.path, reason)
+                response = Response(413, {"error": reason})
                 self.close_connection = True
             else:
                 body = self.rfile.read(length) if length else b""
@@ -212,6 +218,9 @@ class SharedServer(ThreadingHTTPServer):
     a process that loses the race to accept() goes back to waiting); each connection blocks."""
 
     daemon_threads = True
+    # The listen backlog, as a real server's: a burst of deliveries (Event Grid's retries, a replay)
+    # waits to be accepted instead of being reset (socketserver's default is 5).
+    request_queue_size = 128
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()

@@ -51,3 +51,67 @@ def test_a_quarantine_reason_with_accents_reads_back_exactly(running: Loop, azur
         running.quarantine, ref.copy_name(WorkKey.for_blob(ref)))
     stored = copy.get_blob_properties().metadata["reason"]
     assert stored.isascii() and unquote(stored) == record.reason
+
+
+def _post(url: str, body: bytes) -> int:
+    """POST raw bytes to the ingest webhook; the HTTP status, whatever it is."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/runtime/webhooks/eventgrid?functionName=ingest", data=body, method="POST",
+        headers={"Content-Type": "application/json", "aeg-event-type": "Notification"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_garbage_and_oversized_bodies_are_refused_with_one_line_each(running: Loop) -> None:
+    """Malformed JSON and garbage answer 400, a body over Event Grid's 1 MB answers 413 before it is
+    read; each is one WARNING line `host.refused` (before, a 400 left no line at all)."""
+    from autoretrain.local.webhook import MAX_BODY
+
+    statuses = [_post(running.url, b"{not json"), _post(running.url, b"\x00\xff garbage"),
+                _post(running.url, b"[" + b" " * (MAX_BODY + 10) + b"]")]
+
+    assert statuses == [400, 400, 413]
+    refused = [line for line in running.log.read_text().splitlines() if "host.refused" in line]
+    assert len(refused) == 3 and "status=413" in refused[2] and all("status=400" in r for r in refused[:2])
+
+
+def test_a_hundred_deliveries_at_once_are_all_answered(running: Loop) -> None:
+    """A burst of 100 concurrent deliveries (Event Grid's retries, `replay --concurrency`): every one is
+    answered, none reset (the host listened with a backlog of 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ghost = BlobRef(running.incoming, "burst.csv", "0x8DEADBEEF000003")
+    with ThreadPoolExecutor(100) as pool:
+        statuses = list(pool.map(lambda i: post_event(running.url, "ingest", blob_created(ghost, f"burst-{i}")),
+                                 range(100)))
+
+    assert statuses == [200] * 100
+    assert running.ledger.get(WorkKey.for_blob(ghost)) is None
+
+
+def test_a_misspelt_contract_key_stops_up_in_one_line_before_anything_starts(
+    tmp_path: Path, unique: str, azurite: str
+) -> None:
+    """`traning:` for `training:` was accepted (the window silently `all`); now `up` stops at once,
+    naming the key and the keys allowed there, before Azurite or the host start."""
+    from localstack import cli, free_port, stack_env
+
+    from autoretrain.settings import PROJECT_ROOT
+
+    contract = tmp_path / "contract.yaml"
+    contract.write_text((PROJECT_ROOT / "ml" / "contract.yaml").read_text() + "traning: {window: last, versions: 2}\n")
+    env = stack_env(tmp_path, unique, azurite, free_port(), {"AUTORETRAIN_CONTRACT": str(contract)})
+
+    done = cli(env, "up", cwd=tmp_path, timeout=60)
+
+    assert done.returncode != 0
+    [line] = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "unknown key(s) traning; the keys allowed at the top level are target, task" in line
+    assert "azurite" not in done.stdout.lower() and "listening" not in done.stdout

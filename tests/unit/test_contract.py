@@ -53,6 +53,10 @@ class TestLoadContract:
             (BASE + "training: {window: last}\n", "training.versions is None; it must be a whole number of at least 1"),
             (BASE + "training: {window: week}\n", "training.window 'week' is not one of all, last, days"),
             (BASE + "training: {window: all, days: 3}\n", "training window 'all' takes no days"),
+            # A misspelt key used to be ignored, and its default used (window: all for `traning`).
+            (BASE + "traning: {window: last, versions: 2}\n",
+             "unknown key(s) traning; the keys allowed at the top level are target, task, primary_metric, features,"
+             " max_bytes, model, promote, training"),
         ],
     )
     def test_bad_contract_names_the_problem(self, tmp_path: Path, text: str, message: str) -> None:
