@@ -209,6 +209,7 @@ class FakeAzureML(BaseAdapter):
         sent_props = sent.body["properties"]
         uri = _long_uri(sent_props["dataUri"])
         if previous and previous["properties"]["dataUri"] != uri:
+            # Not in any recording: azure-ai-ml's own ASSET_PATH_ERROR text (AZURE-FACTS).
             return 400, _error("UserError", "Asset paths cannot be updated.")
         # The recorded answer (uri_file or mltable), with what was sent; the path in its long form.
         body = recorded("data_versions_uri_file_mltable.json", 2 if sent_props["dataType"] == "mltable" else 0)
@@ -256,6 +257,7 @@ class FakeAzureML(BaseAdapter):
 
     def _put_job(self, sent: Sent, name: str) -> Answer:
         if name in self.jobs:
+            # Not in any recording: the service's refusal as AZURE-FACTS words it (the SDK maps 409).
             return 409, _error("UserError", "A job with this name already exists.")
         # The recorded create answer: NotStarted, the Studio link, what was sent echoed (an input or
         # output gains its mode; `inputs: {}` comes back null).
@@ -340,6 +342,7 @@ class FakeAzureML(BaseAdapter):
         uri = _long_uri(sent_props["modelUri"]).replace("/resourcegroups/", "/resourceGroups/")
         previous = self.models.get(version)
         if previous and previous["properties"]["modelUri"] != uri:
+            # Not in any recording: azure-ai-ml's own ASSET_PATH_ERROR text (AZURE-FACTS).
             return 400, _error("UserError", "Asset paths cannot be updated.")
         answer = recorded("model_versions_put_get_list.json", 1)["response_body"]
         answer.update(id=f"{WS_ID}/models/{name}/versions/{version}", name=version)
