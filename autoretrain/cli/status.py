@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,45 +18,53 @@ from autoretrain.settings import Settings
 __all__ = ["cmd_list", "cmd_status"]
 
 
-def _story(settings: Settings, record: LedgerRecord) -> dict[str, Any]:
-    """One run of one blob version as data: the ledger's row and timeline, and (local mode) the
-    job's steps from the embedded workspace's catalogue."""
+def _stories(settings: Settings, runs: list[LedgerRecord]) -> list[dict[str, Any]]:
+    """Each run of one blob version as data: the ledger's row and timeline, the files that trained
+    it (read from its training set: the record keeps only counts) and, in local mode, the job's
+    steps from the embedded workspace's catalogue. Each catalogue or workspace is read once."""
     from autoretrain.settings import WorkspaceKind
 
-    story = record.as_row()
-    story["steps"] = []
-    # Which files trained the model: read from the training set (the record keeps only counts).
-    story["training_files"] = list(_training_files(settings, record.training_set)) if record.training_set else []
-    if record.job and settings.workspace is WorkspaceKind.LOCAL:
+    members = _members_reader(settings) if any(r.training_set for r in runs) else None
+    steps: list[dict[str, Any]] = []
+    if settings.workspace is WorkspaceKind.LOCAL and any(r.job for r in runs):
         from autoretrain.adapters.localworkspace.workspace import catalog_rows
 
-        logs = Path(settings.home).resolve() / "workspace" / "jobs" / record.job / "logs"
+        steps = catalog_rows(settings.home, "steps")
+    stories = []
+    for record in runs:
+        story = record.as_row()
+        story["training_files"] = list(members(record.training_set)) if members and record.training_set else []
+        logs = Path(settings.home).resolve() / "workspace" / "jobs" / str(record.job) / "logs"
         story["steps"] = [
             {"step": s["step"], "status": s["status"], "seconds": s["seconds"], "exit_code": s["exit_code"],
              "log": str(logs / f"{s['step']}.log")}
-            for s in catalog_rows(settings.home, "steps") if s["job"] == record.job
+            for s in steps if record.job and s["job"] == record.job
         ]
-    return story
+        stories.append(story)
+    return stories
 
 
-def _training_files(settings: Settings, training_set: str) -> tuple[str, ...]:
-    """The data versions of a training set, oldest first (empty when it cannot be read)."""
+def _members_reader(settings: Settings) -> Callable[[str], tuple[str, ...]]:
+    """training set ("name:version") -> its data versions, oldest first (empty when unreadable)."""
     from autoretrain.settings import WorkspaceKind
 
     if settings.workspace is WorkspaceKind.LOCAL:
         from autoretrain.adapters.localworkspace.workspace import catalog_rows
 
-        name, _, version = training_set.rpartition(":")
-        rows = [r for r in catalog_rows(settings.home, "trainsets")
-                if (r["name"], str(r["version"])) == (name, version)]
-        return tuple(rows[0]["members"]) if rows else ()
+        sets = {f"{r['name']}:{r['version']}": tuple(r["members"]) for r in catalog_rows(settings.home, "trainsets")}
+        return lambda training_set: sets.get(training_set, ())
     from autoretrain.bootstrap import bootstrap
 
-    try:
-        return bootstrap(settings, worker=False).workspace.training_set_members(training_set)
-    except AutoretrainError as exc:
-        print(f"training set {training_set}: {exc}", file=sys.stderr)
-        return ()
+    workspace = bootstrap(settings, worker=False).workspace
+
+    def read(training_set: str) -> tuple[str, ...]:
+        try:
+            return workspace.training_set_members(training_set)
+        except AutoretrainError as exc:
+            print(f"training set {training_set}: {exc}", file=sys.stderr)
+            return ()
+
+    return read
 
 
 def _print_story(story: dict[str, Any], out: TextIO) -> None:
@@ -111,7 +120,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             raise AutoretrainError(
                 f"{args.blob}: no blob version or work key of that name in the ledger; `autoretrain status` lists them."
             )
-        stories = [_story(settings, r) for r in runs]
+        stories = _stories(settings, runs)
         if args.json:
             json.dump(stories, sys.stdout, indent=2)
             sys.stdout.write("\n")
