@@ -74,12 +74,13 @@ def _ingest_claimed(
     whole: bytes | None = None  # the blob's bytes, when the head read was all of it
     if data_version is None:
         try:
-            if not blob.addressable:
-                # No URL reaches a name with '.' or '..' segments: judged by its name, never read.
-                check_name(blob.name, content_length, deps.contract)
             # Read before judging the name: an event for a blob that does not exist leaves no record.
+            # (No URL reaches a name with '.' or '..' segments: that one is judged by its name first.)
+            if not blob.addressable:
+                check_name(blob.name, content_length, deps.contract)
             head = deps.blobs.read_head(blob, HEAD_BYTES)
-            check_name(blob.name, content_length, deps.contract)
+            if blob.addressable:
+                check_name(blob.name, content_length, deps.contract)
             # Fewer bytes than asked for: the service says that was all of this version. (The event's
             # contentLength is not trusted for that: a wrong one would cut the data version short.)
             whole = head if len(head) < HEAD_BYTES else None
