@@ -106,7 +106,7 @@ class AzureBlobStore:
         self._create = create_containers
         self._ready: set[str] = set()
         # Prefixes a listing had to split, per container: each is told once (WARNING), then quietly.
-        self._told: set[tuple[str, str]] = set()
+        self._told: set[tuple[str, str, str]] = set()  # (what was told, container, prefix)
         self._unlistable: dict[str, tuple[str, ...]] = {}
 
     def _ensure_container(self, container: str) -> None:
@@ -229,6 +229,13 @@ class AzureBlobStore:
             )
         self._report_unlistable(container, splits)
 
+    def _first(self, what: str, container: str, prefix: str) -> bool:
+        """Whether this is the first time `what` is told for this prefix (then it is noted)."""
+        key = (what, container, prefix)
+        first = key not in self._told
+        self._told.add(key)
+        return first
+
     def unlistable(self, container: str) -> tuple[str, ...]:
         """The prefixes under which the last listing of `container` met a name it could not list."""
         return self._unlistable.get(container, ())
@@ -238,9 +245,8 @@ class AzureBlobStore:
         deepest = tuple(p for p in splits if not any(q != p and q.startswith(p) for q in splits))
         self._unlistable[container] = deepest
         for prefix in deepest:
-            if (container, "unlistable:" + prefix) in self._told:
+            if not self._first("unlistable", container, prefix):
                 continue
-            self._told.add((container, "unlistable:" + prefix))
             log.warning(
                 "storage.unlistable container=%s prefix=%r: a blob whose name starts with this prefix and then "
                 "holds a control character cannot be listed, so no listing (or reconcile) finds it; rename it, "
@@ -259,20 +265,16 @@ class AzureBlobStore:
             if exc.status_code is None or exc.status_code < 500 or depth >= _SPLIT_DEPTH:
                 if depth == 0:
                     raise _error(f"cannot list container {container!r}", exc) from exc
-                first = (container, "left_out:" + prefix) not in self._told
-                self._told.add((container, "left_out:" + prefix))
                 log.log(
-                    logging.WARNING if first else logging.DEBUG,
+                    logging.WARNING if self._first("left_out", container, prefix) else logging.DEBUG,
                     "storage.unlistable container=%s prefix=%r reason=%r: names under this prefix are left out; "
                     "rename or delete the blob whose name the service cannot list",
                     container, prefix, _msg(exc),
                 )
                 return
             splits.append(prefix)
-            first = (container, prefix) not in self._told
-            self._told.add((container, prefix))
             log.log(
-                logging.WARNING if first else logging.DEBUG,
+                logging.WARNING if self._first("split", container, prefix) else logging.DEBUG,
                 "storage.listing_split container=%s prefix=%r reason=%r: a name under this prefix cannot be "
                 "listed (Azurite answers 500 for a control character); the rest is listed prefix by prefix",
                 container, prefix, _msg(exc),
