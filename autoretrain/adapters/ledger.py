@@ -60,10 +60,10 @@ class TableLedger:
 
     def claim(
         self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
-        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+        *, attempt: int = 0, first_key: WorkKey | None = None,
     ) -> tuple[LedgerRecord, bool]:
         record = LedgerRecord.claimed(
-            blob, key, event_id, self._clock(), lease_until, retrain=retrain, retrain_of=retrain_of
+            blob, key, event_id, self._clock(), lease_until, attempt=attempt, first_key=first_key
         )
         entity = _entity(record)
         # A claim can vanish between our failed insert and our read: another worker forgot it (an event
@@ -159,7 +159,7 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "event_id": record.event_id,
         "created": record.created,
         "updated": record.updated,
-        "attempts": record.attempts,
+        "takers": record.takers,
     }
     optional: dict[str, Any] = {
         "data_version": record.data_version,
@@ -174,12 +174,19 @@ def _entity(record: LedgerRecord) -> dict[str, Any]:
         "training_set": record.training_set,
         "members": record.members,
         "trained_on": record.trained_on,
-        "retrain": record.retrain or None,
+        "attempt": record.attempt or None,
         "history": json.dumps([m.as_row() for m in record.history]) if record.history else None,
-        "retrain_of": record.retrain_of.value if record.retrain_of else None,
+        "first_key": record.first_key.value if record.first_key else None,
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     return entity
+
+
+def _either(entity: dict[str, Any], name: str, legacy: str) -> Any:
+    """A property by its name, or by the name records written before it carry (`attempts` for
+    `takers`, `retrain` for `attempt`, `retrain_of` for `first_key`); a rewrite uses the new name."""
+    value = entity.get(name)
+    return entity.get(legacy) if value is None else value
 
 
 def _legacy_window(entity: dict[str, Any]) -> int:
@@ -203,15 +210,15 @@ def _record(entity: dict[str, Any]) -> LedgerRecord:
         promoted=entity.get("promoted"),
         reason=entity.get("reason"),
         lease_until=_when(lease) if lease else None,
-        attempts=int(entity.get("attempts") or 1),
+        takers=int(_either(entity, "takers", "attempts") or 1),
         champion=entity.get("champion"),
         decision=entity.get("decision"),
         training_set=entity.get("training_set"),
         # Records written before the counts kept the list of trained-on versions (`window`).
         members=int(entity.get("members") or _legacy_window(entity)),
         trained_on=int(entity.get("trained_on") or _legacy_window(entity)),
-        retrain=int(entity.get("retrain") or 0),
-        retrain_of=WorkKey(entity["retrain_of"]) if entity.get("retrain_of") else None,
+        attempt=int(_either(entity, "attempt", "retrain") or 0),
+        first_key=WorkKey(first) if (first := _either(entity, "first_key", "retrain_of")) else None,
         history=tuple(Moved.from_row(m) for m in json.loads(entity["history"])) if entity.get("history") else (),
         etag=entity.get("etag"),
     )

@@ -23,7 +23,7 @@ __all__ = [
 log = logging.getLogger("autoretrain.cli")
 
 
-STATUS_COLUMNS = ("blob", "etag", "state", "retrain", "data_version", "job", "model_version", "metrics", "promoted",
+STATUS_COLUMNS = ("blob", "etag", "state", "attempt", "data_version", "job", "model_version", "metrics", "promoted",
                   "decision", "reason")
 
 

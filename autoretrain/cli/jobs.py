@@ -58,7 +58,7 @@ def _retrain_target(settings: Settings, ledger: Ledger, target: str, etag: str |
         return BlobRef(settings.incoming_container, name, etag)
     versions = sorted(
         (r for r in ledger.records()
-         if r.retrain_of is None and r.blob.container == settings.incoming_container and r.blob.name == name),
+         if r.first_key is None and r.blob.container == settings.incoming_container and r.blob.name == name),
         key=lambda r: r.created,
     )
     if not versions:
@@ -88,7 +88,7 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{blob.path}: {type(outcome).__name__.lower()}: {getattr(record, 'state', '')} "
                       f"{getattr(outcome, 'reason', '') or getattr(record, 'reason', '') or ''}".rstrip())
                 return 1
-            print(f"retrain {record.retrain} of {blob.path} (eTag {blob.etag}): job {outcome.job.name} on "
+            print(f"retrain {record.attempt} of {blob.path} (eTag {blob.etag}): job {outcome.job.name} on "
                   f"{record.data_version}, work key {record.key}", flush=True)
             if settings.workspace is WorkspaceKind.LOCAL:
                 # Local mode: the job runs in this process; wait for it, then finish it here.

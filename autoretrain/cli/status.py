@@ -68,7 +68,7 @@ def _members_reader(settings: Settings) -> Callable[[str], tuple[str, ...]]:
 
 
 def _print_story(story: dict[str, Any], out: TextIO) -> None:
-    run = f"retrain {story['retrain']}" if story["retrain"] else "first run"
+    run = f"retrain {story['attempt']}" if story["attempt"] else "first run"
     lines = [f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}"]
     for moved in story["history"]:
         lines.append(f"  {moved['at'].replace('T', ' ')[:23]}  {moved['state']:<11} {moved['note']}")

@@ -82,7 +82,7 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class TakeOver:
-    """A worker takes over leased work whose holder is gone (its lease ran out): one more attempt."""
+    """A worker takes over leased work whose holder is gone (its lease ran out): one more taker."""
 
     lease_until: datetime
 
@@ -147,10 +147,10 @@ class Moved:
     note: str = ""
 
     @classmethod
-    def of(cls, move: Move, state: LedgerState, now: datetime, attempts: int) -> Moved:
+    def of(cls, move: Move, state: LedgerState, now: datetime, takers: int) -> Moved:
         match move:
             case TakeOver():
-                return cls("taken_over", now, f"attempt {attempts + 1}")
+                return cls("taken_over", now, f"taker {takers + 1}")
             case Release(reason):
                 return cls("released", now, reason[:200])
             case Submit(data_version, job, _, _, members, trained_on):
@@ -171,13 +171,14 @@ class Moved:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRecord:
-    """One attempt of a blob version, as the ledger keeps it: attempt 0 is its own run (its event), and
-    attempt n its nth `autoretrain retrain` (`retrain`, `retrain_of`). `etag` is the ledger row's own,
+    """One attempt of a blob version, as the ledger keeps it: attempt 0 is its own, event-driven run, and
+    attempt n its nth `autoretrain retrain` (`attempt`, `first_key`). `etag` is the ledger row's own,
     for optimistic updates.
 
     `lease_until` bounds how long the holder of a `claimed` or `completing` record may take before
-    another worker takes it over; `attempts` counts the takers, the first included. A retrain is a
-    record of its own (key `origin.retrain(n)`), so the ledger keeps every run of a blob version.
+    another worker takes it over; `takers` counts the workers that took its lease, the first included.
+    Each attempt is a record of its own (key `origin.attempt(n)`), so the ledger keeps every attempt of
+    a blob version.
     """
 
     key: WorkKey
@@ -193,7 +194,7 @@ class LedgerRecord:
     promoted: bool | None = None
     reason: str | None = None
     lease_until: datetime | None = None
-    attempts: int = 1
+    takers: int = 1  # workers that took the lease, the first included
     champion: str | None = None
     decision: str | None = None
     # The training set the job reads (its MLTable names the files) and two counts, never the list of
@@ -201,28 +202,28 @@ class LedgerRecord:
     training_set: str | None = None
     members: int = 0
     trained_on: int = 0
-    retrain: int = 0  # 0: the blob version's own run; n: its nth `autoretrain retrain`
-    retrain_of: WorkKey | None = None  # for a retrain: the key of the blob version's own record
+    attempt: int = 0  # 0: the blob version's own, event-driven attempt; n: its nth `autoretrain retrain`
+    first_key: WorkKey | None = None  # for attempt n > 0: the key of attempt 0
     history: tuple[Moved, ...] = ()  # every move, oldest first: the record's timeline
     etag: str | None = None
 
     @classmethod
     def claimed(
         cls, blob: BlobRef, key: WorkKey, event_id: str, now: datetime, lease_until: datetime,
-        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+        *, attempt: int = 0, first_key: WorkKey | None = None,
     ) -> LedgerRecord:
         """A new record, as a claim writes it: the first entry of its timeline."""
-        note = f"retrain {retrain}" if retrain else f"event {event_id}"
+        note = f"retrain {attempt}" if attempt else f"event {event_id}"
         return cls(
             key=key, blob=blob, state=LedgerState.CLAIMED, event_id=event_id, created=now, updated=now,
-            lease_until=lease_until, retrain=retrain, retrain_of=retrain_of,
+            lease_until=lease_until, attempt=attempt, first_key=first_key,
             history=(Moved(LedgerState.CLAIMED.value, now, note),),
         )
 
     @property
     def origin(self) -> WorkKey:
-        """The blob version's own work key, which every retrain of it shares: its data snapshot's."""
-        return self.retrain_of or self.key
+        """The key of attempt 0, which every attempt of the blob version shares: its data snapshot's."""
+        return self.first_key or self.key
 
     def lease_expired(self, now: datetime) -> bool:
         return self.lease_until is None or self.lease_until <= now
@@ -232,7 +233,7 @@ class LedgerRecord:
         changes: dict[str, Any]
         match move:
             case TakeOver(lease_until):
-                state, changes = self.state, {"lease_until": lease_until, "attempts": self.attempts + 1}
+                state, changes = self.state, {"lease_until": lease_until, "takers": self.takers + 1}
             case Release(reason):
                 state, changes = self.state, {"lease_until": None, "reason": reason}
             case Quarantine(reason):
@@ -245,7 +246,7 @@ class LedgerRecord:
                     "training_set": training_set, "members": members, "trained_on": trained_on,
                 }
             case StartCompleting(lease_until):
-                state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "attempts": 1}
+                state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "takers": 1}
             case Finish(model_version, metrics, promoted, decision):
                 state, changes = LedgerState.DONE, {
                     "model_version": model_version, "metrics": metrics, "promoted": promoted,
@@ -259,7 +260,7 @@ class LedgerRecord:
             raise ValueError(f"ledger: {self.key} cannot move from {self.state.value} to {state.value}.")
         if state.final:
             changes["lease_until"] = None
-        changes["history"] = (*self.history, Moved.of(move, state, now, self.attempts))[-HISTORY_LIMIT:]
+        changes["history"] = (*self.history, Moved.of(move, state, now, self.takers))[-HISTORY_LIMIT:]
         return replace(self, state=state, updated=now, etag=None, **changes)
 
     def as_row(self) -> dict[str, Any]:
@@ -282,10 +283,10 @@ class LedgerRecord:
             "members": self.members,
             "trained_on": self.trained_on,
             "reason": self.reason,
-            "attempts": self.attempts,
-            "retrain": self.retrain,
+            "takers": self.takers,
+            "attempt": self.attempt,
             "history": [m.as_row() for m in self.history],
-            "retrain_of": self.retrain_of.value if self.retrain_of else None,
+            "first_key": self.first_key.value if self.first_key else None,
             "lease_until": self.lease_until.isoformat() if self.lease_until else None,
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),

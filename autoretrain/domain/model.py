@@ -117,11 +117,13 @@ class WorkKey:
         """The pipeline job's name: deterministic, so a second submit finds the first."""
         return f"autoretrain-{self.value}"
 
-    def retrain(self, number: int) -> WorkKey:
-        """The key of the `number`th explicit retrain of this blob version (`autoretrain retrain`):
-        its own job and model, and as deterministic as the first, so a retried retrain finds itself."""
+    def attempt(self, number: int) -> WorkKey:
+        """The key of attempt `number` of this blob version, this key being attempt 0's: its `number`th
+        explicit retrain (`autoretrain retrain`), with its own job and model, and as deterministic as
+        the first, so a retried retrain finds itself. (The hashed text says "retrain": existing ledgers
+        and job names derive from it.)"""
         if number < 1:
-            raise ValueError(f"retrain number {number} must be 1 or more")
+            raise ValueError(f"attempt number {number} must be 1 or more")
         return WorkKey(hashlib.sha256(f"{self.value}\nretrain {number}".encode()).hexdigest()[:24])
 
     def __str__(self) -> str:

@@ -71,7 +71,7 @@ class BlobStore(Protocol):
 class Ledger(Protocol):
     def claim(
         self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
-        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+        *, attempt: int = 0, first_key: WorkKey | None = None,
     ) -> tuple[LedgerRecord, bool]:
         """Insert the record for this blob version, `claimed` under a lease, if none exists (atomic).
         Returns the record and whether this call created it."""

@@ -9,7 +9,7 @@ so every step is safe to repeat:
   worker win each state change;
 - work in progress (`claimed`, `completing`) is held under a lease; when the holder dies, a
   redelivery or `reconcile` takes it over after the lease, and gives up (`failed`, with the last
-  error) after `max_attempts` takers;
+  error) after `max_takers` takers;
 - the workspace and storage calls are idempotent by the blob version's `WorkKey`, so a taker that
   repeats a step the dead worker already did gets the same data version, job and model;
 - transient errors raise (Event Grid retries), permanent ones end in a ledger state with a reason.

@@ -129,7 +129,7 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         "training_set": record.training_set or "",
         "training_files": str(record.members),
         "trained_on_files": str(record.trained_on),
-        **({"retrain": str(record.retrain), "retrain_of": record.retrain_of.value} if record.retrain_of else {}),
+        **({"retrain": str(record.attempt), "retrain_of": record.first_key.value} if record.first_key else {}),
     }
     model = deps.workspace.register_model(job, record.key, metrics, lineage)
     log_event(log, logging.INFO, "complete.model_registered", model_version=f"{model.name}:{model.version}")

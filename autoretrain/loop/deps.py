@@ -29,7 +29,7 @@ class LoopConfig:
     # How long a worker may hold a claimed or completing record before another may take it over.
     lease: timedelta = timedelta(minutes=10)
     # Takers of one record (the first included) before it is recorded as failed with the last error.
-    max_attempts: int = 5
+    max_takers: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopConfig:

@@ -60,7 +60,7 @@ def ingest_blob(blob: BlobRef, deps: Deps, *, event_id: str, content_length: int
         if not isinstance(taken, LedgerRecord):
             return taken
         record = taken
-    log_event(log, logging.INFO, "ingest.claimed", attempt=record.attempts)
+    log_event(log, logging.INFO, "ingest.claimed", taker=record.takers)
     claimed = record
     return _under_lease(claimed, deps, lambda: _ingest_claimed(claimed, content_length, deps))
 
@@ -178,8 +178,8 @@ def _register_and_submit(
     champion = deps.workspace.champion()
     tags = {JOB_TAG: key.value, "blob": blob.path, "etag": blob.etag, "champion": champion.version if champion else "",
             **trace_context()}  # completion continues this trace from the job's tags
-    if record.retrain_of is not None:
-        tags.update(retrain=str(record.retrain), retrain_of=record.retrain_of.value)
+    if record.first_key is not None:
+        tags.update(retrain=str(record.attempt), retrain_of=record.first_key.value)
     job = deps.workspace.submit(training_set, key, tags, champion=champion, train_last=train_last)
     # A resubmit finds the first job, which scored the champion named in its tags.
     scored = job.tags.get("champion", champion.version if champion else "") or None

@@ -162,7 +162,7 @@ class _Pass:
         """Claims whose holder is gone, and records whose job ended without a completion."""
         for record in self.records.values():
             if record.state is LedgerState.CLAIMED and record.lease_expired(self.now):
-                if record.retrain_of is not None:
+                if record.first_key is not None:
                     self._attempt("stale_claim", record.blob, record.key, _resume_retrain(record, self.deps))
                 else:
                     seen = self.listed.get(record.key.value)

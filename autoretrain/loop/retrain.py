@@ -33,29 +33,29 @@ def retrain(blob: BlobRef, deps: Deps) -> IngestOutcome:
     replaced the blob; a version quarantined at ingest has none, and is checked afresh.
     """
     origin = WorkKey.for_blob(blob)
-    runs = sorted(_attempts_of(origin, deps), key=lambda r: r.retrain)
-    if not runs:
+    attempts = sorted(_attempts_of(origin, deps), key=lambda r: r.attempt)
+    if not attempts:
         raise RetrainRefused(
             f"{blob.path} (eTag {blob.etag}): the ledger has no record of this blob version; it is ingested "
             "when its event arrives or by `autoretrain reconcile`."
         )
-    latest = runs[-1]
+    latest = attempts[-1]
     if not latest.state.final:
         raise RetrainRefused(
             f"{blob.path}: its {_attempt_name(latest)} is still {latest.state.value} (job {latest.job or 'not yet'}); "
             "retrain it once that has ended."
         )
-    data_version = _data_version_of(runs)
+    data_version = _data_version_of(attempts)
     if data_version is None and latest.state is LedgerState.SKIPPED:
         raise RetrainRefused(f"{blob.path}: it was skipped, so there is nothing to train on: {latest.reason}")
-    number = latest.retrain + 1
+    number = latest.attempt + 1
     now = deps.clock()
     record, created = deps.ledger.claim(
-        blob, origin.retrain(number), f"retrain-{number}", now + deps.config.lease, retrain=number, retrain_of=origin,
+        blob, origin.attempt(number), f"retrain-{number}", now + deps.config.lease, attempt=number, first_key=origin,
     )
     if not created:
         return Duplicate(record)  # another operator's retrain of the same number got there first
-    log_event(log, logging.INFO, "retrain.claimed", retrain=number, retrain_of=origin.value, data_version=data_version)
+    log_event(log, logging.INFO, "retrain.claimed", attempt=number, first_key=origin.value, data_version=data_version)
     return _under_lease(record, deps, lambda: _ingest_claimed(record, None, deps, data_version=data_version))
 
 
@@ -63,13 +63,13 @@ def _attempts_of(origin: WorkKey, deps: Deps) -> list[LedgerRecord]:
     return [r for r in deps.ledger.records() if r.origin == origin]
 
 
-def _data_version_of(runs: Sequence[LedgerRecord]) -> str | None:
-    """The data version registered for a blob version by any of its runs (one at most)."""
-    return next((r.data_version for r in runs if r.data_version), None)
+def _data_version_of(attempts: Sequence[LedgerRecord]) -> str | None:
+    """The data version registered for a blob version by any of its attempts (one at most)."""
+    return next((r.data_version for r in attempts if r.data_version), None)
 
 
 def _attempt_name(record: LedgerRecord) -> str:
-    return f"retrain {record.retrain}" if record.retrain else "first run"
+    return f"retrain {record.attempt}" if record.attempt else "first run"
 
 
 def _resume_retrain(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome]:

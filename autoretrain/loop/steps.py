@@ -49,22 +49,22 @@ def _under_lease(record: LedgerRecord, deps: Deps, work: Callable[[], _Outcome])
 
 def _take_over(record: LedgerRecord, deps: Deps) -> LedgerRecord | Duplicate | Failed:
     """Take over leased work whose holder is gone; one worker wins, the others see a duplicate."""
-    if record.attempts >= deps.config.max_attempts:
-        reason = f"gave up after {record.attempts} attempts; last error: {record.reason or 'the worker died'}"
+    if record.takers >= deps.config.max_takers:
+        reason = f"gave up after {record.takers} takers; last error: {record.reason or 'the worker died'}"
         return _fail(record, reason, deps)
     try:
         taken = deps.ledger.move(record, TakeOver(deps.clock() + deps.config.lease))
     except LedgerError:
         latest = deps.ledger.get(record.key)
         return Duplicate(latest or record)
-    log_event(log, logging.WARNING, "ledger.taken_over", state=taken.state.value, attempt=taken.attempts,
+    log_event(log, logging.WARNING, "ledger.taken_over", state=taken.state.value, taker=taken.takers,
               previous_error=record.reason)
     return taken
 
 
 def _release(record: LedgerRecord, exc: BaseException, deps: Deps) -> None:
     latest = deps.ledger.get(record.key)
-    if latest is None or latest.etag is None or not latest.state.leased or latest.attempts != record.attempts:
+    if latest is None or latest.etag is None or not latest.state.leased or latest.takers != record.takers:
         return  # moved on, or taken over by another worker: not ours to release
     try:
         deps.ledger.move(latest, Release(f"{type(exc).__name__}: {one_line(exc)}"))
@@ -75,7 +75,7 @@ def _release(record: LedgerRecord, exc: BaseException, deps: Deps) -> None:
 def _snapshot(record: LedgerRecord, deps: Deps, whole: bytes | None = None) -> BlobRef:
     """The data version's bytes: the blob version's copy in our datasets container. The copy is
     idempotent, so a second call finds the first copy, even after the customer's blob was replaced."""
-    blob, key = record.blob, record.origin  # every retrain of a blob version shares its snapshot
+    blob, key = record.blob, record.origin  # every attempt of a blob version shares its snapshot
     return deps.blobs.copy_to(
         blob, deps.config.datasets_container, blob.copy_name(key),
         {"source_blob": blob.path, "source_etag": blob.etag, "work_key": key.value}, whole,

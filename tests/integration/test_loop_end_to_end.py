@@ -165,20 +165,20 @@ def test_retrain_runs_a_version_again_as_a_numbered_run_and_the_ledger_keeps_eac
 
     assert by_name.returncode == 0, by_name.stderr[-2000:]
     assert by_name.stdout.splitlines()[0].startswith(f"retrain 1 of {ref.path} (eTag {ref.etag}): job "
-                                                     f"{origin.retrain(1).job_name} on {first.data_version}")
+                                                     f"{origin.attempt(1).job_name} on {first.data_version}")
     assert by_key.returncode == 0, by_key.stderr[-2000:]
     assert f"retrain 2 of {ref.path}" in by_key.stdout
-    runs = sorted((r for r in running.ledger.records() if r.origin == origin), key=lambda r: r.retrain)
-    assert [(r.retrain, r.state, r.data_version) for r in runs] == [
+    attempts = sorted((r for r in running.ledger.records() if r.origin == origin), key=lambda r: r.attempt)
+    assert [(r.attempt, r.state, r.data_version) for r in attempts] == [
         (0, LedgerState.DONE, first.data_version), (1, LedgerState.DONE, first.data_version),
         (2, LedgerState.DONE, first.data_version),
     ]
-    assert len({r.model_version for r in runs}) == 3 and len({r.job for r in runs}) == 3
+    assert len({r.model_version for r in attempts}) == 3 and len({r.job for r in attempts}) == 3
     assert len(catalog_rows(running.home, "data")) == 1  # one data version for the one blob version
     assert post_event(running.url, "ingest", blob_created(ref, f"late-{ref.etag}")) == 200
     assert len(list(running.ledger.records())) == 3
     status = cli(running.env, "status", "--json", cwd=tmp_path)
-    assert sorted(r["retrain"] for r in json.loads(status.stdout)) == [0, 1, 2]
+    assert sorted(r["attempt"] for r in json.loads(status.stdout)) == [0, 1, 2]
 
 
 

@@ -7,6 +7,7 @@ the container is on Azurite, so the SDK's own upload runs and the test reads bac
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import shutil
@@ -28,7 +29,8 @@ from fake_azureml import ARM, RG, ROOT, SUB, SYSTEM, WS, WS_ID, Answer, FakeAzur
 
 from autoretrain import cli
 from autoretrain.adapters.publish import component_version, pipeline_version, publish
-from autoretrain.domain.errors import PublishError
+from autoretrain.cli.publish import cmd_publish
+from autoretrain.domain.errors import ConfigError, PublishError, WorkspaceError
 from autoretrain.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -147,6 +149,24 @@ def ml_client(service: PublishService, **options: Any) -> MLClient:
 @pytest.fixture
 def client(service: PublishService) -> MLClient:
     return ml_client(service)
+
+
+@dataclass
+class FakeClients:
+    """The CLI's client factory, given to `cmd_publish`: clients that talk to the fake service; it
+    records the settings and options each was built with."""
+
+    service: PublishService
+    built: list[tuple[Settings, dict[str, Any]]] = field(default_factory=list)
+
+    def __call__(self, settings: Settings, **options: Any) -> MLClient:
+        self.built.append((settings, options))
+        return ml_client(self.service, **options)
+
+    def publish(self, *argv: str) -> int:
+        """`autoretrain publish [argv]` with this factory, on the settings in the environment."""
+        args = argparse.Namespace(dry_run="--dry-run" in argv)
+        return cmd_publish(Settings.from_env(), args, ml_client=self)
 
 
 @pytest.fixture
@@ -409,39 +429,33 @@ class TestCli:
         monkeypatch.setenv("AUTORETRAIN_PIPELINE_COMPONENT", "team_pipeline")
 
     @pytest.fixture
-    def built(self, monkeypatch: pytest.MonkeyPatch, service: PublishService) -> list[tuple[Settings, dict[str, Any]]]:
-        """The CLI's MLClient talks to the fake; records the settings and options it was built with."""
-        seen: list[tuple[Settings, dict[str, Any]]] = []
-
-        def fake(settings: Settings, **options: Any) -> MLClient:
-            seen.append((settings, options))
-            return ml_client(service, **options)
-
-        monkeypatch.setattr("autoretrain.bootstrap.ml_client", fake)
-        return seen
+    def fake(self, service: PublishService) -> FakeClients:
+        return FakeClients(service)
 
     def test_publish_registers_the_settings_pipeline_component(
-        self, workspace_env: None, built: list[tuple[Settings, dict[str, Any]]], service: PublishService,
+        self, workspace_env: None, fake: FakeClients, service: PublishService,
         capsys: pytest.CaptureFixture[str], quiet_azure_logs: None,
     ) -> None:
-        assert cli.main(["publish"]) == 0
+        assert fake.publish() == 0
 
         out = capsys.readouterr().out.splitlines()
         assert [line.split(":")[0] for line in out] == [
             "registered autoretrain_prep", "registered autoretrain_train", "registered autoretrain_evaluate",
             "registered team_pipeline",
         ]
-        [(settings, options)] = built
+        [(settings, options)] = fake.built
         assert (settings.azureml_subscription_id, settings.azureml_resource_group, settings.azureml_workspace) == (
             SUB, RG, WS,
         )
         assert options == {"show_progress": False}
         assert [k for k in service.components if k[0] == "team_pipeline"]
 
-    def test_a_403_on_the_component_put_is_one_line_and_exit_2(
-        self, workspace_env: None, built: list[tuple[Settings, dict[str, Any]]], service: PublishService,
+    def test_a_403_on_the_component_put_is_one_line(
+        self, workspace_env: None, fake: FakeClients, service: PublishService,
         capsys: pytest.CaptureFixture[str], quiet_azure_logs: None,
     ) -> None:
+        """One line, which `autoretrain` prints as `autoretrain: <line>` and exits 2 (as the test below
+        shows for a missing setting); nothing else is written."""
         denied = (
             "The client 'me@example.com' with object id 'u-1' does not have authorization to perform action "
             "'Microsoft.MachineLearningServices/workspaces/components/versions/write'."
@@ -449,19 +463,21 @@ class TestCli:
         service.queued.append(("PUT", r"/components/autoretrain_prep/versions/",
                                (403, _error("AuthorizationFailed", denied))))
 
-        assert cli.main(["publish"]) == 2
+        with pytest.raises(WorkspaceError) as caught:
+            fake.publish()
 
         captured = capsys.readouterr()
         assert captured.out == ""
         # azure-ai-ml prints a colour reset and blank lines to stderr after any upload, progress or not.
-        [line] = [line for line in captured.err.splitlines() if line.strip() not in ("", "\x1b[39m")]
+        assert [line for line in captured.err.splitlines() if line.strip() not in ("", "\x1b[39m")] == []
+        [line] = str(caught.value).splitlines()
         version = component_version(ROOT / "ml" / "components" / "prep.yml")
-        assert line.startswith(f"autoretrain: register component autoretrain_prep:{version} failed: HTTP 403: ")
+        assert line.startswith(f"register component autoretrain_prep:{version} failed: HTTP 403: ")
         assert "does not have authorization" in line and "AzureML Data Scientist" in line
         assert service.sent[-1].method == "PUT" and "/components/autoretrain_prep/" in service.sent[-1].path
 
     def test_without_the_workspace_it_refuses_in_one_line(
-        self, clean_env: None, built: list[tuple[Settings, dict[str, Any]]], capsys: pytest.CaptureFixture[str],
+        self, clean_env: None, fake: FakeClients, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setenv("AUTORETRAIN_AZUREML_WORKSPACE", "mlw-autoretrain")
@@ -472,4 +488,8 @@ class TestCli:
         assert line.startswith("autoretrain: publish registers the pipeline in an Azure ML workspace: set ")
         assert "AUTORETRAIN_AZUREML_SUBSCRIPTION_ID, AUTORETRAIN_AZUREML_RESOURCE_GROUP " in line
         assert "AUTORETRAIN_AZUREML_WORKSPACE" not in line
-        assert built == []
+        # The same refusal, before any client is built.
+        with pytest.raises(ConfigError) as refused:
+            fake.publish()
+        assert f"autoretrain: {refused.value}" == line
+        assert fake.built == []

@@ -53,7 +53,7 @@ class TestTableLedger:
         _, created = ledger.claim(blob, key, "ev-1", LEASE)
         second, created_again = ledger.claim(blob, key, "ev-2", LEASE)
         assert (created, created_again) == (True, False)
-        assert (second.event_id, second.state, second.blob, second.lease_until, second.attempts) == (
+        assert (second.event_id, second.state, second.blob, second.lease_until, second.takers) == (
             "ev-1", LedgerState.CLAIMED, blob, LEASE, 1
         )
 
@@ -80,7 +80,7 @@ class TestTableLedger:
             ledger.move(released, TakeOver(LEASE))
         stored = ledger.get(record.key)
         assert stored is not None
-        assert (stored.state, stored.attempts, stored.lease_until, stored.reason, stored.etag) == (
+        assert (stored.state, stored.takers, stored.lease_until, stored.reason, stored.etag) == (
             LedgerState.CLAIMED, 2, LEASE, "StorageError: timeout", taken.etag
         )
 
@@ -105,19 +105,60 @@ class TestTableLedger:
         seen = (listed.state, listed.metrics, listed.promoted, listed.model_version, listed.job, listed.lease_until)
         assert seen == (LedgerState.DONE, metrics, False, "m:1", "j", None)
 
-    def test_records_in_one_state_are_filtered_by_the_table_and_keep_retrain_fields(self, ledger: TableLedger) -> None:
-        """The training window reads done records only; a retrain's number and origin round-trip."""
+    def test_records_in_one_state_are_filtered_by_the_table_and_keep_attempt_fields(self, ledger: TableLedger) -> None:
+        """The training window reads done records only; an attempt's number and first key round-trip."""
         first = BlobRef("incoming", "d.csv", "0x5")
         origin = WorkKey.for_blob(first)
         record, _ = ledger.claim(first, origin, "ev-1", LEASE)
         ledger.move(record, Skip("replaced"))
-        ledger.claim(first, origin.retrain(1), "retrain-1", LEASE, retrain=1, retrain_of=origin)
+        ledger.claim(first, origin.attempt(1), "retrain-1", LEASE, attempt=1, first_key=origin)
         assert [r.key for r in ledger.records(LedgerState.SKIPPED)] == [origin]
         [claimed] = list(ledger.records(LedgerState.CLAIMED))
-        assert (claimed.key, claimed.retrain, claimed.retrain_of, claimed.origin) == (
-            origin.retrain(1), 1, origin, origin,
+        assert (claimed.key, claimed.attempt, claimed.first_key, claimed.origin) == (
+            origin.attempt(1), 1, origin, origin,
         )
         assert list(ledger.records(LedgerState.DONE)) == [] and len(list(ledger.records())) == 2
+
+    def test_a_row_written_before_the_rename_is_read_and_rewritten_with_the_new_names(
+        self, azurite: str, unique: str
+    ) -> None:
+        """Older code wrote `retrain`, `retrain_of` and `attempts`: such a row reads as its attempt, first
+        key and takers, and the next (ETag-matched) move writes `attempt`, `first_key` and `takers`."""
+        table = TableServiceClient.from_connection_string(azurite).get_table_client(f"old{unique}")
+        table.create_table()
+        ledger = TableLedger(table)
+        blob = BlobRef("incoming", "old.csv", "0x6")
+        origin = WorkKey.for_blob(blob)
+        key = origin.attempt(2)
+        created = datetime(2026, 1, 1, tzinfo=UTC)
+        table.create_entity({
+            "PartitionKey": key.value[:2], "RowKey": key.value, "container": blob.container, "blob": blob.name,
+            "blob_etag": blob.etag, "state": "claimed", "event_id": "retrain-2", "created": created,
+            "updated": created, "lease_until": created, "attempts": 3, "retrain": 2, "retrain_of": origin.value,
+            "history": '[{"state": "claimed", "at": "2026-01-01T00:00:00+00:00", "note": "retrain 2"}]',
+        })
+        table.create_entity({
+            "PartitionKey": origin.value[:2], "RowKey": origin.value, "container": blob.container,
+            "blob": blob.name, "blob_etag": blob.etag, "state": "skipped", "event_id": "ev-1", "created": created,
+            "updated": created, "attempts": 1, "reason": "replaced",
+        })
+
+        old = ledger.get(key)
+        first = ledger.get(origin)
+        assert old is not None and first is not None
+        assert (old.key, old.attempt, old.first_key, old.origin, old.takers, old.state) == (
+            key, 2, origin, origin, 3, LedgerState.CLAIMED
+        )
+        assert (first.attempt, first.first_key, first.origin, first.takers) == (0, None, origin, 1)
+
+        taken = ledger.move(old, TakeOver(LEASE))
+        with pytest.raises(LedgerError, match="changed since it was read"):
+            ledger.move(old, TakeOver(LEASE))
+        assert (taken.attempt, taken.first_key, taken.takers, taken.history[-1].note) == (2, origin, 4, "taker 4")
+        row = table.get_entity(key.value[:2], key.value)
+        assert (row["attempt"], row["first_key"], row["takers"]) == (2, origin.value, 4)
+        assert not {"retrain", "retrain_of", "attempts"} & set(row)
+        assert ledger.get(key) == taken
 
 
 class TestAzureBlobStore:

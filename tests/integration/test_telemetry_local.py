@@ -173,7 +173,7 @@ def test_each_files_story_is_one_trace_of_structured_lines(
     # Every line of ours, in the order written: the span it is in, its logger, level, event, fields.
     assert lines == [
         (0, ingest, "INFO", "ingest.received", {**G, "topic": storage, **received}),
-        (0, loop, "INFO", "ingest.claimed", {**G, "attempt": 1}),
+        (0, loop, "INFO", "ingest.claimed", {**G, "taker": 1}),
         (0, loop, "INFO", "ingest.contract_ok", {**G, "rows_checked": 178}),
         (0, loop, "INFO", "ingest.data_registered", {**G, "data_version": data}),
         (0, loop, "INFO", "ingest.training_set", {**G, "data_version": data,
@@ -196,7 +196,7 @@ def test_each_files_story_is_one_trace_of_structured_lines(
         (3, completion, "INFO", "complete.received", received_run(2)),
         (3, loop, "INFO", "duplicate", {**run(2), "state": "done"}),
         (4, ingest, "INFO", "ingest.received", {**B, "topic": storage, **received}),
-        (4, loop, "INFO", "ingest.claimed", {**B, "attempt": 1}),
+        (4, loop, "INFO", "ingest.claimed", {**B, "taker": 1}),
         (4, loop, "WARN", "ingest.quarantined", {**B, "reason": typo.reason,
                                                  "copy": f"{quarantine}/{typo_key}/typo.csv"}),
         (5, ingest, "INFO", "ingest.received", {**R, "topic": storage, **received}),
@@ -204,7 +204,7 @@ def test_each_files_story_is_one_trace_of_structured_lines(
         (6, ingest, "INFO", "ingest.received", {**F, "topic": elsewhere, **received}),
         (6, loop, "WARN", "ignored", {**F, "reason": f"topic {elsewhere!r} is not our storage account {storage!r}"}),
         (8, "autoretrain.functions.reconcile", "INFO", "reconcile.started", {"past_due": False}),
-        (7, loop, "INFO", "ingest.claimed", {**L, "attempt": 1}),
+        (7, loop, "INFO", "ingest.claimed", {**L, "taker": 1}),
         (7, loop, "WARN", "ingest.quarantined", {**L, "reason": found.reason,
                                                  "copy": f"{quarantine}/{lost_key}/lost.csv"}),
         (7, loop, "WARN", "reconcile.found", {**L, "what": "unannounced", "result": f"quarantined: {found.reason}"}),

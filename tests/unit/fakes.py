@@ -97,12 +97,12 @@ class FakeLedger:
 
     def claim(
         self, blob: BlobRef, key: WorkKey, event_id: str, lease_until: datetime,
-        *, retrain: int = 0, retrain_of: WorkKey | None = None,
+        *, attempt: int = 0, first_key: WorkKey | None = None,
     ) -> tuple[LedgerRecord, bool]:
         if key.value in self.rows:
             return self.rows[key.value], False
         record = replace(
-            LedgerRecord.claimed(blob, key, event_id, self.now, lease_until, retrain=retrain, retrain_of=retrain_of),
+            LedgerRecord.claimed(blob, key, event_id, self.now, lease_until, attempt=attempt, first_key=first_key),
             etag=str(next(self._etags)),
         )
         self.rows[key.value] = record

@@ -144,7 +144,7 @@ class TestIngest:
         after = loop.ingest(blob_event(ref, event_id="ev-retry-2"), deps)
 
         assert isinstance(during, loop.Duplicate) and during.record.state is LedgerState.CLAIMED
-        assert isinstance(after, loop.Submitted) and after.record.attempts == 2
+        assert isinstance(after, loop.Submitted) and after.record.takers == 2
         assert len(workspace.submitted) == 1
 
     def test_a_transient_failure_gives_the_lease_back_so_the_retry_starts_at_once(self, deps: loop.Deps) -> None:
@@ -169,7 +169,7 @@ class TestIngest:
         assert len(workspace.submitted) == 1
 
     def test_a_blob_version_whose_takers_keep_dying_fails_with_the_last_error(self, deps: loop.Deps) -> None:
-        """No claim is held forever: after max_attempts takers it is failed, with the reason."""
+        """No claim is held forever: after max_takers takers it is failed, with the reason."""
         _, ledger, blobs = fakes(deps)
         ref = blobs.put("incoming", "a.csv", GOOD_CSV)
 
@@ -177,14 +177,14 @@ class TestIngest:
             raise StorageError("datasets: cannot copy (timeout).")
 
         blobs.copy_to = storage_down  # type: ignore[method-assign]
-        for attempt in range(deps.config.max_attempts):
+        for taker in range(deps.config.max_takers):
             with pytest.raises(StorageError):
-                loop.ingest(blob_event(ref, event_id=f"ev-{attempt}"), deps)
+                loop.ingest(blob_event(ref, event_id=f"ev-{taker}"), deps)
         outcome = loop.ingest(blob_event(ref, event_id="ev-last"), deps)
 
         assert isinstance(outcome, loop.Failed)
         assert outcome.reason == (
-            f"gave up after {deps.config.max_attempts} attempts; last error: "
+            f"gave up after {deps.config.max_takers} takers; last error: "
             "StorageError: datasets: cannot copy (timeout)."
         )
         record = ledger.get(WorkKey.for_blob(ref))
@@ -701,10 +701,10 @@ class TestRetrain:
         outcome = loop.retrain(ref, deps)
 
         assert isinstance(outcome, loop.Submitted)
-        key = origin.retrain(1)
+        key = origin.attempt(1)
         assert key != origin and outcome.job.name == key.job_name != origin.job_name
         record = outcome.record
-        assert (record.retrain, record.retrain_of, record.state) == (1, origin, LedgerState.SUBMITTED)
+        assert (record.attempt, record.first_key, record.state) == (1, origin, LedgerState.SUBMITTED)
         # The same bytes: the data version registered for the blob version, not a second one.
         assert record.data_version == "autoretrain-data:1" and len(workspace.registered_data) == 1
         assert workspace.tags[key.job_name]["retrain_of"] == origin.value
@@ -715,7 +715,7 @@ class TestRetrain:
         # The ledger keeps both runs: the first stays failed with its reason.
         first = ledger.get(origin)
         assert first is not None and first.state is LedgerState.FAILED and first.reason
-        assert [r.retrain for r in ledger.records() if r.origin == origin] == [0, 1]
+        assert [r.attempt for r in ledger.records() if r.origin == origin] == [0, 1]
 
     def test_a_done_version_runs_again_even_after_the_blob_was_replaced(self, deps: loop.Deps) -> None:
         """Its data version is used again, so no read of the (replaced) blob is needed; it is the
@@ -728,9 +728,9 @@ class TestRetrain:
 
         assert isinstance(outcome, loop.Submitted)
         assert (outcome.record.members, outcome.record.trained_on) == (1, 1)
-        assert workspace.training_sets[origin.retrain(1).value] == ("autoretrain-data:1",)
+        assert workspace.training_sets[origin.attempt(1).value] == ("autoretrain-data:1",)
         workspace.finish(outcome.job.name, JobState.COMPLETED, METRICS)
-        done = loop.complete(run_event(origin.retrain(1)), deps)
+        done = loop.complete(run_event(origin.attempt(1)), deps)
         assert isinstance(done, loop.Registered) and done.model.version != ledger.get(origin).model_version  # type: ignore[union-attr]
         assert len(workspace.models) == 2
 
@@ -751,10 +751,10 @@ class TestRetrain:
             loop.retrain(ref, deps)
         assert isinstance(first, loop.Submitted)
         workspace.finish(first.job.name, JobState.FAILED, error="y")
-        loop.complete(run_event(origin.retrain(1), status="Failed"), deps)
+        loop.complete(run_event(origin.attempt(1), status="Failed"), deps)
         second = loop.retrain(ref, deps)
-        assert isinstance(second, loop.Submitted) and second.record.retrain == 2
-        assert second.record.key == origin.retrain(2) != origin.retrain(1)
+        assert isinstance(second, loop.Submitted) and second.record.attempt == 2
+        assert second.record.key == origin.attempt(2) != origin.attempt(1)
 
     def test_nothing_but_retrain_runs_a_version_again(self, deps: loop.Deps) -> None:
         """A redelivery of the first event, and reconcile, see the failed version and stop."""
@@ -768,15 +768,15 @@ class TestRetrain:
     def test_a_retrain_whose_worker_died_is_finished_by_reconcile(self, deps: loop.Deps) -> None:
         workspace, ledger, _ = fakes(deps)
         ref, origin = self._finished(deps, JobState.FAILED, error="x")
-        key = origin.retrain(1)
-        ledger.claim(ref, key, "retrain-1", ledger.now + deps.config.lease, retrain=1, retrain_of=origin)
+        key = origin.attempt(1)
+        ledger.claim(ref, key, "retrain-1", ledger.now + deps.config.lease, attempt=1, first_key=origin)
         ledger.now += deps.config.lease
 
         report = loop.reconcile(deps, grace=timedelta(0))
 
         assert [(f.what, f.work_key) for f in report.found] == [("stale_claim", key.value)]
         record = ledger.get(key)
-        assert record is not None and record.state is LedgerState.SUBMITTED and record.attempts == 2
+        assert record is not None and record.state is LedgerState.SUBMITTED and record.takers == 2
         assert [k for _, k, _ in workspace.submitted] == [origin, key]
 
 

@@ -85,23 +85,23 @@ def _run(world: World, action: tuple[Any, ...]) -> None:
             with contextlib.suppress(RetrainRefused):  # still in work, or nothing to train on
                 loop.retrain(ref, world.deps)
         elif kind == "finish":
-            run = _latest_run(world, key)  # the blob version's own job, or its newest retrain's
-            status = world.workspace.statuses.get(run.job_name)
+            latest = _latest_attempt(world, key)  # the blob version's own job, or its newest retrain's
+            status = world.workspace.statuses.get(latest.job_name)
             if status is not None and not status.state.terminal:  # a job ends once
-                _finish(world, run.job_name, action[2])
+                _finish(world, latest.job_name, action[2])
         elif kind == "complete":
-            run = _latest_run(world, key)
+            latest = _latest_attempt(world, key)
             deps = world.crashing("workspace", "register_model") if action[2] else world.deps
-            loop.complete(run_event(run, event_id=f"run-{run}"), deps)
+            loop.complete(run_event(latest, event_id=f"run-{latest}"), deps)
     except WorkerDied:
         pass  # the worker is gone; its lease runs out, a redelivery or reconcile takes over
     except Exception as exc:  # a transient error the trigger would answer 500 to: Event Grid retries
         assert type(exc).__name__ in ("NotReadyError", "LedgerError"), repr(exc)
 
 
-def _latest_run(world: World, origin: WorkKey) -> WorkKey:
-    runs = [r for r in world.ledger.rows.values() if r.origin == origin]
-    return max(runs, key=lambda r: r.retrain).key if runs else origin
+def _latest_attempt(world: World, origin: WorkKey) -> WorkKey:
+    attempts = [r for r in world.ledger.rows.values() if r.origin == origin]
+    return max(attempts, key=lambda r: r.attempt).key if attempts else origin
 
 
 def _finish(world: World, job: str, how: str) -> None:
@@ -148,21 +148,21 @@ def test_every_blob_version_is_accounted_for_exactly_once(tmp_path_factory: Any,
             continue
         assert record.state.final, (ref, record.state, record.reason)
         registered = [k for _, k in workspace.registered_data if k == key]
-        runs = [r for r in ledger.rows.values() if r.origin == key]
-        # One data version per blob version, whatever number of runs; every run final; a run that
+        attempts = [r for r in ledger.rows.values() if r.origin == key]
+        # One data version per blob version, whatever number of attempts; every attempt final; an attempt that
         # is done has its own job and model, any other none.
-        assert len({k for _, k in workspace.registered_data if k in {r.key for r in runs}}) <= 1, runs
-        assert sorted(r.retrain for r in runs) == list(range(len(runs)))
-        for run in runs:
-            assert run.state.final, run
-            assert (run.key.value in workspace.models) == (run.state is LedgerState.DONE), run
-            status = workspace.statuses.get(run.key.job_name)
-            if status is not None and status.rejected is not None and run.job is not None:
-                assert run.state is LedgerState.QUARANTINED, run  # the data's fault, not "failed"
-            if run.state is LedgerState.QUARANTINED:
+        assert len({k for _, k in workspace.registered_data if k in {r.key for r in attempts}}) <= 1, attempts
+        assert sorted(r.attempt for r in attempts) == list(range(len(attempts)))
+        for attempt in attempts:
+            assert attempt.state.final, attempt
+            assert (attempt.key.value in workspace.models) == (attempt.state is LedgerState.DONE), attempt
+            status = workspace.statuses.get(attempt.key.job_name)
+            if status is not None and status.rejected is not None and attempt.job is not None:
+                assert attempt.state is LedgerState.QUARANTINED, attempt  # the data's fault, not "failed"
+            if attempt.state is LedgerState.QUARANTINED:
                 # By ingest's head check (a bad file, never trained), or by prep deep inside (its job
                 # rejected the data), never for any other reason.
-                assert (bad and run.job is None) or (status is not None and status.rejected is not None), run
+                assert (bad and attempt.job is None) or (status is not None and status.rejected is not None), attempt
         if record.state is LedgerState.QUARANTINED:
             assert key.value not in workspace.models
         elif record.state is LedgerState.SKIPPED:
