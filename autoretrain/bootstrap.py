@@ -6,6 +6,7 @@ builds them once per worker process (`runtime()`), on first use, not at import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -25,8 +26,20 @@ if TYPE_CHECKING:
 
     from autoretrain.adapters.storage import DeadLetterContainer
 
-__all__ = ["PIPELINE", "PROJECT_ROOT", "Operator", "bootstrap", "ml_client", "operator", "runtime", "runtime_settings",
-           "shutdown"]
+__all__ = [
+    "PIPELINE",
+    "PROJECT_ROOT",
+    "Operator",
+    "bootstrap",
+    "create_local_storage",
+    "ml_client",
+    "operator",
+    "resume_jobs",
+    "resume_orphaned_jobs",
+    "runtime",
+    "runtime_settings",
+    "shutdown",
+]
 
 log = logging.getLogger("autoretrain.bootstrap")
 
@@ -219,6 +232,35 @@ def runtime_settings() -> Settings:
     if _runtime_settings is None:
         _runtime_settings = Settings.from_env()
     return _runtime_settings
+
+
+def create_local_storage(settings: Settings) -> None:
+    """Create the ledger table and the containers, if missing (local mode: after the storage emulator
+    was restarted without what it had not saved, as `bootstrap` does at the first start)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    from autoretrain.adapters.ledger import TableLedger
+
+    TableLedger.connect(table_service(settings), settings.ledger_table, create=True)
+    service = blob_service(settings)
+    for container in (settings.incoming_container, settings.quarantine_container, settings.datasets_container):
+        with contextlib.suppress(ResourceExistsError):
+            service.create_container(container)
+
+
+def resume_jobs(workspace: Workspace) -> list[str]:
+    """Take over and run the local workspace's jobs whose runner is gone (a closed workspace, a dead
+    process); their names. Azure ML runs its own jobs: nothing to do there."""
+    from autoretrain.adapters.localworkspace.workspace import LocalWorkspace
+
+    return workspace.resume() if isinstance(workspace, LocalWorkspace) else []
+
+
+def resume_orphaned_jobs() -> list[str]:
+    """`resume_jobs` on this process's runtime, if it is built (the local stack calls it every second)."""
+    with _runtime_lock:
+        deps = _runtime
+    return resume_jobs(deps.workspace) if deps is not None else []
 
 
 def shutdown() -> None:

@@ -15,6 +15,10 @@ Nothing secret is ever written: every value and message goes through `redact()` 
 account and access keys, `SharedAccessSignature` tokens, bearer and JWT tokens, passwords), and
 `install_redaction()` puts the same filter on the root logger's handlers for other libraries' lines.
 
+A line is always one line, and shows what a value holds: `printable()` writes control characters
+(a blob named `ctl\x01name.csv`, or one holding a newline and a forged log line) as backslash
+escapes, in every field of a line and in everything the CLI prints for a person.
+
 Tracing is off until `enable_tracing()` (the function app calls it when Application Insights is
 configured): then each `invocation` is an OpenTelemetry span with the fields as attributes, and
 `trace_context()` gives the W3C `traceparent` to carry in a pipeline job's tags, so completion
@@ -49,6 +53,7 @@ __all__ = [
     "invocation",
     "log_event",
     "log_exception",
+    "printable",
     "redact",
     "trace_context",
 ]
@@ -100,6 +105,32 @@ def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
+
+
+# ---- printable text ---------------------------------------------------------------------------
+
+# What a console must not be handed raw: C0 controls (newline, carriage return, ESC...), DEL, C1
+# controls (U+0085 NEL among them), the Unicode line and paragraph separators, the bidirectional
+# embedding, override and isolate controls (they reorder the rest of a line on screen), and lone
+# surrogates (they cannot be encoded to write). Printable text, non-ASCII too, is left as it is.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on one line: each control character written as the escape repr uses,
+    without quotes (`\\n`, `\\r`, `\\t`, `\\x01`, `\\x1b`, `\\x85`, `\\u2028`); all else as it is (`été`,
+    CJK, a backslash). Every field of a log line and every name, reason or error the CLI prints
+    for a person goes through it; JSON output needs it not (json.dumps escapes)."""
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def _value(name: str, value: Any) -> str | bool | int | float:
@@ -237,9 +268,11 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
+    """A field's value in a line: as it is, or quoted (`"..."`, backslash and quote escaped) when it
+    is empty or holds a space, a quote, an `=` or a control character (written as an escape)."""
     text = str(value)
-    if text == "" or any(ch.isspace() or ch in '"=' for ch in text):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(ch.isspace() or ch in '"=' for ch in text) or _UNPRINTABLE.search(text):
+        return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
 
 
@@ -268,7 +301,8 @@ def _log_event(logger: logging.Logger, level: int, event: str, fields: Mapping[s
         merged = {**frame.fields, **given}
     else:
         merged = given
-    line = " ".join([event, *(f"{k}={_show(v)}" for k, v in merged.items())])
+    # One event, one line: whatever a field holds (a newline, an escape sequence), it is escaped.
+    line = " ".join([printable(event), *(f"{printable(k)}={_show(v)}" for k, v in merged.items())])
     extra = {"event": event, **{(f"{k}_" if k in _RECORD_KEYS else k): v for k, v in merged.items()}}
     logger.log(level, "%s", line, extra=extra, exc_info=exc_info)
 

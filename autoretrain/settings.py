@@ -61,6 +61,14 @@ def _kind(name: str, raw: str) -> WorkspaceKind:
         raise ConfigError(f"{name}={raw!r} is not a workspace kind; use 'local' or 'azureml'.") from None
 
 
+def _azurite_shared(name: str, raw: str) -> bool:
+    if raw.lower() not in ("own", "shared"):
+        raise ConfigError(
+            f"{name}={raw!r} is not 'own' (use only an Azurite serving this home's folder) or 'shared'."
+        )
+    return raw.lower() == "shared"
+
+
 def _path(name: str, raw: str) -> Path:
     return Path(raw)
 
@@ -175,6 +183,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     # The storage account's resource id: the topic its blob events come from.
     _Setting("AUTORETRAIN_STORAGE_RESOURCE_ID", "storage_topic", needed_by_azureml=True),
     _Setting("AUTORETRAIN_HOST_URL", "host_url", _url),
+    _Setting("AUTORETRAIN_AZURITE", "azurite_shared", _azurite_shared),
     _Setting("AZURE_CLIENT_ID", "azure_client_id"),
     _Setting("FUNCTIONS_WORKER_PROCESS_COUNT", "worker_processes", _worker_processes, ours=False),
 )
@@ -218,6 +227,8 @@ class Settings:
     # How long a worker holds a claimed or completing record before another may take it over.
     lease_seconds: int = 600
     azure_client_id: str | None = None
+    # Local only: use any Azurite found listening ("shared"), not only one serving this home ("own").
+    azurite_shared: bool = False
     # Language worker processes per host (the Functions app setting of the same name, 1-10): the
     # local host serves requests from that many processes, as the real host dispatches to them.
     worker_processes: int = 1

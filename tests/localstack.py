@@ -59,6 +59,23 @@ class Loop:
         pytest.fail(f"not final after {timeout} s: {[(k.value, r.state) for k, r in records.items()]}")
 
 
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def own_storage() -> str:
+    """A connection string to an Azurite on ports of its own (Azurite's documented dev account), which
+    the stack (or the test) starts and stops itself."""
+    blob = free_port()
+    table = free_port()
+    while table in (blob, blob + 1):
+        table = free_port()
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
+        f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"
+    )
+
+
 def stack_env(tmp_path: Path, unique: str, azurite: str, port: int, extra_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORETRAIN_")}
     env.update(
@@ -69,6 +86,8 @@ def stack_env(tmp_path: Path, unique: str, azurite: str, port: int, extra_env: d
         AUTORETRAIN_QUARANTINE_CONTAINER=f"q{unique}",
         AUTORETRAIN_DATASETS_CONTAINER=f"ds{unique}",
         AUTORETRAIN_LEDGER_TABLE=f"ledger{unique}",
+        # The tests' one Azurite serves every test's home, each with its own containers and table.
+        **({"AUTORETRAIN_AZURITE": "shared"} if azurite == "UseDevelopmentStorage=true" else {}),
         **extra_env,
     )
     return env

@@ -30,6 +30,7 @@ from autoretrain.cli.replay import cmd_replay
 from autoretrain.cli.stack import cmd_drop, cmd_host, cmd_ui, cmd_up
 from autoretrain.cli.status import cmd_list, cmd_status
 from autoretrain.domain.errors import AutoretrainError
+from autoretrain.logs import printable
 from autoretrain.settings import Settings
 
 __all__ = ["main"]
@@ -97,8 +98,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         settings = Settings.from_env()
         return _COMMANDS[args.command](settings, args)
     except AutoretrainError as exc:
-        print(f"autoretrain: {exc}", file=sys.stderr)
+        print(f"autoretrain: {printable(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The command's own `finally` blocks have run: its jobs are stopped and left to resume.
+        print(f"autoretrain {args.command}: stopped (Ctrl-C); a job it started is left to resume, and the "
+              "running stack (`autoretrain up`) or the next `autoretrain reconcile` takes it over.", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`autoretrain status --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -11,8 +11,10 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from autoretrain.domain import LedgerRecord
+from autoretrain.logs import printable
 from autoretrain.settings import Settings
 
 __all__ = [
@@ -41,14 +43,16 @@ def console_for(out: TextIO, *, width: int | None = None) -> Console:
     )
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A value as a cell: one line of plain text whatever a name holds (control characters escaped,
+    `[bold]` not read as markup)."""
     if value is None:
-        return "-"
+        return Text("-")
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return Text(f"{value:.4f}")
     if isinstance(value, dict):
-        return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
-    return str(value)
+        value = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return Text(printable(str(value)))
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO, *, width: int = 60) -> None:
@@ -56,7 +60,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: Tex
     a cell longer than `width` cut with "…". The same columns on a terminal (bold headers) and in a pipe."""
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold", show_edge=False)
     for column in columns:
-        table.add_column(column.upper(), max_width=width, overflow="ellipsis", no_wrap=True)
+        table.add_column(Text(printable(column.upper())), max_width=width, overflow="ellipsis", no_wrap=True)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     # As wide as its content on a terminal too: a narrow one wraps the lines, and every column stays.
@@ -81,12 +85,11 @@ def status_row(record: LedgerRecord) -> dict[str, Any]:
 
 
 def azurite_for(settings: Settings):  # type: ignore[no-untyped-def]
-    from autoretrain.local.azurite import Azurite, azurite_ports
+    from autoretrain.local.azurite import Azurite
 
     if settings.storage_connection is None:
         return contextlib.nullcontext()  # Azure storage: nothing to start
-    blob_port, table_port = azurite_ports(settings.storage_connection)
-    return Azurite(settings.home, blob_port=blob_port, table_port=table_port)
+    return Azurite.for_connection(settings.home, settings.storage_connection, shared=settings.azurite_shared)
 
 
 def wait_for_ctrl_c() -> None:

@@ -12,24 +12,15 @@ from autoretrain.cli.common import azurite_for
 from autoretrain.domain import BlobRef, WorkKey
 from autoretrain.domain.errors import AutoretrainError
 from autoretrain.local import host_answers
+from autoretrain.logs import printable
 from autoretrain.settings import Settings
 
 __all__ = ["cmd_replay"]
 
 
-def _replay_targets(event: dict[str, Any]) -> str | None:
-    kind = str(event.get("eventType") or event.get("type") or "")
-    if kind == "Microsoft.Storage.BlobCreated":
-        return "ingest"
-    if kind.startswith("Microsoft.MachineLearningServices."):
-        return "completion"
-    return None
-
-
-_DEADLETTER_KEYS = (
-    "deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "lastHttpStatusCode", "publishTime",
-    "lastDeliveryAttemptTime",
-)
+def _say(text: str) -> None:
+    """A line for the person at the terminal: the names and errors in it, control characters escaped."""
+    print(printable(text))
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -54,11 +45,11 @@ def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
     try:
         blob = stores.blobs.describe(settings.incoming_container, name)
     except AutoretrainError as exc:
-        raise AutoretrainError(f"{settings.incoming_container}/{name}: cannot read it ({exc}); "
-                               "give a blob name from `autoretrain status`.") from None
+        raise AutoretrainError(printable(f"{settings.incoming_container}/{name}: cannot read it ({exc}); ")
+                               + "give a blob name from `autoretrain status`.") from None
     if blob is None:
-        raise AutoretrainError(f"{settings.incoming_container}/{name}: no such blob; "
-                               "give a blob name from `autoretrain status`.")
+        raise AutoretrainError(printable(f"{settings.incoming_container}/{name}: no such blob; ")
+                               + "give a blob name from `autoretrain status`.")
     # One event, delivered N times: what Event Grid does when it retries (same id, same eTag).
     event = blob_created_event(
         topic=settings.storage_topic, container=settings.incoming_container, name=name,
@@ -73,12 +64,12 @@ def _replay_blob(settings: Settings, args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
     failed = sum(n for status, n in counts.items() if not 200 <= status <= 204)
     answers = ", ".join(f"HTTP {s or 'no answer'} x{n}" for s, n in sorted(counts.items()))
-    print(f"delivered {event['subject']} (eTag {event['data']['eTag']}) {args.times} time(s), "
+    _say(f"delivered {event['subject']} (eTag {event['data']['eTag']}) {args.times} time(s), "
           f"{args.concurrency} at once: {answers}")
     key = WorkKey.for_blob(BlobRef(settings.incoming_container, name, event["data"]["eTag"]))
     with azurite_for(settings):
         record = operator(settings).ledger.get(key)
-    print(f"ledger: {record.state.value if record else 'no record'}"
+    _say(f"ledger: {record.state.value if record else 'no record'}"
           + (f", job {record.job}" if record and record.job else ""))
     return 1 if failed else 0
 
@@ -90,7 +81,7 @@ def _replay_deadletters(settings: Settings, container_name: str) -> int:
         try:
             text = path.read_bytes()
         except OSError as exc:
-            print(f"  {path.name}: unreadable ({exc}); left where it is")
+            _say(f"  {path.name}: unreadable ({exc}); left where it is")
             results.append(False)
             continue
         results.append(_replay_records(settings, text, path.name))
@@ -105,7 +96,7 @@ def _replay_deadletters(settings: Settings, container_name: str) -> int:
                 # Kept, marked: the dead-letter record stays the evidence of what happened.
                 container.mark_replayed(name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     failed = results.count(False)
-    print(f"replayed {len(results) - failed} dead-letter record(s), {failed} failed")
+    _say(f"replayed {len(results) - failed} dead-letter record(s), {failed} failed")
     return 1 if failed else 0
 
 
@@ -114,25 +105,23 @@ def _replay_records(settings: Settings, text: bytes, where: str) -> bool:
     try:
         parsed = json.loads(text)
     except ValueError as exc:
-        print(f"  {where}: not JSON ({exc}); left where it is")
+        _say(f"  {where}: not JSON ({exc}); left where it is")
         return False
     records = parsed if isinstance(parsed, list) else [parsed]
     return all([_replay_one(settings, one, where) for one in records])
 
 
 def _replay_one(settings: Settings, record: Any, where: str) -> bool:
-    from autoretrain.local.eventgrid import deliver_once, eventgrid_webhook_url
+    from autoretrain.local.eventgrid import DEADLETTER_KEYS, function_for, redeliver_record
 
     if not isinstance(record, dict):
-        print(f"  {where}: not an event object; left where it is")
+        _say(f"  {where}: not an event object; left where it is")
         return False
-    event = {k: v for k, v in record.items() if k not in _DEADLETTER_KEYS}
-    function = _replay_targets(event)
-    if function is None:
+    event = {k: v for k, v in record.items() if k not in DEADLETTER_KEYS}
+    if function_for(event) is None:
         kind = event.get("eventType") or event.get("type")
-        print(f"  {where}: event type {kind!r} has no function; left where it is")
+        _say(f"  {where}: event type {kind!r} has no function; left where it is")
         return False
-    status = deliver_once(eventgrid_webhook_url(settings.host_url, function), event)
-    ok = 200 <= status <= 204
-    print(f"  {where}: {event.get('subject')} -> {function}: HTTP {status or 'no answer'}")
-    return ok
+    function, status = redeliver_record(record, settings.host_url)
+    _say(f"  {where}: {event.get('subject')} -> {function}: HTTP {status or 'no answer'}")
+    return 200 <= status <= 204

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from autoretrain.bootstrap import operator
 from autoretrain.cli.common import STATUS_COLUMNS, azurite_for, print_table, records_named, status_row
 from autoretrain.domain import LedgerRecord
 from autoretrain.domain.errors import AutoretrainError
+from autoretrain.logs import printable
 from autoretrain.settings import Settings
 
 __all__ = ["cmd_list", "cmd_status"]
@@ -61,7 +63,7 @@ def _members_reader(settings: Settings) -> Callable[[str], tuple[str, ...]]:
         try:
             return workspace.training_set_members(training_set)
         except AutoretrainError as exc:
-            print(f"training set {training_set}: {exc}", file=sys.stderr)
+            print(printable(f"training set {training_set}: {exc}"), file=sys.stderr)
             return ()
 
     return read
@@ -77,7 +79,8 @@ def _print_story(story: dict[str, Any], out: TextIO) -> None:
         lines.append(f"  gate      {story['decision']}")
     if story["reason"]:
         lines.append(f"  reason    {story['reason']}")
-    out.write("".join(f"{line}\n" for line in lines))
+    # Names, notes and reasons come from outside (a blob's name, an exception's text): one line each.
+    out.write("".join(f"{printable(line)}\n" for line in lines))
 
 
 def _data_lines(story: dict[str, Any]) -> list[str]:
@@ -114,11 +117,13 @@ def _model_lines(story: dict[str, Any]) -> list[str]:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with azurite_for(settings):
         records = sorted(operator(settings).ledger.records(), key=lambda r: r.created)
+        unlistable = () if args.blob else _unlistable(settings)
     if args.blob:
         runs = records_named(settings, records, args.blob)
         if not runs:
             raise AutoretrainError(
-                f"{args.blob}: no blob version or work key of that name in the ledger; `autoretrain status` lists them."
+                f"{printable(args.blob)}: no blob version or work key of that name in the ledger; "
+                "`autoretrain status` lists them."
             )
         stories = _stories(settings, runs)
         if args.json:
@@ -136,7 +141,53 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print_table(rows, STATUS_COLUMNS, sys.stdout)
     else:
         print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
+    if unlistable:
+        # Beside the JSON (on stderr), not in it: `status --json` stays the list of records scripts read.
+        _print_unlistable(settings, unlistable, sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _unlistable(settings: Settings) -> tuple[str, ...]:
+    """The prefixes of the incoming container under which a name cannot be listed (Azurite answers
+    500 for a name with a control character): no listing finds that blob, so reconcile never ingests it.
+
+    Found by listing the container, as reconcile does: one request per 5,000 names (reading the
+    ledger, which status does anyway, takes one per 1,000 records), and for each unlistable name at
+    most 96 listings per character of its prefix, 8 characters deep (the store's split). A container
+    that cannot be listed (it does not exist yet, or this identity may not list it) shows none."""
+    from azure.core.exceptions import AzureError
+
+    from autoretrain.adapters.storage import AzureBlobStore
+    from autoretrain.bootstrap import blob_service
+
+    # The listing's own warnings (the store's splits, the SDK's on each 500): status tells them once.
+    quiet = [logging.getLogger(name) for name in ("autoretrain.adapters.storage", "azure")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        service = blob_service(settings)
+        if not service.get_container_client(settings.incoming_container).exists():
+            return ()
+        store = AzureBlobStore(service, create_containers=False)
+        for _ in store.list_blobs(settings.incoming_container):
+            pass
+        return store.unlistable(settings.incoming_container)
+    except (AutoretrainError, AzureError) as exc:
+        print(printable(f"autoretrain: cannot list {settings.incoming_container!r} for the names it cannot list: "
+                        f"{exc}"), file=sys.stderr)
+        return ()
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _print_unlistable(settings: Settings, prefixes: tuple[str, ...], out: TextIO) -> None:
+    out.write(f"\nNames in {printable(repr(settings.incoming_container))} that cannot be listed (Azurite/Blob Storage "
+              "refuse them), so neither a listing nor reconcile finds them:\n")
+    for prefix in prefixes:
+        out.write(f"  prefix {printable(repr(prefix))}: run `autoretrain replay <name>` with the full name "
+                  "(bash types a control character as $'\\x01')\n")
 
 
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,7 +1,11 @@
 """Azurite (npm `azurite`), started on demand: Blob and Table Storage on 127.0.0.1, default ports.
 
 The default ports keep `UseDevelopmentStorage=true` and Storage Explorer working. An Azurite that
-is already listening (another `autoretrain up`, CI) is used as it is and left running.
+is already listening is used as it is and left running only when it serves this home's folder (its
+`--location` is `<home>/azurite`: one a SIGKILLed stack left, or another command's), or when the
+settings say the Azurite is shared (`AUTORETRAIN_AZURITE=shared`: CI, tests, an Azurite run by hand
+with each home's own containers and table). Any other is refused in one line: its data would sit
+beside this home's workspace.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+import psutil
+
 from autoretrain.domain.errors import ConfigError, StorageError
 from autoretrain.settings import PROJECT_ROOT
 from autoretrain.waiting import start_and_poll
 
-__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports"]
+__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports", "listener", "storage_down"]
 
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
 log = logging.getLogger("autoretrain.azurite")
@@ -50,6 +56,50 @@ def azurite_ports(connection: str | None) -> tuple[int, int]:
     return ports[0], ports[1]
 
 
+def storage_down(connection: str | None) -> str | None:
+    """Why the local storage a connection string names cannot be reached now (its Blob or Table port
+    refuses connections), or None: reachable, or not local storage (Azure's is not probed)."""
+    if connection is None or not _is_local(connection):
+        return None
+    blob_port, table_port = azurite_ports(connection)
+    down = [str(port) for port in (blob_port, table_port) if not _listening(port)]
+    return f"local storage is down (nothing listens on 127.0.0.1:{'/'.join(down)})" if down else None
+
+
+def _is_local(connection: str) -> bool:
+    return "UseDevelopmentStorage=true" in connection or "127.0.0.1" in connection or "localhost" in connection
+
+
+def listener(port: int) -> psutil.Process | None:
+    """The process listening on 127.0.0.1:`port`, when this user may see it (else None)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return psutil.Process(conn.pid)
+            except psutil.Error:
+                return None
+    return None
+
+
+def _location_of(process: psutil.Process) -> Path | None:
+    """The folder an Azurite process serves: its `--location`/`-l` argument (its working folder if none)."""
+    try:
+        args = process.cmdline()
+        for flag in ("--location", "-l"):
+            if flag in args[:-1]:
+                return Path(process.cwd(), args[args.index(flag) + 1]).resolve()
+            for arg in args:
+                if arg.startswith(f"{flag}="):
+                    return Path(process.cwd(), arg.split("=", 1)[1]).resolve()
+        return Path(process.cwd()).resolve()
+    except (psutil.Error, OSError):
+        return None
+
+
 def azurite_binary() -> Path:
     local = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
     if local.exists():
@@ -61,26 +111,56 @@ def azurite_binary() -> Path:
 
 
 class Azurite:
-    """Start Azurite if none is listening; stop it on exit only if this object started it."""
+    """Start Azurite if none is listening; stop it on exit only if this object started it.
+
+    `shared`: use any Azurite that listens on the ports (its data is shared with whoever else uses
+    it); otherwise only one that serves `<home>/azurite` is used, and any other stops `start()`."""
 
     def __init__(
-        self, home: Path, *, timeout: float = 30.0, blob_port: int = BLOB_PORT, table_port: int = TABLE_PORT
+        self, home: Path, *, timeout: float = 30.0, blob_port: int = BLOB_PORT, table_port: int = TABLE_PORT,
+        shared: bool = False,
     ) -> None:
-        self.location = Path(home).resolve() / "azurite"
+        self.home = Path(home).resolve()
+        self.location = self.home / "azurite"
         self._timeout = timeout
         self.blob_port, self.table_port = blob_port, table_port
+        self._shared = shared
         self._process: subprocess.Popen[bytes] | None = None
+        self._reused: psutil.Process | None = None
+
+    @classmethod
+    def for_connection(cls, home: Path, connection: str, *, shared: bool = False) -> Azurite:
+        """The Azurite a local connection string names (its ports), for `home`."""
+        blob_port, table_port = azurite_ports(connection)
+        return cls(home, blob_port=blob_port, table_port=table_port, shared=shared)
 
     @property
     def started_here(self) -> bool:
         return self._process is not None
 
+    @property
+    def pid(self) -> int | None:
+        """The Azurite process's id: the one started here, or the one reused (when it could be seen)."""
+        if self._process is not None:
+            return self._process.pid
+        return self._reused.pid if self._reused is not None else None
+
     def running(self) -> bool:
         return _listening(self.blob_port) and _listening(self.table_port)
 
+    def alive(self) -> bool:
+        """Still serving: the process started here has not exited, and both ports answer."""
+        if self._process is not None and self._process.poll() is not None:
+            return False
+        return self.running()
+
+    def exit_code(self) -> int | None:
+        """The exit code of the process started here, once it has exited (a signal: minus its number)."""
+        return self._process.poll() if self._process is not None else None
+
     def start(self) -> Azurite:
         if self.running():
-            log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d", self.blob_port, self.table_port)
+            self._adopt()
             return self
         self.location.mkdir(parents=True, exist_ok=True)
         try:
@@ -97,6 +177,31 @@ class Azurite:
             ) from None
         log.info("azurite.started location=%s", self.location)
         return self
+
+    def restart(self) -> Azurite:
+        """Start Azurite again on this home's folder after it died (what it had not saved is lost)."""
+        if self._process is not None:
+            self._process.poll()  # reap it
+        self._process = self._reused = None
+        return self.start()
+
+    def _adopt(self) -> None:
+        """Use the Azurite that already listens, if it is this home's (or the settings share it)."""
+        holder = listener(self.blob_port)
+        location = _location_of(holder) if holder is not None else None
+        if self._shared or location == self.location:
+            self._reused = holder
+            log.info("azurite.reused blob=127.0.0.1:%d table=127.0.0.1:%d location=%s", self.blob_port,
+                     self.table_port, location or "unknown")
+            return
+        who = f"pid {holder.pid}" if holder is not None else "a process this user cannot see"
+        stop = f"stop it (kill {holder.pid})" if holder is not None else "stop it"
+        raise ConfigError(
+            f"an Azurite ({who}, serving {location or 'an unknown folder'}) already listens on "
+            f"127.0.0.1:{self.blob_port}/{self.table_port}, and it is not this home's ({self.location}); "
+            f"{stop}, or give this home other ports in AUTORETRAIN_STORAGE (BlobEndpoint=, TableEndpoint=), "
+            "or set AUTORETRAIN_AZURITE=shared to use it with its data as it is."
+        )
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self._process = subprocess.Popen(

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -38,10 +39,12 @@ from autoretrain.adapters.eventgrid import (
 from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.domain import ListedBlob
 from autoretrain.domain.errors import StorageError
+from autoretrain.logs import printable
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
 
 __all__ = [
     "BLOB_CREATED",
+    "DEADLETTER_KEYS",
     "DEFAULT_RETRY_SCHEDULE",
     "NO_RETRY_STATUSES",
     "BlobWatcher",
@@ -49,13 +52,68 @@ __all__ = [
     "blob_created_event",
     "deliver_once",
     "eventgrid_webhook_url",
+    "function_for",
     "publish_to_function",
+    "redeliver_deadletters",
+    "redeliver_record",
 ]
 
 log = logging.getLogger("autoretrain.eventgrid")
 
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+
+# The keys Event Grid adds to an event when it dead-letters it; the event is the rest.
+DEADLETTER_KEYS = (
+    "deadLetterReason", "deliveryAttempts", "lastDeliveryOutcome", "lastHttpStatusCode", "publishTime",
+    "lastDeliveryAttemptTime",
+)
+
+
+def function_for(event: Mapping[str, Any]) -> str | None:
+    """The function of this app an event is delivered to (as the app's subscriptions route it), or None."""
+    kind = str(event.get("eventType") or event.get("type") or "")
+    if kind == BLOB_CREATED:
+        return "ingest"
+    if kind.startswith("Microsoft.MachineLearningServices."):
+        return "completion"
+    return None
+
+
+def redeliver_record(record: Any, host_url: str) -> tuple[str | None, int]:
+    """Deliver a dead-letter record's event again to its function: (the function or None, HTTP status;
+    0 when nothing answered or there was no function to deliver to)."""
+    if not isinstance(record, dict):
+        return None, 0
+    event = {k: v for k, v in record.items() if k not in DEADLETTER_KEYS}
+    function = function_for(event)
+    if function is None:
+        return None, 0
+    return function, deliver_once(eventgrid_webhook_url(host_url, function), event)
+
+
+def redeliver_deadletters(home: Path, host_url: str, *, since: float = 0.0) -> tuple[int, int]:
+    """Deliver again each dead-letter file of `<home>/deadletter/` written at or after `since` (epoch
+    seconds); a file all of whose events are delivered moves to `replayed/`. Returns (replayed, failed)."""
+    folder = Path(home) / "deadletter"
+    replayed = failed = 0
+    for path in sorted(folder.glob("*.json")):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            parsed = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("deadletter.unreadable file=%s: %s; left where it is", path.name, exc)
+            failed += 1
+            continue
+        records = parsed if isinstance(parsed, list) else [parsed]
+        if all(200 <= redeliver_record(one, host_url)[1] <= 204 for one in records):
+            (folder / "replayed").mkdir(parents=True, exist_ok=True)
+            path.replace(folder / "replayed" / path.name)
+            replayed += 1
+        else:
+            failed += 1
+    return replayed, failed
 
 
 class BlobWatcher:
@@ -120,7 +178,7 @@ class BlobWatcher:
                 etag = event["data"]["eTag"]
                 self._in_flight[name] = etag
                 self._delivery.publish(event, self._target_url, functools.partial(self._settled, name, etag))
-                log.info("BlobCreated %s (eTag %s) published", event["subject"], etag)
+                log.info("BlobCreated %s (eTag %s) published", printable(event["subject"]), etag)
             # Deleted blobs drop out of the state, so it stays as small as the container.
             kept = {name: etag for name, etag in self._emitted.items() if name in seen}
             if kept != self._emitted:

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from azure.core.exceptions import ServiceRequestError
+
 from autoretrain.domain.errors import ConfigError
 from autoretrain.local.appindex import (
     EVENT_GRID_TRIGGER,
@@ -43,6 +45,7 @@ from autoretrain.local.appindex import (
     load_app,
     resolve_setting,
 )
+from autoretrain.local.azurite import storage_down
 from autoretrain.local.hostlog import configure_logging, log
 from autoretrain.local.timers import TimerRunner
 from autoretrain.local.webhook import Response, Routes, SharedServer, handler_class
@@ -66,7 +69,9 @@ class LocalHost:
     `attribute` naming the app in it, imported from `app_root` (default: the current folder, as
     `func start` does). Port 0 picks a free port; `.url` and `.port` say which.
     `max_concurrency` bounds simultaneous function executions; `timers=False` leaves timer
-    functions to the admin endpoint only (tests).
+    functions to the admin endpoint only (tests). `storage`: the app's local storage (a connection
+    string); while it does not answer, as the real host without its storage, deliveries are answered
+    503 (Event Grid retries them) and timer runs are skipped, each with one line.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class LocalHost:
         timers: bool = True,
         processes: int = 1,
         worker_command: Sequence[str] | None = None,
+        storage: str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency={max_concurrency} must be at least 1.")
@@ -92,6 +98,7 @@ class LocalHost:
             processes, worker_command or [sys.executable, "-m", "autoretrain.local.hostworker"], app_root
         )
         self._app_ref = app
+        self._storage = storage
         self._attribute = attribute
         self._app_root = app_root
         self._host = host
@@ -237,12 +244,18 @@ class LocalHost:
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Answer one request (no HTTP needed); every failure is a status with a one-line JSON error."""
         if self._routes is None:
-            self._routes = Routes(self.functions, self._execute)
+            self._routes = Routes(self.functions, self._execute, ready=self._storage_down)
         return self._routes.handle(method, target, headers, body)
+
+    def _storage_down(self) -> str | None:
+        return storage_down(self._storage)
 
     def _execute(self, info: FunctionInfo, argument: Any, reason: str) -> bool:
         """Run one invocation with the host's log lines; True when it succeeded."""
         invocation = uuid.uuid4()
+        if (down := self._storage_down()) is not None:
+            log.warning("Skipped 'Functions.%s' (Reason='%s'): %s", info.name, reason, down)
+            return False
         with self._slots:
             log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", info.name, reason, invocation)
             started = time.perf_counter()
@@ -252,6 +265,10 @@ class LocalHost:
                     asyncio.run(_awaited(result))
             except Exception as exc:
                 elapsed = round((time.perf_counter() - started) * 1000)
+                if (unreachable := _unreachable(exc)) is not None:  # a known cause: one line, no traceback
+                    log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): a service did not answer: %s",
+                              info.name, invocation, elapsed, unreachable)
+                    return False
                 log.error(
                     "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", info.name, invocation, elapsed
                 )
@@ -265,6 +282,19 @@ class LocalHost:
                 "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", info.name, invocation, elapsed
             )
             return True
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line for an exception caused by a service that refused or dropped the connection (the
+    storage emulator stopped, say), or None for any other exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ServiceRequestError | ConnectionError):
+            return " ".join(str(current).split())[:300] or type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _awaited(result: Any) -> Any:

@@ -27,6 +27,7 @@ def serve(listening: int, prepare: Callable[[], None] | None = None) -> int:
     `prepare`: called once before serving (a benchmark builds its runtime there)."""
     from autoretrain import bootstrap
     from autoretrain.local.host import LocalHost, configure_logging
+    from autoretrain.settings import Settings
 
     configure_logging()
     stop = threading.Event()
@@ -34,7 +35,8 @@ def serve(listening: int, prepare: Callable[[], None] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     if prepare is not None:
         prepare()
-    host = LocalHost("function_app", app_root=Path.cwd(), timers=False).start(listening=listening)
+    storage = Settings.from_env().storage_connection
+    host = LocalHost("function_app", app_root=Path.cwd(), timers=False, storage=storage).start(listening=listening)
     try:
         stop.wait()
     finally:

@@ -13,6 +13,7 @@ adapter the HTTP server runs, and `SharedServer` the server on a socket worker p
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -58,9 +59,14 @@ class _RequestError(Exception):
 class Routes:
     """Answer the host's URLs for `functions`, running each invocation with `execute`."""
 
-    def __init__(self, functions: Mapping[str, FunctionInfo], execute: Execute) -> None:
+    def __init__(
+        self, functions: Mapping[str, FunctionInfo], execute: Execute, *, ready: Callable[[], str | None] | None = None
+    ) -> None:
+        """`ready`: why the app cannot run now (its storage is down), or None; deliveries are answered
+        503 meanwhile, which Event Grid retries."""
         self._functions = functions
         self._execute = execute
+        self._ready = ready or (lambda: None)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Answer one request; every failure is a status with a one-line JSON error."""
@@ -69,8 +75,10 @@ class Routes:
         try:
             return self._route(method, path, parse_qs(parts.query), headers, body)
         except _RequestError as exc:
-            # One line per refused request (a malformed or foreign body): it was answered, not lost.
-            log.warning("host.refused method=%s path=%s status=%d reason=%r", method, path, exc.status, str(exc))
+            # One line per refused request (a malformed or foreign body): it was answered, not lost. A 503
+            # (storage down) is the sender's to tell, as it retries: the stack has said why, once.
+            log.log(logging.DEBUG if exc.status == 503 else logging.WARNING,
+                    "host.refused method=%s path=%s status=%d reason=%r", method, path, exc.status, str(exc))
             return Response(exc.status, {"error": str(exc)})
 
     def _route(
@@ -116,6 +124,8 @@ class Routes:
             return Response(202)
         if kind != "Notification":
             raise _RequestError(400, f"aeg-event-type {kind!r} is not Notification or SubscriptionValidation")
+        if (down := self._ready()) is not None:
+            raise _RequestError(503, f"{down}; Event Grid delivers it again later")
         # The runtime invokes the function once per array element; the first failure fails the request.
         for event in events:
             decoded = EventGridEventInConverter.decode(

@@ -16,7 +16,7 @@ from autoretrain.settings import SETTING_NAMES, Settings, WorkspaceKind
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
 
 # Names only a laptop sets: a connection string to Azurite, the local workspace folder, the local host.
-LOCAL_ONLY = {"AUTORETRAIN_STORAGE", "AUTORETRAIN_HOME", "AUTORETRAIN_HOST_URL"}
+LOCAL_ONLY = {"AUTORETRAIN_STORAGE", "AUTORETRAIN_HOME", "AUTORETRAIN_HOST_URL", "AUTORETRAIN_AZURITE"}
 # Names the Functions platform and the Azure SDKs read; allowed in Bicep beside SETTING_NAMES.
 # PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: the Python worker's switch for OpenTelemetry to Application Insights.
 PLATFORM_NAME = re.compile(
@@ -31,7 +31,7 @@ class TestAppSettings:
         assert not unknown, f"app settings unknown to autoretrain.settings.SETTING_NAMES: {unknown}"
 
     def test_bicep_sets_every_name_but_the_local_ones(self, trees: dict[str, Any]) -> None:
-        """Each AUTORETRAIN_* name is set in Azure, except the three that only make sense on a laptop."""
+        """Each AUTORETRAIN_* name is set in Azure, except the four that only make sense on a laptop."""
         in_bicep = set(_app_settings(trees))
         names = {n for n in SETTING_NAMES if n.startswith("AUTORETRAIN_")}
         assert names - in_bicep == LOCAL_ONLY

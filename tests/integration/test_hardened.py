@@ -115,3 +115,33 @@ def test_a_misspelt_contract_key_stops_up_in_one_line_before_anything_starts(
     [line] = [line for line in done.stderr.splitlines() if line.strip()]
     assert "unknown key(s) traning; the keys allowed at the top level are target, task" in line
     assert "azurite" not in done.stdout.lower() and "listening" not in done.stdout
+
+
+def test_status_lists_the_prefixes_under_which_a_name_cannot_be_listed(
+    tmp_path: Path, unique: str, azurite: str
+) -> None:
+    """Azurite answers 500 to a listing that holds `ctl\\x01name.csv`: no listing (nor reconcile)
+    finds it, so `status` names its prefix, escaped, with the way in (`autoretrain replay <name>`);
+    `--json` keeps stdout the list of records and tells it on stderr."""
+    import json
+
+    from azure.storage.blob import BlobServiceClient
+    from localstack import cli, free_port, stack_env
+
+    env = stack_env(tmp_path, unique, azurite, free_port(), {})
+    container = BlobServiceClient.from_connection_string(azurite).create_container(f"in{unique}")
+    for name in ("a.csv", "ctl\x01name.csv"):
+        container.upload_blob(name, b"alcohol,cultivar\n13.2,class_0\n")
+
+    text = cli(env, "status", cwd=tmp_path, timeout=120)
+    data = cli(env, "status", "--json", cwd=tmp_path, timeout=120)
+
+    assert text.returncode == 0, text.stderr
+    assert "No blob versions in the ledger yet" in text.stdout
+    [heading] = [line for line in text.stdout.splitlines() if "cannot be listed" in line]
+    assert f"'in{unique}'" in heading and "Azurite/Blob Storage refuse them" in heading
+    [told] = [line for line in text.stdout.splitlines() if "prefix" in line]
+    assert told.startswith("  prefix 'ctl': run `autoretrain replay <name>` with the full name"), told
+    assert "\x01" not in text.stdout and "storage." not in text.stderr, text.stderr
+    assert data.returncode == 0 and json.loads(data.stdout) == []
+    assert "prefix 'ctl': run `autoretrain replay <name>`" in data.stderr

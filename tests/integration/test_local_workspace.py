@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import mlmodules
+import psutil
 import pytest
 from azure.storage.blob import BlobServiceClient
 
@@ -136,10 +140,21 @@ def test_a_failing_step_fails_the_job_with_its_step_error_and_log(
     workspace.close()
 
 
+def _set_runner(home: Path, job: str, runner: str) -> None:
+    """Name another process as the job's runner, as its catalogue row would after that process submitted it."""
+    with sqlite3.connect(home / "workspace" / "catalog.sqlite") as db:
+        db.execute("UPDATE jobs SET runner = ? WHERE name = ?", (runner, job))
+
+
+def _runner_of(process: subprocess.Popen[bytes]) -> str:
+    return f"{process.pid}:{psutil.Process(process.pid).create_time():.2f}:0123abcd"
+
+
 def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     tmp_path: Path, store: AzureBlobStore, unique: str
 ) -> None:
-    """A job queued when the host died is not lost: the next workspace runs it."""
+    """A job queued when the host died is not lost: the next workspace runs it. One whose runner still
+    runs (a CLI command's job, a host worker's) is left to it until that process is gone."""
     blob = store.upload(f"ds{unique}", "k/a.csv", wine_csv(slice(60, 110)))
     key = WorkKey.for_blob(blob)
     first = make_workspace(tmp_path, store, Events())
@@ -148,10 +163,18 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     with pytest.raises(RuntimeError):
         first.submit(data, key, {JOB_TAG: key.value})
     assert [r["status"] for r in catalog_rows(tmp_path, "jobs")] == ["Queued"]
-
-    events = Events()
-    second = make_workspace(tmp_path, store, events)
-    assert second.resume() == [key.job_name]
+    # The process that queued it is another one, still running.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _set_runner(tmp_path, key.job_name, _runner_of(other))
+        events = Events()
+        second = make_workspace(tmp_path, store, events)
+        assert second.resume() == []
+    finally:
+        other.kill()
+        other.wait()
+    assert second.resume() == [key.job_name]  # it is gone now: taken over
+    assert second.resume() == []  # and only once
     assert second.wait(key.job_name, timeout=180).state is JobState.COMPLETED
     assert ("RunCompleted", None) in events.wait_for(key.job_name, 3)
     second.close()

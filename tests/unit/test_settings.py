@@ -124,9 +124,16 @@ def test_every_field_is_read_from_its_variable(tmp_path: Path) -> None:
     env = {name: f"v{i}x" for i, name in enumerate(SETTING_NAMES)} | {
         "AUTORETRAIN_WORKSPACE": "azureml", "AUTORETRAIN_CONTRACT": str(contract),
         "AUTORETRAIN_RECONCILE_SCHEDULE": "0 */7 * * * *", "AUTORETRAIN_RECONCILE_GRACE_SECONDS": "7",
-        "AUTORETRAIN_LEASE_SECONDS": "8", "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+        "AUTORETRAIN_LEASE_SECONDS": "8", "FUNCTIONS_WORKER_PROCESS_COUNT": "2", "AUTORETRAIN_AZURITE": "shared",
     }
     settings, defaults = Settings.from_env(env), Settings()
     kept = [f.name for f in fields(Settings) if getattr(settings, f.name) == getattr(defaults, f.name)]
     assert kept == []
     assert "FUNCTIONS_WORKER_PROCESS_COUNT" not in SETTING_NAMES, "the platform's setting, not ours"
+
+
+def test_the_azurite_setting_is_own_or_shared() -> None:
+    assert Settings.from_env({}).azurite_shared is False
+    assert Settings.from_env({"AUTORETRAIN_AZURITE": "Shared"}).azurite_shared is True
+    with pytest.raises(ConfigError, match="AUTORETRAIN_AZURITE='mine' is not 'own'"):
+        Settings.from_env({"AUTORETRAIN_AZURITE": "mine"})

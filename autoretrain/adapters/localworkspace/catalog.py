@@ -2,7 +2,8 @@
 
     data_versions   each blob version registered as a data version, and its file under data/
     training_sets   each training set: its member data versions and their MLTable under data/
-    jobs            each pipeline job, its inputs and its state (queued, running, completed, failed)
+    jobs            each pipeline job, its inputs, its state (queued, running, completed, failed)
+                    and its runner: the process running it (pid and start time), none once stopped
     steps           each step of each job: state, exit code and seconds
     models          each registered model version (copied under models/), its metrics, the champion
 
@@ -15,6 +16,7 @@ files, so two registrations of one key make one version. `catalog_rows` lists th
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import shutil
@@ -26,11 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import psutil
+
 from autoretrain.datacontract import mltable_text
 from autoretrain.domain import DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
 from autoretrain.domain.errors import WorkspaceError
 
-__all__ = ["Catalog", "catalog_rows", "local_file_name", "now"]
+__all__ = ["Catalog", "catalog_rows", "local_file_name", "now", "runner_alive", "this_runner"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_versions (
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
     data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
     failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT, champion TEXT,
-    train_last INTEGER NOT NULL DEFAULT 0);
+    train_last INTEGER NOT NULL DEFAULT 0, runner TEXT);
 CREATE TABLE IF NOT EXISTS steps (
     job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
     seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
@@ -60,6 +64,20 @@ _LOCAL_FILE = re.compile(r"(?<![\w/-])([0-9a-f]{24})(?:[.][a-z0-9]{1,8})?(?=:)")
 
 def now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def this_runner() -> str:
+    """This process as a job's runner: its pid and start time (a pid alone may be reused)."""
+    return f"{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def runner_alive(runner: str) -> bool:
+    """Whether the process a job's runner names still runs (the same pid, started at the same time)."""
+    pid, _, started = runner.partition(":")
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except (ValueError, psutil.Error):
+        return False
 
 
 def local_file_name(key: WorkKey, blob_name: str) -> str:
@@ -88,6 +106,8 @@ class Catalog:
                 db.execute("ALTER TABLE jobs ADD COLUMN champion TEXT")
             if "train_last" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN train_last INTEGER NOT NULL DEFAULT 0")
+            if "runner" not in columns:  # made before jobs had runners: none, so the next resume takes them
+                db.execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -240,17 +260,33 @@ class Catalog:
 
     def add_job(
         self, name: str, *, experiment: str, work_key: str, data: str, data_path: Path, tags: Mapping[str, str],
-        champion: str | None, train_last: int,
+        champion: str | None, train_last: int, runner: str,
     ) -> bool:
-        """Queue the job; False when it exists already (its first submission stands)."""
+        """Queue the job, run by `runner`; False when it exists already (its first submission stands)."""
         with self.transaction() as db:
             inserted: int = db.execute(
                 "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created,"
-                " champion, train_last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " champion, train_last, runner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, experiment, work_key, data, str(data_path), json.dumps(dict(tags)), JobState.QUEUED.value,
-                 now(), champion, train_last),
+                 now(), champion, train_last, runner),
             ).rowcount
         return inserted > 0
+
+    def take_job(self, job: str, runner: str, *, was: str | None) -> bool:
+        """Make `runner` the job's runner if it is still queued or running under `was`; False if another
+        process changed it first (it took the job over, or the job ended)."""
+        with self.transaction() as db:
+            taken: int = db.execute(
+                "UPDATE jobs SET runner = ? WHERE name = ? AND runner IS ? AND status IN (?, ?)",
+                (runner, job, was, JobState.QUEUED.value, JobState.RUNNING.value),
+            ).rowcount
+        return taken > 0
+
+    def release_jobs(self, runner: str) -> None:
+        """The unfinished jobs of `runner` (stopping) have no runner now: the next resume takes them."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET runner = NULL WHERE runner = ? AND status IN (?, ?)",
+                       (runner, JobState.QUEUED.value, JobState.RUNNING.value))
 
     def job(self, job: str) -> sqlite3.Row | None:
         return self._one("SELECT * FROM jobs WHERE name = ?", job)

@@ -181,7 +181,7 @@ class JobRunner:
         if self._processes.stopping:
             # Stopped by close() (Ctrl-C, SIGTERM): not the job's fault. It stays running in the
             # catalogue, and the next start runs it again from the first step.
-            log_event(log, logging.WARNING, "job.interrupted", job=job, step=step.name)
+            log_event(log, logging.INFO, "job.interrupted", job=job, step=step.name)
             return False
         self._catalog.step_ended(job, step.name, code, seconds)
         runs.ended(step_run, code == 0)

@@ -36,7 +36,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoretrain.adapters.localworkspace.catalog import Catalog, catalog_rows, local_file_name
+from autoretrain.adapters.localworkspace.catalog import (
+    Catalog,
+    catalog_rows,
+    local_file_name,
+    runner_alive,
+    this_runner,
+)
 from autoretrain.adapters.localworkspace.events import RunEvents
 from autoretrain.adapters.localworkspace.pipeline import PipelineSpec
 from autoretrain.adapters.localworkspace.runner import JobRunner
@@ -100,6 +106,9 @@ class LocalWorkspace:
             if tracking else None
         )
         self._catalog = Catalog(self.root, data_asset=data_asset, model_name=model_name)
+        # This workspace as its jobs' runner: unique to it, so a second workspace of this process
+        # (after the first is closed) does not take the first one's jobs for its own.
+        self._me = f"{this_runner()}:{uuid.uuid4().hex[:8]}"
         self._runner = JobRunner(
             self._catalog, pipeline=pipeline, contract=contract.resolve(), python=python, warm=warm,
             tracking=self._tracking, events=RunEvents(self._catalog, on_event), step_env=step_env,
@@ -145,7 +154,7 @@ class LocalWorkspace:
         if self._catalog.add_job(
             name, experiment=self.experiment, work_key=key.value, data=f"{data.name}:{data.version}",
             data_path=self._catalog.data_path(data), tags=tags, train_last=train_last,
-            champion=self._catalog.model_path(champion) if champion is not None else None,
+            champion=self._catalog.model_path(champion) if champion is not None else None, runner=self._me,
         ):
             self._runner.start(name)
         row = self._catalog.job(name)
@@ -154,12 +163,19 @@ class LocalWorkspace:
         return PipelineJob(name=name, experiment=self.experiment, status=status.state, tags=json.loads(row["tags"]))
 
     def resume(self) -> list[str]:
-        """Run again the jobs a previous process left queued or running (it died or was stopped)."""
-        names = [row["name"] for row in self._catalog.jobs(JobState.QUEUED, JobState.RUNNING)]
-        for name in names:
-            log_event(log, logging.INFO, "job.resumed", job=name)
-            self._runner.start(name)
-        return names
+        """Take over and run again the queued or running jobs whose runner is gone: a workspace that
+        was closed (a stop, Ctrl-C on a CLI command) or a process that died (SIGKILL, a host worker).
+        A job whose runner still runs is left to it. Cheap enough to call every second."""
+        taken = []
+        for row in self._catalog.jobs(JobState.QUEUED, JobState.RUNNING):
+            name, runner = row["name"], row["runner"]
+            if runner == self._me or (runner is not None and runner_alive(runner.rsplit(":", 1)[0])):
+                continue
+            if self._catalog.take_job(name, self._me, was=runner):
+                log_event(log, logging.INFO, "job.resumed", job=name, runner_was=runner or "stopped")
+                self._runner.start(name)
+                taken.append(name)
+        return taken
 
     def job_dir(self, job: str) -> Path:
         return self._runner.job_dir(job)
@@ -250,6 +266,7 @@ class LocalWorkspace:
         """Stop: running steps get SIGTERM (SIGKILL after `timeout`), queued jobs do not start.
         Their jobs stay queued or running in the catalogue, and `resume()` runs them again."""
         self._runner.close(timeout)
+        self._catalog.release_jobs(self._me)
         if self._tracking is not None:
             self._tracking.close(timeout)
         self._catalog.close()
