@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from localstack import Loop, cli, free_port, start
+from localstack import Loop, cli, free_port, own_storage, start
 from mlmodules import wine
 
 from autoretrain.adapters.localworkspace.workspace import catalog_rows
@@ -24,21 +24,12 @@ from autoretrain.domain import LedgerRecord, LedgerState, WorkKey
 pytestmark = pytest.mark.integration
 
 LEASE = 2
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 @pytest.fixture
 def own_azurite() -> str:
-    """A connection string to an Azurite on ports of its own (Azurite's documented dev account)."""
-    blob = free_port()
-    table = free_port()
-    while table in (blob, blob + 1):
-        table = free_port()
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
-        f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"
-    )
+    """A connection string to an Azurite on ports of its own, which each stack starts and stops."""
+    return own_storage()
 
 
 def _listening(connection: str) -> bool:
