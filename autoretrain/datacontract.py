@@ -16,6 +16,7 @@ side maps to its own (`ConfigError` in the app, `InputError` in a step).
       params: {max_iter: 200}
     promote: {min_delta: 0.01, min_value: 0.8}   # optional: the champion gate's rule
     training: {window: all}         # all (default) | {window: last, versions: N} | {window: days, days: D}
+                                    # jobs_in_flight: 1 (default; 0: no limit), quiet_seconds: 0
 
 It also holds the one check of a data file's CSV against the contract: ingest's head check
 (`autoretrain.contract.check_head`, the csv module on a file's first bytes) and prep's check of the
@@ -36,7 +37,7 @@ from typing import Any
 __all__ = [
     "DATA_ERROR_EXIT", "DEFAULT_MAX_BYTES", "ESTIMATORS", "FEATURE_TYPES", "METRICS", "MIN_ROWS", "MISSING",
     "NO_CHAMPION_FILES", "REPORT_FILE", "TASKS", "TOP_KEYS", "WINDOWS", "Contract", "ContractRuleError", "ModelSpec",
-    "PromoteRule", "TrainingWindow", "bad_value_message", "cell_problem", "expected_value",
+    "PromoteRule", "TrainingRule", "bad_value_message", "cell_problem", "expected_value",
     "header_not_csv_message", "header_problem", "is_missing", "is_no_champion", "mltable_files", "mltable_text",
     "no_data_rows_message", "no_header_message", "no_target_values_message", "not_csv_message",
     "not_utf8_message", "parse_contract", "ragged_row_message", "read_contract", "rejection",
@@ -62,9 +63,8 @@ MIN_ROWS = 10
 # A step's exit code when the data file breaks the contract (sysexits' EX_DATAERR): the file's
 # fault, so the loop quarantines the blob version instead of calling the job failed.
 DATA_ERROR_EXIT = 65
-# prep's report output (a uri_folder) holds this file. When the new file breaks the contract, prep
-# writes it with a `rejected` entry (reason, file, line, byte) before it exits: the loop reads that,
-# never the wording of the service's error message.
+# prep's report output (a uri_folder) holds this file. When a new file breaks the contract, prep writes
+# it with `rejected` (reason, line, byte) before it exits: the loop reads that, never the service's words.
 REPORT_FILE = "report.json"
 # The "no champion yet" marker: a model folder bound to evaluate's `champion` input for the first
 # job, so every input of the published pipeline is always bound (the service has not been seen to
@@ -130,12 +130,17 @@ class PromoteRule:
 
 
 @dataclass(frozen=True, slots=True)
-class TrainingWindow:
-    """Which accepted data versions a job trains on: all, the last `versions`, or the last `days`."""
+class TrainingRule:
+    """Which accepted data versions a job trains on (all, the last `versions`, or the last `days`), and
+    how many jobs may run at once: while `jobs_in_flight` jobs run (0: no limit), an accepted version
+    waits, and every version waiting when a job ends is the new data of one next job. With
+    `quiet_seconds`, a burst settles first: no job starts until nothing has arrived for that long."""
 
     window: str = "all"
     versions: int | None = None
     days: float | None = None
+    jobs_in_flight: int = 1
+    quiet_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +152,7 @@ class Contract:
     max_bytes: int = DEFAULT_MAX_BYTES
     model: ModelSpec = ModelSpec("LogisticRegression", {"max_iter": 1000})
     promote: PromoteRule = PromoteRule()
-    training: TrainingWindow = TrainingWindow()
+    training: TrainingRule = TrainingRule()
     source: str = "contract.yaml"
 
     @property
@@ -247,24 +252,25 @@ def _promote(raw: Mapping[str, Any], where: str) -> PromoteRule:
     return PromoteRule(float(delta), None if value is None else float(value))
 
 
-def _training(raw: Mapping[str, Any], where: str) -> TrainingWindow:
+def _training(raw: Mapping[str, Any], where: str) -> TrainingRule:
     spec = _mapping(raw, where, "training")
     window = spec.get("window", "all")
     if window not in WINDOWS:
         raise ContractRuleError(f"{where}: training.window {window!r} is not one of {', '.join(WINDOWS)}.")
-    allowed = {"all": {"window"}, "last": {"window", "versions"}, "days": {"window", "days"}}[window]
+    allowed = {"window", "jobs_in_flight", "quiet_seconds", *({"last": ["versions"], "days": ["days"]}.get(window, []))}
     extra = sorted(set(spec) - allowed)
     if extra:
-        raise ContractRuleError(f"{where}: training window {window!r} takes no {', '.join(extra)}.")
-    if window == "last":
-        versions = _number(spec.get("versions"), where, "training.versions", minimum=1, whole=True)
-        return TrainingWindow("last", versions=int(versions))
-    if window == "days":
-        days = _number(spec.get("days"), where, "training.days", minimum=0)
-        if days == 0:
-            raise ContractRuleError(f"{where}: training.days is 0; it must be above 0.")
-        return TrainingWindow("days", days=float(days))
-    return TrainingWindow()
+        raise ContractRuleError(
+            f"{where}: training window {window!r} takes no {', '.join(extra)}; it takes {', '.join(sorted(allowed))}."
+        )
+    versions = int(_number(spec.get("versions"), where, "training.versions", minimum=1, whole=True)) \
+        if window == "last" else None
+    days = float(_number(spec.get("days"), where, "training.days", minimum=0)) if window == "days" else None
+    if days == 0:
+        raise ContractRuleError(f"{where}: training.days is 0; it must be above 0.")
+    in_flight = int(_number(spec.get("jobs_in_flight", 1), where, "training.jobs_in_flight", minimum=0, whole=True))
+    quiet = float(_number(spec.get("quiet_seconds", 0), where, "training.quiet_seconds", minimum=0))
+    return TrainingRule(window, versions, days, jobs_in_flight=in_flight, quiet_seconds=quiet)
 
 
 def parse_contract(raw: Any, where: str) -> Contract:

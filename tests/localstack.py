@@ -76,6 +76,16 @@ def own_storage() -> str:
     )
 
 
+def per_file_contract(folder: Path) -> dict[str, str]:
+    """The settings of a stack whose contract is the demo's with a job per file (no limit on jobs in
+    flight): what a test of each file's own job, data version and model pins."""
+    contract = folder / "per-file" / "contract.yaml"  # the demo's file name, as messages name it
+    contract.parent.mkdir(exist_ok=True)
+    contract.write_text((ROOT / "ml" / "contract.yaml").read_text(encoding="utf-8")
+                        + "training: {jobs_in_flight: 0}\n", encoding="utf-8")
+    return {"AUTORETRAIN_CONTRACT": str(contract)}
+
+
 def stack_env(tmp_path: Path, unique: str, azurite: str, port: int, extra_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORETRAIN_")}
     env.update(

@@ -246,7 +246,7 @@ class AzureMLWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0,
+        train_last: int = 0, new_files: int = 1,
     ) -> PipelineJob:
         name = key.job_name
         with translated(f"submit {name}"):
@@ -259,6 +259,7 @@ class AzureMLWorkspace:
                 "data": Input(type=AssetTypes.MLTABLE, path=f"azureml:{data.name}:{data.version}"),
                 "contract": Input(type=AssetTypes.URI_FILE, path=contract),
                 "train_last": train_last,
+                "new_files": new_files,
                 # Scored by evaluate on the same test rows as the new model; a first model's job binds
                 # the "no champion yet" marker: no input of the published component is left unbound.
                 "champion": Input(

@@ -1,4 +1,5 @@
-"""The ledger on Azure Table Storage (Azurite locally): one entity per blob version.
+"""The ledger on Azure Table Storage (Azurite locally): one entity per attempt of a blob version,
+and one for the schedule (partition `schedule`: the jobs in flight and their versions).
 
 Claims are a conditional insert (a second insert of the same key fails with 409), and every
 state change is an update matched on the entity's ETag, so two deliveries of one event can never
@@ -22,7 +23,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, Moved, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, Metrics, Move, Moved, Schedule, WorkKey
 from autoretrain.domain.errors import LedgerError, StorageError
 
 __all__ = ["TableLedger"]
@@ -33,6 +34,8 @@ def _utcnow() -> datetime:
 
 
 _CLAIM_TRIES = 5
+# The schedule's entity: its partition is no work key's (those are two hex digits), so no record is it.
+_SCHEDULE = ("schedule", "jobs")
 
 
 class TableLedger:
@@ -125,16 +128,43 @@ class TableLedger:
         except AzureError as exc:
             raise StorageError(f"ledger: cannot delete {record.key} ({_msg(exc)}).") from exc
 
-    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
+    def records(self, state: LedgerState | None = None, *, job: str | None = None) -> Iterator[LedgerRecord]:
+        clauses = {name: value for name, value in (("state", state.value if state else None), ("job", job)) if value}
         try:
             entities = (
-                self._table.query_entities("state eq @state", parameters={"state": state.value})
-                if state is not None else self._table.list_entities()
+                self._table.query_entities(" and ".join(f"{name} eq @{name}" for name in clauses), parameters=clauses)
+                if clauses else self._table.list_entities()
             )
             for entity in entities:
-                yield _record({**entity, "etag": entity.metadata.get("etag")})
+                if entity["PartitionKey"] != _SCHEDULE[0]:
+                    yield _record({**entity, "etag": entity.metadata.get("etag")})
         except AzureError as exc:
             raise StorageError(f"ledger: cannot list records ({_msg(exc)}).") from exc
+
+    def schedule(self) -> Schedule:
+        try:
+            entity = self._table.get_entity(*_SCHEDULE)
+        except ResourceNotFoundError:
+            return Schedule()
+        except AzureError as exc:
+            raise StorageError(f"ledger: cannot read the schedule ({_msg(exc)}).") from exc
+        jobs = {job: tuple(WorkKey(k) for k in keys) for job, keys in json.loads(entity.get("jobs") or "{}").items()}
+        return Schedule(jobs, entity.metadata.get("etag"))
+
+    def save_schedule(self, schedule: Schedule) -> Schedule | None:
+        entity = {"PartitionKey": _SCHEDULE[0], "RowKey": _SCHEDULE[1],
+                  "jobs": json.dumps({job: [k.value for k in keys] for job, keys in sorted(schedule.jobs.items())})}
+        try:
+            if schedule.etag is None:
+                meta = self._table.create_entity(entity)
+            else:
+                meta = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=schedule.etag,
+                                                 match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            return None
+        except AzureError as exc:
+            raise StorageError(f"ledger: cannot write the schedule ({_msg(exc)}).") from exc
+        return Schedule(dict(schedule.jobs), meta.get("etag"))
 
 
 def _msg(exc: AzureError) -> str:

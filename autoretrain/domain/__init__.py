@@ -23,10 +23,13 @@ from autoretrain.domain.ledger import (
     Moved,
     Quarantine,
     Release,
+    Requeue,
+    Schedule,
     Skip,
     StartCompleting,
     Submit,
     TakeOver,
+    Wait,
 )
 from autoretrain.domain.model import (
     JOB_OUTPUTS,
@@ -67,11 +70,14 @@ __all__ = [
     "PipelineJob",
     "Quarantine",
     "Release",
+    "Requeue",
+    "Schedule",
     "Skip",
     "StartCompleting",
     "Submit",
     "TakeOver",
     "TrainingMember",
+    "Wait",
     "WorkKey",
     "job_output_path",
 ]

@@ -7,7 +7,7 @@ transition function, refusing a move `ALLOWED_MOVES` does not list.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -26,23 +26,30 @@ __all__ = [
     "Moved",
     "Quarantine",
     "Release",
+    "Requeue",
+    "Schedule",
     "Skip",
     "StartCompleting",
     "Submit",
     "TakeOver",
+    "Wait",
 ]
 
 
 class LedgerState(StrEnum):
     """Where one blob version stands.
 
-    claimed → quarantined | skipped | submitted | failed;
-    submitted → completing → done | failed | quarantined (prep found the file breaks the contract).
+    claimed → quarantined | skipped | submitted | waiting | failed;
+    waiting → submitted (the contract's `jobs_in_flight` jobs were running: it is the new data of the
+    next job, with every other version waiting then);
+    submitted → completing → done | failed | quarantined (prep found the file breaks the contract)
+    | waiting (prep found another file of its job breaks it: it goes into the next job).
     `claimed` and `completing` are held under a lease: work in progress that another worker may
     take over once the lease has run out (its holder crashed).
     """
 
     CLAIMED = "claimed"
+    WAITING = "waiting"
     QUARANTINED = "quarantined"
     SKIPPED = "skipped"
     SUBMITTED = "submitted"
@@ -63,11 +70,13 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
     {
         LedgerState.CLAIMED: frozenset(
             {LedgerState.CLAIMED, LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.SUBMITTED,
-             LedgerState.FAILED}
+             LedgerState.WAITING, LedgerState.FAILED}
         ),
+        LedgerState.WAITING: frozenset({LedgerState.SUBMITTED}),
         LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
         LedgerState.COMPLETING: frozenset(
-            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED}
+            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED,
+             LedgerState.WAITING}
         ),
         LedgerState.QUARANTINED: frozenset(),
         LedgerState.SKIPPED: frozenset(),
@@ -105,6 +114,21 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Wait:
+    """Registered as `data_version`, it waits for a job: the contract's jobs in flight are running."""
+
+    data_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Its job ended without a model through no fault of its own (prep rejected another of the job's
+    files): it waits for the next job, without the file at fault."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Submit:
     data_version: str
     job: str
@@ -132,7 +156,7 @@ class Fail:
     reason: str
 
 
-Move = TakeOver | Release | Quarantine | Skip | Submit | StartCompleting | Finish | Fail
+Move = TakeOver | Release | Quarantine | Skip | Wait | Requeue | Submit | StartCompleting | Finish | Fail
 
 
 HISTORY_LIMIT = 40  # moves kept per record (a table entity holds 64 KiB)
@@ -157,7 +181,9 @@ class Moved:
                 return cls(state.value, now, f"{data_version}, job {job}, trains on {trained_on} of {members}")
             case Finish(model_version, _, promoted, _):
                 return cls(state.value, now, f"{model_version}{', promoted' if promoted else ''}")
-            case Quarantine(reason) | Skip(reason) | Fail(reason):
+            case Wait(data_version):
+                return cls(state.value, now, f"{data_version}, waiting for a job")
+            case Quarantine(reason) | Skip(reason) | Fail(reason) | Requeue(reason):
                 return cls(state.value, now, reason[:200])
         return cls(state.value, now)
 
@@ -230,38 +256,49 @@ class LedgerRecord:
 
     def after(self, move: Move, now: datetime) -> LedgerRecord:
         """This record once `move` is applied at `now`; ValueError when the move is not allowed."""
-        changes: dict[str, Any]
-        match move:
-            case TakeOver(lease_until):
-                state, changes = self.state, {"lease_until": lease_until, "takers": self.takers + 1}
-            case Release(reason):
-                state, changes = self.state, {"lease_until": None, "reason": reason}
-            case Quarantine(reason):
-                state, changes = LedgerState.QUARANTINED, {"reason": reason}
-            case Skip(reason):
-                state, changes = LedgerState.SKIPPED, {"reason": reason}
-            case Submit(data_version, job, champion, training_set, members, trained_on):
-                state, changes = LedgerState.SUBMITTED, {
-                    "data_version": data_version, "job": job, "champion": champion, "reason": None,
-                    "training_set": training_set, "members": members, "trained_on": trained_on,
-                }
-            case StartCompleting(lease_until):
-                state, changes = LedgerState.COMPLETING, {"lease_until": lease_until, "takers": 1}
-            case Finish(model_version, metrics, promoted, decision):
-                state, changes = LedgerState.DONE, {
-                    "model_version": model_version, "metrics": metrics, "promoted": promoted,
-                    "decision": decision or None, "reason": None,
-                }
-            case Fail(reason):
-                state, changes = LedgerState.FAILED, {"reason": reason}
+        state, changes = self._changes(move)
         if isinstance(move, TakeOver | Release) and not self.state.leased:
             raise ValueError(f"ledger: {self.key} is {self.state.value}, which holds no lease.")
         if state not in ALLOWED_MOVES[self.state]:
             raise ValueError(f"ledger: {self.key} cannot move from {self.state.value} to {state.value}.")
-        if state.final:
+        if state.final or state is LedgerState.WAITING:
             changes["lease_until"] = None
         changes["history"] = (*self.history, Moved.of(move, state, now, self.takers))[-HISTORY_LIMIT:]
         return replace(self, state=state, updated=now, etag=None, **changes)
+
+    def _changes(self, move: Move) -> tuple[LedgerState, dict[str, Any]]:
+        """The state a move leads to, and the fields it changes."""
+        match move:
+            case TakeOver(lease_until):
+                return self.state, {"lease_until": lease_until, "takers": self.takers + 1}
+            case Release(reason):
+                return self.state, {"lease_until": None, "reason": reason}
+            case Quarantine(reason):
+                return LedgerState.QUARANTINED, {"reason": reason}
+            case Skip(reason):
+                return LedgerState.SKIPPED, {"reason": reason}
+            case Wait(data_version):
+                return LedgerState.WAITING, {"data_version": data_version, "reason": None}
+            case Requeue(reason):
+                # It keeps the job's name until the next job takes it: "waiting, after job J".
+                return LedgerState.WAITING, {
+                    "reason": reason, "champion": None, "training_set": None, "members": 0, "trained_on": 0,
+                    "takers": 1,
+                }
+            case Submit(data_version, job, champion, training_set, members, trained_on):
+                return LedgerState.SUBMITTED, {
+                    "data_version": data_version, "job": job, "champion": champion, "reason": None,
+                    "training_set": training_set, "members": members, "trained_on": trained_on,
+                }
+            case StartCompleting(lease_until):
+                return LedgerState.COMPLETING, {"lease_until": lease_until, "takers": 1}
+            case Finish(model_version, metrics, promoted, decision):
+                return LedgerState.DONE, {
+                    "model_version": model_version, "metrics": metrics, "promoted": promoted,
+                    "decision": decision or None, "reason": None,
+                }
+            case Fail(reason):
+                return LedgerState.FAILED, {"reason": reason}
 
     def as_row(self) -> dict[str, Any]:
         """A flat, JSON-friendly view: what `autoretrain status --json` prints."""
@@ -291,3 +328,25 @@ class LedgerRecord:
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The jobs in flight, each with the blob versions that are its new data: one shared row of the
+    ledger, written only if it is still as read (`etag`), so that a version is the new data of one
+    job only and no more jobs run than the contract allows. A job leaves it once all its versions
+    are final (done, failed or quarantined) or waiting again."""
+
+    jobs: Mapping[str, tuple[WorkKey, ...]] = field(default_factory=dict)
+    etag: str | None = None
+
+    @property
+    def assigned(self) -> frozenset[WorkKey]:
+        """Every version some job in flight has as its new data."""
+        return frozenset(key for keys in self.jobs.values() for key in keys)
+
+    def with_job(self, job: str, keys: tuple[WorkKey, ...]) -> Schedule:
+        return Schedule({**self.jobs, job: keys}, self.etag)
+
+    def without(self, job: str) -> Schedule:
+        return Schedule({name: keys for name, keys in self.jobs.items() if name != job}, self.etag)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -97,6 +97,9 @@ class ListedBlob:
     content_type: str | None = None
 
 
+_JOB_PREFIX = "autoretrain-"
+
+
 @dataclass(frozen=True, slots=True)
 class WorkKey:
     """What makes the work new: the blob's path and eTag, hashed to a short, name-safe token."""
@@ -112,10 +115,27 @@ class WorkKey:
         digest = hashlib.sha256(f"{ref.container}/{ref.name}\n{ref.etag}".encode()).hexdigest()
         return cls(digest[:24])
 
+    @classmethod
+    def for_batch(cls, keys: Sequence[WorkKey]) -> WorkKey:
+        """The key of one job whose new data is these blob versions: the one key itself for one (a job
+        of one file keeps its file's name), else derived from all of them in any order, so the same
+        versions always make the same job, and a redelivered or reconciled submission finds it."""
+        unique = sorted({key.value for key in keys})
+        if not unique:
+            raise ValueError("a job needs at least one blob version")
+        if len(unique) == 1:
+            return cls(unique[0])
+        return cls(hashlib.sha256(("batch\n" + "\n".join(unique)).encode()).hexdigest()[:24])
+
+    @classmethod
+    def of_job(cls, job: str) -> WorkKey:
+        """The key a job was named by (`job_name`); ValueError for a job name that is not ours."""
+        return cls(job.removeprefix(_JOB_PREFIX)) if job.startswith(_JOB_PREFIX) else cls(job)
+
     @property
     def job_name(self) -> str:
         """The pipeline job's name: deterministic, so a second submit finds the first."""
-        return f"autoretrain-{self.value}"
+        return f"{_JOB_PREFIX}{self.value}"
 
     def attempt(self, number: int) -> WorkKey:
         """The key of attempt `number` of this blob version, this key being attempt 0's: its `number`th

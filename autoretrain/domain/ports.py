@@ -22,6 +22,7 @@ from autoretrain.domain import (
     ModelVersion,
     Move,
     PipelineJob,
+    Schedule,
     TrainingMember,
     WorkKey,
 )
@@ -84,8 +85,19 @@ class Ledger(Protocol):
         the move is not allowed from the record's state."""
         ...
 
-    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
-        """Every record, or those in `state` (filtered by the store, not after reading them all)."""
+    def records(self, state: LedgerState | None = None, *, job: str | None = None) -> Iterator[LedgerRecord]:
+        """Every record, or those in `state`, or those naming `job` (filtered by the store, not after
+        reading them all)."""
+        ...
+
+    def schedule(self) -> Schedule:
+        """The jobs in flight and the versions each has as its new data (empty if none yet), with the
+        etag `save_schedule` checks."""
+        ...
+
+    def save_schedule(self, schedule: Schedule) -> Schedule | None:
+        """Write the schedule if it is still as read (its etag; None: the first write); the schedule as
+        written, or None when another worker changed it first (read it again and decide again)."""
         ...
 
     def forget(self, record: LedgerRecord) -> None:
@@ -116,11 +128,11 @@ class Workspace(Protocol):
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0,
+        train_last: int = 0, new_files: int = 1,
     ) -> PipelineJob:
         """Submit the training pipeline on the training set `data` as job `key.job_name`, with the
         current `champion` to score on the same test rows, training on the last `train_last` files
-        (0: all); a second call returns the first."""
+        (0: all), the last `new_files` of them this job's new data; a second call returns the first."""
         ...
 
     def job_status(self, job: str) -> JobStatus:

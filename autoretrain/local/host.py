@@ -36,7 +36,7 @@ from typing import Any
 
 from azure.core.exceptions import ServiceRequestError
 
-from autoretrain.domain.errors import ConfigError
+from autoretrain.domain.errors import AutoretrainError, ConfigError
 from autoretrain.local.appindex import (
     EVENT_GRID_TRIGGER,
     TIMER_TRIGGER,
@@ -268,6 +268,10 @@ class LocalHost:
                 if (unreachable := _unreachable(exc)) is not None:  # a known cause: one line, no traceback
                     log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): a service did not answer: %s",
                               info.name, invocation, elapsed, unreachable)
+                    return False
+                if isinstance(exc, AutoretrainError):  # the app's own error, said in one line: no traceback
+                    log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s: %s",
+                              info.name, invocation, elapsed, type(exc).__name__, " ".join(str(exc).split())[:500])
                     return False
                 log.error(
                     "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", info.name, invocation, elapsed

@@ -197,6 +197,7 @@ def handler_class(handle: Callable[[str, str, Mapping[str, str], bytes], Respons
                 log.warning("host.refused method=%s path=%s status=413 reason=%r", self.command, self.path, reason)
                 response = Response(413, {"error": reason})
                 self.close_connection = True
+                _discard(self.rfile, length)  # so the sender, still sending, reads the answer
             else:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -221,6 +222,20 @@ def handler_class(handle: Callable[[str, str, Mapping[str, str], bytes], Respons
             log.debug("%s " + format, self.address_string(), *args)
 
     return Handler
+
+
+# A refused body is read and dropped up to this much (never kept), so its sender gets the 413 instead of
+# a reset; beyond it the connection is closed on the sender.
+_DISCARD_LIMIT = 16 * MAX_BODY
+
+
+def _discard(stream: Any, length: int) -> None:
+    left = min(length, _DISCARD_LIMIT)
+    while left > 0:
+        chunk = stream.read(min(left, 64 * 1024))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 class SharedServer(ThreadingHTTPServer):

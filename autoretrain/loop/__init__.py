@@ -7,6 +7,9 @@ so every step is safe to repeat:
 
 - the ledger's atomic claim makes a second delivery a no-op, and its ETag-matched moves let one
   worker win each state change;
+- with `training.jobs_in_flight` (default 1), an accepted version waits while that many jobs run,
+  and the versions waiting when one ends are the new data of one next job (`dispatch`): the ledger's
+  schedule row, written with its ETag, gives each version to one job only;
 - work in progress (`claimed`, `completing`) is held under a lease; when the holder dies, a
   redelivery or `reconcile` takes it over after the lease, and gives up (`failed`, with the last
   error) after `max_takers` takers;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from autoretrain.loop.complete import complete, complete_record
 from autoretrain.loop.deps import Deps, LoopConfig
+from autoretrain.loop.dispatch import dispatch
 from autoretrain.loop.ingest import ingest, ingest_blob
 from autoretrain.loop.outcomes import (
     CompleteOutcome,
@@ -30,8 +34,10 @@ from autoretrain.loop.outcomes import (
     JobFailed,
     Quarantined,
     Registered,
+    Several,
     Skipped,
     Submitted,
+    Waiting,
     log_outcome,
 )
 from autoretrain.loop.reconcile import Found, ReconcileReport, reconcile
@@ -51,10 +57,13 @@ __all__ = [
     "Quarantined",
     "ReconcileReport",
     "Registered",
+    "Several",
     "Skipped",
     "Submitted",
+    "Waiting",
     "complete",
     "complete_record",
+    "dispatch",
     "ingest",
     "ingest_blob",
     "log_outcome",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from autoretrain.domain import (
     JOB_TAG,
@@ -13,6 +14,7 @@ from autoretrain.domain import (
     LedgerRecord,
     LedgerState,
     Quarantine,
+    Requeue,
     StartCompleting,
     WorkKey,
 )
@@ -25,6 +27,7 @@ from autoretrain.domain.errors import (
 from autoretrain.domain.events import JobFinished
 from autoretrain.logs import log_event
 from autoretrain.loop.deps import Deps
+from autoretrain.loop.dispatch import dispatch, release, resubmit
 from autoretrain.loop.gate import _champion_gate
 from autoretrain.loop.outcomes import (
     CompleteOutcome,
@@ -34,6 +37,9 @@ from autoretrain.loop.outcomes import (
     JobFailed,
     Quarantined,
     Registered,
+    Several,
+    Submitted,
+    Waiting,
 )
 from autoretrain.loop.steps import _move, _same_topic, _snapshot, _take_over, _under_lease
 
@@ -58,33 +64,84 @@ def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
         return Ignored(f"job {event.job} has tag {JOB_TAG}={tag!r}, which is not a work key")
     if event.job != key.job_name:
         return Ignored(f"job {event.job} is not job {key.job_name} that its tag names")
-    record = deps.ledger.get(key)
-    if record is None:
+    members = _members(event.job, key, deps)
+    if any(m.state is LedgerState.WAITING and m.job != event.job for m in members):
+        # Its starter died after submitting it, before moving its versions (or is moving them now):
+        # once the job has ended, move them here (the same job, found again by key).
+        members = _moved(event.job, members, deps)
+    if not members:
         # Reconcile adopts a job whose ledger record was lost, if its blob version still exists.
         return Ignored(f"job {event.job}: no ledger record for work key {key}; reconcile will look at it")
     try:
-        return complete_record(record, deps)
+        outcomes = _complete_members(event.job, members, deps)
     except JobNotFoundError as exc:
         return Ignored(f"job {event.job}: {exc}; reconcile submits it again")
+    if release(event.job, deps) and (started := dispatch(deps)) is not None:
+        job, records = started
+        return Several((*outcomes, Submitted(records[-1], job)))
+    return outcomes[0] if len(outcomes) == 1 else Several(tuple(outcomes))
 
 
-def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
-    """Finish a submitted record whose job ended: the path of a job event, and of reconcile."""
-    if record.state is LedgerState.CLAIMED:
-        # The job's first events can overtake ingest's own ledger move. While the job runs there is
-        # nothing to do (and nothing to retry); once it ended, the event must come back.
-        status = deps.workspace.job_status(record.key.job_name)
+def _complete_members(job: str, members: list[LedgerRecord], deps: Deps) -> list[CompleteOutcome]:
+    """Complete each version of the job; NotReadyError after all of them if one is not recorded for it
+    yet (the others are finished all the same; the retried event finds them done)."""
+    outcomes: list[CompleteOutcome] = []
+    not_ready: NotReadyError | None = None
+    for record in members:
+        try:
+            outcomes.append(complete_record(record, deps, job=job))
+        except NotReadyError as exc:
+            not_ready = exc
+    if not_ready is not None:
+        raise not_ready
+    return outcomes
+
+
+def _members(job: str, key: WorkKey, deps: Deps) -> list[LedgerRecord]:
+    """The records of the job's versions, oldest first. A job of one version is named by its key; one
+    of several by theirs together: its versions are those that name it, and those the schedule gives
+    it (a version its worker has not moved to `submitted` yet)."""
+    own = deps.ledger.get(key)
+    if own is not None:
+        return [own]
+    found = {r.key: r for r in deps.ledger.records(job=job)}
+    for member in deps.ledger.schedule().jobs.get(job, ()):
+        if member not in found and (record := deps.ledger.get(member)) is not None:
+            found[member] = record
+    return sorted(found.values(), key=lambda r: (r.created, r.key.value))
+
+
+def _moved(job: str, members: list[LedgerRecord], deps: Deps) -> list[LedgerRecord]:
+    schedule = deps.ledger.schedule()
+    try:
+        if job not in schedule.jobs or not deps.workspace.job_status(job).state.terminal:
+            return members
+    except JobNotFoundError:
+        return members  # not submitted yet: each member says so below
+    resubmit(job, schedule.jobs[job], deps)
+    return _members(job, WorkKey.of_job(job), deps)
+
+
+def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None) -> CompleteOutcome:
+    """Finish a submitted record whose job (`job`, by default the one it names) ended: the path of a
+    job event, and of reconcile."""
+    job = job or record.job or record.key.job_name
+    if record.state is LedgerState.WAITING and record.job == job:
+        return Duplicate(record)  # prep rejected another file of this job: it waits for the next one
+    if record.state in (LedgerState.CLAIMED, LedgerState.WAITING):
+        # The job's first events can overtake ingest's (or dispatch's) own ledger move. While the job
+        # runs there is nothing to do (and nothing to retry); once it ended, the event must come back.
+        status = deps.workspace.job_status(job)
         if not status.state.terminal:
             return InProgress(record, status)
         raise NotReadyError(
-            f"{record.blob.path}: ingest has not recorded job {record.key.job_name} yet; the event will be retried."
+            f"{record.blob.path}: ingest has not recorded job {job} yet; the event will be retried."
         )
     if record.state.final:
         return Duplicate(record)
     now = deps.clock()
     if record.state is LedgerState.COMPLETING and not record.lease_expired(now):
         return Duplicate(record)
-    job = record.job or record.key.job_name
     # The event says what happened; the workspace is asked again, since events can be reordered.
     status = deps.workspace.job_status(job)
     if not status.state.terminal:
@@ -108,7 +165,7 @@ def complete_record(record: LedgerRecord, deps: Deps) -> CompleteOutcome:
 def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
     job = status.name
     if status.state is JobState.FAILED and status.rejected:
-        return _quarantine_rejected(record, status, deps)
+        return _rejected(record, status, deps)
     if status.state is JobState.CANCELED:
         reason = "canceled" + (f": {status.error}" if status.error else "") + f" (log: {status.log})"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
@@ -118,10 +175,32 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
     metrics = deps.workspace.job_metrics(job)
     log_event(log, logging.INFO, "complete.metrics", **{metrics.primary: metrics.primary_value})
+    # One model per job, however many versions it has as new data: registered and gated once, under
+    # the job's key (its one version's, or that of its several versions together).
+    model_key = WorkKey.of_job(job)
+    several = model_key != record.key
+    model = deps.workspace.register_model(job, model_key, metrics, _lineage(record, job, model_key, deps))
+    log_event(log, logging.INFO, "complete.model_registered", model_version=f"{model.name}:{model.version}")
+    sibling = next(deps.ledger.records(LedgerState.DONE, job=job), None) if several else None
+    if sibling is not None and sibling.promoted is not None:
+        promoted, decision = sibling.promoted, sibling.decision or ""  # the job's gate, decided once
+    else:
+        promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
+        deps.workspace.record_decision(model, decision)
+        log_event(
+            log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
+            metric=metrics.primary, value=metrics.primary_value, champion_value=metrics.champion_value,
+            test_rows=metrics.test_rows,
+        )
+    record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
+    return Registered(record, model, promoted)
+
+
+def _lineage(record: LedgerRecord, job: str, model_key: WorkKey, deps: Deps) -> dict[str, str]:
     lineage = {
         "blob": record.blob.path,
         "etag": record.blob.etag,
-        "work_key": record.key.value,
+        "work_key": model_key.value,
         "job": job,
         "data_version": record.data_version or "",
         # Exactly the files it trained on: the training set names them (its MLTable); the model
@@ -131,17 +210,22 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         "trained_on_files": str(record.trained_on),
         **({"retrain": str(record.attempt), "retrain_of": record.first_key.value} if record.first_key else {}),
     }
-    model = deps.workspace.register_model(job, record.key, metrics, lineage)
-    log_event(log, logging.INFO, "complete.model_registered", model_version=f"{model.name}:{model.version}")
-    promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
-    deps.workspace.record_decision(model, decision)
-    log_event(
-        log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
-        metric=metrics.primary, value=metrics.primary_value, champion_value=metrics.champion_value,
-        test_rows=metrics.test_rows,
-    )
-    record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
-    return Registered(record, model, promoted)
+    if model_key != record.key:
+        lineage["new_versions"] = str(len(list(deps.ledger.records(job=job))))
+    return lineage
+
+
+def _rejected(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
+    """prep rejected the job's data: a file of the job breaks the contract deep inside. The file it
+    names is quarantined; in a job of several versions the others wait for the next job, without it."""
+    job, rejected = status.name, str(status.rejected)
+    if WorkKey.of_job(job) == record.key or _at_fault(record, rejected):
+        return _quarantine_rejected(record, status, deps)
+    if not any(_at_fault(other, rejected) for other in deps.ledger.records(job=job)):
+        reason = f"prep rejected job {job}'s data, naming no file of it: {rejected} (log: {status.log})"
+        return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
+    reason = f"job {job}'s prep rejected another of its files ({rejected}); this one waits for the next job"
+    return Waiting(_move(deps.ledger, record, Requeue(reason)), deps.contract.training.jobs_in_flight)
 
 
 def _quarantine_rejected(record: LedgerRecord, status: JobStatus, deps: Deps) -> Quarantined | JobFailed:
@@ -159,3 +243,10 @@ def _quarantine_rejected(record: LedgerRecord, status: JobStatus, deps: Deps) ->
         reason = f"{reason} It could not be quarantined: {exc}"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
     return Quarantined(_move(deps.ledger, record, Quarantine(reason)), reason, copy)
+
+
+def _at_fault(record: LedgerRecord, rejected: str) -> bool:
+    """Whether prep's rejection ("FILE: line N: ...") names this version's file: its blob (the local
+    workspace names it so), or its snapshot (on Azure ML: the snapshot's folder is its work key)."""
+    named = re.search(rf"(?:^|[\s'\"(]){re.escape(record.blob.path)}:", rejected) is not None
+    return named or record.origin.value in rejected

@@ -13,7 +13,7 @@ from autoretrain.domain import (
     ModelVersion,
     PipelineJob,
 )
-from autoretrain.logs import log_event
+from autoretrain.logs import bound, log_event
 
 log = logging.getLogger("autoretrain.loop")
 
@@ -22,6 +22,22 @@ log = logging.getLogger("autoretrain.loop")
 class Submitted:
     record: LedgerRecord
     job: PipelineJob
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Registered, and waiting for a job: the contract's `jobs_in_flight` jobs are running."""
+
+    record: LedgerRecord
+    jobs_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Several:
+    """What one event did to each version of its job (a job whose new data is several versions), and
+    the next job it started, if any."""
+
+    outcomes: tuple[IngestOutcome | CompleteOutcome, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,20 +97,33 @@ class JobFailed:
     status: JobStatus
 
 
-IngestOutcome = Submitted | Duplicate | Quarantined | Skipped | Failed | Ignored
+IngestOutcome = Submitted | Waiting | Duplicate | Quarantined | Skipped | Failed | Ignored
 
 
-CompleteOutcome = Registered | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored
+CompleteOutcome = Registered | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored | Waiting | Several
 
 
 _Outcome = TypeVar("_Outcome", IngestOutcome, CompleteOutcome)
 
 
+def _log_each(outcomes: tuple[IngestOutcome | CompleteOutcome, ...]) -> None:
+    for one in outcomes:
+        record = getattr(one, "record", None)
+        fields = ({"work_key": record.key.value, "blob": record.blob.path, "etag": record.blob.etag,
+                   "job": record.job} if isinstance(record, LedgerRecord) else {})
+        with bound(**fields):  # each version's line names its own file
+            log_outcome(one)
+
+
 def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
     """One line per decision, at the level ops should see it: the trigger's last word."""
     match outcome:
+        case Several(outcomes):
+            _log_each(outcomes)
         case Submitted(record, job):
             log_event(log, logging.INFO, "ingest.submitted", job=job.name, data_version=record.data_version)
+        case Waiting(record, limit):
+            log_event(log, logging.INFO, "ingest.waiting", data_version=record.data_version, jobs_in_flight=limit)
         case Quarantined(record, reason, copy):
             # Quarantined by ingest's head check, or after its job, when prep found the fault deeper.
             # The customer's data, not our fault: a warning.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from autoretrain.domain.errors import (
 from autoretrain.logs import invocation, log_event
 from autoretrain.loop.complete import complete_record
 from autoretrain.loop.deps import Deps
+from autoretrain.loop.dispatch import dispatch, release, resubmit, unmoved
 from autoretrain.loop.ingest import _register_and_submit, ingest_blob
 from autoretrain.loop.outcomes import (
     CompleteOutcome,
@@ -36,8 +38,10 @@ from autoretrain.loop.outcomes import (
     JobFailed,
     Quarantined,
     Registered,
+    Several,
     Skipped,
     Submitted,
+    Waiting,
     log_outcome,
 )
 from autoretrain.loop.retrain import _resume_retrain
@@ -81,6 +85,10 @@ def _result(outcome: IngestOutcome | CompleteOutcome) -> str:
             return f"already {record.state.value}"
         case Ignored(reason):
             return f"ignored: {reason}"
+        case Waiting(record, limit):
+            return f"waiting for a job ({limit} in flight at most) on {record.data_version}"
+        case Several(outcomes):
+            return "; ".join(_result(one) for one in outcomes)
 
 
 def reconcile(deps: Deps, *, grace: timedelta) -> ReconcileReport:
@@ -120,6 +128,7 @@ class _Pass:
         self.records = {r.key.value: r for r in self.deps.ledger.records()}
         self._unannounced_blobs()
         self._unfinished_records()
+        self._scheduled_jobs()
         jobs = self._orphan_jobs()
         report = ReconcileReport(len(self.listed), len(self.records), jobs, tuple(self.found), tuple(self.errors))
         log_event(
@@ -172,10 +181,33 @@ class _Pass:
                 what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
                 self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps))
 
+    def _scheduled_jobs(self) -> None:
+        """Jobs in the schedule: one whose worker died before moving its versions is started again; one
+        whose versions are all settled leaves it. Then versions waiting with a slot free get a job:
+        nothing waits forever."""
+        schedule = self.deps.ledger.schedule()
+        for job, keys in schedule.jobs.items():
+            stuck = unmoved(job, schedule, self.deps)
+            if stuck:
+                self._attempt("unstarted_job", stuck[-1].blob, stuck[-1].key, _restart(job, keys, self.deps))
+            else:
+                self._try(functools.partial(release, job, self.deps))
+        first = next(iter(self.deps.ledger.records(LedgerState.WAITING)), None)
+        if first is not None:
+            self._attempt("waiting", first.blob, first.key, lambda: _dispatched(first, self.deps))
+
+    def _try(self, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            log_event(log, logging.ERROR, "reconcile.error", what="schedule", error=one_line(exc))
+            self.errors.append(f"schedule: {type(exc).__name__}: {one_line(exc)}")
+
     def _orphan_jobs(self) -> int:
         """Jobs of ours that no ledger record names: adopted, or recorded as skipped. Returns how many
         jobs of this deployment the workspace has."""
         jobs = 0
+        named = {r.job for r in self.records.values() if r.job} | set(self.deps.ledger.schedule().jobs)
         for job in self.deps.workspace.jobs():
             if not job.tags.get("blob", "").startswith(f"{self.deps.config.incoming_container}/"):
                 continue  # another deployment's job in a shared workspace: its own reconcile adopts it
@@ -184,14 +216,28 @@ class _Pass:
                 key = WorkKey(job.tags.get(JOB_TAG, ""))
             except ValueError:
                 continue
-            if key.value in self.records or key.value in self.done:
-                continue
+            if key.value in self.records or key.value in self.done or job.name in named:
+                continue  # a job of one version has its key; one of several is named by their records
             survivor = self.listed.get(key.value)
             if survivor is not None:
                 self._attempt("orphan_job", survivor.ref, key, self._ingest(survivor.ref, survivor.size))
             else:
                 self._attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, self.deps, self.now))
         return jobs
+
+
+def _restart(job: str, keys: tuple[WorkKey, ...], deps: Deps) -> Action:
+    return lambda: _started(*resubmit(job, keys, deps))
+
+
+def _started(job: PipelineJob, records: tuple[LedgerRecord, ...]) -> IngestOutcome:
+    return Submitted(records[-1], job)
+
+
+def _dispatched(first: LedgerRecord, deps: Deps) -> IngestOutcome:
+    """Start a job for the waiting versions, if a slot is free; Duplicate when none is (nothing out of step)."""
+    started = dispatch(deps)
+    return _started(*started) if started is not None else Duplicate(first)
 
 
 def _job_blob(job: PipelineJob) -> BlobRef:
@@ -236,8 +282,13 @@ def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], Inge
             return complete_record(record, deps)
         except JobNotFoundError:
             pass
-        # The workspace lost the job (or never got it): submit it again, from the same blob version.
+        # The workspace lost the job (or never got it): submit it again, from the same blob version(s).
         log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
+        if record.job and WorkKey.of_job(record.job) != record.key:  # a job of several versions
+            scheduled = deps.ledger.schedule().jobs.get(record.job, ())
+            keys = {*scheduled, *(r.key for r in deps.ledger.records(job=record.job))}
+            job, _ = resubmit(record.job, sorted(keys, key=lambda k: k.value), deps)
+            return Submitted(record, job)
         try:
             _, submitted, *_ = _register_and_submit(record, deps)
         except BlobChangedError as exc:

@@ -4,10 +4,11 @@ The training set is the job's window of data versions (an MLTable naming their f
 the job was submitted), or one CSV file.
 
 Every row is checked here (ingest only checked the head of the file), so a bad value anywhere
-fails the step with one line naming the column, the line and the value. When the fault is in the
-newest file (the data version this job is for) it is a `DataError` (exit code 65): the loop then
-quarantines that file. In an older file of the window, which passed prep before, it is our fault
-(the contract changed), an `InputError`, and the job fails. Missing feature values
+fails the step with one line naming the column, the line and the value. When the fault is in one of
+the newest files (the `new_files` data versions this job is for: one, or a burst that waited for a
+job) it is a `DataError` (exit code 65): the loop then quarantines that file. In an older file of the
+window, which passed prep before, it is our fault (the contract changed), an `InputError`, and the
+job fails. Missing feature values
 are kept and counted: the model pipeline imputes them from the training split only, so test rows
 and rows scored after deployment are treated alike. Rows without a target cannot teach anything
 and are dropped and counted. Each row's split is a function of its own content and `seed`.
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42, help="key of the row hash that splits train/test")
     parser.add_argument("--train_last", type=int, default=0,
                         help="train on the last N files of the training set (0: all); test on all of them")
+    parser.add_argument("--new_files", type=int, default=1,
+                        help="how many of the training set's last files are this job's new data (not yet checked)")
     parser.add_argument("--train_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--test_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--report", type=Path, required=True, help="folder for report.json")
@@ -253,11 +256,11 @@ def _numbers_fit(frame: pd.DataFrame, contract: Contract, numeric: set[str]) -> 
 
 
 def read_training_set(
-    data: Path, contract: Contract
+    data: Path, contract: Contract, new_files: int = 1
 ) -> tuple[pd.DataFrame, list[int], list[str], str, list[int]]:
     """The rows of every file in the training set, in order; each row's line, file name and file
     number; a name for messages. `data` is a training set (a folder with an MLTable file naming the
-    files, as the workspace registers it) or one CSV file."""
+    files, as the workspace registers it) or one CSV file; its last `new_files` are new."""
     try:
         files = _training_files(data)
     except ContractRuleError as exc:
@@ -267,7 +270,7 @@ def read_training_set(
         try:
             frame, file_lines = read_rows(file, contract)
         except DataError as exc:
-            raise _fault(str(exc), position, len(files), line=exc.line, byte=exc.byte) from None
+            raise _fault(str(exc), position, len(files), new_files, line=exc.line, byte=exc.byte) from None
         frames.append(frame)
         lines += file_lines
         names += [file.name] * len(file_lines)
@@ -277,10 +280,13 @@ def read_training_set(
     return pd.concat(frames, ignore_index=True), lines, names, label, positions
 
 
-def _fault(message: str, position: int, count: int, *, line: int | None = None, byte: int | None = None) -> InputError:
-    """A fault in file `position` of a training set of `count` files: the newest file's is the data's
-    own (DataError); an older file passed prep when it was new, so its fault is ours."""
-    if position == count - 1:
+def _fault(
+    message: str, position: int, count: int, new: int, *, line: int | None = None, byte: int | None = None
+) -> InputError:
+    """A fault in file `position` of a training set of `count` files, the last `new` of them new: a
+    new file's is the data's own (DataError); an older file passed prep when it was new, so its fault
+    is ours."""
+    if position >= count - max(new, 1):
         return DataError(message, line=line, byte=byte)
     return InputError(
         f"{message} (That file is data version {position + 1} of {count} in the training set and passed "
@@ -290,7 +296,7 @@ def _fault(message: str, position: int, count: int, *, line: int | None = None, 
 
 def _typed_column(
     values: pd.Series, kind: str, column: str, lines: Sequence[int], files: Sequence[str],
-    positions: Sequence[int], count: int,
+    positions: Sequence[int], count: int, new: int = 1,
 ) -> pd.Series:
     """Convert one column to its declared type; the first bad value fails with its line. The rule is
     `datacontract.cell_problem`'s, on the whole column at once (the values are stripped); pandas
@@ -305,7 +311,7 @@ def _typed_column(
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
         message = bad_value_message(files[first], column, values.iloc[first], lines[first], kind, int(bad.sum()) - 1)
-        raise _fault(message, positions[first], count, line=lines[first])
+        raise _fault(message, positions[first], count, new, line=lines[first])
     return numbers.astype("Int64") if kind == "int" else numbers
 
 
@@ -357,14 +363,15 @@ def main(
     test_fraction: float = 0.25,
     seed: int = 42,
     train_last: int = 0,
+    new_files: int = 1,
 ) -> dict[str, object]:
     """Validate, clean and split `data`; write the two splits and report.json; return the report.
 
-    When the new file breaks the contract, report.json holds `rejected` (reason, line, byte) before
+    When a new file breaks the contract, report.json holds `rejected` (reason, line, byte) before
     the DataError propagates (exit code 65): the loop quarantines the file on what is written there.
     """
     try:
-        return _prepare(data, contract, train_data, test_data, report, test_fraction, seed, train_last)
+        return _prepare(data, contract, train_data, test_data, report, test_fraction, seed, train_last, new_files)
     except DataError as exc:
         _write_report(report, {"rejected": exc.as_report()})
         raise
@@ -384,6 +391,7 @@ def _prepare(
     test_fraction: float = 0.25,
     seed: int = 42,
     train_last: int = 0,
+    new_files: int = 1,
 ) -> dict[str, object]:
     """Validate, clean and split `data`; write the two splits and report.json; return the report.
 
@@ -393,7 +401,7 @@ def _prepare(
     """
     _check_arguments(test_fraction, train_last)
     spec = load_contract(contract)
-    frame, positions, label, path = _read(data, spec)
+    frame, positions, label, path = _read(data, spec, new_files)
     _log.info("read path=%s rows=%d", path, len(frame))
     rows_in = len(frame)
 
@@ -406,7 +414,7 @@ def _prepare(
     # each passed before, it cannot happen from the data alone.
     problem = target_problem(label, spec, frame[spec.target])
     if problem:
-        raise (DataError if max(positions, default=0) == 0 else InputError)(problem)
+        raise (DataError if max(positions, default=0) < max(new_files, 1) else InputError)(problem)
     imputed = {column: int(frame[column].isna().sum()) for column in spec.features}
     for column, count in imputed.items():
         if count:
@@ -447,16 +455,16 @@ def _check_arguments(test_fraction: float, train_last: int) -> None:
         raise InputError(f"train_last {train_last} must be 0 (every file) or more.")
 
 
-def _read(data: Path, spec: Contract) -> tuple[pd.DataFrame, list[int], str, str]:
+def _read(data: Path, spec: Contract, new_files: int = 1) -> tuple[pd.DataFrame, list[int], str, str]:
     """The typed rows, each row's file number, a name for messages and the path that read them."""
     fast = read_fast(data, spec)
     if fast is not None:
         return fast[0], fast[1], data.name, "fast"
-    raw, lines, files, label, positions = read_training_set(data, spec)
+    raw, lines, files, label, positions = read_training_set(data, spec, new_files)
     count = max(positions, default=0) + 1
     frame = pd.DataFrame(index=raw.index)
     for column, kind in spec.kinds.items():
-        frame[column] = _typed_column(raw[column], kind, column, lines, files, positions, count)
+        frame[column] = _typed_column(raw[column], kind, column, lines, files, positions, count, new_files)
     return frame, positions, label, "exact"
 
 

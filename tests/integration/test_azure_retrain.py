@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -78,8 +78,13 @@ class Azure:
         return list(self.deps.workspace._client.fake_transport.slept)  # type: ignore[attr-defined]
 
 
+# The demo contract with a job per file (no limit on jobs in flight): the calls of one ingest, as these
+# tests pin them. A burst under the default (one job in flight) has its own test below.
+ONE_JOB_PER_FILE = (ROOT / "ml" / "contract.yaml").read_text(encoding="utf-8") + "training: {jobs_in_flight: 0}\n"
+
+
 @pytest.fixture
-def azure(azurite: str, unique: str) -> Iterator[Azure]:
+def azure(azurite: str, unique: str, tmp_path: Path) -> Iterator[Azure]:
     seen: list[tuple[str, str]] = []
     session = requests.Session()
     session.mount("http://", RecordingAdapter(seen))
@@ -105,7 +110,9 @@ def azure(azurite: str, unique: str) -> Iterator[Azure]:
         storage_topic=STORAGE_TOPIC, workspace_topic=WS_ID, incoming_container=f"in{unique}",
         quarantine_container=f"q{unique}", datasets_container=f"ds{unique}",
     )
-    deps = loop.Deps(config=config, contract=load_contract(ROOT / "ml" / "contract.yaml"), workspace=workspace,
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(ONE_JOB_PER_FILE, encoding="utf-8")
+    deps = loop.Deps(config=config, contract=load_contract(contract), workspace=workspace,
                      ledger=ledger, blobs=blobs, clock=lambda: datetime.now(UTC))
     yield Azure(service, deps, blobs, store, seen)
 
@@ -435,3 +442,35 @@ def test_the_first_job_binds_the_no_champion_marker_and_the_next_the_champion(az
     assert champion[1]["uri"] == f"{WS_ID}/models/autoretrain-model/versions/1"
     marker = azure.blobs.read(azure.deps.config.datasets_container, "autoretrain/no-champion/MLmodel", 1 << 20)
     assert marker is not None and b"autoretrain-no-champion: true" in marker
+
+
+def test_a_burst_waits_for_the_job_in_flight_and_is_one_job_that_tells_prep_which_files_are_new(
+    azure: Azure,
+) -> None:
+    """The default contract (one job in flight) on the Azure adapters: the first file's job runs, two
+    more files wait; its completion submits one job for both, on a training set of all three, with
+    `new_files: 2` (so prep quarantines a bad one of them instead of failing the job as our fault)."""
+    deps = replace(azure.deps, contract=load_contract(ROOT / "ml" / "contract.yaml"))
+    events = [_blob_created(azure, f"2026-0{n}.csv", _month()) for n in (3, 4, 5)]
+    first, *burst = (WorkKey.for_blob(e.blob) for e in events)
+
+    outcomes = [loop.ingest(event, deps) for event in events]
+
+    assert [type(o) for o in outcomes] == [loop.Submitted, loop.Waiting, loop.Waiting]
+    assert list(azure.service.jobs) == [first.job_name]
+    _finish_job(azure, first)
+    done = loop.complete(_run_completed(first), deps)
+    assert isinstance(done, loop.Several) and isinstance(done.outcomes[-1], loop.Submitted)
+    batch = WorkKey.for_batch(burst)
+    job = azure.service.jobs[batch.job_name]["properties"]
+    assert (job["inputs"]["new_files"]["jobInputType"], job["inputs"]["new_files"]["value"]) == ("literal", "2")
+    assert job["tags"]["autoretrain"] == batch.value and job["tags"]["new_versions"] == "2"
+    mltable = azure.blobs.read(deps.config.datasets_container, f"trainsets/{batch}/MLTable", 1 << 20)
+    assert mltable is not None and sum("file: " in line for line in mltable.decode().splitlines()) == 3
+    _finish_job(azure, batch)
+    finished = loop.complete(_run_completed(batch), deps)
+    assert isinstance(finished, loop.Several) and all(isinstance(o, loop.Registered) for o in finished.outcomes)
+    records = [deps.ledger.get(key) for key in burst]
+    assert {(r.state, r.job, r.model_version) for r in records if r} == {
+        (LedgerState.DONE, batch.job_name, "autoretrain-model:2")}
+    assert deps.ledger.schedule().jobs == {}

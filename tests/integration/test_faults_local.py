@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from localstack import stack_env
+from localstack import per_file_contract, stack_env
 from mlmodules import wine
 
 from autoretrain import loop
@@ -52,8 +52,8 @@ def _local_parts(
 def test_a_worker_killed_after_any_step_leaves_nothing_lost_and_nothing_twice(
     tmp_path: Path, unique: str, azurite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env, settings, deps, workspace = _local_parts(
-        tmp_path, unique, azurite, monkeypatch, {"AUTORETRAIN_LEASE_SECONDS": str(LEASE)}
+    env, settings, deps, workspace = _local_parts(  # a job per file: each crash point's own job
+        tmp_path, unique, azurite, monkeypatch, {"AUTORETRAIN_LEASE_SECONDS": str(LEASE), **per_file_contract(tmp_path)}
     )
     [month] = wine().write_monthly_drops(tmp_path / "drops", months=1, seed=7)
     data = month.read_bytes()

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from localstack import Loop, blob_created, free_port, post_event, stack_env, start
+from localstack import Loop, blob_created, free_port, per_file_contract, post_event, stack_env, start
 from mlmodules import wine
 
 from autoretrain.adapters.localworkspace.workspace import catalog_rows
@@ -30,7 +30,7 @@ _STARTED = re.compile(r"Worker process 1 started \(pid (\d+)\)")
 
 @pytest.fixture
 def running(tmp_path: Path, unique: str, azurite: str) -> Iterator[Loop]:
-    yield from start(tmp_path, unique, azurite, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+    yield from start(tmp_path, unique, azurite, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2", **per_file_contract(tmp_path)})
 
 
 def _alive(pid: int) -> bool:

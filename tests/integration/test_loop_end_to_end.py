@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from localstack import Loop, blob_created, cli, post_event, start
+from localstack import Loop, blob_created, cli, per_file_contract, post_event, start
 from mlmodules import wine
 
 from autoretrain.adapters.localworkspace.workspace import catalog_rows
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def running(tmp_path: Path, unique: str, azurite: str) -> Iterator[Loop]:
-    yield from start(tmp_path, unique, azurite, {})
+    # Each dropped file's own job, data version and model: a job per file (the bursts' test is below).
+    yield from start(tmp_path, unique, azurite, per_file_contract(tmp_path))
 
 
 def _wait_for_lines(log: Path, lines: list[str], timeout: float) -> None:

@@ -321,7 +321,8 @@ class TestPublish:
         assert all("component" not in job for job in spec["jobs"].values())
         assert spec["inputs"]["champion"] == {"type": "mlflow_model"}
         assert {n: i["type"] for n, i in spec["inputs"].items()} == {
-            "data": "mltable", "contract": "uri_file", "train_last": "integer", "champion": "mlflow_model",
+            "data": "mltable", "contract": "uri_file", "train_last": "integer", "new_files": "integer",
+            "champion": "mlflow_model",
         }
         assert not any(i.get("optional") for i in spec["inputs"].values())
         assert set(spec["outputs"]) == {"model", "metrics", "report"}

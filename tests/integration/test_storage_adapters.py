@@ -25,6 +25,7 @@ from autoretrain.domain import (
     StartCompleting,
     Submit,
     TakeOver,
+    Wait,
     WorkKey,
 )
 from autoretrain.domain.errors import BlobChangedError, BlobMissingError, LedgerError
@@ -159,6 +160,42 @@ class TestTableLedger:
         assert (row["attempt"], row["first_key"], row["takers"]) == (2, origin.value, 4)
         assert not {"retrain", "retrain_of", "attempts"} & set(row)
         assert ledger.get(key) == taken
+
+
+class TestSchedule:
+    """The jobs in flight: one row, written only if unchanged since read, beside the records."""
+
+    def test_the_schedule_round_trips_and_a_stale_write_is_refused(self, ledger: TableLedger) -> None:
+        keys = tuple(WorkKey.for_blob(BlobRef("incoming", name, "0x1")) for name in ("a.csv", "b.csv"))
+        empty = ledger.schedule()
+        assert (empty.jobs, empty.etag) == ({}, None)
+
+        first = ledger.save_schedule(empty.with_job("autoretrain-job1", keys))
+        assert first is not None and ledger.schedule().jobs == {"autoretrain-job1": keys}
+        assert ledger.save_schedule(empty.with_job("autoretrain-job2", keys[:1])) is None, "a second first write"
+        assert ledger.save_schedule(first.without("autoretrain-job1")) is not None
+        assert ledger.save_schedule(first) is None, "written from a stale read"
+        assert ledger.schedule().jobs == {}
+
+    def test_two_workers_taking_the_last_slot_at_once_one_wins(self, ledger: TableLedger) -> None:
+        read = ledger.schedule()
+        with ThreadPoolExecutor(8) as pool:
+            written = list(pool.map(lambda n: ledger.save_schedule(read.with_job(f"autoretrain-j{n}", ())), range(8)))
+        assert sum(w is not None for w in written) == 1
+        assert len(ledger.schedule().jobs) == 1
+
+    def test_the_schedule_is_no_record_and_records_are_found_by_job(self, ledger: TableLedger) -> None:
+        blob = BlobRef("incoming", "w.csv", "0x9")
+        key = WorkKey.for_blob(blob)
+        record, _ = ledger.claim(blob, key, "ev-1", LEASE)
+        record = ledger.move(record, Wait("d:1"))
+        assert ledger.save_schedule(ledger.schedule().with_job("autoretrain-batch", (key,))) is not None
+        assert [r.key for r in ledger.records()] == [key] and record.lease_until is None
+        assert [r.state for r in ledger.records(LedgerState.WAITING)] == [LedgerState.WAITING]
+        ledger.move(record, Submit("d:1", "autoretrain-batch"))
+        assert [r.key for r in ledger.records(job="autoretrain-batch")] == [key]
+        assert [r.key for r in ledger.records(LedgerState.SUBMITTED, job="autoretrain-batch")] == [key]
+        assert list(ledger.records(LedgerState.DONE, job="autoretrain-batch")) == []
 
 
 class TestAzureBlobStore:

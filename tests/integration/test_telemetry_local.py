@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from azure.functions.timer import TimerRequest
-from localstack import blob_created, stack_env
+from localstack import blob_created, per_file_contract, stack_env
 from mlmodules import wine
 from opentelemetry.trace import SpanKind
 from otelcapture import Capture, custom_dimensions, log_envelope, otel_capture, span_envelope
@@ -42,7 +42,8 @@ def stack(
     the runtime it uses built from this test's settings, and the run events its workspace emits."""
     import function_app
 
-    env = stack_env(tmp_path, unique, azurite, 7071, {"AUTORETRAIN_RECONCILE_GRACE_SECONDS": "0"})
+    env = stack_env(tmp_path, unique, azurite, 7071,
+                    {"AUTORETRAIN_RECONCILE_GRACE_SECONDS": "0", **per_file_contract(tmp_path)})
     for name, value in env.items():
         if name.startswith("AUTORETRAIN_"):
             monkeypatch.setenv(name, value)
@@ -178,7 +179,7 @@ def test_each_files_story_is_one_trace_of_structured_lines(
         (0, loop, "INFO", "ingest.data_registered", {**G, "data_version": data}),
         (0, loop, "INFO", "ingest.training_set", {**G, "data_version": data,
                                                   "training_set": "autoretrain-data-trainset:1", "trained_on": 1,
-                                                  "tested_on": 1, "newest": data}),
+                                                  "tested_on": 1, "newest": data, "new_data": 1}),
         (0, loop, "INFO", "ingest.pipeline_submitted", {**G, "data_version": data, "job": job,
                                                         "experiment": "autoretrain"}),
         (0, loop, "INFO", "ingest.submitted", {**G, "data_version": data, "job": job}),

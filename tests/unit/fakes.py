@@ -21,6 +21,7 @@ from autoretrain.domain import (
     ModelVersion,
     Move,
     PipelineJob,
+    Schedule,
     TrainingMember,
     WorkKey,
 )
@@ -92,6 +93,7 @@ class FakeLedger:
     """The ledger's contract: atomic claim, etag-matched moves, allowed moves only."""
 
     rows: dict[str, LedgerRecord] = field(default_factory=dict)
+    scheduled: Schedule = field(default_factory=Schedule)
     now: datetime = T0
     _etags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -123,8 +125,18 @@ class FakeLedger:
         self.rows[record.key.value] = updated
         return updated
 
-    def records(self, state: LedgerState | None = None) -> Iterator[LedgerRecord]:
-        return iter([r for r in self.rows.values() if state is None or r.state is state])
+    def records(self, state: LedgerState | None = None, *, job: str | None = None) -> Iterator[LedgerRecord]:
+        return iter([r for r in self.rows.values()
+                     if (state is None or r.state is state) and (job is None or r.job == job)])
+
+    def schedule(self) -> Schedule:
+        return self.scheduled
+
+    def save_schedule(self, schedule: Schedule) -> Schedule | None:
+        if schedule.etag != self.scheduled.etag:
+            return None
+        self.scheduled = Schedule(dict(schedule.jobs), str(next(self._etags)))
+        return self.scheduled
 
     def forget(self, record: LedgerRecord) -> None:
         current = self.rows.get(record.key.value)
@@ -149,6 +161,7 @@ class FakeWorkspace:
     training_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its versions
     snapshots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its members' snapshots
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
+    new_files: dict[str, int] = field(default_factory=dict)  # job -> how many of them are its new data
     decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
     closed: bool = False
 
@@ -157,7 +170,9 @@ class FakeWorkspace:
     ) -> DataVersion:
         self.registered_data.append((source, key))
         self.data_contents.append(content)
-        versions = {k.value: i for i, (_, k) in enumerate(self.registered_data, start=1)}
+        versions: dict[str, int] = {}  # the same key gives the same version, as the port says
+        for _, registered in self.registered_data:
+            versions.setdefault(registered.value, len(versions) + 1)
         return DataVersion("autoretrain-data", str(versions[key.value]), f"blob://{source.path}")
 
     def register_training_set(self, key: WorkKey, members: Sequence[TrainingMember]) -> DataVersion:
@@ -168,9 +183,10 @@ class FakeWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0,
+        train_last: int = 0, new_files: int = 1,
     ) -> PipelineJob:
         self.submitted.append((data, key, dict(tags)))
+        self.new_files.setdefault(key.job_name, new_files)
         self.champions.setdefault(key.job_name, champion.version if champion else None)
         self.train_last.setdefault(key.job_name, train_last)
         self.statuses.setdefault(key.job_name, JobStatus(key.job_name, JobState.QUEUED))

@@ -237,6 +237,7 @@ class TestSubmit:
         [contract_name] = [n for (c, n) in blobs.blobs if c == "datasets" and n.startswith("contracts/")]
         assert job["inputs"] == {
             "train_last": {"jobInputType": "literal", "value": "0"},
+            "new_files": {"jobInputType": "literal", "value": "1"},
             "data": {"jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
             # Every input bound: a first model's job binds the "no champion yet" marker.

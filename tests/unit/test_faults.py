@@ -51,9 +51,12 @@ class Crashing:
         return call
 
 
-def make_deps(tmp_path: Path, ledger: FakeLedger, workspace: Any, blobs: Any, ledger_port: Any = None) -> loop.Deps:
+def make_deps(
+    tmp_path: Path, ledger: FakeLedger, workspace: Any, blobs: Any, ledger_port: Any = None,
+    contract_text: str = CONTRACT,
+) -> loop.Deps:
     contract = tmp_path / "contract.yaml"
-    contract.write_text(CONTRACT)
+    contract.write_text(contract_text)
     return loop.Deps(
         config=loop.LoopConfig(storage_topic=LOCAL_STORAGE_TOPIC, workspace_topic=LOCAL_WORKSPACE_TOPIC),
         contract=load_contract(contract), workspace=workspace, ledger=ledger_port or ledger, blobs=blobs,

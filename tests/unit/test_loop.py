@@ -20,7 +20,12 @@ from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
 GOOD_CSV = b"a,b,c,label\n" + b"".join(
     f"{i}.5,{i},{'xy'[i % 2]},{('yes', 'no')[i % 2]}\n".encode() for i in range(1, 13)
 )
-CONTRACT = "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: int, c: category}\n"
+BASE_CONTRACT = (
+    "target: label\ntask: classification\nprimary_metric: f1_macro\nfeatures: {a: float, b: int, c: category}\n"
+)
+# A job per accepted file, at once (no limit on jobs in flight): what these tests pin. The default, one
+# job in flight and a burst joining the next job, is tested in test_dispatch.py.
+CONTRACT = BASE_CONTRACT + "training: {jobs_in_flight: 0}\n"
 
 
 @pytest.fixture
@@ -618,7 +623,7 @@ def _deps_with(tmp_path: Path, contract_text: str) -> loop.Deps:
     )
 
 
-class TestTrainingWindow:
+class TestTrainingRule:
     """The exact data versions a job trains on are fixed when it is submitted, and recorded."""
 
     def _drop(self, deps: loop.Deps, name: str, *, done: bool = True) -> WorkKey:
@@ -659,7 +664,7 @@ class TestTrainingWindow:
     def test_last_n_versions_train_and_every_version_tests(self, tmp_path: Path) -> None:
         """The job trains on the last two; its test rows come from all three, so a model that forgot
         the first month is judged on it too."""
-        deps = _deps_with(tmp_path, CONTRACT + "training: {window: last, versions: 2}\n")
+        deps = _deps_with(tmp_path, BASE_CONTRACT + "training: {window: last, versions: 2, jobs_in_flight: 0}\n")
         keys = [self._drop(deps, f"{m}.csv") for m in ("a", "b", "c")]
         workspace, ledger, _ = fakes(deps)
         assert workspace.training_sets[keys[-1].value] == (

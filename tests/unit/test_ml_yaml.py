@@ -137,6 +137,7 @@ class TestPipeline:
                 "test_fraction": None,
                 "seed": None,
                 "train_last": "${{parent.inputs.train_last}}",
+                "new_files": "${{parent.inputs.new_files}}",
             },
             "train": {
                 "train_data": "${{parent.jobs.prep.outputs.train_data}}",

@@ -148,12 +148,12 @@ class LocalWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0,
+        train_last: int = 0, new_files: int = 1,
     ) -> PipelineJob:
         name = key.job_name
         if self._catalog.add_job(
             name, experiment=self.experiment, work_key=key.value, data=f"{data.name}:{data.version}",
-            data_path=self._catalog.data_path(data), tags=tags, train_last=train_last,
+            data_path=self._catalog.data_path(data), tags=tags, train_last=train_last, new_files=new_files,
             champion=self._catalog.model_path(champion) if champion is not None else None, runner=self._me,
         ):
             self._runner.start(name)

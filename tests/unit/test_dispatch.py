@@ -1,0 +1,226 @@
+"""One job per burst: with `jobs_in_flight: 1` (the default), a version accepted while a job runs waits,
+and every version waiting when the job ends is the new data of one next job. Over fakes of the ports."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
+from test_faults import Crashing, WorkerDied, make_deps
+from test_loop import BASE_CONTRACT, GOOD_CSV, blob_event, run_event
+
+from autoretrain import loop
+from autoretrain.domain import BlobRef, JobState, LedgerState, Metrics, WorkKey
+
+METRICS = Metrics({"f1_macro": 0.9}, primary="f1_macro", test_rows=10)
+ONE_IN_FLIGHT = BASE_CONTRACT  # the default: training.jobs_in_flight 1
+
+
+class Loop:
+    """The loop over fakes, with a contract of its own."""
+
+    def __init__(self, tmp_path: Path, contract: str = ONE_IN_FLIGHT) -> None:
+        self.ledger, self.workspace, self.blobs = FakeLedger(), FakeWorkspace(), FakeBlobStore()
+        self.deps = make_deps(tmp_path, self.ledger, self.workspace, self.blobs, contract_text=contract)
+
+    def drop(self, *names: str) -> list[BlobRef]:
+        refs = [self.blobs.put("incoming", name, GOOD_CSV) for name in names]
+        for ref in refs:
+            loop.ingest(blob_event(ref, event_id=f"ev-{ref.name}"), self.deps)
+        return refs
+
+    def running(self) -> list[str]:
+        return [job for job, status in self.workspace.statuses.items() if not status.state.terminal]
+
+    def finish(self, job: str, state: JobState = JobState.COMPLETED, **status: str) -> loop.CompleteOutcome:
+        self.workspace.finish(job, state, METRICS if state is JobState.COMPLETED else None, **status)
+        return loop.complete(run_event(WorkKey.of_job(job), event_id=f"run-{job}"), self.deps)
+
+    def run_all(self, limit: int = 20) -> list[str]:
+        """Finish each job as it starts until none runs; the jobs, in the order they ran."""
+        ran: list[str] = []
+        while (running := self.running()) and len(ran) < limit:
+            ran.append(running[0])
+            self.finish(running[0])
+        return ran
+
+    def state(self, ref: BlobRef) -> LedgerState | None:
+        record = self.ledger.get(WorkKey.for_blob(ref))
+        return record.state if record else None
+
+
+def _new_data(world: Loop) -> dict[str, set[str]]:
+    """Each job's new data, as the ledger records it: the versions whose record names the job."""
+    jobs: dict[str, set[str]] = {}
+    for record in world.ledger.rows.values():
+        if record.job:
+            jobs.setdefault(record.job, set()).add(record.key.value)
+    return jobs
+
+
+def test_ten_files_at_once_make_two_jobs_and_the_last_model_trains_on_all_ten(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    refs = world.drop(*(f"day-{n:02d}.csv" for n in range(10)))
+
+    assert len(world.running()) == 1, "the first file starts the one job in flight; the other nine wait"
+    assert [world.state(r) for r in refs] == [LedgerState.SUBMITTED] + [LedgerState.WAITING] * 9
+    ran = world.run_all()
+
+    assert len(ran) == 2
+    assert [world.state(r) for r in refs] == [LedgerState.DONE] * 10
+    last = WorkKey.of_job(ran[-1])
+    assert len(world.workspace.training_sets[last.value]) == 10, "the last model's training set names all ten"
+    assert {len(keys) for keys in _new_data(world).values()} == {1, 9}
+    assert sorted(k for keys in _new_data(world).values() for k in keys) == sorted(
+        WorkKey.for_blob(r).value for r in refs), "each version was the new data of exactly one job"
+    # One model per job, every version of the job done with it; the schedule is empty again.
+    models = {world.ledger.get(WorkKey.for_blob(r)).model_version for r in refs}  # type: ignore[union-attr]
+    assert len(models) == 2 and len(world.workspace.models) == 2
+    assert world.ledger.schedule().jobs == {}
+
+
+def test_no_limit_keeps_a_job_per_file(tmp_path: Path) -> None:
+    world = Loop(tmp_path, BASE_CONTRACT + "training: {jobs_in_flight: 0}\n")
+    world.drop(*(f"day-{n}.csv" for n in range(4)))
+    assert len(world.running()) == 4
+    assert len(world.run_all()) == 4
+
+
+def test_two_in_flight_let_a_second_job_start(tmp_path: Path) -> None:
+    world = Loop(tmp_path, BASE_CONTRACT + "training: {jobs_in_flight: 2}\n")
+    refs = world.drop(*(f"day-{n}.csv" for n in range(5)))
+    assert len(world.running()) == 2 and [world.state(r) for r in refs].count(LedgerState.WAITING) == 3
+    assert len(world.run_all()) == 3
+    assert {world.state(r) for r in refs} == {LedgerState.DONE}
+
+
+def test_a_quiet_period_lets_a_burst_settle_into_one_job(tmp_path: Path) -> None:
+    world = Loop(tmp_path, BASE_CONTRACT + "training: {quiet_seconds: 60}\n")
+    refs = world.drop("a.csv", "b.csv", "c.csv")
+    assert world.running() == [] and {world.state(r) for r in refs} == {LedgerState.WAITING}
+
+    loop.reconcile(world.deps, grace=timedelta(hours=1))  # 0 s later: still too soon
+    assert world.running() == []
+    world.ledger.now += timedelta(seconds=61)
+    report = loop.reconcile(world.deps, grace=timedelta(hours=1))
+
+    assert [f.what for f in report.found] == ["waiting"] and len(world.running()) == 1
+    assert len(world.run_all()) == 1 and {world.state(r) for r in refs} == {LedgerState.DONE}
+
+
+@pytest.mark.parametrize("recovery", ["redelivery", "completion", "reconcile"])
+@pytest.mark.parametrize(("method", "after"), [
+    ("register_training_set", False), ("register_training_set", True), ("submit", False), ("submit", True),
+])
+def test_a_worker_dying_while_it_starts_a_job_leaves_nothing_behind(
+    tmp_path: Path, method: str, after: bool, recovery: str
+) -> None:
+    """The slot is taken and the versions chosen in one write; the worker dies before the job is
+    submitted or its versions moved. A redelivery, the job's completion or reconcile finishes the
+    start, and every version trains exactly once."""
+    world = Loop(tmp_path)
+    first, = world.drop("a.csv")
+    waiting = [world.blobs.put("incoming", name, GOOD_CSV) for name in ("b.csv", "c.csv")]
+    for ref in waiting:
+        loop.ingest(blob_event(ref, event_id=f"ev-{ref.name}"), world.deps)
+    crashing = loop.Deps(config=world.deps.config, contract=world.deps.contract, clock=world.deps.clock,
+                         ledger=world.ledger, blobs=world.blobs,
+                         workspace=Crashing(world.workspace, method, after=after))  # type: ignore[arg-type]
+    [job] = world.running()
+    world.workspace.finish(job, JobState.COMPLETED, METRICS)
+    with pytest.raises(WorkerDied):
+        loop.complete(run_event(WorkKey.of_job(job)), crashing)  # its next job's start dies
+    assert {world.state(r) for r in waiting} == {LedgerState.WAITING}
+    assert len(world.ledger.schedule().jobs) == 1, "the slot is held by the job that was being started"
+
+    if recovery == "redelivery":
+        loop.ingest(blob_event(waiting[0], event_id="ev-again"), world.deps)
+    elif recovery == "completion" and after and method == "submit":
+        [second] = world.running()
+        world.finish(second)
+    else:
+        loop.reconcile(world.deps, grace=timedelta(hours=1))
+    world.run_all()
+
+    refs = [first, *waiting]
+    assert [world.state(r) for r in refs] == [LedgerState.DONE] * 3
+    assert len(world.workspace.statuses) == 2 and len(world.workspace.models) == 2
+    assert world.ledger.schedule().jobs == {}
+
+
+def test_a_waiting_version_with_no_job_in_flight_is_started_by_the_next_reconcile(tmp_path: Path) -> None:
+    """The worker died after the version's wait was recorded, before it looked for a free slot."""
+    world = Loop(tmp_path)
+    ref = world.blobs.put("incoming", "a.csv", GOOD_CSV)
+    dying = loop.Deps(config=world.deps.config, contract=world.deps.contract, clock=world.deps.clock,
+                      workspace=world.workspace, blobs=world.blobs,
+                      ledger=Crashing(world.ledger, "schedule"))  # type: ignore[arg-type]
+    with pytest.raises(WorkerDied):
+        loop.ingest(blob_event(ref), dying)
+    assert world.state(ref) is LedgerState.WAITING and world.running() == []
+
+    report = loop.reconcile(world.deps, grace=timedelta(hours=1))
+
+    assert [f.what for f in report.found] == ["waiting"]
+    world.run_all()
+    assert world.state(ref) is LedgerState.DONE
+
+
+def test_a_lost_completion_is_finished_by_reconcile_which_then_starts_the_waiting_ones(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    refs = world.drop("a.csv", "b.csv", "c.csv")
+    [job] = world.running()
+    world.workspace.finish(job, JobState.COMPLETED, METRICS)  # its event is lost
+
+    loop.reconcile(world.deps, grace=timedelta(hours=1))
+    assert world.state(refs[0]) is LedgerState.DONE and len(world.running()) == 1
+    world.run_all()
+    assert {world.state(r) for r in refs} == {LedgerState.DONE}
+
+
+def test_prep_rejecting_one_file_of_a_job_quarantines_it_and_the_others_go_into_the_next_job(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    first, *burst = world.drop("a.csv", "b.csv", "bad.csv", "d.csv")
+    world.run_all(limit=1)
+    [job] = world.running()  # b, bad and d together
+    outcome = world.finish(job, JobState.FAILED, failed_step="prep",
+                           rejected="incoming/bad.csv: line 9: 'x' is not a number in column 'a'")
+
+    # The file at fault is quarantined; the two others go at once into the next job, without it.
+    assert isinstance(outcome, loop.Several) and isinstance(outcome.outcomes[-1], loop.Submitted)
+    assert [world.state(r) for r in burst] == [LedgerState.SUBMITTED, LedgerState.QUARANTINED, LedgerState.SUBMITTED]
+    [again] = world.running()
+    assert again != job
+    assert _new_data(world)[again] == {WorkKey.for_blob(burst[0]).value, WorkKey.for_blob(burst[2]).value}
+    world.run_all()
+    assert [world.state(r) for r in (first, *burst)] == [
+        LedgerState.DONE, LedgerState.DONE, LedgerState.QUARANTINED, LedgerState.DONE]
+
+
+def test_a_failed_job_fails_each_of_its_versions_with_its_reason_and_frees_the_slot(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    refs = world.drop("a.csv", "b.csv", "c.csv")
+    world.run_all(limit=1)
+    [job] = world.running()
+    world.finish(job, JobState.FAILED, failed_step="train", error="MemoryError")
+
+    assert [world.state(r) for r in refs] == [LedgerState.DONE, LedgerState.FAILED, LedgerState.FAILED]
+    assert all("MemoryError" in (world.ledger.get(WorkKey.for_blob(r)).reason or "")  # type: ignore[union-attr]
+               for r in refs[1:])
+    assert world.ledger.schedule().jobs == {} and world.running() == []
+
+
+def test_a_redelivered_completion_of_a_job_of_several_changes_nothing(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    world.drop("a.csv", "b.csv", "c.csv")
+    first = world.run_all(limit=1)[0]
+    [job] = world.running()
+    world.finish(job)
+    before = dict(world.ledger.rows)
+
+    again = world.finish(job)
+
+    assert isinstance(again, loop.Several) and all(isinstance(o, loop.Duplicate) for o in again.outcomes)
+    assert world.ledger.rows == before and len(world.workspace.models) == 2 and first != job
