@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,21 @@ def runtime() -> Deps:
             _runtime = bootstrap(settings, resume=os.environ.get("AUTORETRAIN_HOST_WORKER", "0") == "0")
             log.info("bootstrap.ready workspace=%s contract=%s", settings.workspace.value, settings.contract)
         return _runtime
+
+
+@contextlib.contextmanager
+def installed(deps: Deps, settings: Settings) -> Iterator[Deps]:
+    """Make `deps` this process's runtime, the one the triggers use, for the block (a host or a test
+    that builds the dependencies itself, e.g. to keep the run events); the previous one after."""
+    global _runtime, _runtime_settings
+    with _runtime_lock:
+        previous = _runtime, _runtime_settings
+        _runtime, _runtime_settings = deps, settings
+    try:
+        yield deps
+    finally:
+        with _runtime_lock:
+            _runtime, _runtime_settings = previous
 
 
 def runtime_settings() -> Settings:

@@ -36,6 +36,16 @@ def _load_sample_module() -> Any:
     return module
 
 
+def _burst_files(folder: Path, count: int = 3) -> list[Path]:
+    """A week's worth of wine files each, dropped together while a job runs: they are one job."""
+    weeks = _load_sample_module().write_monthly_drops(folder / "raw", months=count, seed=1)
+    files = []
+    for number, week in enumerate(weeks, start=1):
+        files.append(folder / f"2026-week-{number}.csv")
+        files[-1].write_bytes(week.read_bytes())
+    return files
+
+
 def _demo_files(folder: Path, months: int) -> list[Path]:
     """The wine data as monthly drops, and one copy of a month with a typo, to be quarantined."""
     files: list[Path] = _load_sample_module().write_monthly_drops(folder, months=months, seed=0)
@@ -61,23 +71,36 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     log_file = log_path.open("a", encoding="utf-8")
     configure_logging(log_file)
     console.print(f"autoretrain demo: home {settings.home}, function logs in {log_path}")
-    drops = _demo_files(settings.home / "demo" / "drops", args.months)
+    *months, typo = _demo_files(settings.home / "demo" / "drops", args.months)
+    burst = _burst_files(settings.home / "demo" / "burst")
     with contextlib.ExitStack() as running:
         _start_stack(settings, running, console)
         blobs, ledger = operator(settings).blobs, operator(settings).ledger
-        with _Progress(ledger, started, console, total=len(drops)) as progress:
-            for path in drops:
+        with _Progress(ledger, started, console, total=len(months) + len(burst) + 1) as progress:
+
+            def drop(path: Path) -> WorkKey:
                 ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
-                key = progress.dropped(path.name, ref)
                 console.print(f"  dropped {ref.path} ({path.stat().st_size} bytes)")
-                # One month after the other, as a customer would: the next drop waits until this one is
-                # trained, so each new model is scored against the champion of the month before, on the
-                # same test rows (a job scores the champion it was submitted with).
-                progress.wait([key], args.timeout)
+                return progress.dropped(path.name, ref)
+
+            # One month after the other, as a customer would: the next drop waits until this one is
+            # trained, so each new model is scored against the champion of the month before, on the
+            # same test rows (a job scores the champion it was submitted with).
+            for path in months[:-1]:
+                progress.wait([drop(path)], args.timeout)
+            # The last month, and at once a burst of weekly files while its job runs: they wait for
+            # it, and all of them are the new data of one next job.
+            last = drop(months[-1])
+            burst_keys = [drop(path) for path in burst]
+            progress.wait([last, *burst_keys], args.timeout)
+            progress.wait([drop(typo)], args.timeout)
             progress.wait(progress.drops, args.timeout)
         records = sorted(progress.records.values(), key=lambda r: r.blob.name)
+        burst_jobs = sorted({r.job for key, r in progress.records.items() if key in burst_keys and r.job})
     log_file.flush()
     _report(settings, records, started, log_file.name, console)
+    console.print(f"The burst: {len(burst)} files dropped at once while a job ran -> {len(burst_jobs)} job(s) "
+                  f"({', '.join(burst_jobs)}), not {len(burst)}.")
     unfinished = [r for r in records if not r.state.final]
     return 1 if unfinished or len(records) < len(progress.drops) else 0
 
@@ -104,7 +127,9 @@ def _report(settings: Settings, records: list[LedgerRecord], started: float, log
         copy = f"{settings.quarantine_container}/{r.blob.copy_name(r.key)}"
         console.print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
-    console.print(f"\n{len(done)} of {len(records)} drops became models, {len(quarantined)} quarantined; "
+    models = len({r.model_version for r in done})
+    console.print(f"\n{len(done)} of {len(records)} drops trained, into {models} model(s); "
+                  f"{len(quarantined)} quarantined; "
                   f"demo wall time {time.monotonic() - started:.1f} s.")
     story = (done or records)[-1].blob.name if records else "FILE"
     console.print(f"Where to look: the log lines in {log_name}; one file's story: `autoretrain status {story}`; "
@@ -117,6 +142,8 @@ def _detail(record: LedgerRecord, dropped_at: float) -> str:
         champion = f", scores v{record.champion} on the same rows" if record.champion else ""
         return (f"data {record.data_version}, job {record.job}, "
                 f"trains on {record.trained_on} of {record.members} version(s){champion}")
+    if record.state is LedgerState.WAITING:
+        return f"data {record.data_version}, waiting for the job in flight"
     if record.state is LedgerState.DONE:
         gate = record.decision or ("promoted" if record.promoted else "not promoted")
         return f"model {record.model_version}, {time.monotonic() - dropped_at:.1f} s after the drop; gate: {gate}"

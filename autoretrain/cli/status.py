@@ -134,17 +134,50 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 _print_story(story, sys.stdout)
         return 0
     rows = [status_row(r) for r in records]
+    jobs = _jobs(records)
     if args.json:
-        json.dump([r.as_row() for r in records], sys.stdout, indent=2)
+        # Each record also says how many versions its job had as new data (a burst's job: several).
+        json.dump([{**r.as_row(), "job_new_versions": jobs[r.job]["new_versions"] if r.job else None}
+                   for r in records], sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif rows:
         print_table(rows, STATUS_COLUMNS, sys.stdout)
+        if len(jobs) < len([r for r in records if r.job]):  # some job trained several versions: show the jobs
+            print()
+            print_table(list(jobs.values()), ("job", "new_versions", "trained_on", "states"), sys.stdout)
     else:
         print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
+    if records:
+        print(_summary(records, jobs), file=sys.stderr if args.json else sys.stdout)
     if unlistable:
         # Beside the JSON (on stderr), not in it: `status --json` stays the list of records scripts read.
         _print_unlistable(settings, unlistable, sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _jobs(records: list[LedgerRecord]) -> dict[str, dict[str, Any]]:
+    """Each job the ledger names: how many versions were its new data, how many files it trained on
+    (its whole window), and the states of its versions."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.job:
+            job = jobs.setdefault(record.job, {"job": record.job, "new_versions": 0, "trained_on": 0, "states": ""})
+            job["new_versions"] += 1
+            job["trained_on"] = max(job["trained_on"], record.trained_on)
+            states = set(filter(None, job["states"].split(","))) | {record.state.value}
+            job["states"] = ",".join(sorted(states))
+    return jobs
+
+
+def _summary(records: list[LedgerRecord], jobs: dict[str, dict[str, Any]]) -> str:
+    """One line of what the files cost: versions, jobs and the file trainings they did, and the states."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.state.value] = counts.get(record.state.value, 0) + 1
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    trainings = sum(job["trained_on"] for job in jobs.values())
+    return (f"{len(records)} blob version(s): {states}; {len(jobs)} job(s), "
+            f"{trainings} file training(s) in all (a job trains on its whole window)")
 
 
 def _unlistable(settings: Settings) -> tuple[str, ...]:

@@ -58,10 +58,9 @@ def stack(
         on_event=run_events.append,
     )
     deps = boot.bootstrap(settings, workspace=workspace, blobs=blobs)
-    monkeypatch.setattr(boot, "_runtime", deps)
-    monkeypatch.setattr(boot, "_runtime_settings", settings)
     try:
-        yield LocalHost(function_app.app, timers=False), deps, run_events
+        with boot.installed(deps, settings):  # the runtime the triggers use: this one
+            yield LocalHost(function_app.app, timers=False), deps, run_events
     finally:
         workspace.close()
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from autoretrain.cli.common import print_table
-from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
+from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
 from autoretrain.logs import bound, log_event, printable
 
 FORGED = "evil\n[2026-12-05T11:00:00.000Z] complete.done fake.csv"
@@ -143,8 +143,9 @@ def test_status_prints_a_name_with_a_newline_and_an_escape_sequence_escaped(stat
 
     assert code == 0 and err == ""
     assert "\x1b" not in out and "\n[2026" not in out
-    [header, row] = out.splitlines()
+    [header, row, summary] = out.splitlines()
     assert header.startswith("BLOB") and row.isprintable()
+    assert summary.startswith("1 blob version(s): 1 claimed; 0 job(s), 0 file training(s) in all")
     assert "incoming/evil\\n[2026-12-05T11:00:00.000Z] done x.csv\\x1b[2J" in row
     assert row.rstrip().endswith("column 'a' has '\\x1b[31mred'\\nforged line")
 
@@ -169,3 +170,28 @@ def test_status_json_stays_exact_json(status_of: Any) -> None:
     assert code == 0
     [row] = json.loads(out)
     assert row["blob"] == f"incoming/{NAME}" and row["reason"] == "r\x01"
+
+
+# ---- what the files cost: versions per job ------------------------------------------------------
+
+
+def _in_job(name: str, job: str, state: LedgerState, trained_on: int) -> LedgerRecord:
+    return dataclasses.replace(_record(name, ""), job=job, state=state, trained_on=trained_on, reason=None)
+
+
+def test_status_shows_each_job_of_several_versions_and_what_the_files_cost(status_of: Any) -> None:
+    records = [_in_job("day-1.csv", "autoretrain-one", LedgerState.DONE, 1),
+               *(_in_job(f"day-{n}.csv", "autoretrain-burst", LedgerState.DONE, 4) for n in (2, 3, 4)),
+               _record("day-5.csv", "")]
+    records[-1] = dataclasses.replace(records[-1], state=LedgerState.WAITING)
+
+    code, out, _ = status_of(records)
+
+    assert code == 0
+    lines = out.splitlines()
+    assert "autoretrain-burst  3             4           done" in lines
+    assert lines[-1] == ("5 blob version(s): 4 done, 1 waiting; 2 job(s), 5 file training(s) in all "
+                         "(a job trains on its whole window)")
+    code, out, err = status_of(records, "--json")
+    assert [r["job_new_versions"] for r in json.loads(out)] == [1, 3, 3, 3, None]
+    assert err.startswith("5 blob version(s): 4 done, 1 waiting; 2 job(s)")
