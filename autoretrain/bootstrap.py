@@ -113,6 +113,8 @@ class Operator:
     blobs: BlobStore
     deadletters: Callable[[str], DeadLetterContainer]
     blob_url: Callable[[str, str], str]  # (container, name) -> the blob's URL, as an event names it
+    # container -> the prefixes under which a name cannot be listed (listing it, never creating it)
+    unlistable: Callable[[str], tuple[str, ...]]
 
 
 def operator(settings: Settings) -> Operator:
@@ -121,9 +123,11 @@ def operator(settings: Settings) -> Operator:
     from autoretrain.adapters.storage import AzureBlobStore, DeadLetterContainer
 
     service = blob_service(settings)
+    blobs = AzureBlobStore(service)
     return Operator(
         ledger=TableLedger.connect(table_service(settings), settings.ledger_table),
-        blobs=AzureBlobStore(service),
+        blobs=blobs,
+        unlistable=blobs.scan_unlistable,
         deadletters=lambda container: DeadLetterContainer(service, container),
         blob_url=lambda container, name: str(service.get_blob_client(container, name).url),
     )

@@ -240,6 +240,19 @@ class AzureBlobStore:
         """The prefixes under which the last listing of `container` met a name it could not list."""
         return self._unlistable.get(container, ())
 
+    def scan_unlistable(self, container: str) -> tuple[str, ...]:
+        """List `container` (never creating it) and return the prefixes under which a name cannot be
+        listed; none for a container that does not exist. StorageError when it cannot be listed."""
+        try:
+            if not self._service.get_container_client(container).exists():
+                return ()
+            scanner = AzureBlobStore(self._service, create_containers=False)
+            for _ in scanner.list_blobs(container):
+                pass
+        except AzureError as exc:
+            raise StorageError(f"cannot list {container!r} ({_msg(exc)}).") from exc
+        return scanner.unlistable(container)
+
     def _report_unlistable(self, container: str, splits: list[str]) -> None:
         """One WARNING per prefix that hides an unlistable name (the deepest split), the first time."""
         deepest = tuple(p for p in splits if not any(q != p and q.startswith(p) for q in splits))

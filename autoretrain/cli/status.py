@@ -188,25 +188,14 @@ def _unlistable(settings: Settings) -> tuple[str, ...]:
     ledger, which status does anyway, takes one per 1,000 records), and for each unlistable name at
     most 96 listings per character of its prefix, 8 characters deep (the store's split). A container
     that cannot be listed (it does not exist yet, or this identity may not list it) shows none."""
-    from azure.core.exceptions import AzureError
-
-    from autoretrain.adapters.storage import AzureBlobStore
-    from autoretrain.bootstrap import blob_service
-
     # The listing's own warnings (the store's splits, the SDK's on each 500): status tells them once.
     quiet = [logging.getLogger(name) for name in ("autoretrain.adapters.storage", "azure")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.ERROR)
     try:
-        service = blob_service(settings)
-        if not service.get_container_client(settings.incoming_container).exists():
-            return ()
-        store = AzureBlobStore(service, create_containers=False)
-        for _ in store.list_blobs(settings.incoming_container):
-            pass
-        return store.unlistable(settings.incoming_container)
-    except (AutoretrainError, AzureError) as exc:
+        return operator(settings).unlistable(settings.incoming_container)
+    except AutoretrainError as exc:
         print(printable(f"autoretrain: cannot list {settings.incoming_container!r} for the names it cannot list: "
                         f"{exc}"), file=sys.stderr)
         return ()
