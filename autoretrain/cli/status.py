@@ -133,9 +133,17 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             for story in stories:
                 _print_story(story, sys.stdout)
         return 0
+    _print_overview(settings, records, unlistable, as_json=args.json)
+    return 0
+
+
+def _print_overview(settings: Settings, records: list[LedgerRecord], unlistable: tuple[str, ...], *,
+                    as_json: bool) -> None:
+    """The table of every record (or its JSON), the jobs of several versions, one line of what the
+    files cost, and the names that cannot be listed."""
     rows = [status_row(r) for r in records]
     jobs = _jobs(records)
-    if args.json:
+    if as_json:
         # Each record also says how many versions its job had as new data (a burst's job: several).
         json.dump([{**r.as_row(), "job_new_versions": jobs[r.job]["new_versions"] if r.job else None}
                    for r in records], sys.stdout, indent=2)
@@ -147,12 +155,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print_table(list(jobs.values()), ("job", "new_versions", "trained_on", "states"), sys.stdout)
     else:
         print("No blob versions in the ledger yet: drop a file with `autoretrain drop FILE`.")
+    # Beside the JSON (on stderr), not in it: `status --json` stays the list of records scripts read.
     if records:
-        print(_summary(records, jobs), file=sys.stderr if args.json else sys.stdout)
+        print(_summary(records, jobs), file=sys.stderr if as_json else sys.stdout)
     if unlistable:
-        # Beside the JSON (on stderr), not in it: `status --json` stays the list of records scripts read.
-        _print_unlistable(settings, unlistable, sys.stderr if args.json else sys.stdout)
-    return 0
+        _print_unlistable(settings, unlistable, sys.stderr if as_json else sys.stdout)
 
 
 def _jobs(records: list[LedgerRecord]) -> dict[str, dict[str, Any]]:
