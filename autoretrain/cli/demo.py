@@ -91,6 +91,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             # The last month, and at once a burst of weekly files while its job runs: they wait for
             # it, and all of them are the new data of one next job.
             last = drop(months[-1])
+            progress.wait_for(last, LedgerState.SUBMITTED, args.timeout)  # its job is running now
             burst_keys = [drop(path) for path in burst]
             progress.wait([last, *burst_keys], args.timeout)
             progress.wait([drop(typo)], args.timeout)
@@ -191,6 +192,10 @@ class _Progress:
         finished = sum(1 for r in self.records.values() if r.state.final)
         self._bar.update(self._task, description=f"{name}: {record.state.value}", completed=finished)
         return record
+
+    def wait_for(self, key: WorkKey, state: LedgerState, timeout: float) -> None:
+        """Until `key` has reached `state` (or ended), or `timeout` seconds passed."""
+        wait_until(lambda: (r := self.poll(key)) is not None and (r.state is state or r.state.final), timeout)
 
     def wait(self, keys: Iterable[WorkKey], timeout: float) -> None:
         """Until every one of `keys` is in a final state, or `timeout` seconds passed."""
