@@ -41,7 +41,7 @@ class LedgerState(StrEnum):
 
     claimed → quarantined | skipped | submitted | waiting | failed;
     waiting → submitted (the contract's `jobs_in_flight` jobs were running: it is the new data of the
-    next job, with every other version waiting then);
+    next job, with every other version waiting then) | failed (that job could never be submitted);
     submitted → completing → done | failed | quarantined (prep found the file breaks the contract)
     | waiting (prep found another file of its job breaks it: it goes into the next job).
     `claimed` and `completing` are held under a lease: work in progress that another worker may
@@ -72,7 +72,7 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
             {LedgerState.CLAIMED, LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.SUBMITTED,
              LedgerState.WAITING, LedgerState.FAILED}
         ),
-        LedgerState.WAITING: frozenset({LedgerState.SUBMITTED}),
+        LedgerState.WAITING: frozenset({LedgerState.SUBMITTED, LedgerState.FAILED}),
         LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
         LedgerState.COMPLETING: frozenset(
             {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED,

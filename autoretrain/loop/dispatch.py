@@ -19,8 +19,8 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from autoretrain.domain import LedgerRecord, LedgerState, PipelineJob, Schedule, Submit, WorkKey
-from autoretrain.domain.errors import NotReadyError
+from autoretrain.domain import Fail, LedgerRecord, LedgerState, PipelineJob, Schedule, Submit, WorkKey
+from autoretrain.domain.errors import NotReadyError, PermanentError
 from autoretrain.logs import log_event
 from autoretrain.loop.deps import Deps
 from autoretrain.loop.ingest import submit_job
@@ -66,8 +66,19 @@ def dispatch(deps: Deps) -> tuple[PipelineJob, tuple[LedgerRecord, ...]] | None:
 def _submit(
     batch: WorkKey, members: Sequence[LedgerRecord], deps: Deps
 ) -> tuple[PipelineJob, tuple[LedgerRecord, ...]]:
-    """Submit the job of `members` (its training set, the job, each waiting member moved to submitted)."""
-    job, champion, training_set, held, trained_on = submit_job(batch, members, deps)
+    """Submit the job of `members` (its training set, the job, each waiting member moved to submitted).
+    A permanent error (the workspace refuses the job) fails every waiting member with the reason and
+    frees the slot before it is raised: no version waits for a job that cannot start."""
+    try:
+        job, champion, training_set, held, trained_on = submit_job(batch, members, deps)
+    except PermanentError as exc:
+        reason = f"job {batch.job_name} could not be submitted: {exc}"
+        for member in members:
+            latest = deps.ledger.get(member.key)
+            if latest is not None and latest.state is LedgerState.WAITING and latest.job != batch.job_name:
+                _move(deps.ledger, latest, Fail(reason))
+        release(batch.job_name, deps)
+        raise
     moved = []
     for member in members:
         latest = deps.ledger.get(member.key) or member

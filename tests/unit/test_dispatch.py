@@ -13,6 +13,7 @@ from test_loop import BASE_CONTRACT, GOOD_CSV, blob_event, run_event
 
 from autoretrain import loop
 from autoretrain.domain import BlobRef, JobState, LedgerState, Metrics, WorkKey
+from autoretrain.domain.errors import WorkspaceRejectedError
 
 METRICS = Metrics({"f1_macro": 0.9}, primary="f1_macro", test_rows=10)
 ONE_IN_FLIGHT = BASE_CONTRACT  # the default: training.jobs_in_flight 1
@@ -224,3 +225,36 @@ def test_a_redelivered_completion_of_a_job_of_several_changes_nothing(tmp_path: 
 
     assert isinstance(again, loop.Several) and all(isinstance(o, loop.Duplicate) for o in again.outcomes)
     assert world.ledger.rows == before and len(world.workspace.models) == 2 and first != job
+
+
+class _Refusing:
+    """The workspace, refusing every submission as the service does a bad request (a permanent error)."""
+
+    def __init__(self, target: FakeWorkspace) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> object:
+        if name == "submit":
+            def refuse(*args: object, **kwargs: object) -> None:
+                raise WorkspaceRejectedError("the service refused the job (400): the compute does not exist")
+            return refuse
+        return getattr(self._target, name)
+
+
+def test_a_job_the_workspace_refuses_fails_its_versions_with_the_reason_and_frees_the_slot(tmp_path: Path) -> None:
+    world = Loop(tmp_path)
+    refs = world.drop("a.csv", "b.csv", "c.csv")
+    [job] = world.running()
+    refusing = loop.Deps(config=world.deps.config, contract=world.deps.contract, clock=world.deps.clock,
+                         ledger=world.ledger, blobs=world.blobs,
+                         workspace=_Refusing(world.workspace))  # type: ignore[arg-type]
+    world.workspace.finish(job, JobState.COMPLETED, METRICS)
+
+    with pytest.raises(WorkspaceRejectedError):
+        loop.complete(run_event(WorkKey.of_job(job)), refusing)  # the next job's start is refused
+
+    assert [world.state(r) for r in refs] == [LedgerState.DONE, LedgerState.FAILED, LedgerState.FAILED]
+    assert "could not be submitted: the service refused the job" in (
+        world.ledger.get(WorkKey.for_blob(refs[1])).reason or "")  # type: ignore[union-attr]
+    assert world.ledger.schedule().jobs == {}, "no slot is held by a job that cannot start"
+    assert loop.reconcile(world.deps, grace=timedelta(hours=1)).errors == ()
