@@ -31,10 +31,9 @@ from autoretrain.adapters.localworkspace.workspace import catalog_rows  # noqa: 
 from autoretrain.adapters.storage import AzureBlobStore  # noqa: E402
 from autoretrain.bootstrap import blob_service, table_service  # noqa: E402
 from autoretrain.domain import WorkKey, job_output_path  # noqa: E402
+from autoretrain.local.azurite import azurite_connection  # noqa: E402
 from autoretrain.local.stack import LocalStack  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
-
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def _free_port() -> int:
@@ -61,9 +60,7 @@ def run(files: list[bytes], jobs_in_flight: int) -> dict[str, float]:
     os.environ.update(
         AUTORETRAIN_HOME=str(home), AUTORETRAIN_CONTRACT=str(contract),
         AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{_free_port()}",
-        AUTORETRAIN_STORAGE=(f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-                             f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
-                             f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"),
+        AUTORETRAIN_STORAGE=azurite_connection(blob, table),
     )
     settings = Settings.from_env()
     with LocalStack(settings, poll_interval=0.2):

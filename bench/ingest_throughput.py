@@ -70,7 +70,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # NCRONTAB for "midnight on 1 January": the timer does not fire during a run.
 RARE_SCHEDULE = "0 0 0 1 1 *"
 PHASES = ("ingest.claimed", "ingest.contract_ok", "ingest.data_registered", "ingest.training_set",
@@ -87,11 +86,9 @@ def _free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
 
 
 def _connection_string(blob_port: int, table_port: int) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
-        f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;"
-    )
+    from autoretrain.local.azurite import azurite_connection
+
+    return azurite_connection(blob_port, table_port)
 
 
 # ---- the host in `hold` mode (a subprocess of this script) ----------------------------------------

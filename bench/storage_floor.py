@@ -37,11 +37,9 @@ from azure.core.exceptions import ResourceExistsError  # noqa: E402
 
 from autoretrain import bootstrap as boot  # noqa: E402
 from autoretrain.contract import HEAD_BYTES  # noqa: E402
-from autoretrain.local.azurite import Azurite, _free_port  # noqa: E402
+from autoretrain.local.azurite import Azurite, _free_port, azurite_connection  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
 
-# Azurite's well-known development account (public, in Azurite's own documentation).
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 ROW = b"14.02,1.68,2.21,16.0,96,2.65,2.33,0.26,1.98,4.7,1.04,3.59,1035,class_0\n"
 
 
@@ -75,11 +73,7 @@ def main() -> None:
     azurite = Azurite(home, blob_port=blob_port, table_port=table_port).start()
     assert azurite._process is not None, "a fresh Azurite of this script's own"
     try:
-        connection = (
-            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
-            f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;"
-        )
+        connection = azurite_connection(blob_port, table_port)
         settings = Settings(storage_connection=connection)
         blobs, tables = boot.blob_service(settings), boot.table_service(settings)
         blobs.create_container("incoming")

@@ -24,6 +24,7 @@ from autoretrain.adapters.ledger import TableLedger
 from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
 from autoretrain.local import host_answers
+from autoretrain.local.azurite import azurite_connection
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,6 @@ class Loop:
         pytest.fail(f"not final after {timeout} s: {[(k.value, r.state) for k, r in records.items()]}")
 
 
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
 def own_storage() -> str:
     """A connection string to an Azurite on ports of its own (Azurite's documented dev account), which
     the stack (or the test) starts and stops itself."""
@@ -69,11 +67,7 @@ def own_storage() -> str:
     table = free_port()
     while table in (blob, blob + 1):
         table = free_port()
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
-        f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"
-    )
+    return azurite_connection(blob, table)
 
 
 def per_file_contract(folder: Path) -> dict[str, str]:

@@ -24,7 +24,8 @@ from autoretrain.domain.errors import ConfigError, StorageError
 from autoretrain.settings import PROJECT_ROOT
 from autoretrain.waiting import start_and_poll
 
-__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_ports", "listener", "storage_down"]
+__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_connection", "azurite_ports", "listener",
+           "storage_down"]
 
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
 log = logging.getLogger("autoretrain.azurite")
@@ -54,6 +55,20 @@ def azurite_ports(connection: str | None) -> tuple[int, int]:
         port = urlsplit(parts[key]).port if key in parts else None
         ports.append(port or default)
     return ports[0], ports[1]
+
+
+# Azurite's well-known development account (public, in Azurite's own documentation).
+_DEV_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_connection(blob_port: int, table_port: int) -> str:
+    """The connection string of an Azurite on these ports (the development account): what
+    `azurite_ports` reads back, for a stack, a test or a benchmark on an Azurite of its own."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={_DEV_ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+        f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;"
+    )
 
 
 def storage_down(connection: str | None) -> str | None:
