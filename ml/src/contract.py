@@ -24,10 +24,11 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from datacontract import (
     DATA_ERROR_EXIT,
     ESTIMATORS,
@@ -60,10 +61,15 @@ __all__ = [
     "log_to_mlflow",
     "read_split",
     "run_step",
+    "split_schema",
 ]
 
-# The file name inside every uri_folder data output (train_data, test_data).
-DATA_FILE = "data.csv"
+# The file name inside every uri_folder data output (train_data, test_data): Parquet, typed by the
+# contract (`split_schema`), so train and evaluate read numbers without parsing text.
+DATA_FILE = "data.parquet"
+
+# A declared type as a split stores it: an int column is int64 whatever its gaps (Parquet keeps nulls).
+_ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "category": pa.string()}
 
 _log = logging.getLogger(__name__)
 
@@ -94,6 +100,13 @@ def load_contract(path: Path) -> Contract:
         raise InputError(str(exc)) from None
 
 
+def split_schema(contract: Contract) -> pa.Schema:
+    """The columns of a split prep writes, in the contract's order (features, then the target), each
+    typed as declared: float -> float64, int -> int64, category -> string; the target is a string to
+    a classifier and float64 to a regressor. A gap is a null in any of them."""
+    return pa.schema([(column, _ARROW_TYPES[kind]) for column, kind in contract.kinds.items()])
+
+
 def read_split(folder: Path, contract: Contract) -> tuple[pd.DataFrame, pd.Series]:
     """Features and target of a split that prep wrote, typed as the contract declares.
 
@@ -103,17 +116,29 @@ def read_split(folder: Path, contract: Contract) -> tuple[pd.DataFrame, pd.Serie
     path = folder / DATA_FILE
     if not path.is_file():
         raise InputError(f"{path}: missing; pass the folder that the prep step wrote.")
-    numeric = {c: "float64" for c, kind in contract.features.items() if kind != "category"}
-    textual = {c: object for c, kind in contract.features.items() if kind == "category"}
-    target_type: Any = object if contract.task == "classification" else "float64"
-    frame = pd.read_csv(
-        path, dtype={**numeric, **textual, contract.target: target_type}, keep_default_na=False,
-        na_values={c: [""] for c in contract.columns},
-    )
+    # Text read as dictionary-encoded (as it is stored): one Python string per distinct value, not per
+    # row, which is the CSV reader's memory, and what classes and encoders compare fast.
+    textual = [c for c, kind in contract.kinds.items() if kind == "category"]
+    try:
+        frame = pd.read_parquet(path, engine="pyarrow", read_dictionary=textual)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: not a split that prep wrote ({reason}); rerun prep.") from None
     missing = [c for c in contract.columns if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; rerun prep.")
+    for column, kind in contract.kinds.items():
+        frame[column] = _model_facing(frame[column], kind)
     return frame[list(contract.features)], frame[contract.target]
+
+
+def _model_facing(values: pd.Series, kind: str) -> pd.Series:
+    """A stored column as the model sees it: numbers as float64 (an int's gap, a null, as NaN), text
+    (a pandas Categorical) as Python strings in an object column with NaN for a gap."""
+    if kind != "category":
+        return values.astype("float64")
+    text = values.astype(object)
+    return text.where(text.notna(), np.nan)
 
 
 def log_to_mlflow(params: Mapping[str, object], metrics: Mapping[str, float]) -> bool:

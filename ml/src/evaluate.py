@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contract import Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
+from contract import DATA_FILE, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
 from datacontract import is_no_champion
 
 __all__ = ["build_parser", "main", "parse_args", "score"]
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags are the component's input and output names (components/evaluate.yml)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="folder of the MLflow model")
-    parser.add_argument("--test_data", type=Path, required=True, help="folder prep wrote data.csv to")
+    parser.add_argument("--test_data", type=Path, required=True, help=f"folder prep wrote {DATA_FILE} to")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--champion", type=Path, required=True,
                         help="folder of the champion's MLflow model, or the no-champion marker folder")

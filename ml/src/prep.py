@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from contract import (
     DATA_FILE,
     MISSING,
@@ -37,6 +39,7 @@ from contract import (
     local_files,
     log_to_mlflow,
     run_step,
+    split_schema,
 )
 from datacontract import (
     REPORT_FILE,
@@ -345,13 +348,18 @@ def hash_test_mask(rows: pd.DataFrame, fraction: float, seed: int) -> np.ndarray
     return np.asarray(mask)
 
 
-def _write_rows(frame: pd.DataFrame, mask: np.ndarray, path: Path, chunk: int = 1 << 17) -> None:
-    """The rows of `frame` that `mask` selects, as CSV, a slice at a time: a split written whole
-    would copy most of the frame first (+75% of its memory at the step's peak)."""
-    with path.open("w", encoding="utf-8", newline="") as out:
-        for start in range(0, max(len(frame), 1), chunk):
-            part = frame.iloc[start : start + chunk]
-            part[mask[start : start + chunk]].to_csv(out, index=False, header=start == 0)
+def _write_rows(frame: pd.DataFrame, mask: np.ndarray, path: Path, schema: pa.Schema, chunk: int = 1 << 17) -> None:
+    """The rows of `frame` that `mask` selects, as Parquet typed by `schema` (a gap, NaN or None, a
+    null), a slice at a time, a row group each: a split converted whole would copy most of the frame
+    first (+75% of its memory at the step's peak). Arrow allocates from the system allocator: its
+    default pool (mimalloc) keeps the slices' freed pages, +14 MB at the peak on 1M rows."""
+    pool = pa.system_memory_pool()
+    with pq.ParquetWriter(path, schema, memory_pool=pool) as out:
+        for start in range(0, len(frame), chunk):
+            part = frame.iloc[start : start + chunk][mask[start : start + chunk]]
+            if len(part):
+                columns = [pa.array(part[f.name], type=f.type, from_pandas=True, memory_pool=pool) for f in schema]
+                out.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def main(
@@ -422,9 +430,10 @@ def _prepare(
 
     position = np.asarray(positions)[has_target.to_numpy()]
     train_mask, test_mask = _split(frame, spec, position, label, test_fraction, seed, train_last)
+    schema = split_schema(spec)
     for folder, mask in ((train_data, train_mask), (test_data, test_mask)):
         folder.mkdir(parents=True, exist_ok=True)
-        _write_rows(frame, mask, folder / DATA_FILE)
+        _write_rows(frame, mask, folder / DATA_FILE, schema)
     files = int(position.max()) + 1 if len(position) else 0
     summary: dict[str, object] = {
         "rows_in": rows_in,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract import ESTIMATORS, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
+from contract import DATA_FILE, ESTIMATORS, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
 
 __all__ = ["build_model", "build_parser", "main", "parse_args"]
 
@@ -30,7 +30,7 @@ _log = logging.getLogger("train")
 def build_parser() -> argparse.ArgumentParser:
     """The flags are the component's input and output names (components/train.yml)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train_data", type=Path, required=True, help="folder prep wrote data.csv to")
+    parser.add_argument("--train_data", type=Path, required=True, help=f"folder prep wrote {DATA_FILE} to")
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--seed", type=int, default=42, help="seed of the estimator")
     parser.add_argument("--model", type=Path, required=True, help="folder for the MLflow model")

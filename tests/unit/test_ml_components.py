@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlmodules import load_ml_module, snapshot
@@ -220,10 +222,11 @@ class TestClassification:
     def test_splits_hold_every_clean_row_once(self, wine_run: tuple[Run, pd.DataFrame]) -> None:
         """Train and test partition the rows that have a target."""
         run, drop = wine_run
-        train = pd.read_csv(run.outputs["prep"]["train_data"] / "data.csv")
-        test = pd.read_csv(run.outputs["prep"]["test_data"] / "data.csv")
+        train = pd.read_parquet(run.outputs["prep"]["train_data"] / "data.parquet")
+        test = pd.read_parquet(run.outputs["prep"]["test_data"] / "data.parquet")
         kept = drop[drop["cultivar"] != ""]
         assert sorted(pd.concat([train, test])["proline"]) == sorted(kept["proline"].astype(int))
+        assert len(train) + len(test) == len(kept)
 
     def test_the_champion_is_scored_on_the_same_test_rows_as_the_new_model(
         self, wine_run: tuple[Run, pd.DataFrame], tmp_path: Path
@@ -269,7 +272,7 @@ class TestClassification:
         run, _ = wine_run
         monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
         model = mlflow.pyfunc.load_model(str(run.outputs["train"]["model"]))
-        test = pd.read_csv(run.outputs["prep"]["test_data"] / "data.csv")
+        test = pd.read_parquet(run.outputs["prep"]["test_data"] / "data.parquet")
         rows = test.drop(columns="cultivar").astype(float)
         rows.loc[0, "alcohol"] = float("nan")
         predicted = list(model.predict(rows))
@@ -494,14 +497,14 @@ class TestSplit:
         data = tmp_path / "wine.csv"
         wine.wine_frame().to_csv(data, index=False)
 
-        def split(seed: int, name: str) -> str:
+        def split(seed: int, name: str) -> pd.DataFrame:
             out = tmp_path / name
             prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train", test_data=out / "test",
                       report=out / "report", seed=seed)
-            return (out / "test" / "data.csv").read_text()
+            return pd.read_parquet(out / "test" / "data.parquet")
 
-        assert split(7, "a") == split(7, "b")
-        assert split(7, "a") != split(8, "c")
+        pd.testing.assert_frame_equal(split(7, "a"), split(7, "b"))
+        assert not split(7, "a").equals(split(8, "c"))
 
     def test_a_row_keeps_its_split_whatever_file_or_order_it_comes_in(self, tmp_path: Path) -> None:
         """Split by a hash of the row: the rows of one month stay in their split when the month
@@ -519,11 +522,12 @@ class TestSplit:
             out = tmp_path / name
             prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train", test_data=out / "test",
                       report=out / "report")
-            return rows(pd.read_csv(out / "test" / "data.csv", dtype=str)[list(data_frame.columns)])
+            return rows(pd.read_parquet(out / "test" / "data.parquet")[list(data_frame.columns)])
 
         month_test = test_rows(one_month, "month")
         window_test = test_rows(window, "window")
-        assert month_test and month_test == window_test & rows(pd.read_csv(tmp_path / "month.csv", dtype=str))
+        # The month's rows as typed as the splits' (float64, int64, str), so that a row is one text either way.
+        assert month_test and month_test == window_test & rows(pd.read_csv(tmp_path / "month.csv"))
 
     def test_about_the_test_fraction_is_held_out_and_at_least_one_row(self) -> None:
         rows = pd.DataFrame({"a": [str(i) for i in range(1000)], "y": ["x"] * 1000})
@@ -642,29 +646,119 @@ class TestReaders:
         data = tmp_path / "drop.csv"
         drop.to_csv(data, index=False)
 
-        def split(name: str) -> tuple[str, str, dict[str, Any]]:
+        def split(name: str) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
             out = tmp_path / name
             report = prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train",
                                test_data=out / "test", report=out / "report")
-            return (out / "train" / "data.csv").read_text(), (out / "test" / "data.csv").read_text(), report
+            return pq.read_table(out / "train" / "data.parquet"), pq.read_table(out / "test" / "data.parquet"), report
 
         fast = split("fast")
         monkeypatch.setattr(prep, "read_fast", lambda *_: None)
         exact = split("exact")
-        assert fast == exact
+        for mine, theirs in zip(fast[:2], exact[:2], strict=True):
+            assert mine.schema == theirs.schema
+            pd.testing.assert_frame_equal(mine.to_pandas(), theirs.to_pandas())
+        assert fast[2] == exact[2]
         assert fast[2]["rows_dropped_missing_target"] == 1
+
+
+_SMALL_CONTRACT = ("target: cultivar\ntask: classification\nprimary_metric: f1_macro\n"
+                   "features: {alcohol: float, magnesium: int, colour: category}\n")
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 17])
 def test_prep_writes_a_split_slice_by_slice_as_one_write_would(tmp_path: Path, chunk: int) -> None:
-    """The split is written a slice at a time (its memory): the file is byte for byte the one a
-    single to_csv of the selected rows writes, whatever the slice, with gaps, whole numbers and text."""
+    """The split is written a slice at a time (its memory): the file holds the very table, schema and
+    rows, that a single write of the selected rows holds, whatever the slice, with gaps, whole numbers
+    and text; and train and evaluate read it back as the selected rows, typed for the model."""
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(_SMALL_CONTRACT)
+    spec = contract_module.load_contract(contract)
+    schema = contract_module.split_schema(spec)
     frame = pd.DataFrame({
         "alcohol": [13.2, None, 12.25, 14.1, 11.0, 13.0, 12.5],
         "magnesium": pd.array([100, 98, None, 101, 87, 99, 120], dtype="Int64"),
-        "cultivar": ["class_0", "class_1", "class, quoted", None, "class_2", "class_0", "class_1"],
+        "colour": ["red", None, "white, quoted", "white", "rosé", "red", None],
+        "cultivar": ["class_0", "class_1", "class, quoted", "class_2", "class_2", "class_0", "class_1"],
     })
     for mask in ([True, False, True, True, False, True, False], [False] * 7, [True] * 7):
-        out = tmp_path / f"{chunk}-{sum(mask)}.csv"
-        prep._write_rows(frame, pd.Series(mask).to_numpy(), out, chunk=chunk)
-        assert out.read_text(encoding="utf-8") == frame[mask].to_csv(index=False)
+        folder = tmp_path / f"{chunk}-{sum(mask)}"
+        folder.mkdir()
+        prep._write_rows(frame, pd.Series(mask).to_numpy(), folder / contract_module.DATA_FILE, schema, chunk=chunk)
+        whole = tmp_path / f"whole-{sum(mask)}.parquet"
+        one = pa.Table.from_pandas(frame[mask], schema=schema, preserve_index=False)
+        pq.write_table(one.replace_schema_metadata(None), whole)  # prep stores no pandas metadata
+        written = pq.read_table(folder / contract_module.DATA_FILE)
+        assert written.schema == schema
+        assert written.equals(pq.read_table(whole))
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / contract_module.DATA_FILE), pd.read_parquet(whole))
+
+        features, target = contract_module.read_split(folder, spec)
+        selected = frame[mask].reset_index(drop=True)
+        expected = pd.DataFrame({
+            "alcohol": selected["alcohol"].astype("float64"),
+            "magnesium": selected["magnesium"].astype("float64"),
+            "colour": selected["colour"].astype(object).where(selected["colour"].notna(), float("nan")),
+        })
+        pd.testing.assert_frame_equal(features, expected)
+        pd.testing.assert_series_equal(target, selected["cultivar"].astype(object))
+
+
+class TestSplitFiles:
+    """The splits prep writes are Parquet typed by the contract, which train and evaluate read as
+    the model has always seen them: numbers as float64, categories as Python strings with NaN gaps."""
+
+    def test_the_schema_is_the_contract_s_types_in_its_order(
+        self, wine_run: tuple[Run, pd.DataFrame], diabetes_run: Run
+    ) -> None:
+        run, _ = wine_run
+        wine_spec = contract_module.load_contract(WINE_CONTRACT)
+        for output in ("train_data", "test_data"):
+            schema = pq.read_schema(run.outputs["prep"][output] / "data.parquet")
+            assert schema.names == [*wine_spec.features, "cultivar"]
+            types = dict(zip(schema.names, schema.types, strict=True))
+            assert {c: types[c] for c in wine_spec.columns_of("float")} == dict.fromkeys(
+                wine_spec.columns_of("float"), pa.float64()
+            )
+            assert {c: types[c] for c in wine_spec.columns_of("int")} == dict.fromkeys(
+                ["magnesium", "proline"], pa.int64()
+            )
+            assert types["cultivar"] == pa.string()
+        # proline has no gap, magnesium one (its 'NA'): an int column stays int64, the gap a null.
+        both = pa.concat_tables([pq.read_table(run.outputs["prep"][o] / "data.parquet") for o in ("train_data",
+                                                                                                 "test_data")])
+        assert (both["proline"].null_count, both["magnesium"].null_count) == (0, 1)
+
+        diabetes_spec = contract_module.load_contract(DIABETES_CONTRACT)
+        schema = pq.read_schema(diabetes_run.outputs["prep"]["train_data"] / "data.parquet")
+        assert schema == contract_module.split_schema(diabetes_spec)
+        types = dict(zip(schema.names, schema.types, strict=True))
+        assert (types["sex"], types["progression"], types["age"]) == (pa.string(), pa.float64(), pa.float64())
+
+    def test_train_and_evaluate_read_numbers_as_float_and_categories_as_strings_with_nan_gaps(
+        self, diabetes_run: Run, wine_run: tuple[Run, pd.DataFrame]
+    ) -> None:
+        spec = contract_module.load_contract(DIABETES_CONTRACT)
+        parts = [contract_module.read_split(diabetes_run.outputs["prep"][o], spec) for o in ("train_data", "test_data")]
+        features = pd.concat([f for f, _ in parts])
+        assert features["sex"].dtype == object and features["age"].dtype == "float64"
+        assert parts[0][1].dtype == "float64"
+        sexes = features["sex"].tolist()
+        assert {type(s) for s in sexes} == {str, float} and sum(s != s for s in sexes) == 2  # two NaN gaps
+        run, _ = wine_run
+        wine_spec = contract_module.load_contract(WINE_CONTRACT)
+        wine_features, cultivars = contract_module.read_split(run.outputs["prep"]["train_data"], wine_spec)
+        assert (wine_features.dtypes == "float64").all() and cultivars.dtype == object
+        assert set(cultivars) <= WINE_CLASSES
+
+    def test_a_split_that_is_not_parquet_is_one_line_naming_the_file(self, tmp_path: Path) -> None:
+        spec = contract_module.load_contract(WINE_CONTRACT)
+        with pytest.raises(contract_module.InputError, match=r"data\.parquet: missing; pass the folder"):
+            contract_module.read_split(tmp_path, spec)
+        (tmp_path / "data.parquet").write_text("alcohol,cultivar\n1.0,class_0\n")
+        not_parquet = r"data\.parquet: not a split that prep wrote \(.+\); rerun prep\.$"
+        with pytest.raises(contract_module.InputError, match=not_parquet):
+            contract_module.read_split(tmp_path, spec)
+        pq.write_table(pa.table({"alcohol": [1.0], "cultivar": ["class_0"]}), tmp_path / "data.parquet")
+        with pytest.raises(contract_module.InputError, match=r"data\.parquet: missing column\(s\) 'malic_acid', "):
+            contract_module.read_split(tmp_path, spec)

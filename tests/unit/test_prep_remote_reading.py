@@ -192,8 +192,8 @@ def test_prep_gives_the_same_splits_or_the_same_error_for_uris_and_paths(
         return _outcome(lambda: (
             prep.main(data=data, contract=WINE_CONTRACT, train_data=out / "train", test_data=out / "test",
                       report=out / "report"),
-            (out / "train" / "data.csv").read_bytes(),
-            (out / "test" / "data.csv").read_bytes(),
+            pd.read_parquet(out / "train" / "data.parquet"),
+            pd.read_parquet(out / "test" / "data.parquet"),
         ))
 
     _assert_same(run(local), run(remote))

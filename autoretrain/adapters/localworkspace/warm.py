@@ -34,7 +34,7 @@ __all__ = ["WarmRunner", "die_with_parent", "serve"]
 # Imported once by the server; each step's fork starts with them in memory.
 _PRELOAD = ("numpy", "pandas", "yaml", "sklearn.pipeline", "sklearn.compose", "sklearn.linear_model",
             "sklearn.ensemble", "sklearn.metrics", "sklearn.impute", "sklearn.preprocessing", "skops.io",
-            "mlflow.sklearn", "mlflow.models")
+            "mlflow.sklearn", "mlflow.models", "pyarrow.parquet")
 
 
 # With a local (SQLite) tracking store: its modules, imported once too.
