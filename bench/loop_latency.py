@@ -7,7 +7,8 @@ fresh home, then
   2. drops a batch at once: the wall time until all are done, and each file's latency.
 Per-step times come from the local workspace's job logs.
 
-    .venv/bin/python bench/loop_latency.py [--sequential 3] [--batch 4]
+    .venv/bin/python bench/loop_latency.py [--sequential 3] [--batch 4] [--rows 10000] [--poll-interval 1]
+                                           [--no-poke]
 
 Numbers go to stdout; report them in the issue notes. Not run by the tests.
 """
@@ -32,6 +33,7 @@ from autoretrain.adapters.localworkspace.workspace import catalog_rows  # noqa: 
 from autoretrain.adapters.storage import AzureBlobStore  # noqa: E402
 from autoretrain.bootstrap import blob_service, table_service  # noqa: E402
 from autoretrain.domain import LedgerState, WorkKey  # noqa: E402
+from autoretrain.local.eventgrid import poke  # noqa: E402
 from autoretrain.local.stack import LocalStack  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
 
@@ -84,6 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequential", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--poll-interval", type=float, default=1.0,
+                        help="the watcher's poll (the `autoretrain up` default: 1 s)")
+    parser.add_argument("--no-poke", action="store_true",
+                        help="upload as another tool would: the watcher finds it at its next poll, "
+                        "not told by `autoretrain drop`'s poke")
     parser.add_argument("--rows", type=int, default=0,
                         help="drop files of this many wine-shaped rows (default: the monthly wine drops)")
     args = parser.parse_args()
@@ -100,7 +107,7 @@ def main() -> None:
     )
     settings = Settings.from_env()
     started = time.monotonic()
-    with LocalStack(settings, poll_interval=0.2):
+    with LocalStack(settings, poll_interval=args.poll_interval):
         print(f"stack up in {time.monotonic() - started:.2f} s (home {home})")
         blobs = AzureBlobStore(blob_service(settings))
         ledger = TableLedger.connect(table_service(settings), settings.ledger_table)
@@ -117,9 +124,12 @@ def main() -> None:
         else:
             files = _drops(home / "seq", args.sequential, seed=11)
         for path in files:
+            dropped = time.monotonic()
             ref = blobs.upload(settings.incoming_container, f"seq-{path.name}", path.read_bytes())
+            if not args.no_poke:
+                poke(settings.home, settings.incoming_container)  # as `autoretrain drop` does
             key = WorkKey.for_blob(ref)
-            single.append(_wait(ledger, {key: time.monotonic()})[key])
+            single.append(_wait(ledger, {key: dropped})[key])
         print("\none file at a time (seconds from drop):")
         for i, t in enumerate(single, 1):
             print(f"  file {i}: submitted {t['submitted']:.2f}  done {t['done']:.2f}")
@@ -130,8 +140,11 @@ def main() -> None:
             batch_start = time.monotonic()
             keys = {}
             for path in _drops(home / "batch", args.batch, seed=12):
+                dropped = time.monotonic()
                 ref = blobs.upload(settings.incoming_container, f"batch-{path.name}", path.read_bytes())
-                keys[WorkKey.for_blob(ref)] = time.monotonic()
+                if not args.no_poke:
+                    poke(settings.home, settings.incoming_container)
+                keys[WorkKey.for_blob(ref)] = dropped
             result = _wait(ledger, keys)
             print(f"\n{args.batch} files at once: all done in {time.monotonic() - batch_start:.2f} s; per file "
                   + ", ".join(f"{t['done']:.1f}" for t in result.values()))

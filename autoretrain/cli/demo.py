@@ -73,6 +73,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"autoretrain demo: home {settings.home}, function logs in {log_path}")
     *months, typo = _demo_files(settings.home / "demo" / "drops", args.months)
     burst = _burst_files(settings.home / "demo" / "burst")
+    from autoretrain.local.eventgrid import poke
+
     with contextlib.ExitStack() as running:
         _start_stack(settings, running, console)
         blobs, ledger = operator(settings).blobs, operator(settings).ledger
@@ -80,6 +82,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
             def drop(path: Path) -> WorkKey:
                 ref = blobs.upload(settings.incoming_container, path.name, path.read_bytes())
+                poke(settings.home, settings.incoming_container)  # the watcher looks now, not at its next poll
                 console.print(f"  dropped {ref.path} ({path.stat().st_size} bytes)")
                 return progress.dropped(path.name, ref)
 

@@ -59,6 +59,10 @@ def cmd_drop(settings: Settings, args: argparse.Namespace) -> int:
             name = f"{args.prefix}{path.name}"
             ref = blobs.upload(settings.incoming_container, name, path.read_bytes())
             print(f"dropped {ref.path} etag={ref.etag} work_key={WorkKey.for_blob(ref)}")
+    # A running stack on this home looks at incoming/ now, instead of at its next poll.
+    from autoretrain.local.eventgrid import poke
+
+    poke(settings.home, settings.incoming_container)
     return 0
 
 

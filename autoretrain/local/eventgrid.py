@@ -53,10 +53,31 @@ __all__ = [
     "deliver_once",
     "eventgrid_webhook_url",
     "function_for",
+    "poke",
     "publish_to_function",
     "redeliver_deadletters",
     "redeliver_record",
 ]
+
+# How often the watcher looks at its poke file between polls: a stat, microseconds each.
+_POKE_CHECK = 0.05
+
+
+def _poke_path(home: Path, container: str) -> Path:
+    return Path(home) / "eventgrid" / f"poke-{container}"
+
+
+def poke(home: Path, container: str) -> None:
+    """Tell the stack's watcher of `container` (in any process, on this home) that a blob was just
+    uploaded, so it looks now instead of at its next poll: what `autoretrain drop` and the demo do.
+    Event Grid pushes a real upload's event within about a second; uploads by other tools are
+    still found by the poll. Best effort: a home that cannot be written to only waits for the poll."""
+    path = _poke_path(home, container)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex, encoding="utf-8")
+    except OSError as exc:
+        log.debug("eventgrid.poke_failed path=%s error=%s", path, exc)
 
 log = logging.getLogger("autoretrain.eventgrid")
 
@@ -148,6 +169,7 @@ class BlobWatcher:
         self._topic = topic
         self._interval = interval
         self.state_path = Path(home) / "eventgrid" / f"watch-{container}.json"
+        self._poke = _poke_path(home, container)
         # Re-entrant: a delivery may settle an event inside publish(), while a poll holds the lock.
         self._state_lock = threading.RLock()
         self._emitted, self._last_sequence = self._load_state()
@@ -234,7 +256,21 @@ class BlobWatcher:
                             self._container, " ".join(str(exc).split())[:300], wait)
                 self._stop.wait(wait)
                 continue
-            self._stop.wait(self._interval)
+            self._wait_for_poll()
+
+    def _poked(self) -> float | None:
+        try:
+            return self._poke.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _wait_for_poll(self) -> None:
+        """Until the next poll: `interval` seconds, or less when someone pokes (`poke`)."""
+        before = self._poked()
+        deadline = time.monotonic() + self._interval
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(_POKE_CHECK, left)) or self._poked() != before:
+                return
 
     def _ensure_container(self) -> None:
         if not self._container_ready:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,7 @@ from autoretrain.local.eventgrid import (
     BlobWatcher,
     EventGridDelivery,
     eventgrid_webhook_url,
+    poke,
     publish_to_function,
 )
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
@@ -351,3 +353,27 @@ class TestBlobWatcher:
         [(path, headers, body)] = endpoint.requests
         assert (path, headers["aeg-event-type"], len(body)) == ("/hook", "Notification", 1)
         assert body[0] == expected_event(container, "march.csv", body[0])
+
+    def test_a_poked_watcher_looks_at_once_instead_of_at_its_next_poll(
+        self, azurite: str, container: ContainerClient, endpoint: Endpoint,
+        delivery: EventGridDelivery, tmp_path: Path
+    ) -> None:
+        """`poke` (what `autoretrain drop` does after its upload, from any process on the same home):
+        a watcher polling every 30 s delivers the upload well before then; without it, not yet."""
+        container.create_container()
+        with BlobWatcher(azurite, container.container_name, delivery, f"{endpoint.url}/hook", tmp_path,
+                         interval=30):
+            threading.Event().wait(0.5)  # its first poll, of an empty container, is over
+            container.upload_blob("march.csv", b"v1")
+            threading.Event().wait(1.0)
+            assert not endpoint.requests, "unpoked, the upload waits for the next poll"
+            poked = time.monotonic()
+            poke(tmp_path, container.container_name)
+            while not endpoint.requests and time.monotonic() - poked < 10:
+                threading.Event().wait(0.02)
+            announced = time.monotonic() - poked
+            assert delivery.drain(5)
+
+        assert [body[0]["subject"].rsplit("/", 1)[1] for _, _, body in endpoint.requests] == ["march.csv"]
+        assert announced < 2, f"announced {announced:.2f} s after the poke"
+
