@@ -16,7 +16,8 @@ side maps to its own (`ConfigError` in the app, `InputError` in a step).
       params: {max_iter: 200}
     promote: {min_delta: 0.01, min_value: 0.8}   # optional: the champion gate's rule
     training: {window: all}         # all (default) | {window: last, versions: N} | {window: days, days: D}
-                                    # jobs_in_flight: 1 (default; 0: no limit), quiet_seconds: 0
+                                    # jobs_in_flight: 1 (default; 0: no limit), quiet_seconds: 0,
+                                    # retrain_when: always (default) | champion_slips, slip: 0.02
 
 It also holds the one check of a data file's CSV against the contract: ingest's head check
 (`autoretrain.contract.check_head`, the csv module on a file's first bytes) and prep's check of the
@@ -35,13 +36,45 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
-    "DATA_ERROR_EXIT", "DEFAULT_MAX_BYTES", "ESTIMATORS", "FEATURE_TYPES", "METRICS", "MIN_ROWS", "MISSING",
-    "NO_CHAMPION_FILES", "REPORT_FILE", "TASKS", "TOP_KEYS", "WINDOWS", "Contract", "ContractRuleError", "ModelSpec",
-    "PromoteRule", "TrainingRule", "bad_value_message", "cell_problem", "expected_value",
-    "header_not_csv_message", "header_problem", "is_missing", "is_no_champion", "mltable_files", "mltable_text",
-    "no_data_rows_message", "no_header_message", "no_target_values_message", "not_csv_message",
-    "not_utf8_message", "parse_contract", "ragged_row_message", "read_contract", "rejection",
-    "single_class_message", "target_problem", "too_few_rows_message",
+    "DATA_ERROR_EXIT",
+    "DEFAULT_MAX_BYTES",
+    "ESTIMATORS",
+    "FEATURE_TYPES",
+    "METRICS",
+    "MIN_ROWS",
+    "MISSING",
+    "NO_CHAMPION_FILES",
+    "REPORT_FILE",
+    "RETRAIN_WHEN",
+    "TASKS",
+    "TOP_KEYS",
+    "WINDOWS",
+    "Contract",
+    "ContractRuleError",
+    "ModelSpec",
+    "PromoteRule",
+    "TrainingRule",
+    "bad_value_message",
+    "cell_problem",
+    "expected_value",
+    "header_not_csv_message",
+    "header_problem",
+    "is_missing",
+    "is_no_champion",
+    "mltable_files",
+    "mltable_text",
+    "no_data_rows_message",
+    "no_header_message",
+    "no_target_values_message",
+    "not_csv_message",
+    "not_utf8_message",
+    "parse_contract",
+    "ragged_row_message",
+    "read_contract",
+    "rejection",
+    "single_class_message",
+    "target_problem",
+    "too_few_rows_message",
 ]
 
 FEATURE_TYPES = ("float", "int", "category")
@@ -75,6 +108,7 @@ NO_CHAMPION_FILES: Mapping[str, str] = MappingProxyType({
     "README.md": "Bound to the pipeline's `champion` input while no model is champion; evaluate scores no champion.\n",
 })
 WINDOWS = ("all", "last", "days")
+RETRAIN_WHEN = ("always", "champion_slips")
 TOP_KEYS = ("target", "task", "primary_metric", "features", "max_bytes", "model", "promote", "training")
 
 _INT, _FLOAT, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
@@ -134,13 +168,17 @@ class TrainingRule:
     """Which accepted data versions a job trains on (all, the last `versions`, or the last `days`), and
     how many jobs may run at once: while `jobs_in_flight` jobs run (0: no limit), an accepted version
     waits, and every version waiting when a job ends is the new data of one next job. With
-    `quiet_seconds`, a burst settles first: no job starts until nothing has arrived for that long."""
+    `quiet_seconds`, a burst settles first: no job starts until nothing has arrived for that long.
+    With `retrain_when: champion_slips` a new version is first scored by the champion: it trains only
+    if the champion's primary metric there is more than `slip` worse than the value it was promoted with."""
 
     window: str = "all"
     versions: int | None = None
     days: float | None = None
     jobs_in_flight: int = 1
     quiet_seconds: float = 0.0
+    retrain_when: str = "always"
+    slip: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +295,8 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingRule:
     window = spec.get("window", "all")
     if window not in WINDOWS:
         raise ContractRuleError(f"{where}: training.window {window!r} is not one of {', '.join(WINDOWS)}.")
-    allowed = {"window", "jobs_in_flight", "quiet_seconds", *({"last": ["versions"], "days": ["days"]}.get(window, []))}
+    allowed = {"window", "jobs_in_flight", "quiet_seconds", "retrain_when", "slip",
+               *({"last": ["versions"], "days": ["days"]}.get(window, []))}
     extra = sorted(set(spec) - allowed)
     if extra:
         raise ContractRuleError(
@@ -270,7 +309,11 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingRule:
         raise ContractRuleError(f"{where}: training.days is 0; it must be above 0.")
     in_flight = int(_number(spec.get("jobs_in_flight", 1), where, "training.jobs_in_flight", minimum=0, whole=True))
     quiet = float(_number(spec.get("quiet_seconds", 0), where, "training.quiet_seconds", minimum=0))
-    return TrainingRule(window, versions, days, jobs_in_flight=in_flight, quiet_seconds=quiet)
+    when = spec.get("retrain_when", "always")
+    if when not in RETRAIN_WHEN:
+        raise ContractRuleError(f"{where}: training.retrain_when {when!r} is not one of {', '.join(RETRAIN_WHEN)}.")
+    slip = float(_number(spec.get("slip", 0.02), where, "training.slip", minimum=0))
+    return TrainingRule(window, versions, days, in_flight, quiet, retrain_when=when, slip=slip)
 
 
 def parse_contract(raw: Any, where: str) -> Contract:

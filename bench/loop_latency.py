@@ -8,7 +8,7 @@ fresh home, then
 Per-step times come from the local workspace's job logs.
 
     .venv/bin/python bench/loop_latency.py [--sequential 3] [--batch 4] [--rows 10000] [--poll-interval 1]
-                                           [--no-poke]
+                                           [--no-poke] [--data repeated|noisy]
 
 Numbers go to stdout; report them in the issue notes. Not run by the tests.
 """
@@ -93,6 +93,8 @@ def main() -> None:
                         "not told by `autoretrain drop`'s poke")
     parser.add_argument("--rows", type=int, default=0,
                         help="drop files of this many wine-shaped rows (default: the monthly wine drops)")
+    parser.add_argument("--data", choices=("repeated", "noisy"), default="repeated",
+                        help="with --rows: bench/pipeline.py's data sets (noisy: every feature 5%% noise)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="autoretrain-bench-"))
@@ -114,12 +116,15 @@ def main() -> None:
 
         single: list[dict[str, float]] = []
         if args.rows:
-            from pipeline import write_rows
+            from pipeline import write_noisy, write_rows
 
             (home / "seq").mkdir(parents=True, exist_ok=True)
             files = []
             for i in range(args.sequential):
-                write_rows(home / "seq" / f"rows-{i}.csv", args.rows)
+                if args.data == "noisy":
+                    write_noisy(home / "seq" / f"rows-{i}.csv", args.rows, seed=i)
+                else:
+                    write_rows(home / "seq" / f"rows-{i}.csv", args.rows)
                 files.append(home / "seq" / f"rows-{i}.csv")
         else:
             files = _drops(home / "seq", args.sequential, seed=11)

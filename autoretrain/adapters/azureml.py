@@ -87,6 +87,7 @@ from autoretrain.domain import (
     NO_CHAMPION_PATH,
     BlobRef,
     DataVersion,
+    JobMode,
     JobState,
     JobStatus,
     Metrics,
@@ -246,7 +247,7 @@ class AzureMLWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0, new_files: int = 1,
+        train_last: int = 0, new_files: int = 1, mode: JobMode = JobMode.TRAIN,
     ) -> PipelineJob:
         name = key.job_name
         with translated(f"submit {name}"):
@@ -260,6 +261,7 @@ class AzureMLWorkspace:
                 "contract": Input(type=AssetTypes.URI_FILE, path=contract),
                 "train_last": train_last,
                 "new_files": new_files,
+                "mode": mode.value,
                 # Scored by evaluate on the same test rows as the new model; a first model's job binds
                 # the "no champion yet" marker: no input of the published component is left unbound.
                 "champion": Input(
@@ -275,7 +277,8 @@ class AzureMLWorkspace:
             job = SdkPipelineJob(
                 name=name,
                 display_name=name,
-                description=f"Retrain on {data.name}:{data.version}",
+                description=(f"Retrain on {data.name}:{data.version}" if mode is JobMode.TRAIN
+                             else f"Score the champion on {data.name}:{data.version}"),
                 component=component,
                 experiment_name=self.experiment,
                 tags=dict(tags),
@@ -444,8 +447,8 @@ class AzureMLWorkspace:
     def champion(self) -> ModelVersion | None:
         return self._models.champion()
 
-    def record_decision(self, model: ModelVersion, decision: str) -> None:
-        self._models.record_decision(model, decision)
+    def record_decision(self, model: ModelVersion, decision: str, *, tag: str = "gate") -> None:
+        self._models.record_decision(model, decision, tag=tag)
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
         return self._models.promote(model, replacing=replacing)

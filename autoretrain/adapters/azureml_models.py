@@ -107,9 +107,9 @@ class ModelRegistry:
         # two carry the tag and the newer one is the champion.
         return self._model(max(champions, key=_version_number)) if champions else None
 
-    def record_decision(self, model: ModelVersion, decision: str) -> None:
-        with translated(f"tag model {model.name}:{model.version} with the gate's decision"):
-            self._retag(model.version, lambda tags: {**tags, GATE_TAG: decision[:256]})
+    def record_decision(self, model: ModelVersion, decision: str, *, tag: str = GATE_TAG) -> None:
+        with translated(f"tag model {model.name}:{model.version} with the decision {tag!r}"):
+            self._retag(model.version, lambda tags: {**tags, tag: decision[:256]})
 
     def promote(self, model: ModelVersion, *, replacing: ModelVersion | None) -> ModelVersion | None:
         # Tags have no compare-and-swap in Azure ML: the check narrows the race to the moment

@@ -132,8 +132,9 @@ def _report(settings: Settings, records: list[LedgerRecord], started: float, log
         console.print(f"\nquarantined {r.blob.path} -> {copy}\n  reason: {r.reason}")
     done = [r for r in records if r.state is LedgerState.DONE]
     models = len({r.model_version for r in done})
+    held = sum(1 for r in records if r.state is LedgerState.HELD)
     console.print(f"\n{len(done)} of {len(records)} drops trained, into {models} model(s); "
-                  f"{len(quarantined)} quarantined; "
+                  f"{f'{held} held by the champion; ' if held else ''}{len(quarantined)} quarantined; "
                   f"demo wall time {time.monotonic() - started:.1f} s.")
     story = (done or records)[-1].blob.name if records else "FILE"
     console.print(f"Where to look: the log lines in {log_name}; one file's story: `autoretrain status {story}`; "
@@ -142,6 +143,10 @@ def _report(settings: Settings, records: list[LedgerRecord], started: float, log
 
 def _detail(record: LedgerRecord, dropped_at: float) -> str:
     """What a state change adds: the job and its data when submitted, the model and gate when done."""
+    if record.state is LedgerState.SUBMITTED and record.trained_on == 0:  # a scoring job (champion_slips)
+        return f"data {record.data_version}, job {record.job} scores champion v{record.champion} on its rows first"
+    if record.state is LedgerState.HELD:
+        return record.decision or "held"
     if record.state is LedgerState.SUBMITTED:
         champion = f", scores v{record.champion} on the same rows" if record.champion else ""
         return (f"data {record.data_version}, job {record.job}, "

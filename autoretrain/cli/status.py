@@ -74,9 +74,9 @@ def _print_story(story: dict[str, Any], out: TextIO) -> None:
     lines = [f"{story['blob']}  eTag {story['etag']}  work key {story['key']}  ({run}): {story['state']}"]
     for moved in story["history"]:
         lines.append(f"  {moved['at'].replace('T', ' ')[:23]}  {moved['state']:<11} {moved['note']}")
-    lines += [*_data_lines(story), *_job_lines(story), *_model_lines(story)]
+    lines += [*_data_lines(story), *_job_lines(story), *_model_lines(story), *_held_lines(story)]
     if story["decision"]:
-        lines.append(f"  gate      {story['decision']}")
+        lines.append(f"  {'held' if story['state'] == 'held' else 'gate':<9} {story['decision']}")
     if story["reason"]:
         lines.append(f"  reason    {story['reason']}")
     # Names, notes and reasons come from outside (a blob's name, an exception's text): one line each.
@@ -112,6 +112,16 @@ def _model_lines(story: dict[str, Any]) -> list[str]:
     if champion is not None:
         numbers += f" against the champion's {champion:.4f} on the same {story['test_rows']} test rows"
     return [f"  model     {story['model_version']}{', promoted' if story['promoted'] else ''}: {numbers}"]
+
+
+def _held_lines(story: dict[str, Any]) -> list[str]:
+    """A held version: the champion's score on its rows beside the value it was promoted with."""
+    if story["state"] != "held" or not story["metrics"]:
+        return []
+    primary = story["primary_metric"]
+    value, promoted = story["metrics"].get(primary), (story["champion_metrics"] or {}).get(primary)
+    return [f"  champion  {story['champion']} scored {primary} {value:.4f} on its {story['test_rows']} rows "
+            f"(promoted with {promoted:.4f}): nothing trained"]
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -183,7 +193,9 @@ def _summary(records: list[LedgerRecord], jobs: dict[str, dict[str, Any]]) -> st
         counts[record.state.value] = counts.get(record.state.value, 0) + 1
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     trainings = sum(job["trained_on"] for job in jobs.values())
-    return (f"{len(records)} blob version(s): {states}; {len(jobs)} job(s), "
+    scoring = sum(1 for r in records if r.job and r.job == r.key.scoring().job_name)
+    scored = f" and {scoring} scoring job(s) that trained nothing" if scoring else ""
+    return (f"{len(records)} blob version(s): {states}; {len(jobs) - scoring} training job(s){scored}, "
             f"{trainings} file training(s) in all (a job trains on its whole window)")
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "HISTORY_LIMIT",
     "Fail",
     "Finish",
+    "Hold",
     "LedgerRecord",
     "LedgerState",
     "Move",
@@ -43,7 +44,10 @@ class LedgerState(StrEnum):
     waiting → submitted (the contract's `jobs_in_flight` jobs were running: it is the new data of the
     next job, with every other version waiting then) | failed (that job could never be submitted);
     submitted → completing → done | failed | quarantined (prep found the file breaks the contract)
-    | waiting (prep found another file of its job breaks it: it goes into the next job).
+    | waiting (prep found another file of its job breaks it: it goes into the next job)
+    | held (its job only scored the champion on it, the contract's `retrain_when: champion_slips`,
+    and the champion still holds: nothing is trained, and it joins later training windows as done
+    versions do) | waiting (the champion slipped on it, or could not be scored: it trains).
     `claimed` and `completing` are held under a lease: work in progress that another worker may
     take over once the lease has run out (its holder crashed).
     """
@@ -55,11 +59,20 @@ class LedgerState(StrEnum):
     SUBMITTED = "submitted"
     COMPLETING = "completing"
     DONE = "done"
+    HELD = "held"
     FAILED = "failed"
 
     @property
     def final(self) -> bool:
-        return self in (LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.DONE, LedgerState.FAILED)
+        return self in (
+            LedgerState.QUARANTINED, LedgerState.SKIPPED, LedgerState.DONE, LedgerState.HELD, LedgerState.FAILED
+        )
+
+    @property
+    def accepted(self) -> bool:
+        """Its file passed prep and joins later training windows: it trained a model, or the champion
+        held on it."""
+        return self in (LedgerState.DONE, LedgerState.HELD)
 
     @property
     def leased(self) -> bool:
@@ -75,12 +88,13 @@ ALLOWED_MOVES: Mapping[LedgerState, frozenset[LedgerState]] = MappingProxyType(
         LedgerState.WAITING: frozenset({LedgerState.SUBMITTED, LedgerState.FAILED}),
         LedgerState.SUBMITTED: frozenset({LedgerState.COMPLETING}),
         LedgerState.COMPLETING: frozenset(
-            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.FAILED, LedgerState.QUARANTINED,
-             LedgerState.WAITING}
+            {LedgerState.COMPLETING, LedgerState.DONE, LedgerState.HELD, LedgerState.FAILED,
+             LedgerState.QUARANTINED, LedgerState.WAITING}
         ),
         LedgerState.QUARANTINED: frozenset(),
         LedgerState.SKIPPED: frozenset(),
         LedgerState.DONE: frozenset(),
+        LedgerState.HELD: frozenset(),
         LedgerState.FAILED: frozenset(),
     }
 )
@@ -152,11 +166,21 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """The champion (`champion`, a model version) still holds on this version: `metrics` are its scores
+    on the version's rows (`test_rows`), its `champion` values those it was promoted with."""
+
+    champion: str
+    metrics: Metrics
+    decision: str
+
+
+@dataclass(frozen=True, slots=True)
 class Fail:
     reason: str
 
 
-Move = TakeOver | Release | Quarantine | Skip | Wait | Requeue | Submit | StartCompleting | Finish | Fail
+Move = TakeOver | Release | Quarantine | Skip | Wait | Requeue | Submit | StartCompleting | Finish | Hold | Fail
 
 
 HISTORY_LIMIT = 40  # moves kept per record (a table entity holds 64 KiB)
@@ -183,6 +207,10 @@ class Moved:
                 return cls(state.value, now, f"{model_version}{', promoted' if promoted else ''}")
             case Wait(data_version):
                 return cls(state.value, now, f"{data_version}, waiting for a job")
+            case Hold(champion, metrics, _):
+                said = f"{metrics.primary} {metrics.primary_value:.4g} on {metrics.test_rows} rows"
+                return cls(state.value, now, f"champion {champion} holds: {said}, promoted with "
+                                             f"{metrics.champion_value}")
             case Quarantine(reason) | Skip(reason) | Fail(reason) | Requeue(reason):
                 return cls(state.value, now, reason[:200])
         return cls(state.value, now)
@@ -297,6 +325,10 @@ class LedgerRecord:
                     "model_version": model_version, "metrics": metrics, "promoted": promoted,
                     "decision": decision or None, "reason": None,
                 }
+            case Hold(champion, metrics, decision):
+                return LedgerState.HELD, {
+                    "champion": champion, "metrics": metrics, "decision": decision, "reason": None,
+                }
             case Fail(reason):
                 return LedgerState.FAILED, {"reason": reason}
 
@@ -313,6 +345,7 @@ class LedgerRecord:
             "metrics": dict(self.metrics.values) if self.metrics else None,
             "primary_metric": self.metrics.primary if self.metrics else None,
             "promoted": self.promoted,
+            "champion": self.champion,  # the champion's version the job scored (a held one: that held)
             "champion_metrics": dict(self.metrics.champion) if self.metrics and self.metrics.champion else None,
             "test_rows": self.metrics.test_rows if self.metrics else None,
             "decision": self.decision,

@@ -20,9 +20,11 @@ from typing import Any
 __all__ = [
     "JOB_OUTPUTS",
     "JOB_TAG",
+    "MODE_TAG",
     "NO_CHAMPION_PATH",
     "BlobRef",
     "DataVersion",
+    "JobMode",
     "JobState",
     "JobStatus",
     "ListedBlob",
@@ -37,6 +39,8 @@ __all__ = [
 # The run tag that marks our pipeline runs. Event Grid advanced filters cannot use keys with a
 # dot, so it is a plain word: the subscription filters on `data.runTags.autoretrain`.
 JOB_TAG = "autoretrain"
+# The tag that says what a job of ours does (`JobMode`); a job without it trains (it was made before).
+MODE_TAG = "autoretrain-mode"
 
 _KEY = re.compile(r"^[0-9a-f]{24}$")
 _COPY_NAME_MAX = 250
@@ -137,6 +141,11 @@ class WorkKey:
         """The pipeline job's name: deterministic, so a second submit finds the first."""
         return f"{_JOB_PREFIX}{self.value}"
 
+    def scoring(self) -> WorkKey:
+        """The key of the job that scores the champion on this blob version alone (the contract's
+        `retrain_when: champion_slips`), as deterministic as the version's own."""
+        return WorkKey(hashlib.sha256(f"{self.value}\nscore".encode()).hexdigest()[:24])
+
     def attempt(self, number: int) -> WorkKey:
         """The key of attempt `number` of this blob version, this key being attempt 0's: its `number`th
         explicit retrain (`autoretrain retrain`), with its own job and model, and as deterministic as
@@ -185,6 +194,14 @@ class PipelineJob:
     experiment: str
     status: JobState
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class JobMode(StrEnum):
+    """What a pipeline job does (the pipeline's `mode` input): train a challenger and score the champion
+    beside it, or score the champion alone on new data (nothing is trained or registered)."""
+
+    TRAIN = "train"
+    SCORE = "score"
 
 
 class JobState(StrEnum):

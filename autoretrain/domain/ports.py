@@ -14,6 +14,7 @@ from typing import Protocol
 from autoretrain.domain import (
     BlobRef,
     DataVersion,
+    JobMode,
     JobStatus,
     LedgerRecord,
     LedgerState,
@@ -128,11 +129,12 @@ class Workspace(Protocol):
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0, new_files: int = 1,
+        train_last: int = 0, new_files: int = 1, mode: JobMode = JobMode.TRAIN,
     ) -> PipelineJob:
         """Submit the training pipeline on the training set `data` as job `key.job_name`, with the
         current `champion` to score on the same test rows, training on the last `train_last` files
-        (0: all), the last `new_files` of them this job's new data; a second call returns the first."""
+        (0: all), the last `new_files` of them this job's new data; a second call returns the first.
+        `mode` SCORE: the job trains nothing and scores `champion` alone on every row of `data`."""
         ...
 
     def job_status(self, job: str) -> JobStatus:
@@ -151,8 +153,9 @@ class Workspace(Protocol):
         """Register the job's model output, metrics as tags, lineage as properties. Idempotent per key."""
         ...
 
-    def record_decision(self, model: ModelVersion, decision: str) -> None:
-        """Tag the model with the champion gate's one-line decision (tag `gate`)."""
+    def record_decision(self, model: ModelVersion, decision: str, *, tag: str = "gate") -> None:
+        """Tag the model with a one-line decision: the champion gate's (tag `gate`), or, on the champion,
+        the last time it held on new data and nothing was trained (tag `held`)."""
         ...
 
     def champion(self) -> ModelVersion | None: ...

@@ -7,8 +7,10 @@ import re
 
 from autoretrain.domain import (
     JOB_TAG,
+    MODE_TAG,
     Fail,
     Finish,
+    JobMode,
     JobState,
     JobStatus,
     LedgerRecord,
@@ -41,6 +43,7 @@ from autoretrain.loop.outcomes import (
     Submitted,
     Waiting,
 )
+from autoretrain.loop.score import is_scoring, scored
 from autoretrain.loop.steps import _move, _same_topic, _snapshot, _take_over, _under_lease
 
 log = logging.getLogger("autoretrain.loop")
@@ -49,12 +52,38 @@ log = logging.getLogger("autoretrain.loop")
 def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
     """Our pipeline job ended (Azure ML calls the event a run event): record a failure, or register its
     model with metrics and gate it."""
+    key = _our_key(event, deps)
+    if isinstance(key, Ignored):
+        return key
+    members = _members(event.job, key, deps)
+    if any(m.state is LedgerState.WAITING and m.job != event.job for m in members):
+        # Its starter died after submitting it, before moving its versions (or is moving them now):
+        # once the job has ended, move them here (the same job, found again by key).
+        members = _moved(event.job, members, deps)
+    if not members and event.job_tags.get(MODE_TAG) == JobMode.SCORE.value:
+        return Ignored(f"scoring job {event.job}: no version waits for it (it has moved on)", event="duplicate")
+    if not members:
+        # Reconcile adopts a job whose ledger record was lost, if its blob version still exists.
+        return Ignored(f"job {event.job}: no ledger record for work key {key}; reconcile will look at it")
+    try:
+        outcomes = _complete_members(event.job, members, deps)
+    except JobNotFoundError as exc:
+        return Ignored(f"job {event.job}: {exc}; reconcile submits it again")
+    # A job's end frees its slot; a scoring job holds none, but the version it left waiting may train.
+    freed = release(event.job, deps) or any(is_scoring(m, event.job) for m in members)
+    if freed and (started := dispatch(deps)) is not None:
+        job, records = started
+        return Several((*outcomes, Submitted(records[-1], job)))
+    return outcomes[0] if len(outcomes) == 1 else Several(tuple(outcomes))
+
+
+def _our_key(event: JobFinished, deps: Deps) -> WorkKey | Ignored:
+    """The work key of the job, if the event is ours: from our workspace, it carries our tag, and it is
+    the very job the tag names (a step run of our job, or any other run that copied the tag, is not).
+    runType is not relied on: Microsoft does not document what v2 pipeline jobs send there."""
     config = deps.config
     if not _same_topic(event.topic, config.workspace_topic):
         return Ignored(f"topic {event.topic!r} is not our workspace {config.workspace_topic!r}")
-    # Ours: it carries our tag, and it is the very job the tag names (a step run of our job, or
-    # any other run that copied the tag, is not). runType is not relied on: Microsoft does not
-    # document what v2 pipeline jobs send there.
     tag = event.job_tags.get(JOB_TAG)
     if not tag:
         return Ignored(f"job {event.job} has no {JOB_TAG!r} tag")
@@ -64,22 +93,7 @@ def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
         return Ignored(f"job {event.job} has tag {JOB_TAG}={tag!r}, which is not a work key")
     if event.job != key.job_name:
         return Ignored(f"job {event.job} is not job {key.job_name} that its tag names")
-    members = _members(event.job, key, deps)
-    if any(m.state is LedgerState.WAITING and m.job != event.job for m in members):
-        # Its starter died after submitting it, before moving its versions (or is moving them now):
-        # once the job has ended, move them here (the same job, found again by key).
-        members = _moved(event.job, members, deps)
-    if not members:
-        # Reconcile adopts a job whose ledger record was lost, if its blob version still exists.
-        return Ignored(f"job {event.job}: no ledger record for work key {key}; reconcile will look at it")
-    try:
-        outcomes = _complete_members(event.job, members, deps)
-    except JobNotFoundError as exc:
-        return Ignored(f"job {event.job}: {exc}; reconcile submits it again")
-    if release(event.job, deps) and (started := dispatch(deps)) is not None:
-        job, records = started
-        return Several((*outcomes, Submitted(records[-1], job)))
-    return outcomes[0] if len(outcomes) == 1 else Several(tuple(outcomes))
+    return key
 
 
 def _complete_members(job: str, members: list[LedgerRecord], deps: Deps) -> list[CompleteOutcome]:
@@ -166,6 +180,8 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
     job = status.name
     if status.state is JobState.FAILED and status.rejected:
         return _rejected(record, status, deps)
+    if is_scoring(record, job):
+        return scored(record, status, deps)
     if status.state is JobState.CANCELED:
         reason = "canceled" + (f": {status.error}" if status.error else "") + f" (log: {status.log})"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
@@ -219,7 +235,8 @@ def _rejected(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOu
     """prep rejected the job's data: a file of the job breaks the contract deep inside. The file it
     names is quarantined; in a job of several versions the others wait for the next job, without it."""
     job, rejected = status.name, str(status.rejected)
-    if WorkKey.of_job(job) == record.key or _at_fault(record, rejected):
+    # A job of one version (its own, or the one scoring the champion on it): the fault is that version's.
+    if WorkKey.of_job(job) == record.key or is_scoring(record, job) or _at_fault(record, rejected):
         return _quarantine_rejected(record, status, deps)
     if not any(_at_fault(other, rejected) for other in deps.ledger.records(job=job)):
         reason = f"prep rejected job {job}'s data, naming no file of it: {rejected} (log: {status.log})"

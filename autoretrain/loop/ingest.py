@@ -25,6 +25,7 @@ from autoretrain.domain.events import COMMITTED_APIS, BlobCreated
 from autoretrain.logs import log_event, trace_context
 from autoretrain.loop.deps import Deps, LoopConfig
 from autoretrain.loop.outcomes import Duplicate, Ignored, IngestOutcome, Submitted, Waiting
+from autoretrain.loop.score import score_first
 from autoretrain.loop.steps import _move, _quarantine, _same_topic, _skip, _snapshot, _take_over, _under_lease
 
 log = logging.getLogger("autoretrain.loop")
@@ -97,6 +98,11 @@ def _ingest_claimed(
         except BlobChangedError as exc:
             return _skip(record, str(exc), deps)
         log_event(log, logging.INFO, "ingest.contract_ok", rows_checked=rows)
+    if record.first_key is None and deps.contract.training.retrain_when == "champion_slips":
+        first = _score_first(record, deps, whole)
+        if not isinstance(first, LedgerRecord):
+            return first
+        record, data_version = first, first.data_version
     # A retrain is an operator's word: it runs at once. Every other version waits its turn when the
     # contract limits the jobs in flight, and joins the next job with the versions waiting then.
     if record.first_key is None and deps.contract.training.jobs_in_flight:
@@ -110,6 +116,16 @@ def _ingest_claimed(
     submit = Submit(data, job.name, champion, f"{training_set.name}:{training_set.version}", members, trained_on)
     record = _move(deps.ledger, record, submit)
     return Submitted(record, job)
+
+
+def _score_first(record: LedgerRecord, deps: Deps, whole: bytes | None) -> IngestOutcome | LedgerRecord:
+    """Register the version and submit the job that scores the champion on it (`retrain_when:
+    champion_slips`); with no champion yet, the record with its data version: it trains."""
+    try:
+        data = _register_data(record, deps, whole)
+    except BlobChangedError as exc:
+        return _skip(record, str(exc), deps)
+    return score_first(record, data, deps) or _with_data(record, data)
 
 
 def _wait_for_job(record: LedgerRecord, deps: Deps, whole: bytes | None) -> IngestOutcome:
@@ -169,7 +185,8 @@ def _training_window(
     snapshot; how many of the last ones the job trains on, 0 for all). `new`: the records whose
     versions are the job's new data, each with its data version. All of it comes from the ledger:
     the workspace is not asked about any member, so a job costs the same calls for 1 or 500 of them.
-    Accepted: done, so its file passed prep and trained a model; never one whose job is still running
+    Accepted: done, so its file passed prep and trained a model, or held (passed prep, and the champion
+    held on it: it was never trained on, so it is now); never one whose job is still running
     (prep may yet find it bad, and would fail every job it is in), quarantined, skipped or failed.
     Fixed here, at submission: a version registered later does not leak in; one still running joins
     the next window. The window selects what the model learns from; the test rows come from every
@@ -178,7 +195,7 @@ def _training_window(
     keys = {r.key for r in new}
     # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
-        (r for r in deps.ledger.records(LedgerState.DONE)
+        (r for state in (LedgerState.DONE, LedgerState.HELD) for r in deps.ledger.records(state)
          if r.key not in keys and r.data_version and r.data_version not in fresh),
         key=lambda r: (r.created, r.key.value),
     )

@@ -92,6 +92,13 @@ class Registered:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """The champion still holds on the version (`retrain_when: champion_slips`): nothing is trained."""
+
+    record: LedgerRecord
+
+
+@dataclass(frozen=True, slots=True)
 class JobFailed:
     record: LedgerRecord
     status: JobStatus
@@ -100,7 +107,9 @@ class JobFailed:
 IngestOutcome = Submitted | Waiting | Duplicate | Quarantined | Skipped | Failed | Ignored
 
 
-CompleteOutcome = Registered | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored | Waiting | Several
+CompleteOutcome = (
+    Registered | Held | JobFailed | Quarantined | InProgress | Duplicate | Failed | Ignored | Waiting | Several
+)
 
 
 _Outcome = TypeVar("_Outcome", IngestOutcome, CompleteOutcome)
@@ -113,6 +122,14 @@ def _log_each(outcomes: tuple[IngestOutcome | CompleteOutcome, ...]) -> None:
                    "job": record.job} if isinstance(record, LedgerRecord) else {})
         with bound(**fields):  # each version's line names its own file
             log_outcome(one)
+
+
+def _log_held(record: LedgerRecord) -> None:
+    numbers = record.metrics
+    fields = ({"metric": numbers.primary, "value": numbers.primary_value, "promoted_value": numbers.champion_value,
+               "rows": numbers.test_rows} if numbers else {})
+    log_event(log, logging.INFO, "complete.champion_held", champion_version=record.champion, **fields,
+              decision=record.decision)
 
 
 def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
@@ -134,12 +151,12 @@ def log_outcome(outcome: IngestOutcome | CompleteOutcome) -> None:
         case Skipped(record, reason):
             log_event(log, logging.WARNING, "ingest.skipped", reason=reason)
         case Registered(record, _, promoted):
-            log_event(
-                log, logging.INFO, "complete.done",
-                model_version=record.model_version, promoted=promoted,
-                metric=record.metrics.primary if record.metrics else None,
-                value=record.metrics.primary_value if record.metrics else None,
-            )
+            numbers = record.metrics
+            fields = {"metric": numbers.primary, "value": numbers.primary_value} if numbers else {}
+            log_event(log, logging.INFO, "complete.done", model_version=record.model_version, promoted=promoted,
+                      **fields)
+        case Held(record):
+            _log_held(record)
         case JobFailed(record, status):
             log_event(log, logging.ERROR, "complete.job_failed", job=status.name, reason=record.reason)
         case InProgress(record, status):

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta
 
 from autoretrain.domain import (
     JOB_TAG,
+    MODE_TAG,
     BlobRef,
+    JobMode,
     LedgerRecord,
     LedgerState,
     ListedBlob,
@@ -32,6 +34,7 @@ from autoretrain.loop.outcomes import (
     CompleteOutcome,
     Duplicate,
     Failed,
+    Held,
     Ignored,
     IngestOutcome,
     InProgress,
@@ -45,6 +48,7 @@ from autoretrain.loop.outcomes import (
     log_outcome,
 )
 from autoretrain.loop.retrain import _resume_retrain
+from autoretrain.loop.score import is_scoring, rescore
 from autoretrain.loop.steps import _fail, _move, _skip
 
 log = logging.getLogger("autoretrain.loop")
@@ -85,6 +89,8 @@ def _result(outcome: IngestOutcome | CompleteOutcome) -> str:
             return f"already {record.state.value}"
         case Ignored(reason):
             return f"ignored: {reason}"
+        case Held(record):
+            return f"held: {record.decision}"
         case Waiting(record, limit):
             return f"waiting for a job ({limit} in flight at most) on {record.data_version}"
         case Several(outcomes):
@@ -212,6 +218,8 @@ class _Pass:
             if not job.tags.get("blob", "").startswith(f"{self.deps.config.incoming_container}/"):
                 continue  # another deployment's job in a shared workspace: its own reconcile adopts it
             jobs += 1
+            if job.tags.get(MODE_TAG) == JobMode.SCORE.value:
+                continue  # it trains nothing: a version whose record was lost is found by its blob
             try:
                 key = WorkKey(job.tags.get(JOB_TAG, ""))
             except ValueError:
@@ -284,6 +292,8 @@ def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], Inge
             pass
         # The workspace lost the job (or never got it): submit it again, from the same blob version(s).
         log_event(log, logging.WARNING, "reconcile.job_lost", job=record.job)
+        if is_scoring(record, record.job):
+            return rescore(record, deps)
         if record.job and WorkKey.of_job(record.job) != record.key:  # a job of several versions
             scheduled = deps.ledger.schedule().jobs.get(record.job, ())
             keys = {*scheduled, *(r.key for r in deps.ledger.records(job=record.job))}

@@ -52,6 +52,7 @@ __all__ = [
     "FEATURE_TYPES",
     "METRICS",
     "MISSING",
+    "MODES",
     "TASKS",
     "Contract",
     "DataError",
@@ -70,6 +71,10 @@ DATA_FILE = "data.parquet"
 
 # A declared type as a split stores it: an int column is int64 whatever its gaps (Parquet keeps nulls).
 _ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "category": pa.string()}
+
+# What a pipeline job does (its `mode` input): train a challenger and score it with the champion, or
+# only score the champion on the new data (the contract's `retrain_when: champion_slips`).
+MODES = ("train", "score")
 
 _log = logging.getLogger(__name__)
 

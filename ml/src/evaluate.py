@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contract import DATA_FILE, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
+from contract import DATA_FILE, MODES, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
 from datacontract import is_no_champion
 
 __all__ = ["build_parser", "main", "parse_args", "score"]
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--champion", type=Path, required=True,
                         help="folder of the champion's MLflow model, or the no-champion marker folder")
     parser.add_argument("--metrics", type=Path, required=True, help=f"folder for {METRICS_FILE}")
+    parser.add_argument("--mode", choices=MODES, default="train",
+                        help="train: score the model and the champion; score: the champion alone, as the model")
     return parser
 
 
@@ -107,10 +109,16 @@ def score(task: str, truth: Sequence[Any], predicted: Sequence[Any]) -> dict[str
 
 
 def main(
-    model: Path, test_data: Path, contract: Path, metrics: Path, champion: Path | None = None
+    model: Path, test_data: Path, contract: Path, metrics: Path, champion: Path | None = None, mode: str = "train"
 ) -> dict[str, Any]:
-    """Score `model` (and `champion`) on `test_data`; write metrics/metrics.json and return it."""
+    """Score `model` (and `champion`) on `test_data`; write metrics/metrics.json and return it. In mode
+    `score` the champion is scored alone, in the model's place: its metrics are the job's."""
     spec: Contract = load_contract(contract)
+    if mode == "score":
+        if champion is None or is_no_champion(champion):
+            raise InputError(f"{champion}: mode score scores the champion, and none was given; "
+                             "bind the champion model.")
+        model, champion = champion, None
     features, truth = read_split(test_data, spec)
     if truth.empty:
         raise InputError(f"{test_data}: the test split has no rows; rerun prep with more data.")

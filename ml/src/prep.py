@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from contract import (
     DATA_FILE,
     MISSING,
+    MODES,
     Contract,
     DataError,
     InputError,
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train on the last N files of the training set (0: all); test on all of them")
     parser.add_argument("--new_files", type=int, default=1,
                         help="how many of the training set's last files are this job's new data (not yet checked)")
+    parser.add_argument("--mode", choices=MODES, default="train",
+                        help="train: split train/test by row hash; score: every row is a test row "
+                        "(the champion is scored)")
     parser.add_argument("--train_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--test_data", type=Path, required=True, help=f"folder for {DATA_FILE}")
     parser.add_argument("--report", type=Path, required=True, help="folder for report.json")
@@ -372,14 +376,17 @@ def main(
     seed: int = 42,
     train_last: int = 0,
     new_files: int = 1,
+    mode: str = "train",
 ) -> dict[str, object]:
     """Validate, clean and split `data`; write the two splits and report.json; return the report.
+    In mode `score` every row is a test row: the job scores the champion on the new data alone.
 
     When a new file breaks the contract, report.json holds `rejected` (reason, line, byte) before
     the DataError propagates (exit code 65): the loop quarantines the file on what is written there.
     """
     try:
-        return _prepare(data, contract, train_data, test_data, report, test_fraction, seed, train_last, new_files)
+        return _prepare(data, contract, train_data, test_data, report, test_fraction, seed, train_last, new_files,
+                        mode)
     except DataError as exc:
         _write_report(report, {"rejected": exc.as_report()})
         raise
@@ -400,6 +407,7 @@ def _prepare(
     seed: int = 42,
     train_last: int = 0,
     new_files: int = 1,
+    mode: str = "train",
 ) -> dict[str, object]:
     """Validate, clean and split `data`; write the two splits and report.json; return the report.
 
@@ -407,7 +415,7 @@ def _prepare(
     of them (the contract's window; 0: all), and is tested, with the champion, on the test rows of
     all of them: a model that forgot a class is judged on that class too.
     """
-    _check_arguments(test_fraction, train_last)
+    _check_arguments(test_fraction, train_last, mode)
     spec = load_contract(contract)
     frame, positions, label, path = _read(data, spec, new_files)
     _log.info("read path=%s rows=%d", path, len(frame))
@@ -429,7 +437,11 @@ def _prepare(
             _log.info("values_missing column=%s count=%d", column, count)
 
     position = np.asarray(positions)[has_target.to_numpy()]
-    train_mask, test_mask = _split(frame, spec, position, label, test_fraction, seed, train_last)
+    if mode == "score":  # the champion is scored on every row; nothing is trained
+        test_mask = np.ones(len(frame), dtype=bool)
+        train_mask = ~test_mask
+    else:
+        train_mask, test_mask = _split(frame, spec, position, label, test_fraction, seed, train_last)
     schema = split_schema(spec)
     for folder, mask in ((train_data, train_mask), (test_data, test_mask)):
         folder.mkdir(parents=True, exist_ok=True)
@@ -444,7 +456,7 @@ def _prepare(
         "files": files,
         "train_files": train_last or files,
         "test_rows": int(test_mask.sum()),
-        "split": "row content hash",
+        "split": "row content hash" if mode == "train" else "none: every row scores the champion",
     }
     _write_report(report, summary)
     _log.info("split train_rows=%d test_rows=%d", summary["train_rows"], summary["test_rows"])
@@ -457,7 +469,9 @@ def _prepare(
     return summary
 
 
-def _check_arguments(test_fraction: float, train_last: int) -> None:
+def _check_arguments(test_fraction: float, train_last: int, mode: str = "train") -> None:
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r} must be one of {', '.join(MODES)}.")
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction {test_fraction} must be between 0 and 1 (exclusive), e.g. 0.25.")
     if train_last < 0:

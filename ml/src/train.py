@@ -20,7 +20,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract import DATA_FILE, ESTIMATORS, Contract, InputError, load_contract, log_to_mlflow, read_split, run_step
+from contract import (
+    DATA_FILE,
+    ESTIMATORS,
+    MODES,
+    Contract,
+    InputError,
+    load_contract,
+    log_to_mlflow,
+    read_split,
+    run_step,
+)
+from datacontract import NO_CHAMPION_FILES
 
 __all__ = ["build_model", "build_parser", "main", "parse_args"]
 
@@ -34,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contract", type=Path, required=True, help="the contract YAML file")
     parser.add_argument("--seed", type=int, default=42, help="seed of the estimator")
     parser.add_argument("--model", type=Path, required=True, help="folder for the MLflow model")
+    parser.add_argument("--mode", choices=MODES, default="train",
+                        help="train: fit and save the model; score: fit nothing (the job scores the champion)")
     return parser
 
 
@@ -110,9 +123,16 @@ def _empty(folder: Path) -> None:
             entry.unlink()
 
 
-def main(train_data: Path, contract: Path, model: Path, seed: int = 42) -> Path:
-    """Fit the pipeline on `train_data` and save it as an MLflow model in the `model` folder."""
+def main(train_data: Path, contract: Path, model: Path, seed: int = 42, mode: str = "train") -> Path:
+    """Fit the pipeline on `train_data` and save it as an MLflow model in the `model` folder. In mode
+    `score` nothing is fitted: the folder gets the "no model" marker (an MLmodel with no flavor)."""
     spec = load_contract(contract)
+    if mode == "score":
+        _empty(model)
+        for name, text in NO_CHAMPION_FILES.items():
+            (model / name).write_text(text, encoding="utf-8")
+        _log.info("mode=score: nothing fitted; the job scores the champion")
+        return model
     features, target = read_split(train_data, spec)
     started = time.perf_counter()
     fitted = build_model(spec, seed).fit(features, target)

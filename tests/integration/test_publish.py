@@ -322,7 +322,7 @@ class TestPublish:
         assert spec["inputs"]["champion"] == {"type": "mlflow_model"}
         assert {n: i["type"] for n, i in spec["inputs"].items()} == {
             "data": "mltable", "contract": "uri_file", "train_last": "integer", "new_files": "integer",
-            "champion": "mlflow_model",
+            "champion": "mlflow_model", "mode": "string",
         }
         assert not any(i.get("optional") for i in spec["inputs"].values())
         assert set(spec["outputs"]) == {"model", "metrics", "report"}

@@ -12,6 +12,7 @@ from autoretrain.domain import (
     JOB_TAG,
     BlobRef,
     DataVersion,
+    JobMode,
     JobState,
     JobStatus,
     LedgerRecord,
@@ -162,6 +163,8 @@ class FakeWorkspace:
     snapshots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # work key -> its members' snapshots
     train_last: dict[str, int] = field(default_factory=dict)  # job -> how many of them it trains on
     new_files: dict[str, int] = field(default_factory=dict)  # job -> how many of them are its new data
+    modes: dict[str, JobMode] = field(default_factory=dict)  # job -> what it does
+    model_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # model version -> other decisions
     decisions: dict[str, str] = field(default_factory=dict)  # model version -> the gate's decision
     closed: bool = False
 
@@ -183,9 +186,12 @@ class FakeWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0, new_files: int = 1,
+        train_last: int = 0, new_files: int = 1, mode: JobMode = JobMode.TRAIN,
     ) -> PipelineJob:
+        if mode is JobMode.SCORE and champion is None:
+            raise AssertionError("a scoring job needs the champion it scores")
         self.submitted.append((data, key, dict(tags)))
+        self.modes.setdefault(key.job_name, mode)
         self.new_files.setdefault(key.job_name, new_files)
         self.champions.setdefault(key.job_name, champion.version if champion else None)
         self.train_last.setdefault(key.job_name, train_last)
@@ -229,8 +235,11 @@ class FakeWorkspace:
             )
         return self.models[key.value]
 
-    def record_decision(self, model: ModelVersion, decision: str) -> None:
-        self.decisions[model.version] = decision
+    def record_decision(self, model: ModelVersion, decision: str, *, tag: str = "gate") -> None:
+        if tag == "gate":
+            self.decisions[model.version] = decision
+        else:
+            self.model_tags.setdefault(model.version, {})[tag] = decision
 
     def champion(self) -> ModelVersion | None:
         return next((m for m in self.models.values() if m.champion), None)

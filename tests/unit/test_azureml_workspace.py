@@ -44,7 +44,17 @@ from autoretrain.adapters.ledger import TableLedger
 from autoretrain.adapters.storage import AzureBlobStore
 from autoretrain.bootstrap import bootstrap
 from autoretrain.datacontract import NO_CHAMPION_FILES, is_no_champion
-from autoretrain.domain import JOB_TAG, BlobRef, DataVersion, JobState, Metrics, ModelVersion, TrainingMember, WorkKey
+from autoretrain.domain import (
+    JOB_TAG,
+    BlobRef,
+    DataVersion,
+    JobMode,
+    JobState,
+    Metrics,
+    ModelVersion,
+    TrainingMember,
+    WorkKey,
+)
 from autoretrain.domain.errors import JobNotFoundError, WorkspaceError, WorkspaceRejectedError
 from autoretrain.settings import Settings, WorkspaceKind
 
@@ -238,6 +248,7 @@ class TestSubmit:
         assert job["inputs"] == {
             "train_last": {"jobInputType": "literal", "value": "0"},
             "new_files": {"jobInputType": "literal", "value": "1"},
+            "mode": {"jobInputType": "literal", "value": "train"},
             "data": {"jobInputType": "mltable", "uri": f"{WS_ID}/data/autoretrain-data/versions/{KEY}"},
             "contract": {"jobInputType": "uri_file", "uri": f"azureml://datastores/{DATASTORE}/paths/{contract_name}"},
             # Every input bound: a first model's job binds the "no champion yet" marker.
@@ -278,6 +289,21 @@ class TestSubmit:
         assert put.body["properties"]["inputs"]["champion"] == {
             "jobInputType": "mlflow_model", "uri": f"{WS_ID}/models/autoretrain-model/versions/3",
         }
+
+    def test_a_scoring_job_binds_mode_score_and_the_champion_it_scores(
+        self, workspace: AzureMLWorkspace, service: FakeAzureML
+    ) -> None:
+        """The job that scores the champion on new data (`retrain_when: champion_slips`) is the same
+        published pipeline with `mode: score`, the champion bound, and says so in its description."""
+        champion = ModelVersion("autoretrain-model", "3", "autoretrain-old", Metrics({"r2": 0.5}, primary="r2"))
+
+        workspace.submit(data_version(), KEY, TAGS, champion=champion, mode=JobMode.SCORE)
+
+        [put] = service.requests_to("PUT", "/jobs/")
+        job = put.body["properties"]
+        assert job["inputs"]["mode"] == {"jobInputType": "literal", "value": "score"}
+        assert job["inputs"]["champion"]["uri"] == f"{WS_ID}/models/autoretrain-model/versions/3"
+        assert job["description"].startswith("Score the champion on autoretrain-data:")
 
     def test_uploads_the_contract_content_addressed_to_the_datastore_container(
         self, workspace: AzureMLWorkspace, service: FakeAzureML, blobs: FakeBlobStore

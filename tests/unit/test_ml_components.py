@@ -25,6 +25,8 @@ import pytest
 import yaml
 from mlmodules import load_ml_module, snapshot
 
+from autoretrain.datacontract import is_no_champion
+
 ML = Path(__file__).resolve().parents[2] / "ml"
 SRC = ML / "src"
 WINE_CONTRACT = ML / "contract.yaml"
@@ -79,7 +81,7 @@ def _fill(command: str, bound: Mapping[tuple[str, str], str]) -> str:
 
 
 def _run_pipeline(
-    workdir: Path, inputs: Mapping[str, Path | int], *, only: tuple[str, ...] | None = None
+    workdir: Path, inputs: Mapping[str, Path | int | str], *, only: tuple[str, ...] | None = None
 ) -> Run | StepFailed:
     """Run pipeline.yml's steps in order: each component's command with its inputs bound as wired."""
     pipeline = yaml.safe_load((ML / "pipeline.yml").read_text())
@@ -249,6 +251,37 @@ class TestClassification:
         assert (metrics["champion_metrics"], metrics["champion_error"], metrics["test_rows"]) == (
             expected, None, len(truth)
         )
+
+    def test_mode_score_scores_the_champion_alone_on_every_row_and_trains_nothing(
+        self, wine_run: tuple[Run, pd.DataFrame], tmp_path: Path
+    ) -> None:
+        """The pipeline in mode `score` (a scoring job, `retrain_when: champion_slips`): every row of the
+        new data is a test row, train writes the "no model" marker, and evaluate's metrics are the
+        champion's own on those rows."""
+        first, _ = wine_run
+        later = wine.write_monthly_drops(tmp_path / "drops", months=4, seed=0)[1]
+        champion = first.outputs["train"]["model"]
+
+        scored = _succeeded(_run_pipeline(
+            tmp_path / "score", {"data": later, "contract": WINE_CONTRACT, "champion": champion, "mode": "score"}
+        ))
+
+        report = scored.read_json("prep", "report", "report.json")
+        rows = len(pd.read_csv(later))
+        assert (report["train_rows"], report["test_rows"]) == (0, rows)
+        assert is_no_champion(scored.outputs["train"]["model"]), "nothing was fitted"
+        spec = contract_module.load_contract(WINE_CONTRACT)
+        features, truth = contract_module.read_split(scored.outputs["prep"]["test_data"], spec)
+        predicted = evaluate._load_model(champion).predict(features)
+        expected = evaluate.score("classification", truth.tolist(), list(predicted))
+        metrics = scored.read_json("evaluate", "metrics", "metrics.json")
+        assert (metrics["metrics"], metrics["champion_metrics"], metrics["test_rows"]) == (expected, None, rows)
+
+    def test_mode_score_without_a_champion_fails_in_one_line(self, tmp_path: Path) -> None:
+        later = wine.write_monthly_drops(tmp_path / "drops", months=4, seed=0)[1]
+        failed = _run_pipeline(tmp_path / "score", {"data": later, "contract": WINE_CONTRACT, "mode": "score"})
+        assert isinstance(failed, StepFailed) and (failed.step, failed.returncode) == ("evaluate", 2)
+        assert "mode score scores the champion, and none was given" in failed.stderr
 
     def test_metrics_name_the_primary_metric_and_hold_every_classification_metric(
         self, wine_run: tuple[Run, pd.DataFrame]

@@ -97,6 +97,8 @@ class TestComponents:
 
         def value(match: re.Match[str]) -> str:
             kind, name = match[1], match[2]
+            if kind == "inputs" and component.inputs[name].enum:  # a string input takes one of its values
+                return str(component.inputs[name].enum[-1])
             return sample.get(component.inputs[name].type, f"x/{name}") if kind == "inputs" else f"x/{name}"
 
         # $[[ ... ]] (an optional input's flags) is kept here: every parameter is given.
@@ -138,17 +140,20 @@ class TestPipeline:
                 "seed": None,
                 "train_last": "${{parent.inputs.train_last}}",
                 "new_files": "${{parent.inputs.new_files}}",
+                "mode": "${{parent.inputs.mode}}",
             },
             "train": {
                 "train_data": "${{parent.jobs.prep.outputs.train_data}}",
                 "contract": "${{parent.inputs.contract}}",
                 "seed": None,
+                "mode": "${{parent.inputs.mode}}",
             },
             "evaluate": {
                 "model": "${{parent.jobs.train.outputs.model}}",
                 "test_data": "${{parent.jobs.prep.outputs.test_data}}",
                 "contract": "${{parent.inputs.contract}}",
                 "champion": "${{parent.inputs.champion}}",
+                "mode": "${{parent.inputs.mode}}",
             },
         }
 

@@ -145,7 +145,7 @@ def test_status_prints_a_name_with_a_newline_and_an_escape_sequence_escaped(stat
     assert "\x1b" not in out and "\n[2026" not in out
     [header, row, summary] = out.splitlines()
     assert header.startswith("BLOB") and row.isprintable()
-    assert summary.startswith("1 blob version(s): 1 claimed; 0 job(s), 0 file training(s) in all")
+    assert summary.startswith("1 blob version(s): 1 claimed; 0 training job(s), 0 file training(s) in all")
     assert "incoming/evil\\n[2026-12-05T11:00:00.000Z] done x.csv\\x1b[2J" in row
     assert row.rstrip().endswith("column 'a' has '\\x1b[31mred'\\nforged line")
 
@@ -190,8 +190,8 @@ def test_status_shows_each_job_of_several_versions_and_what_the_files_cost(statu
     assert code == 0
     lines = out.splitlines()
     assert "autoretrain-burst  3             4           done" in lines
-    assert lines[-1] == ("5 blob version(s): 4 done, 1 waiting; 2 job(s), 5 file training(s) in all "
+    assert lines[-1] == ("5 blob version(s): 4 done, 1 waiting; 2 training job(s), 5 file training(s) in all "
                          "(a job trains on its whole window)")
     code, out, err = status_of(records, "--json")
     assert [r["job_new_versions"] for r in json.loads(out)] == [1, 3, 3, 3, None]
-    assert err.startswith("5 blob version(s): 4 done, 1 waiting; 2 job(s)")
+    assert err.startswith("5 blob version(s): 4 done, 1 waiting; 2 training job(s)")

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, experiment TEXT NOT NULL, work_key TEXT NOT NULL,
     data TEXT NOT NULL, data_path TEXT NOT NULL, tags TEXT NOT NULL, status TEXT NOT NULL,
     failed_step TEXT, error TEXT, created TEXT NOT NULL, started TEXT, ended TEXT, champion TEXT,
-    train_last INTEGER NOT NULL DEFAULT 0, runner TEXT, new_files INTEGER NOT NULL DEFAULT 1);
+    train_last INTEGER NOT NULL DEFAULT 0, runner TEXT, new_files INTEGER NOT NULL DEFAULT 1,
+    mode TEXT NOT NULL DEFAULT 'train');
 CREATE TABLE IF NOT EXISTS steps (
     job TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
     seconds REAL, exit_code INTEGER, PRIMARY KEY (job, step));
@@ -108,6 +109,8 @@ class Catalog:
                 db.execute("ALTER TABLE jobs ADD COLUMN train_last INTEGER NOT NULL DEFAULT 0")
             if "new_files" not in columns:
                 db.execute("ALTER TABLE jobs ADD COLUMN new_files INTEGER NOT NULL DEFAULT 1")
+            if "mode" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'train'")
             if "runner" not in columns:  # made before jobs had runners: none, so the next resume takes them
                 db.execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
 
@@ -262,15 +265,15 @@ class Catalog:
 
     def add_job(
         self, name: str, *, experiment: str, work_key: str, data: str, data_path: Path, tags: Mapping[str, str],
-        champion: str | None, train_last: int, runner: str, new_files: int = 1,
+        champion: str | None, train_last: int, runner: str, new_files: int = 1, mode: str = "train",
     ) -> bool:
         """Queue the job, run by `runner`; False when it exists already (its first submission stands)."""
         with self.transaction() as db:
             inserted: int = db.execute(
                 "INSERT OR IGNORE INTO jobs (name, experiment, work_key, data, data_path, tags, status, created,"
-                " champion, train_last, runner, new_files) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " champion, train_last, runner, new_files, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, experiment, work_key, data, str(data_path), json.dumps(dict(tags)), JobState.QUEUED.value,
-                 now(), champion, train_last, runner, new_files),
+                 now(), champion, train_last, runner, new_files, mode),
             ).rowcount
         return inserted > 0
 
@@ -396,7 +399,7 @@ def _model(row: sqlite3.Row) -> ModelVersion:
 _LISTINGS = {
     "data": "SELECT name, version, source, path, created FROM data_versions ORDER BY name, version",
     "trainsets": "SELECT name, version, members, path, created FROM training_sets ORDER BY name, version",
-    "jobs": "SELECT name, experiment, data, new_files, status, failed_step, error, created, started, ended"
+    "jobs": "SELECT name, experiment, data, new_files, mode, status, failed_step, error, created, started, ended"
     " FROM jobs ORDER BY created",
     "models": "SELECT name, version, job, metrics, champion, tags, properties, created FROM models"
     " ORDER BY name, version",

@@ -133,6 +133,7 @@ class JobRunner:
         parent["champion"] = row["champion"] or str(self._no_champion())
         parent["train_last"] = str(row["train_last"] or 0)
         parent["new_files"] = str(row["new_files"] or 1)
+        parent["mode"] = row["mode"] or "train"
         produced: dict[tuple[str, str], Path] = {}
         runs = _StepRuns(self._tracking if job in self._tracked else None)
         for step in spec.steps:

@@ -52,6 +52,7 @@ from autoretrain.domain import (
     JOB_TAG,
     BlobRef,
     DataVersion,
+    JobMode,
     JobState,
     JobStatus,
     Metrics,
@@ -148,12 +149,13 @@ class LocalWorkspace:
 
     def submit(
         self, data: DataVersion, key: WorkKey, tags: Mapping[str, str], champion: ModelVersion | None = None,
-        train_last: int = 0, new_files: int = 1,
+        train_last: int = 0, new_files: int = 1, mode: JobMode = JobMode.TRAIN,
     ) -> PipelineJob:
         name = key.job_name
         if self._catalog.add_job(
             name, experiment=self.experiment, work_key=key.value, data=f"{data.name}:{data.version}",
             data_path=self._catalog.data_path(data), tags=tags, train_last=train_last, new_files=new_files,
+            mode=mode.value,
             champion=self._catalog.model_path(champion) if champion is not None else None, runner=self._me,
         ):
             self._runner.start(name)
@@ -242,10 +244,10 @@ class LocalWorkspace:
                                           metrics.as_tags())
         return model
 
-    def record_decision(self, model: ModelVersion, decision: str) -> None:
-        self._catalog.tag_model(model, "gate", decision)
+    def record_decision(self, model: ModelVersion, decision: str, *, tag: str = "gate") -> None:
+        self._catalog.tag_model(model, tag, decision)
         if self._tracking is not None:
-            self._tracking.tag_model(model.version, "gate", decision)
+            self._tracking.tag_model(model.version, tag, decision)
 
     def champion(self) -> ModelVersion | None:
         return self._catalog.model_where("champion = 1")
