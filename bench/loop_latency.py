@@ -129,8 +129,8 @@ def main() -> None:
         else:
             files = _drops(home / "seq", args.sequential, seed=11)
         for path in files:
-            dropped = time.monotonic()
             ref = blobs.upload(settings.incoming_container, f"seq-{path.name}", path.read_bytes())
+            dropped = time.monotonic()  # the drop returned, as `autoretrain drop` does after its upload
             if not args.no_poke:
                 poke(settings.home, settings.incoming_container)  # as `autoretrain drop` does
             key = WorkKey.for_blob(ref)
@@ -145,8 +145,8 @@ def main() -> None:
             batch_start = time.monotonic()
             keys = {}
             for path in _drops(home / "batch", args.batch, seed=12):
-                dropped = time.monotonic()
                 ref = blobs.upload(settings.incoming_container, f"batch-{path.name}", path.read_bytes())
+                dropped = time.monotonic()
                 if not args.no_poke:
                     poke(settings.home, settings.incoming_container)
                 keys[WorkKey.for_blob(ref)] = dropped

@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 
+# How long a storage probe's answer stands: deliveries within it are not probed again.
+_PROBE_SECONDS = 0.5
+
 class LocalHost:
     """Serve a FunctionApp's Event Grid and timer functions over the real host's URLs.
 
@@ -112,6 +115,7 @@ class LocalHost:
         self._server_thread: threading.Thread | None = None
         self._timer_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._probed: tuple[float, str | None] = (-_PROBE_SECONDS, None)  # (when, what it found)
 
     @property
     def functions(self) -> Mapping[str, FunctionInfo]:
@@ -248,7 +252,13 @@ class LocalHost:
         return self._routes.handle(method, target, headers, body)
 
     def _storage_down(self) -> str | None:
-        return storage_down(self._storage)
+        """Why local storage cannot be reached now, or None; probed (two TCP connects) at most once per
+        `_PROBE_SECONDS`, not on every delivery: an outage is told within that time."""
+        at, found = self._probed
+        if time.monotonic() - at >= _PROBE_SECONDS:
+            found = storage_down(self._storage)
+            self._probed = (time.monotonic(), found)
+        return found
 
     def _execute(self, info: FunctionInfo, argument: Any, reason: str) -> bool:
         """Run one invocation with the host's log lines; True when it succeeded."""
