@@ -6,8 +6,6 @@ import logging
 
 import azure.functions as func
 
-from autoretrain import loop
-from autoretrain.bootstrap import runtime
 from autoretrain.domain import JOB_TAG
 from autoretrain.domain.errors import EventError
 from autoretrain.domain.events import parse_job_finished
@@ -35,4 +33,7 @@ def completion(event: func.EventGridEvent) -> None:
                     work_key=tags.get(JOB_TAG), blob=tags.get("blob"), etag=tags.get("etag")):
         log_event(log, logging.INFO, "complete.received", topic=parsed.topic, event_type=parsed.event_type,
                   job_status=parsed.job_status)
+        from autoretrain import loop  # the use cases and their wiring: at the first event, not at import
+        from autoretrain.bootstrap import runtime
+
         loop.log_outcome(loop.complete(parsed, runtime()))

@@ -6,8 +6,6 @@ import logging
 
 import azure.functions as func
 
-from autoretrain import loop
-from autoretrain.bootstrap import runtime
 from autoretrain.domain import WorkKey
 from autoretrain.domain.errors import EventError
 from autoretrain.domain.events import parse_blob_created
@@ -33,4 +31,7 @@ def ingest(event: func.EventGridEvent) -> None:
              work_key=WorkKey.for_blob(parsed.blob).value)
         log_event(log, logging.INFO, "ingest.received", topic=parsed.topic, api=parsed.api,
                   content_length=parsed.content_length)
+        from autoretrain import loop  # the use cases and their wiring: at the first event, not at import
+        from autoretrain.bootstrap import runtime
+
         loop.log_outcome(loop.ingest(parsed, runtime()))

@@ -6,8 +6,6 @@ import logging
 
 import azure.functions as func
 
-from autoretrain import loop
-from autoretrain.bootstrap import runtime, runtime_settings
 from autoretrain.logs import invocation, log_event
 
 bp = func.Blueprint()
@@ -21,4 +19,7 @@ def reconcile(timer: func.TimerRequest) -> None:
     # One span per pass; each file it finds gets a trace of its own (loop.reconcile).
     with invocation("reconcile"):
         log_event(log, logging.INFO, "reconcile.started", past_due=timer.past_due)
+        from autoretrain import loop  # the use cases and their wiring: at the first event, not at import
+        from autoretrain.bootstrap import runtime, runtime_settings
+
         loop.reconcile(runtime(), grace=runtime_settings().reconcile_grace)

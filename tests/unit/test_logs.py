@@ -277,3 +277,17 @@ def test_without_a_connection_string_the_app_imports_no_opentelemetry() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_importing_the_app_defers_the_loop_and_the_storage_sdks_to_the_first_event() -> None:
+    """The host imports function_app to index its functions (a cold start): the use cases, their
+    wiring and the Azure SDKs they call are imported by the first invocation, not by indexing."""
+    code = (
+        "import os, sys; os.environ.pop('APPLICATIONINSIGHTS_CONNECTION_STRING', None); import function_app; "
+        "print(sorted(m for m in ('autoretrain.loop', 'autoretrain.bootstrap', 'azure.storage.blob', "
+        "'azure.data.tables', 'azure.ai.ml') if m in sys.modules))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
