@@ -86,6 +86,9 @@ def _print_story(story: dict[str, Any], out: TextIO) -> None:
 def _data_lines(story: dict[str, Any]) -> list[str]:
     if not story["data_version"]:
         return []
+    if story["state"] == "held":  # its job only scored the champion on it
+        return [f"  data      {story['data_version']}, scored by the champion in {story['training_set']}; "
+                "it joins later training windows"]
     files = story["training_files"]
     trained = files[-story["trained_on"]:] if story["trained_on"] else files
     window = ", ".join(trained) or story["data_version"]

@@ -210,7 +210,7 @@ class Moved:
             case Hold(champion, metrics, _):
                 said = f"{metrics.primary} {metrics.primary_value:.4g} on {metrics.test_rows} rows"
                 return cls(state.value, now, f"champion {champion} holds: {said}, promoted with "
-                                             f"{metrics.champion_value}")
+                                             f"{metrics.champion_value or 0:.4g}")
             case Quarantine(reason) | Skip(reason) | Fail(reason) | Requeue(reason):
                 return cls(state.value, now, reason[:200])
         return cls(state.value, now)

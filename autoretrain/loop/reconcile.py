@@ -218,11 +218,8 @@ class _Pass:
             if not job.tags.get("blob", "").startswith(f"{self.deps.config.incoming_container}/"):
                 continue  # another deployment's job in a shared workspace: its own reconcile adopts it
             jobs += 1
-            if job.tags.get(MODE_TAG) == JobMode.SCORE.value:
-                continue  # it trains nothing: a version whose record was lost is found by its blob
-            try:
-                key = WorkKey(job.tags.get(JOB_TAG, ""))
-            except ValueError:
+            key = _version_of(job)
+            if key is None:
                 continue
             if key.value in self.records or key.value in self.done or job.name in named:
                 continue  # a job of one version has its key; one of several is named by their records
@@ -232,6 +229,17 @@ class _Pass:
             else:
                 self._attempt("orphan_job", _job_blob(job), key, _record_orphan(job, key, self.deps, self.now))
         return jobs
+
+
+def _version_of(job: PipelineJob) -> WorkKey | None:
+    """The work key of the version a job of ours is for: its tag; for a scoring job (named by the
+    version key's `scoring()`), the key of the blob version its tags name."""
+    if job.tags.get(MODE_TAG) == JobMode.SCORE.value:
+        return WorkKey.for_blob(_job_blob(job))
+    try:
+        return WorkKey(job.tags.get(JOB_TAG, ""))
+    except ValueError:
+        return None
 
 
 def _restart(job: str, keys: tuple[WorkKey, ...], deps: Deps) -> Action:

@@ -200,6 +200,26 @@ def test_reconcile_finishes_a_scoring_job_whose_event_was_lost_and_resubmits_a_l
     assert world.ledger.get(WorkKey.of_job(feb_job)) is None
 
 
+def test_a_scoring_job_whose_version_and_record_were_lost_is_recorded_under_the_versions_key(
+    tmp_path: Path,
+) -> None:
+    """Azurite lost a drop and its ledger record after the scoring job started (a SIGKILL before it
+    saved): reconcile records the version skipped, as for a training job, under the version's own key."""
+    world = Scoring(tmp_path, SCORE_FIRST)
+    world.champion_of("jan.csv")
+    [feb] = world.drop("feb.csv")
+    key = WorkKey.for_blob(feb)
+    world.workspace.finish(key.scoring().job_name, JobState.COMPLETED, f1(0.9))
+    del world.ledger.rows[key.value]
+    del world.blobs.blobs[("incoming", feb.name)]
+
+    loop.reconcile(world.deps, grace=timedelta(0))
+
+    skipped = world.record(feb)
+    assert skipped.state is LedgerState.SKIPPED and "the blob version is gone" in (skipped.reason or "")
+    assert world.ledger.get(key.scoring()) is None
+
+
 def test_a_retrain_is_an_operators_word_and_is_not_scored_first(tmp_path: Path) -> None:
     world = Scoring(tmp_path, SCORE_FIRST)
     jan = world.champion_of("jan.csv")
