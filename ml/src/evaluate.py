@@ -90,9 +90,16 @@ def _load_model(folder: Path) -> Any:
 
 def score(task: str, truth: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
     """Every metric of METRICS[task] for these predictions (a test holds the two in step)."""
+    import numpy as np
+    import pandas as pd
     from sklearn import metrics as m
 
     if task == "classification":
+        # The classes as integer codes, from one hash pass over both: given string labels, each metric
+        # converts and sorts them again (1.4 s of evaluate's 1.6 s on 250k test rows). The codes name
+        # the same classes, the union of both, so every metric and its macro average is the same.
+        both, _ = pd.factorize(np.concatenate([np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)]))
+        truth, predicted = both[: len(truth)], both[len(truth):]
         values = {
             "accuracy": m.accuracy_score(truth, predicted),
             "f1_macro": m.f1_score(truth, predicted, average="macro", zero_division=0),
@@ -123,14 +130,14 @@ def main(
     if truth.empty:
         raise InputError(f"{test_data}: the test split has no rows; rerun prep with more data.")
     fitted = _load_model(model)
-    values = score(spec.task, truth.tolist(), list(fitted.predict(features)))
+    values = score(spec.task, truth.to_numpy(), fitted.predict(features))
     champion_values: dict[str, float] | None = None
     champion_error: str | None = None
     if champion is not None and is_no_champion(champion):
         champion = None  # the first model: the submitter bound the "no champion yet" marker
     if champion is not None:
         try:
-            champion_values = score(spec.task, truth.tolist(), list(_load_model(champion).predict(features)))
+            champion_values = score(spec.task, truth.to_numpy(), _load_model(champion).predict(features))
         except Exception as exc:  # a champion of another contract: the gate is told, not this step failed
             champion_error = " ".join(str(exc).split())[:300] or type(exc).__name__
             _log.warning("champion_not_scored error=%s", champion_error)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -795,3 +796,24 @@ class TestSplitFiles:
         pq.write_table(pa.table({"alcohol": [1.0], "cultivar": ["class_0"]}), tmp_path / "data.parquet")
         with pytest.raises(contract_module.InputError, match=r"data\.parquet: missing column\(s\) 'malic_acid', "):
             contract_module.read_split(tmp_path, spec)
+
+
+def test_classification_metrics_are_sklearns_on_the_labels_themselves() -> None:
+    """evaluate.score works on integer codes of the classes for speed: its numbers are sklearn's on
+    the string labels, also when a class appears only in the truth or only in the predictions."""
+    from sklearn import metrics as m
+
+    rng = np.random.default_rng(3)
+    truth = rng.choice(["1", "2", "3", "only-true"], size=2000).astype(object)
+    predicted = rng.choice(["1", "2", "3", "only-predicted"], size=2000).astype(object)
+
+    got = evaluate.score("classification", truth, predicted)
+
+    expected = {
+        "accuracy": m.accuracy_score(list(truth), list(predicted)),
+        "f1_macro": m.f1_score(list(truth), list(predicted), average="macro", zero_division=0),
+        "precision_macro": m.precision_score(list(truth), list(predicted), average="macro", zero_division=0),
+        "recall_macro": m.recall_score(list(truth), list(predicted), average="macro", zero_division=0),
+    }
+    assert got == pytest.approx(expected, rel=0, abs=1e-15)
+    assert got == evaluate.score("classification", list(truth), list(predicted)), "lists and arrays alike"
