@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -31,15 +30,9 @@ from autoretrain.adapters.localworkspace.workspace import catalog_rows  # noqa: 
 from autoretrain.adapters.storage import AzureBlobStore  # noqa: E402
 from autoretrain.bootstrap import blob_service, table_service  # noqa: E402
 from autoretrain.domain import WorkKey, job_output_path  # noqa: E402
-from autoretrain.local.azurite import azurite_connection  # noqa: E402
+from autoretrain.local.azurite import azurite_connection, free_port  # noqa: E402
 from autoretrain.local.stack import LocalStack  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _files(count: int) -> list[bytes]:
@@ -56,10 +49,10 @@ def run(files: list[bytes], jobs_in_flight: int) -> dict[str, float]:
     contract = home / "contract.yaml"
     contract.write_text((ROOT / "ml" / "contract.yaml").read_text(encoding="utf-8")
                         + f"training: {{jobs_in_flight: {jobs_in_flight}}}\n", encoding="utf-8")
-    blob, table = _free_port(), _free_port()
+    blob, table = free_port(), free_port()
     os.environ.update(
         AUTORETRAIN_HOME=str(home), AUTORETRAIN_CONTRACT=str(contract),
-        AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{_free_port()}",
+        AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{free_port()}",
         AUTORETRAIN_STORAGE=azurite_connection(blob, table),
     )
     settings = Settings.from_env()

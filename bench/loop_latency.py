@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,15 +32,10 @@ from autoretrain.adapters.localworkspace.workspace import catalog_rows  # noqa: 
 from autoretrain.adapters.storage import AzureBlobStore  # noqa: E402
 from autoretrain.bootstrap import blob_service, table_service  # noqa: E402
 from autoretrain.domain import LedgerState, WorkKey  # noqa: E402
+from autoretrain.local.azurite import free_port  # noqa: E402
 from autoretrain.local.eventgrid import poke  # noqa: E402
 from autoretrain.local.stack import LocalStack  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _drops(folder: Path, count: int, seed: int) -> list[Path]:
@@ -101,7 +95,7 @@ def main() -> None:
     token = str(int(time.time()))
     os.environ.update(
         AUTORETRAIN_HOME=str(home),
-        AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{_free_port()}",
+        AUTORETRAIN_HOST_URL=f"http://127.0.0.1:{free_port()}",
         AUTORETRAIN_INCOMING_CONTAINER=f"bench{token}",
         AUTORETRAIN_QUARANTINE_CONTAINER=f"benchq{token}",
         AUTORETRAIN_DATASETS_CONTAINER=f"benchd{token}",

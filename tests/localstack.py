@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,10 @@ from autoretrain.adapters.ledger import TableLedger
 from autoretrain.adapters.storage import AzureBlobStore, client_options
 from autoretrain.domain import BlobRef, LedgerRecord, WorkKey
 from autoretrain.local import host_answers
-from autoretrain.local.azurite import azurite_connection
+from autoretrain.local.azurite import azurite_connection, free_port
 from autoretrain.settings import LOCAL_STORAGE_TOPIC
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

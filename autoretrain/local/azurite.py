@@ -24,7 +24,8 @@ from autoretrain.domain.errors import ConfigError, StorageError
 from autoretrain.settings import PROJECT_ROOT
 from autoretrain.waiting import start_and_poll
 
-__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_connection", "azurite_ports", "listener",
+__all__ = ["BLOB_PORT", "TABLE_PORT", "Azurite", "azurite_binary", "azurite_connection", "azurite_ports", "free_port",
+           "listener",
            "storage_down"]
 
 BLOB_PORT, QUEUE_PORT, TABLE_PORT = 10000, 10001, 10002
@@ -37,10 +38,11 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _free_port() -> int:
-    """A port nothing listens on now: Azurite also serves Queue, which autoretrain does not use."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS picks it): Azurite's Queue port, which autoretrain does
+    not use, the MLflow UI's, and the tests' and benchmarks' own stacks."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -224,7 +226,7 @@ class Azurite:
              "--location", str(self.location),
              "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
              "--blobPort", str(self.blob_port), "--tablePort", str(self.table_port),
-             "--queuePort", str(QUEUE_PORT if self.blob_port == BLOB_PORT else _free_port())],
+             "--queuePort", str(QUEUE_PORT if self.blob_port == BLOB_PORT else free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             # Its own session: the terminal's Ctrl-C (or hang-up) must not reach it. Azurite saves
             # its metadata every few seconds and on exit; a second signal during that save loses

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,9 +28,10 @@ from typing import TextIO
 
 from autoretrain.adapters.localworkspace.tracking import artifact_root, mlflow_missing, store_folder, tracking_uri
 from autoretrain.domain.errors import AutoretrainError, ConfigError
+from autoretrain.local.azurite import free_port
 from autoretrain.waiting import start_and_poll
 
-__all__ = ["MlflowUI", "free_port", "run_ui", "ui_command"]
+__all__ = ["MlflowUI", "run_ui", "ui_command"]
 
 
 def ui_command(home: Path, *, host: str, port: int, python: str = sys.executable) -> list[str]:
@@ -48,12 +48,6 @@ def ui_command(home: Path, *, host: str, port: int, python: str = sys.executable
         "--port", str(port),
         "--workers", "1",
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class MlflowUI:
