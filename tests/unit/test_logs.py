@@ -265,29 +265,29 @@ def test_a_span_per_invocation_hands_its_traceparent_on_and_the_next_continues_i
     assert failed.log_record.span_id == completion.context.span_id
 
 
-def test_without_a_connection_string_the_app_imports_no_opentelemetry() -> None:
-    """Local mode pays nothing: importing function_app configures nothing and loads neither the
-    OpenTelemetry SDK nor the Azure Monitor distro."""
-    code = (
-        "import os, sys; os.environ.pop('APPLICATIONINSIGHTS_CONNECTION_STRING', None); import function_app; "
-        "print(sorted({m.split('.')[0] + '.' + m.split('.')[1] for m in sys.modules "
-        "if m.startswith(('opentelemetry.', 'azure.monitor'))}))"
-    )
+def _loaded_by_importing_the_app(which: str) -> str:
+    """What `which` (an expression over `sys.modules`) prints after a fresh interpreter imports
+    function_app in local mode (no Application Insights connection string)."""
+    code = f"import sys; import function_app; print(sorted({which}))"
     env = {k: v for k, v in __import__("os").environ.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout.strip()
+
+
+def test_without_a_connection_string_the_app_imports_no_opentelemetry() -> None:
+    """Local mode pays nothing: importing function_app configures nothing and loads neither the
+    OpenTelemetry SDK nor the Azure Monitor distro."""
+    assert _loaded_by_importing_the_app(
+        "{m.split('.')[0] + '.' + m.split('.')[1] for m in sys.modules "
+        "if m.startswith(('opentelemetry.', 'azure.monitor'))}"
+    ) == "[]"
 
 
 def test_importing_the_app_defers_the_loop_and_the_storage_sdks_to_the_first_event() -> None:
     """The host imports function_app to index its functions (a cold start): the use cases, their
     wiring and the Azure SDKs they call are imported by the first invocation, not by indexing."""
-    code = (
-        "import os, sys; os.environ.pop('APPLICATIONINSIGHTS_CONNECTION_STRING', None); import function_app; "
-        "print(sorted(m for m in ('autoretrain.loop', 'autoretrain.bootstrap', 'azure.storage.blob', "
-        "'azure.data.tables', 'azure.ai.ml') if m in sys.modules))"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert _loaded_by_importing_the_app(
+        "m for m in ('autoretrain.loop', 'autoretrain.bootstrap', 'azure.storage.blob', 'azure.data.tables', "
+        "'azure.ai.ml') if m in sys.modules"
+    ) == "[]"
