@@ -15,6 +15,7 @@ from mlmodules import wine
 
 from autoretrain.adapters.localworkspace.workspace import catalog_rows
 from autoretrain.domain import LedgerState, WorkKey
+from autoretrain.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +63,9 @@ def test_the_champion_holds_on_the_same_distribution_and_a_shifted_file_trains(s
     assert len(catalog_rows(scoring.home, "models")) == 1, "no model was trained for it"
     [score_job] = [j for j in catalog_rows(scoring.home, "jobs") if j["name"] == held.job]
     assert score_job["mode"] == "score"
-    log = scoring.log.read_text()
-    assert "complete.champion_held" in log and "ingest.scoring_submitted" in log
+    # The outcome's line is written once the ledger move is done (and the champion tagged): wait for it.
+    assert wait_until(lambda: "complete.champion_held" in scoring.log.read_text(), timeout=10)
+    assert "ingest.scoring_submitted" in scoring.log.read_text()
 
     shifted = scoring.blobs.upload(scoring.incoming, "2026-03.csv", fresh_wines(300, seed=3, shift=1.5))
     [trained] = scoring.wait_final([WorkKey.for_blob(shifted)], timeout=240).values()
