@@ -37,7 +37,7 @@ from azure.core.exceptions import ResourceExistsError  # noqa: E402
 
 from autoretrain import bootstrap as boot  # noqa: E402
 from autoretrain.contract import HEAD_BYTES  # noqa: E402
-from autoretrain.local.azurite import Azurite, _free_port, azurite_connection  # noqa: E402
+from autoretrain.local.azurite import Azurite, azurite_connection, free_port  # noqa: E402
 from autoretrain.settings import Settings  # noqa: E402
 
 ROW = b"14.02,1.68,2.21,16.0,96,2.65,2.33,0.26,1.98,4.7,1.04,3.59,1035,class_0\n"
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="autoretrain-floor-"))
-    blob_port, table_port = _free_port(), _free_port()
+    blob_port, table_port = free_port(), free_port()
     azurite = Azurite(home, blob_port=blob_port, table_port=table_port).start()
     assert azurite._process is not None, "a fresh Azurite of this script's own"
     try:
