@@ -270,10 +270,14 @@ class AzureBlobStore:
     ) -> Iterator[BlobProperties]:
         """List under `prefix`; when the service fails on a name in it, split the prefix instead
         (noted in `splits`)."""
+        # One retry for the whole listing, none for the split ones: a 500 there is the name. Nor for
+        # the whole listing of a container whose last listing had to be split: the same name is
+        # most likely still there, and a retry would hold every listing (each poll of the local
+        # Event Grid) for the retry's back-off, 1-2 s.
+        retries = 1 if depth == 0 and not self._unlistable.get(container) else 0
         try:
-            # One retry for the whole listing, none for the split ones: a 500 there is the name.
             # Materialised per prefix: a failure half-way must not yield half a listing twice.
-            items = list(client.list_blobs(name_starts_with=prefix or None, retry_total=1 if depth == 0 else 0))
+            items = list(client.list_blobs(name_starts_with=prefix or None, retry_total=retries))
         except HttpResponseError as exc:
             if exc.status_code is None or exc.status_code < 500 or depth >= _SPLIT_DEPTH:
                 if depth == 0:

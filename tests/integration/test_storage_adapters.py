@@ -296,16 +296,24 @@ class TestAzureBlobStore:
     def test_a_name_the_service_cannot_list_is_told_once_not_on_every_listing(
         self, store: AzureBlobStore, unique: str, azurite: str, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """The local Event Grid lists every second: the warnings come with the first listing only."""
+        """The local Event Grid lists every second: the warnings come with the first listing only,
+        and a listing after the first does not wait for a retry of the failure it expects."""
         container = f"in{unique}"
         for name in ("a.csv", "ctl\x01name.csv"):
             store.upload(container, name, b"x\n")
-        list(store.list_blobs(container))
+        requests: list[str] = []  # each attempt, retries included
+        hooked = AzureBlobStore(BlobServiceClient.from_connection_string(
+            azurite, **client_options(), raw_response_hook=lambda r: requests.append(r.http_request.url)))
+        list(hooked.list_blobs(container))
+        first = {url for url in requests if "comp=list" in url}  # the listing's own (no container create)
         caplog.clear()
 
         for _ in range(3):
-            assert [b.ref.name for b in store.list_blobs(container)] == ["a.csv"]
+            requests.clear()
+            assert [b.ref.name for b in hooked.list_blobs(container)] == ["a.csv"]
+            assert len(requests) == len(set(requests)), "a request of the listing was retried"
+            assert set(requests) == first
 
         assert [r.getMessage() for r in caplog.records
                 if r.levelno >= logging.WARNING and r.name.startswith("autoretrain")] == []
-        assert store.unlistable(container) == ("ctl",)
+        assert hooked.unlistable(container) == ("ctl",)
