@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,67 @@ def test_a_second_step_does_not_see_the_first_one_s_modules(runner: WarmRunner, 
         runner.run([sys.executable, "step.py"], folder, folder / "o", folder / "e", dict(os.environ),
                    on_start=lambda _: None)
     assert [(f / "o").read_text().strip() for f in (first, second)] == ["A", "B"]
+
+
+def test_two_steps_run_side_by_side_on_one_server(runner: WarmRunner, tmp_path: Path) -> None:
+    """The workspace keeps one server for every job running: a step does not wait for another's end.
+    The first step ends only once the second has started and written its mark."""
+    (tmp_path / "first.py").write_text(
+        "import pathlib, sys, time\n"
+        "mark = pathlib.Path(sys.argv[1])\n"
+        "deadline = time.monotonic() + 30\n"
+        "while not mark.exists():\n"
+        "    if time.monotonic() > deadline:\n"
+        "        raise SystemExit(3)\n"
+        "    time.sleep(0.02)\n"
+    )
+    (tmp_path / "second.py").write_text("import pathlib, sys\npathlib.Path(sys.argv[1]).write_text('here')\n")
+    mark = str(tmp_path / "mark")
+    codes: dict[str, int] = {}
+    pids: list[int] = []
+
+    def step(name: str) -> None:
+        codes[name] = runner.run([sys.executable, f"{name}.py", mark], tmp_path, tmp_path / f"{name}.out",
+                                 tmp_path / f"{name}.err", dict(os.environ), on_start=pids.append)
+
+    first = threading.Thread(target=step, args=("first",))
+    first.start()
+    while not pids:  # the first step runs
+        time.sleep(0.01)
+    step("second")
+    first.join(timeout=60)
+
+    assert codes == {"first": 0, "second": 0}, (tmp_path / "first.err").read_text()
+    assert len(set(pids)) == 2
+
+
+def test_a_server_that_dies_fails_each_waiting_step_instead_of_hanging(tmp_path: Path) -> None:
+    one = WarmRunner(sys.executable, dict(os.environ))
+    (tmp_path / "step.py").write_text("import time\ntime.sleep(60)\n")
+    pids: list[int] = []
+    errors: list[str] = []
+
+    def step() -> None:
+        try:
+            one.run([sys.executable, "step.py"], tmp_path, tmp_path / "o", tmp_path / "e", dict(os.environ),
+                    on_start=pids.append)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=step) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        while len(pids) < 2:
+            time.sleep(0.01)
+        one._server.process.kill()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == ["the warm step runner exited (code -9)"] * 2
+        assert not one.alive
+        with pytest.raises(RuntimeError, match="warm step runner exited"):
+            one.run([sys.executable, "step.py"], tmp_path, tmp_path / "o", tmp_path / "e", dict(os.environ),
+                    on_start=pids.append)
+    finally:
+        one.close()

@@ -9,6 +9,7 @@ line. The helper dies with the thread that started it (`die_with_parent`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,15 +57,28 @@ class Helper:
 
     def call(self, message: Any) -> Any:
         """Send `message` and return the helper's answer."""
-        self._connection.send(message)
+        self.send(message)
         return self.receive()
+
+    def send(self, message: Any) -> None:
+        """Send `message`; RuntimeError naming the helper when it has exited."""
+        try:
+            self._connection.send(message)
+        except OSError as exc:
+            raise RuntimeError(f"the {self._what} exited (code {self._exit_code()})") from exc
+
+    def _exit_code(self) -> int | None:
+        """The helper's exit code: its end of the connection closes a moment before it is reaped."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.process.wait(timeout=1.0)
+        return None
 
     def receive(self) -> Any:
         """The helper's next message; RuntimeError naming it and its exit code when it has exited."""
         try:
             return self._connection.recv()
         except (EOFError, OSError) as exc:
-            raise RuntimeError(f"the {self._what} exited (code {self.process.poll()})") from exc
+            raise RuntimeError(f"the {self._what} exited (code {self._exit_code()})") from exc
 
     @property
     def alive(self) -> bool:

@@ -1,6 +1,7 @@
 """How a step's process runs on this machine, and how the workspace stops it.
 
-A step runs in a fork of its job thread's warm runner (warm.py: the heavy libraries imported once),
+A step runs in a fork of the workspace's warm runner (warm.py: the heavy libraries imported once;
+one runner for all the jobs running),
 or, without one, as a subprocess of this Python in its own session (a Ctrl-C in the terminal
 reaches the stack, which stops the steps itself, instead of failing them half-way). `stop()` sends
 each running step SIGTERM, then SIGKILL after a timeout; a step asked to start after it never does.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import subprocess
 import threading
@@ -31,10 +31,10 @@ log = logging.getLogger("autoretrain.adapters.localworkspace.workspace")
 
 
 class StepProcesses:
-    """The running steps (one a job) and the warm runners they fork from (one a job thread)."""
+    """The running steps (one a job) and the warm runner they fork from."""
 
     def __init__(
-        self, *, python: str, env: Mapping[str, str], warm: bool, runners: int, tracking: LocalTracking | None
+        self, *, python: str, env: Mapping[str, str], warm: bool, tracking: LocalTracking | None
     ) -> None:
         self._python = python
         self._env = env  # the warm servers' own environment (a step gets its own)
@@ -45,11 +45,14 @@ class StepProcesses:
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen[bytes] | _ForkedStep] = {}
         self._thread_state = threading.local()
-        self._runners: list[WarmRunner] = []
-        self._spare: queue.Queue[WarmRunner | None] = queue.Queue()
+        self._runners: list[WarmRunner] = []  # the one in use last; earlier ones died
+        self._closed = threading.Event()  # set by close(): the runner's starting thread may end
+        self._start_lock = threading.Lock()
+        self._started = threading.Event()  # the first runner's start has ended (well or not)
         if warm:
-            threading.Thread(target=self._start_runners, args=(runners,), name="local-warm-runners",
-                             daemon=True).start()
+            threading.Thread(target=self._start_runner, name="local-warm-runner", daemon=True).start()
+        else:
+            self._started.set()
 
     @property
     def stopping(self) -> bool:
@@ -101,54 +104,47 @@ class StepProcesses:
 
     def close(self) -> None:
         """Stop the warm runners (after `stop()`, once no job thread uses them)."""
+        self._closed.set()
         for runner in self._runners:
             runner.close()
 
     def _warm_runner(self) -> WarmRunner | None:
-        """This job thread's prefork server (started on first use), or None to run steps cold."""
-        if not self._warm:
-            return None
-        runner: WarmRunner | None = getattr(self._thread_state, "runner", None)
-        if runner is not None and runner.alive:
-            return runner
-        try:
-            runner = self._spare.get(timeout=60)  # started with the workspace, warm by now
-        except queue.Empty:
-            runner = None
-        if runner is None or not runner.alive:
-            runner = self._new_runner()
-            if runner is None:
-                return None
-        self._thread_state.runner = runner
-        return runner
+        """The warm runner (started with the workspace, warm by now; started again if it died), or
+        None to run steps cold."""
+        self._started.wait(timeout=60)
+        with self._start_lock:  # two jobs that find it dead start one runner, not two
+            with self._lock:
+                if not self._warm:
+                    return None
+                if self._runners and self._runners[-1].alive:
+                    return self._runners[-1]
+            # Started on this job thread, which lives as long as the workspace (see WarmRunner).
+            return self._new_runner()
 
     def _new_runner(self) -> WarmRunner | None:
         try:
             runner = WarmRunner(self._python, self._env)
         except (OSError, RuntimeError) as exc:
             log_event(log, logging.WARNING, "workspace.warm_runner_unavailable", error=str(exc))
-            self._warm = False
+            with self._lock:
+                self._warm = False
             return None
         with self._lock:
             self._runners.append(runner)
         return runner
 
-    def _start_runners(self, count: int) -> None:
-        started = []
-        for _ in range(count):
+    def _start_runner(self) -> None:
+        try:
             runner = self._new_runner()
-            if runner is None:
-                self._spare.put(None)
-                return
-            self._spare.put(runner)
-            started.append(runner)
-        if self._tracking is not None and self._tracking.ready():
-            # The store exists now: each server opens it once, for all the steps it forks.
-            for runner in started:
-                with contextlib.suppress(OSError, RuntimeError, ValueError):
-                    runner.open_tracking(self._tracking.uri)
-        # The servers die with the thread that started them (PR_SET_PDEATHSIG): it lives until stop().
-        self._stopping.wait()
+        finally:
+            self._started.set()
+        if runner is not None and self._tracking is not None and self._tracking.ready():
+            # The store exists now: the server opens it once, for all the steps it forks.
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                runner.open_tracking(self._tracking.uri)
+        # The server dies with the thread that started it (PR_SET_PDEATHSIG): it lives until close(),
+        # not stop(): a step stopped by stop() still has its exit code to tell.
+        self._closed.wait()
 
 
 class _ForkedStep:

@@ -53,10 +53,10 @@ class JobRunner:
         self._tracking = tracking
         self._events = events
         self._step_env = step_env
-        # Steps run in forks of warm servers that have imported the heavy libraries once; they load
-        # the tracking store's modules too, and open the store once, so a step that logs pays neither.
+        # Steps run in forks of a warm server that has imported the heavy libraries once; it loads
+        # the tracking store's modules too, and opens the store once, so a step that logs pays neither.
         self._processes = StepProcesses(
-            python=python, warm=warm, runners=max_parallel_jobs, tracking=tracking,
+            python=python, warm=warm, tracking=tracking,
             env={**step_env, "MLFLOW_TRACKING_URI": tracking.uri} if tracking is not None else step_env,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_jobs, thread_name_prefix="local-job")

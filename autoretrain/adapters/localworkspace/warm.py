@@ -9,20 +9,27 @@ step's. Nothing is shared between steps but the already-imported modules, and (w
 environment names a SQLite MLflow tracking store) that store, opened once: a step that logs to its
 run pays neither SQLAlchemy's import nor the store's schema check (about a second, then 50-80 ms).
 
-Protocol (dicts over the server's connection, channel.py): the workspace sends
-`{"argv": [...], "cwd": ..., "stdout": ..., "stderr": ..., "env": {...}}`; the server answers
-`{"pid": N}` when the step starts and `{"code": N}` when it ends; to `{"tracking": URI}` (the store
-exists now) it opens that store and answers `{"tracking": True}`. One server runs one step at a
-time; the workspace keeps one server per job thread.
+Protocol (dicts over the server's connection, channel.py), each request with the caller's `id`,
+which the answers repeat: the workspace sends `{"id": I, "argv": [...], "cwd": ..., "stdout": ...,
+"stderr": ..., "env": {...}}`; the server answers `{"id": I, "pid": N}` when the step starts and
+`{"id": I, "code": N}` when it ends; to `{"id": I, "tracking": URI}` (the store exists now) it opens
+that store and answers `{"id": I, "tracking": True}`. One server runs any number of steps at once,
+each in its own fork: the workspace keeps one server, whatever the number of jobs running (a second
+server would cost its own imports: about three seconds of CPU and 200 MB).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import queue
+import select
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +50,15 @@ _PRELOAD_TRACKING = ("sqlalchemy", "alembic", "mlflow.store.tracking.sqlalchemy_
 
 
 class WarmRunner:
-    """One prefork server process; `run(...)` runs one step in a fork of it and returns its exit code."""
+    """One prefork server process; `run(...)` runs one step in a fork of it and returns its exit code.
+    Safe to call from several threads at once: their steps run side by side."""
 
     def __init__(self, python: str, env: Mapping[str, str]) -> None:
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._waiting_lock = threading.Lock()
+        self._gone: str | None = None  # why the server cannot answer any more
         # BLAS and OpenMP threads must not exist before a fork: one thread each in the server.
         server_env = {**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         # Dies with the workspace's process (PR_SET_PDEATHSIG). It fires when the *thread* that
@@ -56,21 +68,27 @@ class WarmRunner:
         ready = self._server.receive()
         if ready.get("ready") is not True:
             raise RuntimeError(f"the warm step runner did not start: {ready}")
+        threading.Thread(target=self._read, name="warm-runner-answers", daemon=True).start()
 
     def run(
         self, argv: Sequence[str], cwd: Path, stdout: Path, stderr: Path, env: Mapping[str, str],
         on_start: Callable[[int], None],
     ) -> int:
-        with self._lock:
-            started = self._server.call({"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout),
-                                         "stderr": str(stderr), "env": dict(env)})
-            on_start(int(started["pid"]))
-            return int(self._server.receive()["code"])
+        answers = self._ask({"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr),
+                             "env": dict(env)})
+        try:
+            on_start(int(self._answer(answers)["pid"]))
+            return int(self._answer(answers)["code"])
+        finally:
+            self._forget(answers)
 
     def open_tracking(self, uri: str) -> bool:
         """Have the server open the MLflow store at `uri` (once it exists), so no step opens it."""
-        with self._lock:
-            return bool(self._server.call({"tracking": uri})["tracking"])
+        answers = self._ask({"tracking": uri})
+        try:
+            return bool(self._answer(answers)["tracking"])
+        finally:
+            self._forget(answers)
 
     @property
     def alive(self) -> bool:
@@ -79,34 +97,100 @@ class WarmRunner:
     def close(self) -> None:
         self._server.stop(terminate=True)  # a step running in a fork dies with the server
 
+    def _ask(self, request: dict[str, Any]) -> queue.SimpleQueue[dict[str, Any]]:
+        """Send `request` under a new id; the queue its answers arrive on."""
+        answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        with self._waiting_lock:
+            if self._gone is not None:
+                raise RuntimeError(self._gone)
+            ident = next(self._ids)
+            self._waiting[ident] = answers
+        request["id"] = ident
+        try:
+            with self._send_lock:
+                self._server.send(request)
+        except BaseException:
+            self._forget(answers)
+            raise
+        return answers
+
+    def _answer(self, answers: queue.SimpleQueue[dict[str, Any]]) -> dict[str, Any]:
+        answer = answers.get()
+        if "gone" in answer:
+            raise RuntimeError(answer["gone"])
+        return answer
+
+    def _forget(self, answers: queue.SimpleQueue[dict[str, Any]]) -> None:
+        with self._waiting_lock:
+            for ident, waiting in list(self._waiting.items()):
+                if waiting is answers:
+                    del self._waiting[ident]
+
+    def _read(self) -> None:
+        """Hand each answer to the caller waiting for it; when the server is gone, tell them all."""
+        while True:
+            try:
+                answer = self._server.receive()
+            except RuntimeError as exc:
+                with self._waiting_lock:
+                    self._gone = str(exc)
+                    waiting = list(self._waiting.values())
+                for answers in waiting:
+                    answers.put({"gone": str(exc)})
+                return
+            with self._waiting_lock:
+                caller = self._waiting.get(answer.pop("id", None))
+            if caller is not None:
+                caller.put(answer)
+
 
 def serve() -> None:
-    """The server's loop (in its own process)."""
+    """The server's loop (in its own process): requests and ended steps, as they come."""
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     local_store = tracking.startswith("sqlite:")
     _preload(local_store)
     parent = to_parent()
+    # An ended step wakes the loop: SIGCHLD writes a byte to this pipe (the handler itself does nothing).
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake)
     parent.send({"ready": True})
+    steps: dict[int, int] = {}  # pid -> the request's id
     opened = False
     while True:
+        ready, _, _ = select.select([parent.fileno(), woken], [], [])
+        if woken in ready:
+            os.read(woken, 4096)
+            _reap(steps, parent)
+        if parent.fileno() not in ready:
+            continue
         try:
             request = parent.recv()
         except EOFError:  # the workspace closed its end: it is done with this server
             return
+        ident = request.pop("id", None)
         if "tracking" in request:  # the workspace's tracker has made the store: open it now
             opened = opened or (local_store and request["tracking"] == tracking and _open_tracking_store(tracking))
-            parent.send({"tracking": opened})
+            parent.send({"id": ident, "tracking": opened})
             continue
         if local_store and not opened and request["env"].get("MLFLOW_TRACKING_URI") == tracking:
             # Not opened yet: the store exists by now (the workspace made this step's run in it).
             opened = _open_tracking_store(tracking)
         pid = os.fork()
         if pid == 0:  # the step
-            parent.close()  # the server's line, not the step's
-            _run_step(request)
-        parent.send({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        parent.send({"code": os.waitstatus_to_exitcode(status)})
+            _run_step(request, parent, (woken, wake))
+        steps[pid] = ident
+        parent.send({"id": ident, "pid": pid})
+        _reap(steps, parent)  # one that ended before its pid was told is told now
+
+
+def _reap(steps: dict[int, int], parent: Connection) -> None:
+    """Tell the workspace the exit code of every step that has ended."""
+    for pid in list(steps):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            parent.send({"id": steps.pop(pid), "code": os.waitstatus_to_exitcode(status)})
 
 
 def _index_installed_packages() -> None:
@@ -153,12 +237,19 @@ def _open_tracking_store(uri: str) -> bool:
     return True
 
 
-def _run_step(request: Mapping[str, Any]) -> None:
+def _run_step(request: Mapping[str, Any], parent: Connection, wakeup: tuple[int, int]) -> None:
+    """In the fork: the step, as its own process; never returns."""
     import runpy
     import traceback
 
     code = 1
     try:
+        # The server's line and its wake-up pipe are not the step's.
+        parent.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in wakeup:
+            os.close(fd)
         die_with_parent()
         os.setpgid(0, 0)
         os.chdir(request["cwd"])
