@@ -1,7 +1,9 @@
-"""Every component's command, run as a subprocess on a tiny CSV, writes its declared outputs.
+"""Every component's command, run as a process of its own on a tiny CSV, writes its declared outputs.
 
 The steps run as the local workspace and Azure ML run them: the command from the component YAML,
 `python` replaced by this interpreter, ml/src as the working folder, wired as pipeline.yml says.
+Most run as the local workspace runs them, in a fork of a warm runner (the libraries imported
+once); the first two pipelines (`runs`) run each step cold, as a subprocess, as on Azure ML.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import pytest
 import yaml
 from mlmodules import load_ml_module, snapshot
 
+from autoretrain.adapters.localworkspace.warm import WarmRunner
 from autoretrain.datacontract import is_no_champion
 
 ML = Path(__file__).resolve().parents[2] / "ml"
@@ -81,10 +85,34 @@ def _fill(command: str, bound: Mapping[tuple[str, str], str]) -> str:
     return _PLACEHOLDER.sub(lambda m: shlex.quote(bound[(m[1], m[2])]), command)
 
 
+_WARM: list[WarmRunner] = []
+_WARM_LOCK = threading.Lock()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_runner() -> Iterator[None]:
+    """The warm runner the steps fork from, started on this (the main) thread: it dies with the
+    thread that starts it. Stopped after the module's last test."""
+    yield
+    with _WARM_LOCK:
+        while _WARM:
+            _WARM.pop().close()
+
+
+def _warm(env: Mapping[str, str]) -> WarmRunner:
+    with _WARM_LOCK:
+        if not _WARM:
+            assert threading.current_thread() is threading.main_thread(), "a warm runner dies with its thread"
+            _WARM.append(WarmRunner(sys.executable, env))
+        return _WARM[0]
+
+
 def _run_pipeline(
-    workdir: Path, inputs: Mapping[str, Path | int | str], *, only: tuple[str, ...] | None = None
+    workdir: Path, inputs: Mapping[str, Path | int | str], *, only: tuple[str, ...] | None = None,
+    cold: bool = False,
 ) -> Run | StepFailed:
-    """Run pipeline.yml's steps in order: each component's command with its inputs bound as wired."""
+    """Run pipeline.yml's steps in order: each component's command with its inputs bound as wired;
+    in a fork of the warm runner, or `cold`, each as a subprocess."""
     pipeline = yaml.safe_load((ML / "pipeline.yml").read_text())
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -126,12 +154,20 @@ def _run_pipeline(
         program, script, *args = shlex.split(_fill(command, bound))
         assert program == "python"
         code = snapshot(component_path, component, workdir / "code" / step)
-        done = subprocess.run(
-            [sys.executable, script, *args], cwd=code, env=env, capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            return StepFailed(step, done.returncode, done.stderr)
-        run.logs[step] = done.stdout
+        if cold:
+            done = subprocess.run(
+                [sys.executable, script, *args], cwd=code, env=env, capture_output=True, text=True, timeout=120
+            )
+            exit_code, stdout, stderr = done.returncode, done.stdout, done.stderr
+        else:
+            logs = workdir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            exit_code = _warm(env).run([sys.executable, script, *args], code, logs / f"{step}.out",
+                                       logs / f"{step}.err", env, on_start=lambda _: None)
+            stdout, stderr = ((logs / f"{step}.{kind}").read_text() for kind in ("out", "err"))
+        if exit_code != 0:
+            return StepFailed(step, exit_code, stderr)
+        run.logs[step] = stdout
     return run
 
 
@@ -174,9 +210,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     wine_data, drop = _wine_drop_with_holes(folder)
     patients = _patients_with_gaps(folder)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        wine_run = pool.submit(_run_pipeline, folder / "wine", {"data": wine_data, "contract": WINE_CONTRACT})
+        wine_run = pool.submit(_run_pipeline, folder / "wine", {"data": wine_data, "contract": WINE_CONTRACT},
+                               cold=True)
         diabetes_run = pool.submit(
-            _run_pipeline, folder / "diabetes", {"data": patients, "contract": DIABETES_CONTRACT}
+            _run_pipeline, folder / "diabetes", {"data": patients, "contract": DIABETES_CONTRACT}, cold=True
         )
         return Runs(wine=wine_run.result(), wine_drop=drop, diabetes=diabetes_run.result())
 
