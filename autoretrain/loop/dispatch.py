@@ -34,13 +34,14 @@ log = logging.getLogger("autoretrain.loop")
 _TRIES = 8
 
 
-def dispatch(deps: Deps) -> tuple[PipelineJob, tuple[LedgerRecord, ...]] | None:
+def dispatch(deps: Deps, schedule: Schedule | None = None) -> tuple[PipelineJob, tuple[LedgerRecord, ...]] | None:
     """Submit one job for every version waiting and in no job yet, if fewer than the contract's jobs
     are in flight and the newest has waited `quiet_seconds`: (the job, its versions as submitted),
-    or None when nothing was started. Safe to call at any time, from any worker."""
+    or None when nothing was started. Safe to call at any time, from any worker. `schedule`: the
+    schedule the caller has just read (saves reading it again; a stale one only costs a retry)."""
     rule = deps.contract.training
     for _ in range(_TRIES):
-        schedule = deps.ledger.schedule()
+        schedule = schedule or deps.ledger.schedule()
         if rule.jobs_in_flight and len(schedule.jobs) >= rule.jobs_in_flight:
             return None
         taken = schedule.assigned
@@ -59,6 +60,7 @@ def dispatch(deps: Deps) -> tuple[PipelineJob, tuple[LedgerRecord, ...]] | None:
             log_event(log, logging.INFO, "dispatch.job", job=batch.job_name, new_versions=len(waiting),
                       in_flight=len(saved.jobs))
             return _submit(batch, waiting, deps)
+        schedule = None  # changed since it was read: read it again
     raise NotReadyError(f"the schedule changed {_TRIES} times while a job was being started; "
                         "the event will be retried.")
 

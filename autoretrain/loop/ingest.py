@@ -155,7 +155,7 @@ def _push_waiting(record: LedgerRecord, deps: Deps) -> IngestOutcome:
     schedule = deps.ledger.schedule()
     job = next((name for name, keys in schedule.jobs.items() if record.key in keys), None)
     if job is None:
-        started = dispatch(deps)
+        started = dispatch(deps, schedule)
     elif any(r.key == record.key for r in unmoved(job, schedule, deps)):
         started = resubmit(job, schedule.jobs[job], deps)
     else:

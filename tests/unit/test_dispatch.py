@@ -258,3 +258,20 @@ def test_a_job_the_workspace_refuses_fails_its_versions_with_the_reason_and_free
         world.ledger.get(WorkKey.for_blob(refs[1])).reason or "")  # type: ignore[union-attr]
     assert world.ledger.schedule().jobs == {}, "no slot is held by a job that cannot start"
     assert loop.reconcile(world.deps, grace=timedelta(hours=1)).errors == ()
+
+
+def test_a_redelivery_of_a_waiting_version_reads_the_schedule_once_and_is_a_duplicate(tmp_path: Path) -> None:
+    """Redeliveries are common (Event Grid delivers at least once): one of a version that waits for a
+    busy slot costs the claim, the record and one read of the schedule, and starts nothing."""
+    world = Loop(tmp_path)
+    first, second = world.drop("a.csv", "b.csv")
+    assert (world.state(first), world.state(second)) == (LedgerState.SUBMITTED, LedgerState.WAITING)
+    reads: list[int] = []
+    read = world.ledger.schedule
+    world.ledger.schedule = lambda: (reads.append(1), read())[1]  # type: ignore[method-assign]
+
+    outcome = loop.ingest(blob_event(second, event_id="ev-b.csv"), world.deps)
+
+    assert isinstance(outcome, loop.Duplicate)
+    assert len(reads) == 1
+    assert world.running() == [world.ledger.get(WorkKey.for_blob(first)).job]  # type: ignore[union-attr]
