@@ -184,3 +184,35 @@ def test_metrics_direction_comes_from_evaluate(tmp_path: Path) -> None:
     """Metrics as the local workspace reads them keep evaluate's direction for the champion gate."""
     metrics = Metrics({"rmse": 2.0, "r2": 0.4}, primary="rmse", greater_is_better=False)
     assert Metrics.from_json(metrics.to_json()) == metrics
+
+
+def test_bytes_already_read_register_one_version_once_however_many_deliveries_at_once(
+    tmp_path: Path, store: AzureBlobStore, unique: str
+) -> None:
+    """A small file's bytes (read whole by the head check) are written by the delivery that registers
+    the version; eight at once give one version, its file byte for byte, and nothing left in staging."""
+    workspace = LocalWorkspace(tmp_path, pipeline=PIPELINE, contract=CONTRACT, blobs=store, warm=False,
+                               tracking=False)
+    content = wine_csv(slice(0, 30))
+    blob = store.upload(f"ds{unique}", "k/2026-02.csv", content)
+    key = WorkKey.for_blob(blob)
+    results: list[Any] = []
+    start = threading.Barrier(8)
+
+    def deliver() -> None:
+        start.wait()
+        results.append(workspace.register_data(blob, key, {"blob": blob.path}, content))
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(results) == 8 and len(set(results)) == 1
+        [version] = catalog_rows(tmp_path, "data")
+        assert Path(version["path"]).read_bytes() == content
+        staging = workspace.root / "data" / ".staging"
+        assert not staging.exists() or not any(staging.iterdir())
+    finally:
+        workspace.close()

@@ -126,6 +126,10 @@ class Catalog:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode, NORMAL syncs at checkpoints, not at each commit: a commit survives a
+            # crash of any process, and only a power cut may take back the last ones (as with
+            # Azurite, which saves to disk every few seconds). FULL cost an fsync per ingest.
+            db.execute("PRAGMA synchronous=NORMAL")
         try:
             yield db
         finally:
@@ -165,9 +169,12 @@ class Catalog:
         row = self._one("SELECT * FROM data_versions WHERE work_key = ?", key.value)
         return _data(row) if row else None
 
-    def add_data(self, key: WorkKey, source: str, lineage: Mapping[str, str], staging: Path) -> DataVersion:
-        """The data version of `key`: the file at `staging` moved into a new version's folder, or,
-        when another delivery registered the key first, that one."""
+    def add_data(
+        self, key: WorkKey, source: str, lineage: Mapping[str, str], staging: Path, content: bytes | None = None
+    ) -> DataVersion:
+        """The data version of `key`: the file at `staging` moved into a new version's folder (or
+        `content` written there, under `staging`'s name), or, when another delivery registered the
+        key first, that one."""
         with self.transaction() as db:
             row = db.execute("SELECT * FROM data_versions WHERE work_key = ?", (key.value,)).fetchone()
             if row is None:
@@ -176,7 +183,10 @@ class Catalog:
                 ).fetchone()[0]
                 final = self.root / "data" / self._data_asset / str(version) / staging.name
                 final.parent.mkdir(parents=True, exist_ok=True)
-                staging.replace(final)
+                if content is None:
+                    staging.replace(final)
+                else:
+                    final.write_bytes(content)
                 db.execute(
                     "INSERT INTO data_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (self._data_asset, version, key.value, str(final), source, json.dumps(dict(lineage)), now()),

@@ -128,13 +128,12 @@ class LocalWorkspace:
         existing = self._catalog.data_by_key(key)
         if existing is not None:
             return existing
-        # Two deliveries of one event may register at once: each writes to its own folder.
+        # Two deliveries of one event may register at once: each downloads to its own folder. Bytes
+        # already read (a small file) are written once, by the one that registers the version.
         staging = self.root / "data" / ".staging" / uuid.uuid4().hex / local_file_name(key, source.name)
-        if content is None:
-            self._blobs.download_to(source, staging)
-        else:
-            staging.parent.mkdir(parents=True)
-            staging.write_bytes(content)
+        if content is not None:
+            return self._catalog.add_data(key, source.path, lineage, staging, content)
+        self._blobs.download_to(source, staging)
         data = self._catalog.add_data(key, source.path, lineage, staging)
         shutil.rmtree(staging.parent, ignore_errors=True)
         return data
