@@ -12,9 +12,11 @@ comes from this script:
      behind the original (in flight at the same time), half later;
   4. reports posts/s over the wall time of all posts, and per-request latency p50/p99; then posts
      every event once more (all duplicates, on the full ledger; --no-replay skips it);
-  5. checks that every blob ended with exactly one ledger record (`autoretrain status --json`) and
-     exactly one job (`autoretrain list jobs --json`), that every post was answered 200, and, from
-     the host's log, that each blob was submitted once and every other delivery logged `duplicate`.
+  5. checks that every blob ended with exactly one ledger record (`autoretrain status --json`) in
+     one job at most (`autoretrain list jobs --json`; with one job in flight, the default, a version
+     accepted while a job runs waits for the next), that every post was answered 200, and, from the
+     host's log, that each blob was submitted or left waiting once and every other delivery logged
+     `duplicate`.
 
 Each ingest of a new blob submits a training job to the local workspace. The project has no
 setting that queues jobs without running them, so there are two modes (--jobs):
@@ -102,19 +104,16 @@ def held_deps() -> Any:
     from autoretrain.adapters.storage import AzureBlobStore
     from autoretrain.settings import Settings
 
-    class HeldJobsWorkspace(LocalWorkspace):
-        """Submit writes the job row (status queued) as always; the job is not handed to the pool."""
-
-        def _start(self, job: str) -> None:
-            pass
-
     settings = Settings.from_env()
     blobs = AzureBlobStore(boot.blob_service(settings))
-    workspace = HeldJobsWorkspace(
+    workspace = LocalWorkspace(
         settings.home, pipeline=boot.PIPELINE, contract=settings.contract, blobs=blobs,
         experiment=settings.experiment, data_asset=settings.data_asset, model_name=settings.model_name,
         on_event=None, warm=False,
     )
+    # Submit writes the job row (status queued) as always; the job is not handed to the job runner.
+    # (A private name: if it moves, the held jobs run, and the run's `jobs` CPU says so.)
+    workspace._runner.start = lambda job: None  # type: ignore[method-assign]
     workspace.pipeline()  # what the real workspace preloads on a thread: not during the run
     return boot.bootstrap(settings, workspace=workspace, blobs=blobs)
 
@@ -563,8 +562,11 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         container = stack.env["AUTORETRAIN_INCOMING_CONTAINER"]
         expected_blobs = {f"{container}/{parse_blob_created(e).blob.name}" for e in events}
         one_record_each = set(per_blob) == expected_blobs and all(n == 1 for n in per_blob.values())
-        one_job_each = (all(ledger_jobs[k.job_name] == 1 and job_names[k.job_name] == 1 for k in keys)
-                        and len(job_rows) == total)
+        # Each version in one job at most, and only in a job that exists: a job of its own with no
+        # limit on jobs in flight (`training.jobs_in_flight: 0`), else a job of several, or waiting.
+        one_job_each = (all(job in job_names for job in ledger_jobs if job)
+                        and all(n == 1 for n in job_names.values())
+                        and len(job_rows) <= total)
 
         lines = host_log(stack.log)
         by_key: dict[str, Counter[str]] = defaultdict(Counter)
@@ -577,7 +579,8 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             by_key[wk][event] += 1
             times[wk].setdefault(event, ts)
         sent = Counter(keys[p.index].value for p in posts + warm + replay)
-        submitted_once = all(by_key[k.value]["ingest.submitted"] == 1 for k in keys)
+        submitted_once = all(by_key[k.value]["ingest.submitted"] + by_key[k.value]["ingest.waiting"] == 1
+                             for k in keys)
         dups_logged = all(by_key[k.value]["duplicate"] == sent[k.value] - 1 for k in keys)
         dup_lines = sum(c["duplicate"] for c in by_key.values())
         other = Counter(e for c in by_key.values() for e, n in c.items() for _ in range(n)
@@ -639,8 +642,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"  HTTP answers {r['http']}; client errors {r['client_errors'] or 'none'}")
     print(f"  ledger: {r['ledger_records']} records {r['ledger_states']}; one record per blob: "
           f"{ok(r['one_record_per_blob'])}")
-    print(f"  jobs: {r['jobs']} {r['job_states']}; one job per blob: {ok(r['one_job_per_blob'])}")
-    print(f"  host log: submitted once per blob: {ok(r['submitted_once_each'])}; {r['duplicates_logged']} "
+    print(f"  jobs: {r['jobs']} {r['job_states']}; each version in one job at most: {ok(r['one_job_per_blob'])}")
+    print(f"  host log: submitted or waiting once per blob: {ok(r['submitted_once_each'])}; {r['duplicates_logged']} "
           f"'duplicate' lines, every redelivery logged duplicate: {ok(r['every_redelivery_logged_duplicate'])}; "
           f"other outcomes {r['other_outcomes'] or 'none'}")
     print("  ingest phases, median ms (first tenth of ingests vs last tenth):")
