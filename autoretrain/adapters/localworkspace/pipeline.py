@@ -3,6 +3,12 @@
 The YAML is loaded with azure-ai-ml's own `load_job`, so it is validated by the same schema Azure
 ML uses; the result is turned into plain `Step`s in dependency order. Nothing here runs anything.
 
+Loading imports azure-ai-ml and validates every component: about a second of CPU at each start of a
+local workspace. The result is kept in the user's cache folder (`$XDG_CACHE_HOME/autoretrain`, or
+`~/.cache/autoretrain`), named by a hash of every YAML file under the pipeline's folder and of the
+azure-ai-ml version: the same files are loaded from there, any change is loaded and validated again
+(a YAML that does not load is never cached). `AUTORETRAIN_PIPELINE_CACHE=off` turns it off.
+
 Every expression of the YAML is read here, in one place: a step's input bindings
 (`${{parent.inputs.x}}`, `${{parent.jobs.<step>.outputs.y}}`, a literal), its outputs promoted to the
 pipeline's (`${{parent.outputs.z}}`), and its command's `${{inputs.x}}`, `${{outputs.y}}` and
@@ -11,18 +17,24 @@ pipeline's (`${{parent.outputs.z}}`), and its command's `${{inputs.x}}`, `${{out
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import re
 import shlex
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from autoretrain.domain.errors import WorkspaceError
 
-__all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "load_pipeline"]
+__all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "cache_folder", "load_pipeline"]
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _STEP_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -164,7 +176,89 @@ def _order(steps: dict[str, Step]) -> tuple[Step, ...]:
     return tuple(ordered)
 
 
-def load_pipeline(path: Path) -> PipelineSpec:
+_CACHE_FORMAT = 1  # bump when PipelineSpec or Step change shape
+
+
+def cache_folder() -> Path | None:
+    """Where loaded pipelines are kept (None: not kept)."""
+    if os.environ.get("AUTORETRAIN_PIPELINE_CACHE", "").lower() in ("off", "0", "false", "no"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "autoretrain" / "pipelines"
+
+
+def load_pipeline(path: Path, *, cache: Path | None = None) -> PipelineSpec:
+    """The pipeline YAML, loaded and validated with azure-ai-ml and flattened into ordered steps; from
+    `cache` when the same files were loaded before."""
+    entry = cache / f"{_fingerprint(path)}.json" if cache is not None else None
+    if entry is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return _from_json(json.loads(entry.read_text(encoding="utf-8")))
+    spec = _load_with_azure_ai_ml(path)
+    if entry is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(_to_json(spec), out)
+            os.replace(temporary, entry)  # two loaders at once: one whole file wins
+    return spec
+
+
+def _fingerprint(path: Path) -> str:
+    """A hash of every YAML file under the pipeline's folder (the pipeline, its components, their
+    environments), their paths, and the azure-ai-ml version that validated them."""
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}|{_azure_ai_ml_version()}|{path.resolve()}".encode())
+    root = path.resolve().parent
+    for file in sorted(p for p in root.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()):
+        digest.update(f"|{file.relative_to(root)}|".encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _azure_ai_ml_version() -> str:
+    try:
+        return metadata.version("azure-ai-ml")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _to_json(spec: PipelineSpec) -> dict[str, Any]:
+    def binding(b: Binding) -> dict[str, str]:
+        if isinstance(b, FromParent):
+            return {"parent": b.input}
+        if isinstance(b, FromStep):
+            return {"step": b.step, "output": b.output}
+        return {"literal": b.value}
+
+    return {
+        "path": str(spec.path), "experiment": spec.experiment, "inputs": list(spec.inputs),
+        "outputs": list(spec.outputs),
+        "steps": [{"name": s.name, "component": s.component, "command": s.command, "code": str(s.code),
+                   "inputs": {k: binding(v) for k, v in s.inputs.items()}, "outputs": dict(s.outputs),
+                   "promoted": dict(s.promoted), "includes": [str(i) for i in s.includes]} for s in spec.steps],
+    }
+
+
+def _from_json(data: dict[str, Any]) -> PipelineSpec:
+    def binding(b: dict[str, str]) -> Binding:
+        if "parent" in b:
+            return FromParent(b["parent"])
+        if "step" in b:
+            return FromStep(b["step"], b["output"])
+        return Literal(b["literal"])
+
+    return PipelineSpec(
+        path=Path(data["path"]), experiment=data["experiment"], inputs=tuple(data["inputs"]),
+        outputs=tuple(data["outputs"]),
+        steps=tuple(Step(name=s["name"], component=s["component"], command=s["command"], code=Path(s["code"]),
+                         inputs={k: binding(v) for k, v in s["inputs"].items()}, outputs=dict(s["outputs"]),
+                         promoted=dict(s["promoted"]), includes=tuple(Path(i) for i in s["includes"]))
+                    for s in data["steps"]),
+    )
+
+
+def _load_with_azure_ai_ml(path: Path) -> PipelineSpec:
     """Load and validate the pipeline YAML with azure-ai-ml, and flatten it into ordered steps."""
     # azure-ai-ml logs warnings about its experimental classes on import; they are not ours.
     for name in ("azure.ai.ml", "azure.ai.ml._utils._experimental"):

@@ -22,7 +22,7 @@ from threading import Lock, Thread
 
 from autoretrain.adapters.localworkspace.catalog import Catalog, now
 from autoretrain.adapters.localworkspace.events import RunEvents
-from autoretrain.adapters.localworkspace.pipeline import PipelineSpec, Step, load_pipeline
+from autoretrain.adapters.localworkspace.pipeline import PipelineSpec, Step, cache_folder, load_pipeline
 from autoretrain.adapters.localworkspace.processes import StepProcesses
 from autoretrain.adapters.localworkspace.tracking import LocalTracking, StepRun
 from autoretrain.datacontract import NO_CHAMPION_FILES
@@ -76,7 +76,7 @@ class JobRunner:
     def pipeline(self) -> PipelineSpec:
         with self._spec_lock:
             if self._spec is None:
-                self._spec = load_pipeline(self._pipeline_path)
+                self._spec = load_pipeline(self._pipeline_path, cache=cache_folder())
             return self._spec
 
     def job_dir(self, job: str) -> Path:
