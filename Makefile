@@ -28,8 +28,9 @@ $(IACVENV)/.installed: requirements-iac.txt
 demo: $(VENV)/.installed node_modules/.installed
 	$(BIN)/autoretrain demo
 
+# One worker per CPU, each test file on one worker (its module-scoped stacks and runs are made once).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-unit: $(VENV)/.installed
 	$(BIN)/python -m pytest tests/unit

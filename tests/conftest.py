@@ -26,40 +26,68 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+class _OurAzurite:
+    """An Azurite started by the tests, in a temporary folder, on the default ports."""
+
+    def __init__(self) -> None:
+        if not AZURITE.exists():
+            pytest.fail(f"{AZURITE} is missing; run `make setup` (npm install) first.")
+        self.location = tempfile.mkdtemp(prefix="azurite-tests-")
+        self.process = subprocess.Popen(
+            [str(AZURITE), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
+             "--location", self.location, "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
+             "--tableHost", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not (_listening(BLOB_PORT) and _listening(TABLE_PORT)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                self.stop()
+                pytest.fail(f"Azurite did not start: {err.strip()[:500]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.location, ignore_errors=True)
+
+
+_CONTROLLER_AZURITE: list[_OurAzurite] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With pytest-xdist (`-n`), the controller starts the one Azurite every worker uses, before
+    the workers start: two workers that each found none would both start one on the same ports."""
+    config = session.config
+    controller = not hasattr(config, "workerinput")
+    if controller and config.getoption("numprocesses", None) and not (_listening(BLOB_PORT) and _listening(TABLE_PORT)):
+        _CONTROLLER_AZURITE.append(_OurAzurite())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    while _CONTROLLER_AZURITE:
+        _CONTROLLER_AZURITE.pop().stop()
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[str]:
     """A running Azurite (Blob + Table on the default ports); yields its connection string.
 
-    Reuses one that is already up (started by .ci/run or `autoretrain up`); otherwise starts one
-    in a temporary folder and stops it at the end of the session.
+    Reuses one that is already up (started by .ci/run, `autoretrain up`, or the xdist controller);
+    otherwise starts one in a temporary folder and stops it at the end of the session.
     """
     if _listening(BLOB_PORT) and _listening(TABLE_PORT):
         yield CONNECTION
         return
-    if not AZURITE.exists():
-        pytest.fail(f"{AZURITE} is missing; run `make setup` (npm install) first.")
-    location = tempfile.mkdtemp(prefix="azurite-tests-")
-    proc = subprocess.Popen(
-        [str(AZURITE), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
-         "--location", location, "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
-         "--tableHost", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    ours = _OurAzurite()
     try:
-        deadline = time.monotonic() + 30
-        while not (_listening(BLOB_PORT) and _listening(TABLE_PORT)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"Azurite did not start: {err.strip()[:500]}")
-            time.sleep(0.1)
         yield CONNECTION
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(location, ignore_errors=True)
+        ours.stop()
 
 
 @pytest.fixture
