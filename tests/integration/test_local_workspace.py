@@ -216,3 +216,41 @@ def test_bytes_already_read_register_one_version_once_however_many_deliveries_at
         assert not staging.exists() or not any(staging.iterdir())
     finally:
         workspace.close()
+
+
+def _warm_servers(but: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """The warm step runners this process started (an earlier test's not yet gone: `but`)."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if "localworkspace.warm import serve" in " ".join(p.cmdline()) and p.pid not in but]
+
+
+def test_a_warm_runner_killed_under_a_step_runs_the_step_again_on_a_new_one(
+    tmp_path: Path, store: AzureBlobStore, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server a step forks from dies (SIGKILL, the OOM killer): the step is not at fault, so it
+    runs once more on a runner started anew, and the job completes. One server, whatever the jobs."""
+    events = Events()
+    earlier = frozenset(p.pid for p in _warm_servers())
+    workspace = make_workspace(tmp_path, store, events)
+    try:
+        blob = store.upload(f"ds{unique}", "k/2026-03.csv", wine_csv(slice(0, 60)))
+        key = WorkKey.for_blob(blob)
+        run = workspace.submit(workspace.register_data(blob, key, {}), key, {JOB_TAG: key.value})
+        deadline = time.monotonic() + 60
+        while not [r for r in catalog_rows(tmp_path, "steps") if r["step"] == "train"]:
+            assert time.monotonic() < deadline, "train never started"
+            time.sleep(0.01)
+        [server] = _warm_servers(but=earlier)
+        server.kill()
+
+        status = workspace.wait(run.name, timeout=120)
+
+        assert status.state is JobState.COMPLETED, status.error
+        assert [r.getMessage().split(" ")[0] for r in caplog.records if "job.step_restarted" in r.getMessage()] == [
+            "job.step_restarted"]
+        restarted = next(r.getMessage() for r in caplog.records if "job.step_restarted" in r.getMessage())
+        assert "step=train" in restarted and "warm step runner exited (code -9)" in restarted
+        [again] = _warm_servers(but=earlier)
+        assert again.pid != server.pid
+    finally:
+        workspace.close()

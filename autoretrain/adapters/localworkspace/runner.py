@@ -25,6 +25,7 @@ from autoretrain.adapters.localworkspace.events import RunEvents
 from autoretrain.adapters.localworkspace.pipeline import PipelineSpec, Step, cache_folder, load_pipeline
 from autoretrain.adapters.localworkspace.processes import StepProcesses
 from autoretrain.adapters.localworkspace.tracking import LocalTracking, StepRun
+from autoretrain.adapters.localworkspace.warm import RunnerDied
 from autoretrain.datacontract import NO_CHAMPION_FILES
 from autoretrain.domain import NO_CHAMPION_PATH, JobState, job_output_path
 from autoretrain.domain.errors import WorkspaceError
@@ -178,7 +179,18 @@ class JobRunner:
         step_run = runs.run(started)
         env = {**self._step_env, **step_run.env()} if step_run is not None else self._step_env
         began = time.monotonic()
-        code = self._processes.run(job, argv, code_dir, log_path, err_path, env)
+        try:
+            code = self._processes.run(job, argv, code_dir, log_path, err_path, env)
+        except RunnerDied as exc:
+            if self._processes.stopping:
+                raise
+            # The server the step forked from died under it (killed, out of memory): not the step's
+            # fault. Once more, from clean outputs, on a runner started anew; a second death fails it.
+            log_event(log, logging.WARNING, "job.step_restarted", job=job, step=step.name, error=str(exc))
+            for folder in outputs.values():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            code = self._processes.run(job, argv, code_dir, log_path, err_path, env)
         seconds = round(time.monotonic() - began, 3)
         if self._processes.stopping:
             # Stopped by close() (Ctrl-C, SIGTERM): not the job's fault. It stays running in the

@@ -36,7 +36,7 @@ from typing import Any
 # die_with_parent lives in channel.py; it is named here too, where the local host has always found it.
 from autoretrain.adapters.localworkspace.channel import Helper, die_with_parent, to_parent
 
-__all__ = ["WarmRunner", "die_with_parent", "serve"]
+__all__ = ["RunnerDied", "WarmRunner", "die_with_parent", "serve"]
 
 # Imported once by the server; each step's fork starts with them in memory.
 _PRELOAD = ("numpy", "pandas", "yaml", "sklearn.pipeline", "sklearn.compose", "sklearn.linear_model",
@@ -47,6 +47,10 @@ _PRELOAD = ("numpy", "pandas", "yaml", "sklearn.pipeline", "sklearn.compose", "s
 # With a local (SQLite) tracking store: its modules, imported once too.
 _PRELOAD_TRACKING = ("sqlalchemy", "alembic", "mlflow.store.tracking.sqlalchemy_store",
                      "mlflow.store.model_registry.sqlalchemy_store", "mlflow.tracking.fluent")
+
+
+class RunnerDied(RuntimeError):
+    """The warm server exited: the steps it ran died with it, through no fault of theirs."""
 
 
 class WarmRunner:
@@ -102,13 +106,16 @@ class WarmRunner:
         answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         with self._waiting_lock:
             if self._gone is not None:
-                raise RuntimeError(self._gone)
+                raise RunnerDied(self._gone)
             ident = next(self._ids)
             self._waiting[ident] = answers
         request["id"] = ident
         try:
             with self._send_lock:
                 self._server.send(request)
+        except RuntimeError as exc:
+            self._forget(answers)
+            raise RunnerDied(str(exc)) from exc
         except BaseException:
             self._forget(answers)
             raise
@@ -117,7 +124,7 @@ class WarmRunner:
     def _answer(self, answers: queue.SimpleQueue[dict[str, Any]]) -> dict[str, Any]:
         answer = answers.get()
         if "gone" in answer:
-            raise RuntimeError(answer["gone"])
+            raise RunnerDied(answer["gone"])
         return answer
 
     def _forget(self, answers: queue.SimpleQueue[dict[str, Any]]) -> None:
