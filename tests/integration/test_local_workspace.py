@@ -178,6 +178,7 @@ def test_jobs_left_queued_by_a_dead_process_run_on_resume(
     assert second.wait(key.job_name, timeout=180).state is JobState.COMPLETED
     assert ("RunCompleted", None) in events.wait_for(key.job_name, 3)
     second.close()
+    first.close()  # its tracker and warm runner, which the "crash" left running
 
 
 def test_metrics_direction_comes_from_evaluate(tmp_path: Path) -> None:

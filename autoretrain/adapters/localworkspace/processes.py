@@ -44,7 +44,6 @@ class StepProcesses:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, subprocess.Popen[bytes] | _ForkedStep] = {}
-        self._thread_state = threading.local()
         self._runners: list[WarmRunner] = []  # the one in use last; earlier ones died
         self._closed = threading.Event()  # set by close(): the runner's starting thread may end
         self._start_lock = threading.Lock()
