@@ -20,6 +20,7 @@ from autoretrain.domain import BlobRef, LedgerRecord, LedgerState, WorkKey
 from autoretrain.domain.errors import AutoretrainError
 from autoretrain.domain.ports import Ledger
 from autoretrain.local import host_answers
+from autoretrain.loop.score import is_scoring
 from autoretrain.settings import Settings
 from autoretrain.waiting import wait_until
 
@@ -143,7 +144,7 @@ def _report(settings: Settings, records: list[LedgerRecord], started: float, log
 
 def _detail(record: LedgerRecord, dropped_at: float) -> str:
     """What a state change adds: the job and its data when submitted, the model and gate when done."""
-    if record.state is LedgerState.SUBMITTED and record.trained_on == 0:  # a scoring job (champion_slips)
+    if record.state is LedgerState.SUBMITTED and is_scoring(record, record.job):  # champion_slips
         return f"data {record.data_version}, job {record.job} scores champion v{record.champion} on its rows first"
     if record.state is LedgerState.HELD:
         return record.decision or "held"

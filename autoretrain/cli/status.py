@@ -15,6 +15,7 @@ from autoretrain.cli.common import STATUS_COLUMNS, azurite_for, print_table, rec
 from autoretrain.domain import LedgerRecord
 from autoretrain.domain.errors import AutoretrainError
 from autoretrain.logs import printable
+from autoretrain.loop.score import is_scoring
 from autoretrain.settings import Settings
 
 __all__ = ["cmd_list", "cmd_status"]
@@ -196,7 +197,7 @@ def _summary(records: list[LedgerRecord], jobs: dict[str, dict[str, Any]]) -> st
         counts[record.state.value] = counts.get(record.state.value, 0) + 1
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     trainings = sum(job["trained_on"] for job in jobs.values())
-    scoring = sum(1 for r in records if r.job and r.job == r.key.scoring().job_name)
+    scoring = sum(1 for r in records if is_scoring(r, r.job))
     scored = f" and {scoring} scoring job(s) that trained nothing" if scoring else ""
     return (f"{len(records)} blob version(s): {states}; {len(jobs) - scoring} training job(s){scored}, "
             f"{trainings} file training(s) in all (a job trains on its whole window)")

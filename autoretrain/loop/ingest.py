@@ -195,7 +195,7 @@ def _training_window(
     keys = {r.key for r in new}
     # A retrain's data version was accepted before: it moves to the end, as the newest.
     accepted = sorted(
-        (r for state in (LedgerState.DONE, LedgerState.HELD) for r in deps.ledger.records(state)
+        (r for state in LedgerState if state.accepted for r in deps.ledger.records(state)
          if r.key not in keys and r.data_version and r.data_version not in fresh),
         key=lambda r: (r.created, r.key.value),
     )
