@@ -78,21 +78,21 @@ class WarmRunner:
         self, argv: Sequence[str], cwd: Path, stdout: Path, stderr: Path, env: Mapping[str, str],
         on_start: Callable[[int], None],
     ) -> int:
-        answers = self._ask({"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr),
-                             "env": dict(env)})
+        ident, answers = self._ask({"argv": list(argv), "cwd": str(cwd), "stdout": str(stdout),
+                                    "stderr": str(stderr), "env": dict(env)})
         try:
             on_start(int(self._answer(answers)["pid"]))
             return int(self._answer(answers)["code"])
         finally:
-            self._forget(answers)
+            self._forget(ident)
 
     def open_tracking(self, uri: str) -> bool:
         """Have the server open the MLflow store at `uri` (once it exists), so no step opens it."""
-        answers = self._ask({"tracking": uri})
+        ident, answers = self._ask({"tracking": uri})
         try:
             return bool(self._answer(answers)["tracking"])
         finally:
-            self._forget(answers)
+            self._forget(ident)
 
     @property
     def alive(self) -> bool:
@@ -101,8 +101,8 @@ class WarmRunner:
     def close(self) -> None:
         self._server.stop(terminate=True)  # a step running in a fork dies with the server
 
-    def _ask(self, request: dict[str, Any]) -> queue.SimpleQueue[dict[str, Any]]:
-        """Send `request` under a new id; the queue its answers arrive on."""
+    def _ask(self, request: dict[str, Any]) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
+        """Send `request` under a new id; (the id, the queue its answers arrive on)."""
         answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         with self._waiting_lock:
             if self._gone is not None:
@@ -114,12 +114,12 @@ class WarmRunner:
             with self._send_lock:
                 self._server.send(request)
         except RuntimeError as exc:
-            self._forget(answers)
+            self._forget(ident)
             raise RunnerDied(str(exc)) from exc
         except BaseException:
-            self._forget(answers)
+            self._forget(ident)
             raise
-        return answers
+        return ident, answers
 
     def _answer(self, answers: queue.SimpleQueue[dict[str, Any]]) -> dict[str, Any]:
         answer = answers.get()
@@ -127,11 +127,9 @@ class WarmRunner:
             raise RunnerDied(answer["gone"])
         return answer
 
-    def _forget(self, answers: queue.SimpleQueue[dict[str, Any]]) -> None:
+    def _forget(self, ident: int) -> None:
         with self._waiting_lock:
-            for ident, waiting in list(self._waiting.items()):
-                if waiting is answers:
-                    del self._waiting[ident]
+            self._waiting.pop(ident, None)
 
     def _read(self) -> None:
         """Hand each answer to the caller waiting for it; when the server is gone, tell them all."""
