@@ -40,6 +40,7 @@ from autoretrain.loop.outcomes import (
     Quarantined,
     Registered,
     Several,
+    Skipped,
     Submitted,
     Waiting,
 )
@@ -75,6 +76,22 @@ def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
         job, records = started
         return Several((*outcomes, Submitted(records[-1], job)))
     return outcomes[0] if len(outcomes) == 1 else Several(tuple(outcomes))
+
+
+def finish_claim(
+    record: LedgerRecord, deps: Deps, *, event_id: str, content_length: int | None = None
+) -> CompleteOutcome:
+    """A `claimed` record whose worker is gone (it may have submitted the job, then died or been
+    stopped before recording it): its ingest is finished, which finds that job, and then, if the job
+    has ended, the job too. The path of the job's completion event, and of reconcile."""
+    from autoretrain.loop.retrain import resume_claim  # retrain ingests through ingest, as dispatch does
+
+    outcome = resume_claim(record, deps, event_id=event_id, content_length=content_length)
+    if isinstance(outcome, Submitted) and outcome.job.status.terminal:
+        return complete_record(outcome.record, deps)
+    if isinstance(outcome, Submitted | Skipped):
+        return Several((outcome,))  # logged as the ingest it was
+    return outcome
 
 
 def _our_key(event: JobFinished, deps: Deps) -> WorkKey | Ignored:
@@ -148,6 +165,8 @@ def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None)
         status = deps.workspace.job_status(job)
         if not status.state.terminal:
             return InProgress(record, status)
+        if record.state is LedgerState.CLAIMED and record.lease_expired(deps.clock()):
+            return finish_claim(record, deps, event_id=f"completion of {job}")
         raise NotReadyError(
             f"{record.blob.path}: ingest has not recorded job {job} yet; the event will be retried."
         )

@@ -26,7 +26,7 @@ from autoretrain.domain.errors import (
     one_line,
 )
 from autoretrain.logs import invocation, log_event
-from autoretrain.loop.complete import complete_record
+from autoretrain.loop.complete import complete_record, finish_claim
 from autoretrain.loop.deps import Deps
 from autoretrain.loop.dispatch import dispatch, release, resubmit, unmoved
 from autoretrain.loop.ingest import _register_and_submit, ingest_blob
@@ -47,7 +47,6 @@ from autoretrain.loop.outcomes import (
     Waiting,
     log_outcome,
 )
-from autoretrain.loop.retrain import _resume_retrain
 from autoretrain.loop.score import is_scoring, rescore
 from autoretrain.loop.steps import _fail, _move, _skip
 
@@ -177,12 +176,10 @@ class _Pass:
         """Claims whose holder is gone, and records whose job ended without a completion."""
         for record in self.records.values():
             if record.state is LedgerState.CLAIMED and record.lease_expired(self.now):
-                if record.first_key is not None:
-                    self._attempt("stale_claim", record.blob, record.key, _resume_retrain(record, self.deps))
-                else:
-                    seen = self.listed.get(record.key.value)
-                    action = self._ingest(record.blob, seen.size if seen else None)
-                    self._attempt("stale_claim", record.blob, record.key, action)
+                seen = self.listed.get(record.key.value)
+                action = functools.partial(finish_claim, record, self.deps, event_id=_event_id(self.now),
+                                           content_length=seen.size if seen else None)
+                self._attempt("stale_claim", record.blob, record.key, action)
             elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
                 what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
                 self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps))
@@ -267,7 +264,7 @@ def _record_orphan(job: PipelineJob, key: WorkKey, deps: Deps, now: datetime) ->
 
     def record() -> IngestOutcome:
         blob = _job_blob(job)
-        claimed, created = deps.ledger.claim(blob, key, f"reconcile-{now:%Y%m%dT%H%M%SZ}", now + deps.config.lease)
+        claimed, created = deps.ledger.claim(blob, key, _event_id(now), now + deps.config.lease)
         if not created:
             return Duplicate(claimed)
         reason = (
@@ -279,11 +276,16 @@ def _record_orphan(job: PipelineJob, key: WorkKey, deps: Deps, now: datetime) ->
     return record
 
 
+def _event_id(now: datetime) -> str:
+    """The name of a reconcile pass, in place of an event's id, in what it claims."""
+    return f"reconcile-{now:%Y%m%dT%H%M%SZ}"
+
+
 def _ingest_then_complete(
     blob: BlobRef, deps: Deps, size: int | None, now: datetime
 ) -> Callable[[], IngestOutcome | CompleteOutcome]:
     def run() -> IngestOutcome | CompleteOutcome:
-        outcome = ingest_blob(blob, deps, event_id=f"reconcile-{now:%Y%m%dT%H%M%SZ}", content_length=size)
+        outcome = ingest_blob(blob, deps, event_id=_event_id(now), content_length=size)
         if isinstance(outcome, Submitted) and outcome.job.status.terminal:
             # The job already ran (an adopted job, or one whose record was lost): finish it now.
             return complete_record(outcome.record, deps)

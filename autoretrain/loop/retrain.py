@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from autoretrain.domain import (
     BlobRef,
@@ -16,7 +16,7 @@ from autoretrain.domain.errors import (
 )
 from autoretrain.logs import log_event
 from autoretrain.loop.deps import Deps
-from autoretrain.loop.ingest import _ingest_claimed
+from autoretrain.loop.ingest import _ingest_claimed, ingest_blob
 from autoretrain.loop.outcomes import Duplicate, IngestOutcome
 from autoretrain.loop.steps import _take_over, _under_lease
 
@@ -72,14 +72,17 @@ def _attempt_name(record: LedgerRecord) -> str:
     return f"retrain {record.attempt}" if record.attempt else "first run"
 
 
-def _resume_retrain(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome]:
-    """A retrain whose worker died while it was claimed: take it over and finish it."""
-
-    def run() -> IngestOutcome:
-        taken = _take_over(record, deps)
-        if not isinstance(taken, LedgerRecord):
-            return taken
-        data_version = _data_version_of(_attempts_of(record.origin, deps))
-        return _under_lease(taken, deps, lambda: _ingest_claimed(taken, None, deps, data_version=data_version))
-
-    return run
+def resume_claim(
+    record: LedgerRecord, deps: Deps, *, event_id: str, content_length: int | None = None
+) -> IngestOutcome:
+    """Finish the ingest of a `claimed` record whose worker is gone (its lease ran out, or it gave the
+    lease back when it was stopped): taken over, checked, registered and submitted again; each step
+    is idempotent by key, so a job it had submitted is found, not started twice. `event_id` names
+    who resumes it."""
+    if record.first_key is None:
+        return ingest_blob(record.blob, deps, event_id=event_id, content_length=content_length)
+    taken = _take_over(record, deps)
+    if not isinstance(taken, LedgerRecord):
+        return taken
+    data_version = _data_version_of(_attempts_of(record.origin, deps))
+    return _under_lease(taken, deps, lambda: _ingest_claimed(taken, None, deps, data_version=data_version))

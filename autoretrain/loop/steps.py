@@ -37,12 +37,13 @@ def _same_topic(a: str, b: str) -> bool:
 def _under_lease(record: LedgerRecord, deps: Deps, work: Callable[[], _Outcome]) -> _Outcome | Failed:
     """Do the work of a record this worker holds the lease on. A permanent error ends it as failed,
     with the reason; anything else gives the lease back (so Event Grid's retry starts at once) and
-    raises."""
+    raises. So does a Ctrl-C or an exit: the work it leaves half done (a job submitted, not yet
+    recorded) is taken over by the job's completion or by reconcile at once, not after the lease."""
     try:
         return work()
     except PermanentError as exc:
         return _fail(record, str(exc), deps)
-    except Exception as exc:
+    except BaseException as exc:
         _release(record, exc, deps)
         raise
 

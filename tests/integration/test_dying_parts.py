@@ -87,12 +87,30 @@ def test_azurite_killed_under_the_stack_is_told_once_restarted_and_the_drops_fin
         gen.close()
 
 
+# `autoretrain retrain`, held after it submitted its job and before it records that in the ledger:
+# the narrowest moment for a Ctrl-C (a job runs that no ledger record names yet).
+_RETRAIN_HELD_BEFORE_ITS_RECORD = """
+import importlib, sys, time
+from autoretrain.domain import Submit
+ingest = importlib.import_module("autoretrain.loop.ingest")
+record = ingest._move
+def held(ledger, claimed, move):
+    if isinstance(move, Submit):
+        time.sleep(300)
+    return record(ledger, claimed, move)
+ingest._move = held
+from autoretrain.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def test_ctrl_c_on_retrain_stops_in_one_line_and_the_running_stack_takes_its_job_over(
     tmp_path: Path, unique: str, azurite: str
 ) -> None:
-    """`autoretrain retrain` interrupted while its job runs: exit 130 with one line, no traceback; the
-    job, whose runner is gone, is taken over by the running stack within seconds and the retrain ends
-    done (it was left `submitted` and `Running`, with nothing running it)."""
+    """`autoretrain retrain` interrupted while its job runs, before it recorded the job: exit 130 with
+    one line, no traceback; the retrain's claim is given back, the job, whose runner is gone, is taken
+    over by the running stack within seconds, and its completion records the retrain and ends it done
+    (it was left `claimed` for the lease's 10 minutes, its completion retried until dead-lettered)."""
     gen = start(tmp_path, unique, azurite, {})
     loop = next(gen)
     try:
@@ -101,14 +119,16 @@ def test_ctrl_c_on_retrain_stops_in_one_line_and_the_running_stack_takes_its_job
         assert loop.wait_final([first], timeout=240)[first].state is LedgerState.DONE
 
         command = subprocess.Popen(
-            [sys.executable, "-m", "autoretrain.cli", "retrain", "month-1.csv"], cwd=tmp_path, env=loop.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            [sys.executable, "-c", _RETRAIN_HELD_BEFORE_ITS_RECORD, "retrain", "month-1.csv"], cwd=tmp_path,
+            env=loop.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
         again = first.attempt(1)
         assert wait_until(
             lambda: any(j["name"] == again.job_name and j["status"] == "Running" for j in _jobs(loop))
             or command.poll() is not None, 120,
         )
+        claimed = loop.ledger.get(again)
+        assert claimed is not None and claimed.state is LedgerState.CLAIMED, command.communicate()
         assert command.poll() is None, command.communicate()
         os.killpg(command.pid, signal.SIGINT)  # Ctrl-C at the terminal
         out, err = command.communicate(timeout=60)
@@ -121,6 +141,8 @@ def test_ctrl_c_on_retrain_stops_in_one_line_and_the_running_stack_takes_its_job
         assert f"job.resumed job={again.job_name}" in loop.log.read_text()
         statuses = {j["name"]: j["status"] for j in _jobs(loop)}
         assert statuses == {first.job_name: "Completed", again.job_name: "Completed"}
+        assert [m.state for m in record.history][:3] == ["claimed", "released", "taken_over"], record.history
+        assert not list((loop.home / "deadletter").glob("*.json")), "a completion event was dead-lettered"
     finally:
         gen.close()
 

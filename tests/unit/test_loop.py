@@ -11,7 +11,20 @@ from fakes import FakeBlobStore, FakeLedger, FakeWorkspace
 
 from autoretrain import loop
 from autoretrain.contract import HEAD_BYTES, load_contract
-from autoretrain.domain import JOB_TAG, BlobRef, JobState, JobStatus, LedgerState, Metrics, ModelVersion, WorkKey
+from autoretrain.domain import (
+    JOB_TAG,
+    BlobRef,
+    DataVersion,
+    JobState,
+    JobStatus,
+    LedgerRecord,
+    LedgerState,
+    Metrics,
+    ModelVersion,
+    Move,
+    Submit,
+    WorkKey,
+)
 from autoretrain.domain.errors import NotReadyError, RetrainRefused, StorageError
 from autoretrain.domain.events import BlobCreated, JobFinished
 from autoretrain.settings import LOCAL_STORAGE_TOPIC, LOCAL_WORKSPACE_TOPIC
@@ -363,6 +376,27 @@ class TestComplete:
             loop.complete(run_event(key), deps)
         record = ledger.get(key)
         assert record is not None and record.state is LedgerState.CLAIMED and workspace.models == {}
+
+    def test_a_finished_job_whose_ingest_worker_is_gone_is_recorded_and_completed_by_its_event(
+        self, deps: loop.Deps
+    ) -> None:
+        """Its worker submitted the job and died before recording it; once the claim's lease ran out,
+        the job's Completed event finishes the ingest (which finds the job) and then the job."""
+        workspace, ledger, blobs = fakes(deps)
+        ref = blobs.put("incoming", "a.csv", GOOD_CSV)
+        key = WorkKey.for_blob(ref)
+        ledger.claim(ref, key, "ev-1", ledger.now + deps.config.lease)
+        workspace.submit(DataVersion("autoretrain-data-trainset", "1", "azureml:x"), key, {JOB_TAG: key.value})
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        ledger.now += deps.config.lease
+
+        outcome = loop.complete(run_event(key), deps)
+
+        assert isinstance(outcome, loop.Registered) and outcome.promoted
+        record = ledger.get(key)
+        assert record is not None
+        assert (record.state, record.job) == (LedgerState.DONE, key.job_name)
+        assert [m.state for m in record.history][:3] == ["claimed", "taken_over", "submitted"]
 
     def test_completed_run_registers_model_with_metrics_and_promotes_first(self, deps: loop.Deps) -> None:
         """The first model has no champion to beat: it is registered and promoted."""
@@ -769,6 +803,39 @@ class TestRetrain:
         report = loop.reconcile(deps, grace=timedelta(0))
         assert isinstance(again, loop.Duplicate) and report.found == ()
         assert [k for _, k, _ in workspace.submitted] == [origin]
+
+    def test_a_retrain_stopped_after_submitting_gives_its_lease_back_and_its_job_finishes_it(
+        self, deps: loop.Deps
+    ) -> None:
+        """Ctrl-C between the job's submission and its record: the claim's lease is given back at
+        once, so the job's Completed event records the retrain and completes it (not a retry storm
+        that dead-letters while the lease runs out)."""
+        workspace, ledger, _ = fakes(deps)
+        ref, origin = self._finished(deps, JobState.FAILED, error="x")
+        key = origin.attempt(1)
+        moving = ledger.move
+
+        def ctrl_c_before_the_submission_is_recorded(record: LedgerRecord, move: Move) -> LedgerRecord:
+            if isinstance(move, Submit):
+                raise KeyboardInterrupt
+            return moving(record, move)
+
+        ledger.move = ctrl_c_before_the_submission_is_recorded  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            loop.retrain(ref, deps)
+        ledger.move = moving  # type: ignore[method-assign]
+        stopped = ledger.get(key)
+        assert stopped is not None and stopped.state is LedgerState.CLAIMED
+        assert stopped.lease_expired(ledger.now) and (stopped.reason or "").startswith("KeyboardInterrupt")
+        assert workspace.statuses[key.job_name].state is JobState.QUEUED  # the job was submitted
+
+        workspace.finish(key.job_name, JobState.COMPLETED, METRICS)
+        outcome = loop.complete(run_event(key), deps)
+
+        assert isinstance(outcome, loop.Registered)
+        record = ledger.get(key)
+        assert record is not None and (record.state, record.job) == (LedgerState.DONE, key.job_name)
+        assert record.data_version == "autoretrain-data:1" and len(workspace.registered_data) == 1
 
     def test_a_retrain_whose_worker_died_is_finished_by_reconcile(self, deps: loop.Deps) -> None:
         workspace, ledger, _ = fakes(deps)
