@@ -75,8 +75,11 @@ class _Stack:
 
     def up(self) -> Loop:
         self.starts += 1
-        self._gen = start(self.tmp_path, self.unique, self.connection, {"AUTORETRAIN_LEASE_SECONDS": "3"},
-                          port=self.port, log_name=f"up-{self.starts}.log")
+        # A SIGKILL can land in a completion: its lease still runs at the restart's reconcile, so the next
+        # pass finishes it (on Azure, Event Grid redelivers the event; here a pass every 5 s, not 5 min).
+        env = {"AUTORETRAIN_LEASE_SECONDS": "3", "AUTORETRAIN_RECONCILE_SCHEDULE": "*/5 * * * * *"}
+        self._gen = start(self.tmp_path, self.unique, self.connection, env, port=self.port,
+                          log_name=f"up-{self.starts}.log")
         return next(self._gen)
 
     def close(self) -> None:
