@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 import time
 import urllib.request
@@ -199,3 +200,69 @@ def test_run_ui_prints_the_address_and_stops_when_told(tmp_path: Path) -> None:
     stop.set()
     thread.join(30)
     assert result == [0] and out.getvalue().rstrip().endswith("MLflow UI stopped.")
+
+
+def _schema(db: Path) -> tuple[list[tuple[str, str]], list[tuple[str]]]:
+    with sqlite3.connect(db) as connection:
+        tables = connection.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+        head = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    return tables, head
+
+
+def _default_experiment(home: Path) -> Any:
+    return client(home).get_experiment("0")  # MLflow adds it to a store it opens
+
+
+def test_a_new_store_starts_from_mlflows_empty_schema_kept_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first new store builds the template (MLflow's own table initialisation) in the cache
+    folder; the next one is a copy of it (a mark put into the template shows up); either is the
+    store MLflow builds itself, with its default experiment under its own home. A cache that cannot
+    be written only means MLflow builds the store."""
+    from autoretrain.adapters.localworkspace import tracker
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second, without = (tmp_path / name for name in ("first", "second", "without"))
+    for home in (first, second, without):
+        (home / "mlflow").mkdir(parents=True)
+
+    tracker._new_store_from_template(tracking_uri(first))
+    [template] = (tmp_path / "cache" / "autoretrain" / "mlflow").glob("empty-store-*.db")
+    assert (first / "mlflow" / "mlflow.db").read_bytes() == template.read_bytes()
+    with sqlite3.connect(template) as connection:
+        connection.execute("CREATE TABLE autoretrain_mark (x)")
+    tracker._new_store_from_template(tracking_uri(second))
+    assert "autoretrain_mark" in dict(_schema(second / "mlflow" / "mlflow.db")[0])
+
+    (tmp_path / "cache").rename(tmp_path / "moved")
+    (tmp_path / "cache").write_text("not a folder")  # the cache cannot be written
+    tracker._new_store_from_template(tracking_uri(without))
+    assert not (without / "mlflow" / "mlflow.db").exists()  # MLflow builds it, below
+
+    assert _default_experiment(first).name == _default_experiment(without).name == "Default"
+    assert _schema(first / "mlflow" / "mlflow.db") == _schema(without / "mlflow" / "mlflow.db")
+    # An existing store is never replaced.
+    before = (first / "mlflow" / "mlflow.db").read_bytes()
+    tracker._new_store_from_template(tracking_uri(first))
+    assert (first / "mlflow" / "mlflow.db").read_bytes() == before
+
+
+def test_two_trackers_starting_at_once_on_a_new_home_both_track(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`autoretrain up` and a command such as `autoretrain reconcile` on a new home: each tracker used
+    to run MLflow's migrations on the one new store at the same time, and one failed ("table
+    experiments already exists"), its jobs untracked. A store now appears whole, or not at all."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the template is built at once too
+    trackers = [LocalTracking(tmp_path / "home", experiment="autoretrain", model_name="autoretrain-model")
+                for _ in range(2)]
+    try:
+        assert [t.ready(120) for t in trackers] == [True, True], [t.disabled for t in trackers]
+        runs = [t.start_job(f"autoretrain-job-{i}", {}).result(60) for i, t in enumerate(trackers)]
+        assert all(runs) and len(set(runs)) == 2
+    finally:
+        for tracker in trackers:
+            tracker.close()

@@ -14,7 +14,10 @@ import contextlib
 import gc
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,6 +69,57 @@ def serve() -> None:
             parent.send({"error": one_line(exc, 500)})
 
 
+def _new_store_from_template(uri: str) -> None:
+    """A store that does not exist yet starts as a copy of MLflow's empty schema, built once per
+    version of MLflow, SQLAlchemy and Alembic and kept in the user's cache folder: MLflow builds a
+    new store by running every migration since its first (about 0.9 s of CPU at each new home; the
+    copy takes 3 ms). The copy is linked into place only if no store is there (another process may
+    have begun one). On any failure MLflow builds the store itself, as without the template."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or path.exists():
+        return
+    try:
+        template = _store_template()
+        fd, copy = tempfile.mkstemp(dir=path.parent, prefix=".mlflow-", suffix=".db")
+        os.close(fd)
+        try:
+            shutil.copyfile(template, copy)
+            with contextlib.suppress(FileExistsError):
+                os.link(copy, path)
+        finally:
+            os.unlink(copy)
+    except Exception as exc:  # only slower: MLflow builds the store
+        log.warning("tracker.template_unused error=%s", one_line(exc))
+
+
+def _store_template() -> Path:
+    """MLflow's empty store for the installed versions, built by MLflow's own table initialisation
+    (what it runs on an empty database) the first time, then found in the cache folder."""
+    import alembic
+    import mlflow
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # MLflow's, private: a failure is only slower
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoretrain" / "mlflow"
+    template = folder / f"empty-store-{mlflow.__version__}-{sqlalchemy.__version__}-{alembic.__version__}.db"
+    if template.is_file():
+        return template
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, building = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{building}")
+        try:
+            _initialize_tables(engine)  # type: ignore[no-untyped-call]
+        finally:
+            engine.dispose()
+        os.replace(building, template)  # two trackers at once: one whole file wins
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(building)
+    return template
+
+
 class _Tracker:
     """The MLflow calls, on one client of the local store."""
 
@@ -73,6 +127,7 @@ class _Tracker:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        _new_store_from_template(uri)
         self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self._model_name = model_name
         self._jobs: dict[str, str] = {}  # job -> its run id, as started by this tracker
