@@ -78,6 +78,18 @@ def complete(event: JobFinished, deps: Deps) -> CompleteOutcome:
     return outcomes[0] if len(outcomes) == 1 else Several(tuple(outcomes))
 
 
+def _not_recorded_yet(record: LedgerRecord, job: str, deps: Deps) -> CompleteOutcome:
+    """The job's first events can overtake ingest's (or dispatch's) own ledger move. While the job
+    runs there is nothing to do (and nothing to retry); once it ended, the event must come back,
+    unless the worker that claimed the version is gone: then its ingest is finished here."""
+    status = deps.workspace.job_status(job)
+    if not status.state.terminal:
+        return InProgress(record, status)
+    if record.state is LedgerState.CLAIMED and record.lease_expired(deps.clock()):
+        return finish_claim(record, deps, event_id=f"completion of {job}")
+    raise NotReadyError(f"{record.blob.path}: ingest has not recorded job {job} yet; the event will be retried.")
+
+
 def finish_claim(
     record: LedgerRecord, deps: Deps, *, event_id: str, content_length: int | None = None
 ) -> CompleteOutcome:
@@ -160,16 +172,7 @@ def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None)
     if record.state is LedgerState.WAITING and record.job == job:
         return Duplicate(record)  # prep rejected another file of this job: it waits for the next one
     if record.state in (LedgerState.CLAIMED, LedgerState.WAITING):
-        # The job's first events can overtake ingest's (or dispatch's) own ledger move. While the job
-        # runs there is nothing to do (and nothing to retry); once it ended, the event must come back.
-        status = deps.workspace.job_status(job)
-        if not status.state.terminal:
-            return InProgress(record, status)
-        if record.state is LedgerState.CLAIMED and record.lease_expired(deps.clock()):
-            return finish_claim(record, deps, event_id=f"completion of {job}")
-        raise NotReadyError(
-            f"{record.blob.path}: ingest has not recorded job {job} yet; the event will be retried."
-        )
+        return _not_recorded_yet(record, job, deps)
     if record.state.final:
         return Duplicate(record)
     now = deps.clock()
