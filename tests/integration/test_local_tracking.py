@@ -5,6 +5,7 @@ this machine's store under AUTORETRAIN_HOME."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -73,8 +74,9 @@ def run_job(
 
 
 def test_each_job_is_a_run_with_its_steps_and_each_model_a_registered_version(
-    tmp_path: Path, store: AzureBlobStore, unique: str
+    tmp_path: Path, store: AzureBlobStore, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="autoretrain.adapters.localworkspace.tracking")
     workspace = LocalWorkspace(tmp_path, pipeline=PIPELINE, contract=CONTRACT, blobs=store)
     container = f"ds{unique}"
     first_job, first_key, first_blob = run_job(workspace, store, container, "k/2026-01.csv", slice(0, 90))
@@ -87,6 +89,9 @@ def test_each_job_is_a_run_with_its_steps_and_each_model_a_registered_version(
     assert workspace.promote(second, replacing=promoted) is not None
     assert workspace.flush_tracking(60)
     workspace.close()
+    # Its tracker was forked from the warm step runner, which had imported MLflow already.
+    ready = [r.getMessage() for r in caplog.records if "tracking.ready" in r.getMessage()]
+    assert len(ready) == 1 and ready[0].endswith("tracker=forked"), caplog.text
 
     mlflow = client(tmp_path)
     experiment = mlflow.get_experiment_by_name("autoretrain")
@@ -202,13 +207,13 @@ def test_run_ui_prints_the_address_and_stops_when_told(tmp_path: Path) -> None:
     assert result == [0] and out.getvalue().rstrip().endswith("MLflow UI stopped.")
 
 
-def _schema(db: Path) -> tuple[list[tuple[str, str]], list[tuple[str]]]:
+def _schema(db: Path) -> tuple[dict[str, list[str]], list[tuple[str]]]:
+    """Each table's and index's definition, as its sorted lines (MLflow's migrations may order a
+    table's constraints differently from one build to the next), and the migration head."""
     with sqlite3.connect(db) as connection:
-        tables = connection.execute(
-            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
-        ).fetchall()
+        rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
         head = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    return tables, head
+    return {name: sorted(line.strip().rstrip(",") for line in sql.splitlines()) for name, sql in rows}, head
 
 
 def _default_experiment(home: Path) -> Any:

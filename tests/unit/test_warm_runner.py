@@ -123,3 +123,31 @@ def test_a_server_that_dies_fails_each_waiting_step_instead_of_hanging(tmp_path:
                     on_start=pids.append)
     finally:
         one.close()
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_tracker_forks_from_the_server_and_lives_as_long_as_its_connection(tmp_path: Path) -> None:
+    """The MLflow tracker is a fork of the server (which has imported MLflow and SQLAlchemy), reached
+    over a connection of its own handed to the server; it serves on after the server is gone, and
+    exits when the workspace closes that connection."""
+    from autoretrain.adapters.localworkspace.tracking import artifact_root, store_folder, tracking_uri
+
+    home = tmp_path / "home"
+    store_folder(home).mkdir(parents=True)
+    server = WarmRunner(sys.executable, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(home)})
+    tracker = server.fork_tracker(tmp_path / "tracker.log")
+    try:
+        assert _parent_of(tracker.pid) == server._server.process.pid
+        config = {"uri": tracking_uri(home), "artifacts": artifact_root(home).as_uri(), "experiment": "autoretrain",
+                  "model_name": "autoretrain-model"}
+        assert tracker.call(config) == {"ready": True}
+        server.close()
+        assert tracker.call({"op": "start_job", "job": "autoretrain-j", "tags": {}, "resumed": False})["ok"]
+    finally:
+        tracker.stop(timeout=10)
+    assert not tracker.alive
+    assert (store_folder(home) / "mlflow.db").is_file()

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from autoretrain.adapters.localworkspace.channel import die_with_parent
+from autoretrain.adapters.localworkspace.channel import ForkedHelper, die_with_parent
 from autoretrain.adapters.localworkspace.tracking import LocalTracking
 from autoretrain.adapters.localworkspace.warm import WarmRunner
 from autoretrain.logs import log_event
@@ -106,6 +106,14 @@ class StepProcesses:
         self._closed.set()
         for runner in self._runners:
             runner.close()
+
+    def fork_tracker(self, log: Path) -> ForkedHelper | None:
+        """The MLflow tracker, forked from the warm runner once it has started (it has imported MLflow
+        and SQLAlchemy); None when there is none (running cold, or it did not start)."""
+        self._started.wait(timeout=60)
+        with self._lock:
+            runner = self._runners[-1] if self._warm and self._runners and self._runners[-1].alive else None
+        return runner.fork_tracker(log) if runner is not None else None
 
     def _warm_runner(self) -> WarmRunner | None:
         """The warm runner (started with the workspace, warm by now; started again if it died), or

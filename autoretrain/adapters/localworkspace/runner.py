@@ -21,6 +21,7 @@ from pathlib import Path
 from threading import Lock, Thread
 
 from autoretrain.adapters.localworkspace.catalog import Catalog, now
+from autoretrain.adapters.localworkspace.channel import ForkedHelper
 from autoretrain.adapters.localworkspace.events import RunEvents
 from autoretrain.adapters.localworkspace.pipeline import PipelineSpec, Step, cache_folder, load_pipeline
 from autoretrain.adapters.localworkspace.processes import StepProcesses
@@ -79,6 +80,10 @@ class JobRunner:
             if self._spec is None:
                 self._spec = load_pipeline(self._pipeline_path, cache=cache_folder())
             return self._spec
+
+    def fork_tracker(self, log: Path) -> ForkedHelper | None:
+        """The MLflow tracker, forked from the warm step runner (None: there is none)."""
+        return self._processes.fork_tracker(log)
 
     def job_dir(self, job: str) -> Path:
         return self._root / "jobs" / job

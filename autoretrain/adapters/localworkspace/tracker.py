@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,13 @@ WORK_KEY_TAG = "autoretrain.work_key"
 _PARENT_TAG = "mlflow.parentRunId"
 
 
-def serve() -> None:
+def serve(parent: Connection | None = None) -> None:
     """The tracker's loop (in its own process): its configuration, then one call after another, each
-    answered `{"ok": result}` or `{"error": one line}`, until the workspace closes the connection."""
+    answered `{"ok": result}` or `{"error": one line}`, until the workspace closes the connection
+    (`parent`: by default the one the workspace's Helper started it with)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parent = to_parent()
+    parent = parent or to_parent()
     try:
         tracker = _Tracker(**parent.recv())
     except Exception as exc:  # the workspace runs its jobs untracked, and says why

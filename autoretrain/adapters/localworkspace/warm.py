@@ -13,7 +13,9 @@ Protocol (dicts over the server's connection, channel.py), each request with the
 which the answers repeat: the workspace sends `{"id": I, "argv": [...], "cwd": ..., "stdout": ...,
 "stderr": ..., "env": {...}}`; the server answers `{"id": I, "pid": N}` when the step starts and
 `{"id": I, "code": N}` when it ends; to `{"id": I, "tracking": URI}` (the store exists now) it opens
-that store and answers `{"id": I, "tracking": True}`. One server runs any number of steps at once,
+that store and answers `{"id": I, "tracking": True}`; to `{"id": I, "tracker": LOG}`, followed by a
+descriptor (SCM_RIGHTS), it forks the MLflow tracker on that connection and answers `{"id": I, "pid":
+N}`. One server runs any number of steps at once,
 each in its own fork: the workspace keeps one server, whatever the number of jobs running (a second
 server would cost its own imports: about three seconds of CPU and 200 MB).
 """
@@ -29,12 +31,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import Pipe
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle
 from pathlib import Path
 from typing import Any
 
 # die_with_parent lives in channel.py; it is named here too, where the local host has always found it.
-from autoretrain.adapters.localworkspace.channel import Helper, die_with_parent, to_parent
+from autoretrain.adapters.localworkspace.channel import ForkedHelper, Helper, die_with_parent, to_parent
 
 __all__ = ["RunnerDied", "WarmRunner", "die_with_parent", "serve"]
 
@@ -94,6 +98,27 @@ class WarmRunner:
         finally:
             self._forget(ident)
 
+    def fork_tracker(self, log: Path) -> ForkedHelper:
+        """Fork the MLflow tracker (tracker.py) from the server, which has imported MLflow and
+        SQLAlchemy already (a tracker started cold imports them again: about 1.8 s of CPU). Its
+        connection's other end is handed to the server over the server's own (SCM_RIGHTS); its
+        output goes to `log`. It lives as long as that connection, not as the server."""
+        ours, theirs = Pipe()
+        try:
+            ident, answers = self._ask({"tracker": str(log)}, handle=theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the server has its own copy now, and the tracker after it
+        try:
+            return ForkedHelper(int(self._answer(answers)["pid"]), ours, "tracker")
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            self._forget(ident)
+
     @property
     def alive(self) -> bool:
         return self._server.alive
@@ -101,8 +126,11 @@ class WarmRunner:
     def close(self) -> None:
         self._server.stop(terminate=True)  # a step running in a fork dies with the server
 
-    def _ask(self, request: dict[str, Any]) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
-        """Send `request` under a new id; (the id, the queue its answers arrive on)."""
+    def _ask(
+        self, request: dict[str, Any], *, handle: int | None = None
+    ) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
+        """Send `request` under a new id, and the descriptor `handle` right after it if given; (the
+        id, the queue its answers arrive on)."""
         answers: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         with self._waiting_lock:
             if self._gone is not None:
@@ -113,6 +141,8 @@ class WarmRunner:
         try:
             with self._send_lock:
                 self._server.send(request)
+                if handle is not None:
+                    self._server.send_handle(handle)
         except RuntimeError as exc:
             self._forget(ident)
             raise RunnerDied(str(exc)) from exc
@@ -162,12 +192,13 @@ def serve() -> None:
     signal.set_wakeup_fd(wake)
     parent.send({"ready": True})
     steps: dict[int, int] = {}  # pid -> the request's id
+    trackers: set[int] = set()  # forked trackers: reaped when they end, told to nobody
     opened = False
     while True:
         ready, _, _ = select.select([parent.fileno(), woken], [], [])
         if woken in ready:
             os.read(woken, 4096)
-            _reap(steps, parent)
+            _reap(steps, parent, trackers)
         if parent.fileno() not in ready:
             continue
         try:
@@ -175,6 +206,15 @@ def serve() -> None:
         except EOFError:  # the workspace closed its end: it is done with this server
             return
         ident = request.pop("id", None)
+        if "tracker" in request:  # its connection's end follows the request
+            connection = recv_handle(parent)
+            pid = os.fork()
+            if pid == 0:
+                _run_tracker(request["tracker"], connection, parent, (woken, wake))
+            os.close(connection)
+            trackers.add(pid)
+            parent.send({"id": ident, "pid": pid})
+            continue
         if "tracking" in request:  # the workspace's tracker has made the store: open it now
             opened = opened or (local_store and request["tracking"] == tracking and _open_tracking_store(tracking))
             parent.send({"id": ident, "tracking": opened})
@@ -187,15 +227,18 @@ def serve() -> None:
             _run_step(request, parent, (woken, wake))
         steps[pid] = ident
         parent.send({"id": ident, "pid": pid})
-        _reap(steps, parent)  # one that ended before its pid was told is told now
+        _reap(steps, parent, trackers)  # one that ended before its pid was told is told now
 
 
-def _reap(steps: dict[int, int], parent: Connection) -> None:
-    """Tell the workspace the exit code of every step that has ended."""
+def _reap(steps: dict[int, int], parent: Connection, trackers: set[int]) -> None:
+    """Tell the workspace the exit code of every step that has ended; reap ended trackers."""
     for pid in list(steps):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             parent.send({"id": steps.pop(pid), "code": os.waitstatus_to_exitcode(status)})
+    for pid in list(trackers):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            trackers.discard(pid)
 
 
 def _index_installed_packages() -> None:
@@ -242,6 +285,42 @@ def _open_tracking_store(uri: str) -> bool:
     return True
 
 
+def _leave_server(parent: Connection, wakeup: tuple[int, int]) -> None:
+    """In a fork: the server's line, its wake-up pipe and its SIGCHLD handling are not the child's."""
+    parent.close()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in wakeup:
+        os.close(fd)
+
+
+def _run_tracker(log: str, connection: int, parent: Connection, wakeup: tuple[int, int]) -> None:
+    """In the fork: the MLflow tracker, serving `connection` until the workspace closes it (its
+    own session: a Ctrl-C at the terminal is the workspace's to handle); never returns."""
+    code = 1
+    try:
+        _leave_server(parent, wakeup)
+        os.setsid()
+        handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for fd in (1, 2):
+            os.dup2(handle, fd)
+        os.close(handle)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        import logging
+
+        logging.root.handlers.clear()
+        from autoretrain.adapters.localworkspace.tracker import serve
+
+        serve(Connection(connection))
+        code = 0
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def _run_step(request: Mapping[str, Any], parent: Connection, wakeup: tuple[int, int]) -> None:
     """In the fork: the step, as its own process; never returns."""
     import runpy
@@ -249,12 +328,7 @@ def _run_step(request: Mapping[str, Any], parent: Connection, wakeup: tuple[int,
 
     code = 1
     try:
-        # The server's line and its wake-up pipe are not the step's.
-        parent.close()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in wakeup:
-            os.close(fd)
+        _leave_server(parent, wakeup)
         die_with_parent()
         os.setpgid(0, 0)
         os.chdir(request["cwd"])

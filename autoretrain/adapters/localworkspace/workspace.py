@@ -101,9 +101,11 @@ class LocalWorkspace:
         # tracking variables are the workspace's to set, per step (a shell's own are not inherited).
         inherited = {k: v for k, v in os.environ.items() if k not in STEP_ENV}
         step_env = {**inherited, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
-        # MLflow tracking: a tracker process of its own, started now (it imports MLflow once).
+        # MLflow tracking: a tracker process of its own (it imports MLflow once), forked from the warm
+        # step runner once that has imported it (or started cold without one): started below.
         self._tracking = (
-            LocalTracking(home, experiment=experiment, model_name=model_name, python=python, env=step_env)
+            LocalTracking(home, experiment=experiment, model_name=model_name, python=python, env=step_env,
+                          start=False)
             if tracking else None
         )
         self._catalog = Catalog(self.root, data_asset=data_asset, model_name=model_name)
@@ -115,6 +117,8 @@ class LocalWorkspace:
             tracking=self._tracking, events=RunEvents(self._catalog, on_event), step_env=step_env,
             max_parallel_jobs=max_parallel_jobs,
         )
+        if self._tracking is not None:
+            self._tracking.start(fork=self._runner.fork_tracker)
 
     def pipeline(self) -> PipelineSpec:
         """The pipeline the jobs run, loaded once (the workspace starts loading it when it starts)."""
