@@ -220,8 +220,9 @@ def test_bytes_already_read_register_one_version_once_however_many_deliveries_at
 
 
 def _warm_servers(but: frozenset[int] = frozenset()) -> list[psutil.Process]:
-    """The warm step runners this process started (an earlier test's not yet gone: `but`)."""
-    return [p for p in psutil.Process().children(recursive=True)
+    """The warm step runners this process started (an earlier test's not yet gone: `but`): its own
+    children, not their forks (a step, the MLflow tracker), which share the server's command line."""
+    return [p for p in psutil.Process().children()
             if "localworkspace.warm import serve" in " ".join(p.cmdline()) and p.pid not in but]
 
 
