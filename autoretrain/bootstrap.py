@@ -145,7 +145,8 @@ def bootstrap(
     """Build the loop's dependencies from settings; any of them may be given instead.
 
     `worker=False` (the CLI) builds a local workspace that neither resumes the jobs another
-    process left (the running stack does) nor sends run events (the CLI completes its own jobs).
+    process left (the running stack does) nor sends run events (the CLI completes its own jobs),
+    and starts its step runner and tracker only if it runs a job.
     `resume=False`: a worker that sends run events but leaves resuming to the host's main process
     (a second worker process); by default a worker resumes.
     """
@@ -187,6 +188,7 @@ def _workspace(settings: Settings, blobs: BlobStore, *, worker: bool, resume: bo
             data_asset=settings.data_asset,
             model_name=settings.model_name,
             on_event=send if worker else None,
+            warm_up=worker,  # a command starts the step runner and the tracker when it runs a job
         )
         if resume:
             workspace.resume()

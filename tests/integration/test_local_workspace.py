@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -256,3 +257,31 @@ def test_a_warm_runner_killed_under_a_step_runs_the_step_again_on_a_new_one(
         assert again.pid != server.pid
     finally:
         workspace.close()
+
+
+def _helpers(but: frozenset[int]) -> list[psutil.Process]:
+    """This process's workspace helpers (warm servers, their trackers and steps), but `but`."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if "autoretrain.adapters.localworkspace" in " ".join(p.cmdline()) and p.pid not in but]
+
+
+def test_a_one_shot_command_s_workspace_starts_its_runner_and_tracker_at_its_first_job(
+    tmp_path: Path, store: AzureBlobStore, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`warm_up=False` (what a CLI command builds): no helper process until a job runs, then the warm
+    runner and the tracker forked from it, as for `up`."""
+    caplog.set_level(logging.INFO, logger="autoretrain.adapters.localworkspace.tracking")
+    earlier = frozenset(p.pid for p in _helpers(frozenset()))
+    workspace = LocalWorkspace(tmp_path, pipeline=PIPELINE, contract=CONTRACT, blobs=store, warm_up=False)
+    try:
+        time.sleep(1.0)  # an eager workspace has started both by now
+        assert _helpers(earlier) == []
+        blob = store.upload(f"ds{unique}", "k/2026-04.csv", wine_csv(slice(0, 60)))
+        key = WorkKey.for_blob(blob)
+        run = workspace.submit(workspace.register_data(blob, key, {}), key, {JOB_TAG: key.value})
+        assert workspace.wait(run.name, timeout=120).state is JobState.COMPLETED
+        assert len(_warm_servers(but=earlier)) == 1
+        assert workspace.flush_tracking(60)
+    finally:
+        workspace.close()
+    assert "tracking.ready" in caplog.text and "tracker=forked" in caplog.text, caplog.text

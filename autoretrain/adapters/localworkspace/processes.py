@@ -34,8 +34,11 @@ class StepProcesses:
     """The running steps (one a job) and the warm runner they fork from."""
 
     def __init__(
-        self, *, python: str, env: Mapping[str, str], warm: bool, tracking: LocalTracking | None
+        self, *, python: str, env: Mapping[str, str], warm: bool, tracking: LocalTracking | None, eager: bool = True
     ) -> None:
+        """`eager`: the warm runner starts now, so the first job finds it warm (a long-lived process:
+        `up`, the host); otherwise when a step or the tracker first needs it (a one-shot command, which
+        may run no job at all)."""
         self._python = python
         self._env = env  # the warm servers' own environment (a step gets its own)
         self._warm = warm
@@ -48,10 +51,19 @@ class StepProcesses:
         self._closed = threading.Event()  # set by close(): the runner's starting thread may end
         self._start_lock = threading.Lock()
         self._started = threading.Event()  # the first runner's start has ended (well or not)
-        if warm:
-            threading.Thread(target=self._start_runner, name="local-warm-runner", daemon=True).start()
-        else:
+        self._starting = False  # its start has begun
+        if not warm:
             self._started.set()
+        elif eager:
+            self._start()
+
+    def _start(self) -> None:
+        """Begin the first runner's start, once."""
+        with self._lock:
+            if self._starting or not self._warm or self._closed.is_set():
+                return
+            self._starting = True
+        threading.Thread(target=self._start_runner, name="local-warm-runner", daemon=True).start()
 
     @property
     def stopping(self) -> bool:
@@ -110,6 +122,7 @@ class StepProcesses:
     def fork_tracker(self, log: Path) -> ForkedHelper | None:
         """The MLflow tracker, forked from the warm runner once it has started (it has imported MLflow
         and SQLAlchemy); None when there is none (running cold, or it did not start)."""
+        self._start()
         self._started.wait(timeout=60)
         with self._lock:
             runner = self._runners[-1] if self._warm and self._runners and self._runners[-1].alive else None
@@ -118,6 +131,7 @@ class StepProcesses:
     def _warm_runner(self) -> WarmRunner | None:
         """The warm runner (started with the workspace, warm by now; started again if it died), or
         None to run steps cold."""
+        self._start()
         self._started.wait(timeout=60)
         with self._start_lock:  # two jobs that find it dead start one runner, not two
             with self._lock:

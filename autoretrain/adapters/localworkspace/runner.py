@@ -44,6 +44,7 @@ class JobRunner:
     def __init__(
         self, catalog: Catalog, *, pipeline: Path, contract: Path, python: str, warm: bool,
         tracking: LocalTracking | None, events: RunEvents, step_env: Mapping[str, str], max_parallel_jobs: int,
+        warm_up: bool = True,
     ) -> None:
         self._catalog = catalog
         self._root = catalog.root
@@ -60,6 +61,7 @@ class JobRunner:
         self._processes = StepProcesses(
             python=python, warm=warm, tracking=tracking,
             env={**step_env, "MLFLOW_TRACKING_URI": tracking.uri} if tracking is not None else step_env,
+            eager=warm_up,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_jobs, thread_name_prefix="local-job")
         self._lock = Lock()

@@ -129,17 +129,27 @@ class LocalTracking:
         self._closed = False
         self._disabled: str | None = None
         self._fork: Callable[[Path], ForkedHelper | None] | None = None
+        self._start_lock = threading.Lock()
+        self._lazy = False  # started by the first call
         # A tracker started cold dies with this thread (PR_SET_PDEATHSIG): it lives until close().
         self._thread = threading.Thread(target=self._work, name="local-mlflow-tracking", daemon=True)
         if start:
             self._thread.start()
 
-    def start(self, fork: Callable[[Path], ForkedHelper | None] | None = None) -> None:
-        """Start the tracker. `fork(log)`: one forked from a process that has imported MLflow and
-        SQLAlchemy already (the warm step runner: about 1.8 s of CPU less than a cold start), or
-        None; without `fork`, or when it gives none (or fails), the tracker starts cold."""
+    def start(self, fork: Callable[[Path], ForkedHelper | None] | None = None, *, lazy: bool = False) -> None:
+        """Start the tracker; `lazy`: at the first call instead (a one-shot command may make none).
+        `fork(log)`: one forked from a process that has imported MLflow and SQLAlchemy already (the
+        warm step runner: about 1.8 s of CPU less than a cold start), or None; without `fork`, or
+        when it gives none (or fails), the tracker starts cold."""
         self._fork = fork
-        self._thread.start()
+        self._lazy = lazy
+        if not lazy:
+            self._begin()
+
+    def _begin(self) -> None:
+        with self._start_lock:
+            if self._thread.ident is None:
+                self._thread.start()
 
     # -- the calls -----------------------------------------------------------------------------
 
@@ -215,6 +225,8 @@ class LocalTracking:
             future.set_result(None)
         else:
             self._queue.put(({"op": op, **fields}, future))
+            if self._lazy:
+                self._begin()
         return future
 
     def _wait(self, future: Future[Any], timeout: float) -> Any:
