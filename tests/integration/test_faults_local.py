@@ -116,8 +116,13 @@ def test_two_reconcile_passes_at_once_do_everything_once_and_find_a_lost_complet
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda _: loop.reconcile(deps, grace=timedelta(0)), range(2)))
 
-    found = sorted(f.work_key for r in reports for f in r.found)
-    assert found == sorted(WorkKey.for_blob(b).value for b in [good, *bad])  # each found by one pass only
+    found = [f.work_key for r in reports for f in r.found]
+    assert sorted(set(found)) == sorted(WorkKey.for_blob(b).value for b in [good, *bad])
+    # Each bad file by one pass only. The good one may be told by both, each truly: one pass found it
+    # unannounced and left it waiting for a job, the other started that job (one job: asserted below).
+    assert sorted(k for k in found if k != WorkKey.for_blob(good).value) == sorted(
+        WorkKey.for_blob(b).value for b in bad
+    )
     assert all(r.errors == () for r in reports)
     quarantine = BlobServiceClient.from_connection_string(azurite).get_container_client(
         settings.quarantine_container
