@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -227,6 +228,21 @@ def _warm_servers(but: frozenset[int] = frozenset()) -> list[psutil.Process]:
             if "localworkspace.warm import serve" in " ".join(p.cmdline()) and p.pid not in but]
 
 
+def _forks(servers: list[psutil.Process]) -> list[psutil.Process]:
+    forks = []
+    for server in servers:
+        with contextlib.suppress(psutil.Error):
+            forks += server.children()
+    return forks
+
+
+def _cwd(process: psutil.Process) -> str:
+    try:
+        return str(process.cwd())
+    except psutil.Error:  # ended meanwhile
+        return ""
+
+
 def test_a_warm_runner_killed_under_a_step_runs_the_step_again_on_a_new_one(
     tmp_path: Path, store: AzureBlobStore, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,10 +255,12 @@ def test_a_warm_runner_killed_under_a_step_runs_the_step_again_on_a_new_one(
         blob = store.upload(f"ds{unique}", "k/2026-03.csv", wine_csv(slice(0, 60)))
         key = WorkKey.for_blob(blob)
         run = workspace.submit(workspace.register_data(blob, key, {}), key, {JOB_TAG: key.value})
+        # Killed while train runs in its fork (its working folder is its code snapshot): not before
+        # the step reached the server, nor between two steps.
         deadline = time.monotonic() + 60
-        while not [r for r in catalog_rows(tmp_path, "steps") if r["step"] == "train"]:
-            assert time.monotonic() < deadline, "train never started"
-            time.sleep(0.01)
+        while not [c for c in _forks(_warm_servers(but=earlier)) if _cwd(c).endswith("/code/train")]:
+            assert time.monotonic() < deadline, "train never ran in a fork of the server"
+            time.sleep(0.005)
         [server] = _warm_servers(but=earlier)
         server.kill()
 
