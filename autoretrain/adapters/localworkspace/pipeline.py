@@ -34,7 +34,7 @@ from typing import Any
 
 from autoretrain.domain.errors import WorkspaceError
 
-__all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "cache_folder", "load_pipeline"]
+__all__ = ["FromParent", "FromStep", "Literal", "PipelineSpec", "Step", "cache_folder", "cache_root", "load_pipeline"]
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _STEP_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -179,12 +179,16 @@ def _order(steps: dict[str, Step]) -> tuple[Step, ...]:
 _CACHE_FORMAT = 1  # bump when PipelineSpec or Step change shape
 
 
+def cache_root() -> Path:
+    """The user's cache folder for autoretrain: `$XDG_CACHE_HOME/autoretrain`, or `~/.cache/autoretrain`."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoretrain"
+
+
 def cache_folder() -> Path | None:
     """Where loaded pipelines are kept (None: not kept)."""
     if os.environ.get("AUTORETRAIN_PIPELINE_CACHE", "").lower() in ("off", "0", "false", "no"):
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autoretrain" / "pipelines"
+    return cache_root() / "pipelines"
 
 
 def load_pipeline(path: Path, *, cache: Path | None = None) -> PipelineSpec:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autoretrain.adapters.localworkspace.channel import to_parent
+from autoretrain.adapters.localworkspace.pipeline import cache_root
 from autoretrain.domain.errors import one_line
 
 __all__ = ["CHAMPION_ALIAS", "serve"]
@@ -102,7 +103,7 @@ def _store_template() -> Path:
     import sqlalchemy
     from mlflow.store.db.utils import _initialize_tables  # MLflow's, private: a failure is only slower
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoretrain" / "mlflow"
+    folder = cache_root() / "mlflow"
     template = folder / f"empty-store-{mlflow.__version__}-{sqlalchemy.__version__}-{alembic.__version__}.db"
     if template.is_file():
         return template
