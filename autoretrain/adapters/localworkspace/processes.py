@@ -122,23 +122,24 @@ class StepProcesses:
     def fork_tracker(self, log: Path) -> ForkedHelper | None:
         """The MLflow tracker, forked from the warm runner once it has started (it has imported MLflow
         and SQLAlchemy); None when there is none (running cold, or it did not start)."""
+        runner = self._alive_runner()
+        return runner.fork_tracker(log) if runner is not None else None
+
+    def _alive_runner(self) -> WarmRunner | None:
+        """The runner in use once the first one's start has ended, if it is alive (None: running
+        cold, or it died)."""
         self._start()
         self._started.wait(timeout=60)
         with self._lock:
-            runner = self._runners[-1] if self._warm and self._runners and self._runners[-1].alive else None
-        return runner.fork_tracker(log) if runner is not None else None
+            return self._runners[-1] if self._warm and self._runners and self._runners[-1].alive else None
 
     def _warm_runner(self) -> WarmRunner | None:
         """The warm runner (started with the workspace, warm by now; started again if it died), or
         None to run steps cold."""
-        self._start()
-        self._started.wait(timeout=60)
         with self._start_lock:  # two jobs that find it dead start one runner, not two
-            with self._lock:
-                if not self._warm:
-                    return None
-                if self._runners and self._runners[-1].alive:
-                    return self._runners[-1]
+            runner = self._alive_runner()
+            if runner is not None or not self._warm:
+                return runner
             # Started on this job thread, which lives as long as the workspace (see WarmRunner).
             return self._new_runner()
 
