@@ -151,3 +151,28 @@ def test_the_tracker_forks_from_the_server_and_lives_as_long_as_its_connection(t
         tracker.stop(timeout=10)
     assert not tracker.alive
     assert (store_folder(home) / "mlflow.db").is_file()
+
+
+def test_a_workspace_closed_while_its_runner_starts_starts_no_tracker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop right after a start (Ctrl-C on `autoretrain up`): the tracker, which waits for the warm
+    runner's start to fork from it, gives up when the workspace closes; it starts neither forked nor
+    cold, so nothing is started during the stop and no tracker is left to stop."""
+    import logging
+
+    from autoretrain.adapters.localworkspace.processes import StepProcesses
+    from autoretrain.adapters.localworkspace.tracking import LocalTracking
+
+    caplog.set_level(logging.INFO)
+    tracking = LocalTracking(tmp_path / "home", experiment="autoretrain", model_name="autoretrain-model", start=False)
+    steps = StepProcesses(python=sys.executable, env=dict(os.environ), warm=True, tracking=tracking)
+    tracking.start(fork=steps.fork_tracker)
+    # As LocalWorkspace.close() does, while the runner is still importing its libraries.
+    steps.stop(1)
+    steps.close()
+    tracking.close()
+
+    assert "tracking.ready" not in caplog.text and "tracking.fork_failed" not in caplog.text, caplog.text
+    assert tracking.disabled is None  # not broken: closed
+    assert steps.fork_tracker(tmp_path / "tracker.log") is None

@@ -127,11 +127,13 @@ class StepProcesses:
 
     def _alive_runner(self) -> WarmRunner | None:
         """The runner in use once the first one's start has ended, if it is alive (None: running
-        cold, or it died)."""
+        cold, it died, or the workspace is closing: nothing waits for a start that close() cut short)."""
         self._start()
-        self._started.wait(timeout=60)
+        wait_until(lambda: self._started.is_set() or self._closed.is_set(), 60, interval=0.05)
         with self._lock:
-            return self._runners[-1] if self._warm and self._runners and self._runners[-1].alive else None
+            if self._closed.is_set() or not (self._warm and self._runners):
+                return None
+            return self._runners[-1] if self._runners[-1].alive else None
 
     def _warm_runner(self) -> WarmRunner | None:
         """The warm runner (started with the workspace, warm by now; started again if it died), or

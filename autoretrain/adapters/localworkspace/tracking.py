@@ -266,6 +266,8 @@ class LocalTracking:
             tracker.stop()
 
     def _start(self) -> Helper | ForkedHelper | None:
+        if self._nothing_to_track():
+            return None
         missing = mlflow_missing()
         if missing is not None:
             self._disable(missing)
@@ -278,6 +280,8 @@ class LocalTracking:
         env["MLFLOW_DISABLE_TELEMETRY"] = "true"
         tracker: Helper | ForkedHelper | None = self._forked(folder / "tracker.log")
         if tracker is None:
+            if self._nothing_to_track():  # closed while the warm runner was starting
+                return None
             with (folder / "tracker.log").open("ab") as output:
                 tracker = Helper("from autoretrain.adapters.localworkspace.tracker import serve; serve()",
                                  python=self._python, env=env, what="tracker", output=output)
@@ -294,6 +298,11 @@ class LocalTracking:
         started = "forked" if isinstance(tracker, ForkedHelper) else "cold"
         log_event(log, logging.INFO, "tracking.ready", uri=self.uri, experiment=self.experiment, tracker=started)
         return tracker
+
+    def _nothing_to_track(self) -> bool:
+        """Closed with no call left to make (only close()'s end mark queued): a stop right after
+        the start does not wait for a tracker that would track nothing."""
+        return self._closed and self._queue.qsize() <= 1
 
     def _forked(self, output: Path) -> ForkedHelper | None:
         if self._fork is None:
