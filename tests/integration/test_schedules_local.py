@@ -1,7 +1,7 @@
 """Exactly once, under random schedules, on the real local parts: Azurite for the ledger and the blobs,
 the embedded workspace running the real pipeline. The thousand schedules over fakes are in
-tests/unit/test_schedules.py; these twenty draw the same kinds of steps (seeded, so a failure names
-the seed that reproduces it):
+tests/unit/test_schedules.py; these eighteen (twelve with a job per file, six with one job in flight)
+draw the same kinds of steps (seeded, so a failure names the seed that reproduces it):
 
 - uploads to three paths, overwriting one another: good files, files bad in the head (ingest's
   check), and files bad only past the head (prep finds it, deep in the file);
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "ml" / "contract.yaml"
 # The demo contract, each mode's: a job per file, or the default (one job in flight, bursts wait).
 MODES = {"per-file": "training: {jobs_in_flight: 0}\n", "one-in-flight": ""}
-SCHEDULES = 20
+SCHEDULES = 12
 STEPS = 14
 INGEST_CALLS = [("ledger", "claim"), ("ledger", "move"), ("blobs", "read_head"), ("blobs", "copy_to"),
                 ("workspace", "register_data"), ("workspace", "register_training_set"), ("workspace", "submit")]
