@@ -33,6 +33,11 @@ inside one run and not the other; the start-up pass still runs, on an empty ledg
 
     .venv/bin/python bench/ingest_throughput.py [--blobs 700] [--dup-share 0.3] [--concurrency 12]
                                                 [--jobs both|hold|run] [--keep] [--profile]
+                                                [--floor] [--repeat N]
+
+--floor runs bench/storage_floor.py before the first run and after each, and prints each `hold`
+run's CPU per post (host + Azurite) against the floors right before and after it, then their median
+over --repeat runs: the machine's speed drifts by the hour, so the two are measured side by side.
 
 It also prints the CPU seconds the host, Azurite, the jobs and everything else on the machine used
 during the posts, and the median time between the ingest's log lines for the first and the last
@@ -651,6 +656,32 @@ def report(r: dict[str, Any]) -> None:
         print(f"    {name:<36} {first:8.1f} {last:8.1f}")
 
 
+def storage_floor(dup_share: float) -> float:
+    """The storage floor's CPU per post at this mix (bench/storage_floor.py, run now), in ms."""
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("storage_floor.py")),
+                           "--dup-share", str(dup_share)], capture_output=True, text=True, check=True)
+    found = re.search(r"= ([0-9.]+) ms of CPU", done.stdout)
+    if found is None:
+        raise SystemExit(f"storage_floor.py printed no floor:\n{done.stdout}{done.stderr}")
+    print(f"\n[floor] {done.stdout.splitlines()[-2].strip()}")
+    return float(found[1])
+
+
+def report_floor(held: list[dict[str, Any]], floors: list[float]) -> None:
+    """Each `hold` run's CPU per post (host + Azurite) against the floors measured right before and
+    right after it (the machine's speed drifts: a floor from another hour is not a yardstick)."""
+    ratios = []
+    for n, r in enumerate(held):
+        per_post = 1000 * (r["cpu_s"]["host"] + r["cpu_s"]["azurite"]) / r["posts"]
+        floor = (floors[n] + floors[n + 1]) / 2
+        ratios.append(per_post / floor)
+        print(f"  run {n + 1}: host + Azurite {per_post:.2f} ms a post against the floor's {floors[n]:.2f} "
+              f"(before) and {floors[n + 1]:.2f} ms (after): {ratios[-1]:.2f}x")
+    median = statistics.median(ratios)
+    print(f"ingest CPU per post against the storage floor, median of {len(ratios)}: {median:.2f}x "
+          f"(target <= 1.5x: {'met' if median <= 1.5 else 'MISSED'})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blobs", type=int, default=700, help="new blobs in the measured run (default 700)")
@@ -669,6 +700,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="hold mode: sample the host's ingest threads during the posts (implies --keep; "
                              "the profile is written to hold-profile.txt in the kept folder)")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure the storage floor (storage_floor.py) before and after each run, and "
+                             "print each hold run's CPU per post against the two")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs (default 1)")
     parser.add_argument("--serve-held", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-held-worker", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--processes", type=int, default=1,
@@ -679,16 +714,23 @@ def main() -> int:
     if args.serve_held_worker is not None:
         return serve_held_worker(args.serve_held_worker)
     args.keep = args.keep or args.profile
-    if not 0 <= args.dup_share < 1 or args.blobs < 1 or args.concurrency < 1:
-        parser.error("--dup-share must be in [0, 1), --blobs and --concurrency at least 1")
+    if not 0 <= args.dup_share < 1 or args.blobs < 1 or args.concurrency < 1 or args.repeat < 1:
+        parser.error("--dup-share must be in [0, 1), --blobs, --concurrency and --repeat at least 1")
+    if args.floor and args.jobs == "run":
+        parser.error("--floor compares the hold runs (--jobs hold or both)")
 
     interrupt_on_signals()  # the finally blocks stop the stacks
     workdir = Path(tempfile.mkdtemp(prefix="autoretrain-ingest-bench-"))
     results = []
     try:
-        for mode in (("hold", "run") if args.jobs == "both" else (args.jobs,)):
-            results.append(run_once(mode, args, workdir))
-            report(results[-1])
+        floors = [storage_floor(args.dup_share)] if args.floor else []
+        for _ in range(args.repeat):
+            for mode in (("hold", "run") if args.jobs == "both" else (args.jobs,)):
+                results.append(run_once(mode, args, workdir))
+                report(results[-1])
+            if args.floor:
+                floors.append(storage_floor(args.dup_share))
+                report_floor([r for r in results if r["mode"] == "hold"], floors)
     except KeyboardInterrupt:
         print("\ninterrupted: stacks stopped", file=sys.stderr)
         return 130
