@@ -136,11 +136,11 @@ class StepProcesses:
             return self._runners[-1] if self._runners[-1].alive else None
 
     def _warm_runner(self) -> WarmRunner | None:
-        """The warm runner (started with the workspace, warm by now; started again if it died), or
-        None to run steps cold."""
+        """The warm runner (started with the workspace, warm by now; started again if it died, but
+        not once the workspace is closed), or None to run steps cold."""
         with self._start_lock:  # two jobs that find it dead start one runner, not two
             runner = self._alive_runner()
-            if runner is not None or not self._warm:
+            if runner is not None or not self._warm or self._closed.is_set():
                 return runner
             # Started on this job thread, which lives as long as the workspace (see WarmRunner).
             return self._new_runner()
