@@ -8,8 +8,9 @@ fresh home, then
 Per-step times come from the local workspace's job logs.
 
     .venv/bin/python bench/loop_latency.py [--sequential 3] [--batch 4] [--rows 10000] [--poll-interval 1]
-                                           [--no-poke] [--data repeated|noisy]
+                                           [--no-poke] [--data repeated|noisy] [--keep]
 
+The stack's home (the drops, the workspace, the logs) is removed at the end unless --keep.
 Numbers go to stdout; report them in the issue notes. Not run by the tests.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,9 +91,20 @@ def main() -> None:
                         help="drop files of this many wine-shaped rows (default: the monthly wine drops)")
     parser.add_argument("--data", choices=("repeated", "noisy"), default="repeated",
                         help="with --rows: bench/pipeline.py's data sets (noisy: every feature 5%% noise)")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's home (the dropped files, logs)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="autoretrain-bench-"))
+    try:
+        _bench(args, home)
+    finally:
+        if args.keep:
+            print(f"\nkept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)  # 1M-row drops leave hundreds of MB
+
+
+def _bench(args: argparse.Namespace, home: Path) -> None:
     token = str(int(time.time()))
     os.environ.update(
         AUTORETRAIN_HOME=str(home),
