@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +47,13 @@ def _files(count: int) -> list[bytes]:
 
 def run(files: list[bytes], jobs_in_flight: int) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix=f"autoretrain-burst-{jobs_in_flight}-"))
+    try:
+        return _run(files, jobs_in_flight, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _run(files: list[bytes], jobs_in_flight: int, home: Path) -> dict[str, float]:
     contract = home / "contract.yaml"
     contract.write_text((ROOT / "ml" / "contract.yaml").read_text(encoding="utf-8")
                         + f"training: {{jobs_in_flight: {jobs_in_flight}}}\n", encoding="utf-8")
