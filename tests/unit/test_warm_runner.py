@@ -176,3 +176,14 @@ def test_a_workspace_closed_while_its_runner_starts_starts_no_tracker(
     assert "tracking.ready" not in caplog.text and "tracking.fork_failed" not in caplog.text, caplog.text
     assert tracking.disabled is None  # not broken: closed
     assert steps.fork_tracker(tmp_path / "tracker.log") is None
+
+
+def test_a_step_runs_with_the_collector_on(runner: WarmRunner, tmp_path: Path) -> None:
+    """The server loads its libraries with the cyclic collector off, and turns it back on before it
+    forks: a step's reference cycles are collected as in any Python process."""
+    (tmp_path / "step.py").write_text("import gc\nprint(gc.isenabled(), gc.get_threshold()[0] > 0)\n")
+
+    code = runner.run([sys.executable, "step.py"], tmp_path, tmp_path / "out.log", tmp_path / "err.log",
+                      dict(os.environ), on_start=lambda _: None)
+
+    assert code == 0 and (tmp_path / "out.log").read_text() == "True True\n"
