@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from autoretrain.domain import (
     JOB_TAG,
@@ -15,6 +16,8 @@ from autoretrain.domain import (
     JobStatus,
     LedgerRecord,
     LedgerState,
+    Metrics,
+    ModelVersion,
     Quarantine,
     Requeue,
     StartCompleting,
@@ -125,14 +128,27 @@ def _our_key(event: JobFinished, deps: Deps) -> WorkKey | Ignored:
     return key
 
 
+@dataclass(slots=True)
+class _JobFacts:
+    """What completing one version of a job learned of the job, for its other versions in the same
+    event: the workspace and the ledger are asked once a job, not once a version."""
+
+    new_versions: int
+    status: JobStatus | None = None
+    metrics: Metrics | None = None
+    model: ModelVersion | None = None
+    gate: tuple[bool, str] | None = None  # (promoted, decision): the job's gate, decided once
+
+
 def _complete_members(job: str, members: list[LedgerRecord], deps: Deps) -> list[CompleteOutcome]:
     """Complete each version of the job; NotReadyError after all of them if one is not recorded for it
     yet (the others are finished all the same; the retried event finds them done)."""
     outcomes: list[CompleteOutcome] = []
     not_ready: NotReadyError | None = None
+    facts = _JobFacts(new_versions=len(members))
     for record in members:
         try:
-            outcomes.append(complete_record(record, deps, job=job))
+            outcomes.append(complete_record(record, deps, job=job, facts=facts))
         except NotReadyError as exc:
             not_ready = exc
     if not_ready is not None:
@@ -165,9 +181,11 @@ def _moved(job: str, members: list[LedgerRecord], deps: Deps) -> list[LedgerReco
     return _members(job, WorkKey.of_job(job), deps)
 
 
-def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None) -> CompleteOutcome:
+def complete_record(
+    record: LedgerRecord, deps: Deps, *, job: str | None = None, facts: _JobFacts | None = None
+) -> CompleteOutcome:
     """Finish a submitted record whose job (`job`, by default the one it names) ended: the path of a
-    job event, and of reconcile."""
+    job event, and of reconcile. `facts`: what this event learned of the job from its other versions."""
     job = job or record.job or record.key.job_name
     if record.state is LedgerState.WAITING and record.job == job:
         return Duplicate(record)  # prep rejected another file of this job: it waits for the next one
@@ -178,8 +196,7 @@ def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None)
     now = deps.clock()
     if record.state is LedgerState.COMPLETING and not record.lease_expired(now):
         return Duplicate(record)
-    # The event says what happened; the workspace is asked again, since events can be reordered.
-    status = deps.workspace.job_status(job)
+    status = _job_status(job, facts, deps)
     if not status.state.terminal:
         return InProgress(record, status)
     log_event(log, logging.INFO, "complete.run_finished", job=status.name, job_state=status.state.value,
@@ -195,10 +212,21 @@ def complete_record(record: LedgerRecord, deps: Deps, *, job: str | None = None)
             return taken
         record = taken
     leased = record
-    return _under_lease(leased, deps, lambda: _complete_leased(leased, status, deps))
+    return _under_lease(leased, deps, lambda: _complete_leased(leased, status, deps, facts))
 
 
-def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> CompleteOutcome:
+def _job_status(job: str, facts: _JobFacts | None, deps: Deps) -> JobStatus:
+    """The event says what happened; the workspace is asked again (once an event, for all the job's
+    versions), since events can be reordered."""
+    if facts is not None and facts.status is not None:
+        return facts.status
+    status = deps.workspace.job_status(job)
+    if facts is not None and status.state.terminal:
+        facts.status = status
+    return status
+
+
+def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps, facts: _JobFacts | None) -> CompleteOutcome:
     job = status.name
     if status.state is JobState.FAILED and status.rejected:
         return _rejected(record, status, deps)
@@ -211,30 +239,39 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps) -> Com
         step = status.failed_step or "pipeline"
         reason = f"{status.state.value} in step {step!r}: {status.error or 'no error message'} (log: {status.log})"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
-    metrics = deps.workspace.job_metrics(job)
+    facts = facts or _JobFacts(new_versions=0)
+    metrics = facts.metrics = facts.metrics or deps.workspace.job_metrics(job)
     log_event(log, logging.INFO, "complete.metrics", **{metrics.primary: metrics.primary_value})
     # One model per job, however many versions it has as new data: registered and gated once, under
     # the job's key (its one version's, or that of its several versions together).
     model_key = WorkKey.of_job(job)
-    several = model_key != record.key
-    model = deps.workspace.register_model(job, model_key, metrics, _lineage(record, job, model_key, deps))
+    model = facts.model = facts.model or deps.workspace.register_model(
+        job, model_key, metrics, _lineage(record, job, model_key, deps, facts.new_versions)
+    )
     log_event(log, logging.INFO, "complete.model_registered", model_version=f"{model.name}:{model.version}")
-    sibling = next(deps.ledger.records(LedgerState.DONE, job=job), None) if several else None
-    if sibling is not None and sibling.promoted is not None:
-        promoted, decision = sibling.promoted, sibling.decision or ""  # the job's gate, decided once
-    else:
-        promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
-        deps.workspace.record_decision(model, decision)
-        log_event(
-            log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
-            metric=metrics.primary, value=metrics.primary_value, champion_value=metrics.champion_value,
-            test_rows=metrics.test_rows,
-        )
+    promoted, decision = facts.gate = facts.gate or _gate(record, job, model, metrics, deps)
     record = _move(deps.ledger, record, Finish(f"{model.name}:{model.version}", metrics, promoted, decision))
     return Registered(record, model, promoted)
 
 
-def _lineage(record: LedgerRecord, job: str, model_key: WorkKey, deps: Deps) -> dict[str, str]:
+def _gate(record: LedgerRecord, job: str, model: ModelVersion, metrics: Metrics, deps: Deps) -> tuple[bool, str]:
+    """The job's gate: decided by the first of its versions to finish (in this event or an earlier
+    one), and the same for the others."""
+    several = WorkKey.of_job(job) != record.key
+    sibling = next(deps.ledger.records(LedgerState.DONE, job=job), None) if several else None
+    if sibling is not None and sibling.promoted is not None:
+        return sibling.promoted, sibling.decision or ""
+    promoted, decision = _champion_gate(deps, model, metrics, evaluated=record.champion)
+    deps.workspace.record_decision(model, decision)
+    log_event(
+        log, logging.INFO, "complete.champion_gate", promoted=promoted, decision=decision,
+        metric=metrics.primary, value=metrics.primary_value, champion_value=metrics.champion_value,
+        test_rows=metrics.test_rows,
+    )
+    return promoted, decision
+
+
+def _lineage(record: LedgerRecord, job: str, model_key: WorkKey, deps: Deps, new_versions: int) -> dict[str, str]:
     lineage = {
         "blob": record.blob.path,
         "etag": record.blob.etag,
@@ -249,7 +286,7 @@ def _lineage(record: LedgerRecord, job: str, model_key: WorkKey, deps: Deps) -> 
         **({"retrain": str(record.attempt), "retrain_of": record.first_key.value} if record.first_key else {}),
     }
     if model_key != record.key:
-        lineage["new_versions"] = str(len(list(deps.ledger.records(job=job))))
+        lineage["new_versions"] = str(new_versions or len(list(deps.ledger.records(job=job))))
     return lineage
 
 
