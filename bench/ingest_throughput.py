@@ -15,8 +15,9 @@ comes from this script:
   5. checks that every blob ended with exactly one ledger record (`autoretrain status --json`) in
      one job at most (`autoretrain list jobs --json`; with one job in flight, the default, a version
      accepted while a job runs waits for the next), that every post was answered 200, and, from the
-     host's log, that each blob was submitted or left waiting once and every other delivery logged
-     `duplicate`.
+     host's log, that each blob was accepted once (left waiting, or its job started) and every
+     delivery logged one outcome (a redelivery: `duplicate`, or `submitted` when it started the job
+     of the versions waiting then, itself among them).
 
 Each ingest of a new blob submits a training job to the local workspace. The project has no
 setting that queues jobs without running them, so there are two modes (--jobs):
@@ -584,10 +585,16 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             by_key[wk][event] += 1
             times[wk].setdefault(event, ts)
         sent = Counter(keys[p.index].value for p in posts + warm + replay)
-        submitted_once = all(by_key[k.value]["ingest.submitted"] + by_key[k.value]["ingest.waiting"] == 1
+        # A blob is accepted once: its first delivery leaves it waiting, or starts its job. A
+        # redelivery is a duplicate, or (one job in flight) it starts the job of the versions waiting
+        # then, itself among them: `submitted` again. Every delivery logs exactly one of the three.
+        submitted_once = all(by_key[k.value]["ingest.waiting"] <= 1
+                             and by_key[k.value]["ingest.submitted"] + by_key[k.value]["ingest.waiting"] >= 1
                              for k in keys)
-        dups_logged = all(by_key[k.value]["duplicate"] == sent[k.value] - 1 for k in keys)
+        dups_logged = all(by_key[k.value]["duplicate"] + by_key[k.value]["ingest.submitted"]
+                          + by_key[k.value]["ingest.waiting"] == sent[k.value] for k in keys)
         dup_lines = sum(c["duplicate"] for c in by_key.values())
+        pushed = sum(max(c["ingest.submitted"] + c["ingest.waiting"] - 1, 0) for c in by_key.values())
         other = Counter(e for c in by_key.values() for e, n in c.items() for _ in range(n)
                         if e in ("ingest.quarantined", "ingest.skipped", "failed", "ledger.taken_over", "ignored"))
 
@@ -616,6 +623,7 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "one_record_per_blob": one_record_each, "jobs": len(job_rows), "job_states": dict(job_states),
             "one_job_per_blob": one_job_each, "submitted_once_each": submitted_once,
             "duplicates_logged": dup_lines, "every_redelivery_logged_duplicate": dups_logged,
+            "redeliveries_that_started_a_job": pushed,
             "other_outcomes": dict(other), "phases_ms_first_vs_last_tenth": phases,
             "replay_posts": len(replay), "replay_per_s": len(replay) / replay_wall if replay else None,
             "replay_p50_ms": pct(replay_lat, 0.5), "replay_p99_ms": pct(replay_lat, 0.99),
@@ -648,9 +656,10 @@ def report(r: dict[str, Any]) -> None:
     print(f"  ledger: {r['ledger_records']} records {r['ledger_states']}; one record per blob: "
           f"{ok(r['one_record_per_blob'])}")
     print(f"  jobs: {r['jobs']} {r['job_states']}; each version in one job at most: {ok(r['one_job_per_blob'])}")
-    print(f"  host log: submitted or waiting once per blob: {ok(r['submitted_once_each'])}; {r['duplicates_logged']} "
-          f"'duplicate' lines, every redelivery logged duplicate: {ok(r['every_redelivery_logged_duplicate'])}; "
-          f"other outcomes {r['other_outcomes'] or 'none'}")
+    print(f"  host log: each blob accepted once (waiting, or its job started): {ok(r['submitted_once_each'])}; "
+          f"every delivery logged one outcome: {ok(r['every_redelivery_logged_duplicate'])} "
+          f"({r['duplicates_logged']} 'duplicate', {r['redeliveries_that_started_a_job']} redeliveries started the "
+          f"job of the versions waiting); other outcomes {r['other_outcomes'] or 'none'}")
     print("  ingest phases, median ms (first tenth of ingests vs last tenth):")
     for name, (first, last) in r["phases_ms_first_vs_last_tenth"].items():
         print(f"    {name:<36} {first:8.1f} {last:8.1f}")
