@@ -588,10 +588,10 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         # A blob is accepted once: its first delivery leaves it waiting, or starts its job. A
         # redelivery is a duplicate, or (one job in flight) it starts the job of the versions waiting
         # then, itself among them: `submitted` again. Every delivery logs exactly one of the three.
-        submitted_once = all(by_key[k.value]["ingest.waiting"] <= 1
+        accepted_once = all(by_key[k.value]["ingest.waiting"] <= 1
                              and by_key[k.value]["ingest.submitted"] + by_key[k.value]["ingest.waiting"] >= 1
                              for k in keys)
-        dups_logged = all(by_key[k.value]["duplicate"] + by_key[k.value]["ingest.submitted"]
+        one_outcome_each = all(by_key[k.value]["duplicate"] + by_key[k.value]["ingest.submitted"]
                           + by_key[k.value]["ingest.waiting"] == sent[k.value] for k in keys)
         dup_lines = sum(c["duplicate"] for c in by_key.values())
         pushed = sum(max(c["ingest.submitted"] + c["ingest.waiting"] - 1, 0) for c in by_key.values())
@@ -621,8 +621,8 @@ def run_once(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "http": dict(statuses), "client_errors": errors[:5],
             "ledger_records": len(status_rows), "ledger_states": dict(ledger_states),
             "one_record_per_blob": one_record_each, "jobs": len(job_rows), "job_states": dict(job_states),
-            "one_job_per_blob": one_job_each, "submitted_once_each": submitted_once,
-            "duplicates_logged": dup_lines, "every_redelivery_logged_duplicate": dups_logged,
+            "one_job_per_blob": one_job_each, "accepted_once_each": accepted_once,
+            "duplicates_logged": dup_lines, "every_delivery_logged_one_outcome": one_outcome_each,
             "redeliveries_that_started_a_job": pushed,
             "other_outcomes": dict(other), "phases_ms_first_vs_last_tenth": phases,
             "replay_posts": len(replay), "replay_per_s": len(replay) / replay_wall if replay else None,
@@ -656,8 +656,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"  ledger: {r['ledger_records']} records {r['ledger_states']}; one record per blob: "
           f"{ok(r['one_record_per_blob'])}")
     print(f"  jobs: {r['jobs']} {r['job_states']}; each version in one job at most: {ok(r['one_job_per_blob'])}")
-    print(f"  host log: each blob accepted once (waiting, or its job started): {ok(r['submitted_once_each'])}; "
-          f"every delivery logged one outcome: {ok(r['every_redelivery_logged_duplicate'])} "
+    print(f"  host log: each blob accepted once (waiting, or its job started): {ok(r['accepted_once_each'])}; "
+          f"every delivery logged one outcome: {ok(r['every_delivery_logged_one_outcome'])} "
           f"({r['duplicates_logged']} 'duplicate', {r['redeliveries_that_started_a_job']} redeliveries started the "
           f"job of the versions waiting); other outcomes {r['other_outcomes'] or 'none'}")
     print("  ingest phases, median ms (first tenth of ingests vs last tenth):")
@@ -739,7 +739,8 @@ def main() -> int:
                 report(results[-1])
             if args.floor:
                 floors.append(storage_floor(args.dup_share))
-                report_floor([r for r in results if r["mode"] == "hold"], floors)
+        if args.floor:
+            report_floor([r for r in results if r["mode"] == "hold"], floors)
     except KeyboardInterrupt:
         print("\ninterrupted: stacks stopped", file=sys.stderr)
         return 130
