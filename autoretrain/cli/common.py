@@ -18,7 +18,8 @@ from autoretrain.logs import printable
 from autoretrain.settings import Settings
 
 __all__ = [
-    "STATUS_COLUMNS", "azurite_for", "console_for", "print_table", "records_named", "status_row", "wait_for_ctrl_c",
+    "STATUS_COLUMNS", "azurite_for", "console_for", "print_table", "records_named", "status_row", "stop_signals",
+    "wait_for_ctrl_c",
 ]
 
 
@@ -92,12 +93,21 @@ def azurite_for(settings: Settings):  # type: ignore[no-untyped-def]
     return Azurite.for_connection(settings.home, settings.storage_connection, shared=settings.azurite_shared)
 
 
-def wait_for_ctrl_c() -> None:
+def stop_signals() -> threading.Event:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closing), caught from now on: each sets the
+    event, for a clean stop (jobs left to resume, Azurite's last save completed).
+
+    Call it before anything starts. Set explicitly: a shell starts background jobs with SIGINT
+    ignored, and a signal that came while the stack was starting was lost (SIGINT) or killed the
+    process half-way, with Azurite left running (SIGTERM, SIGHUP). Now the stack starts, then stops."""
     stop = threading.Event()
-    # Set explicitly: a shell starts background jobs with SIGINT ignored. SIGHUP is the terminal
-    # closing: the same clean stop, so Azurite's last save completes.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def wait_for_ctrl_c(stop: threading.Event) -> None:
+    """Until one of `stop_signals()` comes (at once if one came already)."""
     while not stop.wait(0.5):
         pass
     log.info("Stopping: waiting for running functions and jobs to finish")

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from autoretrain.bootstrap import operator
-from autoretrain.cli.common import azurite_for, wait_for_ctrl_c
+from autoretrain.cli.common import azurite_for, stop_signals, wait_for_ctrl_c
 from autoretrain.contract import load_contract
 from autoretrain.domain import WorkKey
 from autoretrain.domain.errors import AutoretrainError
@@ -18,6 +18,7 @@ __all__ = ["cmd_drop", "cmd_host", "cmd_ui", "cmd_up"]
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_signals()
     from autoretrain.local.host import configure_logging
     from autoretrain.local.stack import LocalStack
 
@@ -29,11 +30,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         print(f"autoretrain is up: drop files into '{settings.incoming_container}' "
               f"(autoretrain drop FILE), host {stack.host.url}. Ctrl-C to stop.{events}", flush=True)
-        wait_for_ctrl_c()
+        wait_for_ctrl_c(stop)
     return 0
 
 
 def cmd_host(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_signals()
     from autoretrain.bootstrap import PROJECT_ROOT
     from autoretrain.local.host import LocalHost, configure_logging
 
@@ -44,7 +46,7 @@ def cmd_host(settings: Settings, args: argparse.Namespace) -> int:
     host = LocalHost("function_app", app_root=PROJECT_ROOT, port=port, processes=settings.worker_processes)
     with host:
         print(f"Functions host listening on {host.url}. Ctrl-C to stop.", flush=True)
-        wait_for_ctrl_c()
+        wait_for_ctrl_c(stop)
     return 0
 
 

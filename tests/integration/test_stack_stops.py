@@ -9,13 +9,14 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from localstack import Loop, cli, free_port, own_storage, start
+from localstack import Loop, cli, free_port, own_storage, stack_env, start
 from mlmodules import wine
 
 from autoretrain.adapters.localworkspace.workspace import catalog_rows
@@ -189,6 +190,44 @@ def test_a_stop_right_after_a_drop_keeps_the_file_and_trains_it_once(
     assert again.blobs.read_head(ref, 10)  # the customer's file survived the stop
     assert again.ledger.get(key) is not None  # and so did its claim
     _exactly_once(again, key)
+
+
+def _as_a_background_job() -> None:
+    """What a shell does to a job it starts in the background (`autoretrain up &`, a CI step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_a_stop_while_the_stack_starts_stops_it_once_it_is_up(
+    tmp_path: Path, unique: str, own_azurite: str, sig: int
+) -> None:
+    """A stop that comes while the stack starts (here as soon as its Azurite is up, before the host
+    answers) is not lost, even in a background job, where SIGINT starts ignored: the stack comes up,
+    then stops as at any other time, Azurite with it. Before, the Ctrl-C was lost and the stack ran on;
+    SIGTERM and SIGHUP killed it half-started, Azurite left running."""
+    env = stack_env(tmp_path, unique, own_azurite, free_port(), {})
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autoretrain.cli", "up"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_a_background_job,
+        )
+    try:
+        _wait_for(log, "azurite.started", timeout=60)
+        process.send_signal(sig)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after {signal.Signals(sig).name}:\n{log.read_text()[-3000:]}")
+    finally:
+        process.kill()
+        process.wait()
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "home")], check=False)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "stack.up" in text and "Stopping" in text, text[-3000:]
+    assert not _listening(own_azurite)  # the stack stopped the Azurite it started
 
 
 @pytest.mark.parametrize("saved", [False, True], ids=["at-once", "after-azurite-saved"])
