@@ -129,9 +129,9 @@ def _our_key(event: JobFinished, deps: Deps) -> WorkKey | Ignored:
 
 
 @dataclass(slots=True)
-class _JobFacts:
+class JobFacts:
     """What completing one version of a job learned of the job, for its other versions in the same
-    event: the workspace and the ledger are asked once a job, not once a version."""
+    event (or reconcile pass): the workspace and the ledger are asked once a job, not once a version."""
 
     new_versions: int
     status: JobStatus | None = None
@@ -145,7 +145,7 @@ def _complete_members(job: str, members: list[LedgerRecord], deps: Deps) -> list
     yet (the others are finished all the same; the retried event finds them done)."""
     outcomes: list[CompleteOutcome] = []
     not_ready: NotReadyError | None = None
-    facts = _JobFacts(new_versions=len(members))
+    facts = JobFacts(new_versions=len(members))
     for record in members:
         try:
             outcomes.append(complete_record(record, deps, job=job, facts=facts))
@@ -182,7 +182,7 @@ def _moved(job: str, members: list[LedgerRecord], deps: Deps) -> list[LedgerReco
 
 
 def complete_record(
-    record: LedgerRecord, deps: Deps, *, job: str | None = None, facts: _JobFacts | None = None
+    record: LedgerRecord, deps: Deps, *, job: str | None = None, facts: JobFacts | None = None
 ) -> CompleteOutcome:
     """Finish a submitted record whose job (`job`, by default the one it names) ended: the path of a
     job event, and of reconcile. `facts`: what this event learned of the job from its other versions."""
@@ -215,18 +215,19 @@ def complete_record(
     return _under_lease(leased, deps, lambda: _complete_leased(leased, status, deps, facts))
 
 
-def _job_status(job: str, facts: _JobFacts | None, deps: Deps) -> JobStatus:
-    """The event says what happened; the workspace is asked again (once an event, for all the job's
-    versions), since events can be reordered."""
+def _job_status(job: str, facts: JobFacts | None, deps: Deps) -> JobStatus:
+    """The event says what happened; the workspace is asked again (once an event or a reconcile pass,
+    for all the job's versions), since events can be reordered. A job still running is running for
+    all its versions: the event of its end comes later, and the next pass asks again."""
     if facts is not None and facts.status is not None:
         return facts.status
     status = deps.workspace.job_status(job)
-    if facts is not None and status.state.terminal:
+    if facts is not None:
         facts.status = status
     return status
 
 
-def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps, facts: _JobFacts | None) -> CompleteOutcome:
+def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps, facts: JobFacts | None) -> CompleteOutcome:
     job = status.name
     if status.state is JobState.FAILED and status.rejected:
         return _rejected(record, status, deps)
@@ -239,7 +240,7 @@ def _complete_leased(record: LedgerRecord, status: JobStatus, deps: Deps, facts:
         step = status.failed_step or "pipeline"
         reason = f"{status.state.value} in step {step!r}: {status.error or 'no error message'} (log: {status.log})"
         return JobFailed(_move(deps.ledger, record, Fail(reason)), status)
-    facts = facts or _JobFacts(new_versions=0)
+    facts = facts or JobFacts(new_versions=0)
     metrics = facts.metrics = facts.metrics or deps.workspace.job_metrics(job)
     log_event(log, logging.INFO, "complete.metrics", **{metrics.primary: metrics.primary_value})
     # One model per job, however many versions it has as new data: registered and gated once, under

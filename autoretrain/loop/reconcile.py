@@ -26,7 +26,7 @@ from autoretrain.domain.errors import (
     one_line,
 )
 from autoretrain.logs import invocation, log_event
-from autoretrain.loop.complete import complete_record, finish_claim
+from autoretrain.loop.complete import JobFacts, complete_record, finish_claim
 from autoretrain.loop.deps import Deps
 from autoretrain.loop.dispatch import dispatch, release, resubmit, unmoved
 from autoretrain.loop.ingest import _register_and_submit, ingest_blob
@@ -173,7 +173,9 @@ class _Pass:
                 self._attempt("unannounced", item.ref, key, self._ingest(item.ref, item.size))
 
     def _unfinished_records(self) -> None:
-        """Claims whose holder is gone, and records whose job ended without a completion."""
+        """Claims whose holder is gone, and records whose job ended without a completion: a job's
+        versions together, oldest first, the workspace asked about the job once, not once a version."""
+        jobs: dict[str, list[LedgerRecord]] = {}
         for record in self.records.values():
             if record.state is LedgerState.CLAIMED and record.lease_expired(self.now):
                 seen = self.listed.get(record.key.value)
@@ -181,8 +183,12 @@ class _Pass:
                                            content_length=seen.size if seen else None)
                 self._attempt("stale_claim", record.blob, record.key, action)
             elif record.state in (LedgerState.SUBMITTED, LedgerState.COMPLETING):
+                jobs.setdefault(record.job or record.key.job_name, []).append(record)
+        for members in jobs.values():
+            facts = JobFacts(new_versions=0)  # 0: the model's lineage counts the job's records, once
+            for record in sorted(members, key=lambda r: (r.created, r.key.value)):
                 what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
-                self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps))
+                self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps, facts))
 
     def _scheduled_jobs(self) -> None:
         """Jobs in the schedule: one whose worker died before moving its versions is started again; one
@@ -294,10 +300,12 @@ def _ingest_then_complete(
     return run
 
 
-def _complete_or_resubmit(record: LedgerRecord, deps: Deps) -> Callable[[], IngestOutcome | CompleteOutcome]:
+def _complete_or_resubmit(
+    record: LedgerRecord, deps: Deps, facts: JobFacts
+) -> Callable[[], IngestOutcome | CompleteOutcome]:
     def run() -> IngestOutcome | CompleteOutcome:
         try:
-            return complete_record(record, deps)
+            return complete_record(record, deps, facts=facts)
         except JobNotFoundError:
             pass
         # The workspace lost the job (or never got it): submit it again, from the same blob version(s).
