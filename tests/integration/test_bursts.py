@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from localstack import Loop, free_port, own_storage, start
 from mlmodules import wine_csv
@@ -88,6 +89,15 @@ class _Stack:
             self._gen = None
 
 
+def _hold_the_steps(loop: Loop) -> None:
+    """Stop (SIGSTOP) the warm runner and every process forked from it, so the job in flight holds and
+    the versions waiting behind it stay waiting, however fast the steps are."""
+    for child in psutil.Process(loop.process.pid).children():
+        if "serve()" in " ".join(child.cmdline()):
+            for process in [child, *child.children(recursive=True)]:
+                process.suspend()
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
 def test_versions_waiting_when_the_stack_stops_are_trained_exactly_once_after_a_restart(
     tmp_path: Path, unique: str, how: str
@@ -99,7 +109,9 @@ def test_versions_waiting_when_the_stack_stops_are_trained_exactly_once_after_a_
         waiting = lambda: [r for k in keys if (r := loop.ledger.get(k)) and r.state is LedgerState.WAITING]  # noqa: E731
         assert wait_until(lambda: len(waiting()) >= 2, 120), loop.log.read_text()[-3000:]
         if how == "sigkill":
+            _hold_the_steps(loop)
             time.sleep(6)  # Azurite saves every 5 s: the waiting records are on disk (its own loss is tested elsewhere)
+            assert waiting(), "versions are still waiting when the stack is killed"
             os.killpg(loop.process.pid, signal.SIGKILL)
             subprocess.run(["pkill", "-KILL", "-f", str(loop.home / "workspace")], check=False)
         else:
