@@ -110,7 +110,12 @@ def test_versions_waiting_when_the_stack_stops_are_trained_exactly_once_after_a_
         assert wait_until(lambda: len(waiting()) >= 2, 120), loop.log.read_text()[-3000:]
         if how == "sigkill":
             _hold_the_steps(loop)
-            time.sleep(6)  # Azurite saves every 5 s: the waiting records are on disk (its own loss is tested elsewhere)
+            # Every drop taken; then Azurite's next save (every 5 s, when something changed) puts the
+            # records on disk (its own loss is tested elsewhere).
+            assert wait_until(lambda: all((r := loop.ledger.get(k)) and r.state is not LedgerState.CLAIMED
+                                          for k in keys), 60), loop.log.read_text()[-3000:]
+            taken, table = time.time(), loop.home / "azurite" / "__azurite_db_table__.json"
+            wait_until(lambda: table.stat().st_mtime > taken, 6)  # no save within 6 s: nothing was left to save
             assert waiting(), "versions are still waiting when the stack is killed"
             os.killpg(loop.process.pid, signal.SIGKILL)
             subprocess.run(["pkill", "-KILL", "-f", str(loop.home / "workspace")], check=False)
