@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,15 +392,20 @@ def expected_value(kind: str) -> str:
     return "a whole number" if kind == "int" else "a number"
 
 
+# A number as pandas reads one (prep types whole columns with it): ASCII digits, an optional sign,
+# point and exponent. Python's float() also takes '1_000', digits of other scripts (Arabic-Indic, full-width) and
+# '-nan', which prep would then refuse: a job spent on a file ingest could have refused at once.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def cell_problem(kind: str, value: str) -> str | None:
-    """None when `value` fits a column of type `kind` (any category, a gap, a number of the kind);
-    else what was expected there. prep applies it to whole columns with pandas."""
+    """None when `value` fits a column of type `kind` (any category, a gap, a finite number of the
+    kind); else what was expected there. prep applies it to whole columns with pandas."""
     if kind == "category" or is_missing(value):
         return None
-    try:
-        number = float(value)
-    except ValueError:
+    if not _NUMBER.fullmatch(value.strip()):
         return expected_value(kind)
+    number = float(value)
     fits = math.isfinite(number) and number == int(number) if kind == "int" else not math.isinf(number)
     return None if fits else expected_value(kind)
 

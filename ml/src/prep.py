@@ -306,8 +306,8 @@ def _typed_column(
     positions: Sequence[int], count: int, new: int = 1,
 ) -> pd.Series:
     """Convert one column to its declared type; the first bad value fails with its line. The rule is
-    `datacontract.cell_problem`'s, on the whole column at once (the values are stripped); pandas
-    parses a little less than float() does ('1_000', non-ASCII digits), so those fail here only."""
+    `datacontract.cell_problem`'s, on the whole column at once (the values are stripped): the same
+    numbers pass both (ASCII digits, sign, point, exponent; not '1_000', other scripts' digits or '-nan')."""
     missing = values.str.lower().isin(MISSING)
     if kind == "category":
         return values.where(~missing, None).astype(object)

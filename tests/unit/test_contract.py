@@ -220,3 +220,33 @@ def test_each_side_maps_the_neutral_error_to_its_own_with_the_same_line(tmp_path
     assert str(ours.value) == str(theirs.value) == (
         "contract.yaml: primary_metric 'f1_macro' is not written for regression; use one of r2, rmse, mae."
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1_000", "\u0661\u0662", "\uff11\uff12", "-nan", "+nan", "NaN", " 7 ", "1e3", ".5", "5.", "+5", "0x10",
+     "inf", "-Infinity", "1e400", "4.0", "2.5", "--1", "1e", "", "None"],
+)
+@pytest.mark.parametrize("column", ["n", "k"])
+def test_ingest_accepts_a_number_exactly_when_prep_does(tmp_path: Path, value: str, column: str) -> None:
+    """A value ingest lets through must not fail prep: the file would cost a job, then be quarantined
+    at its end. Python's float() takes '1_000', digits of other scripts and '-nan'; pandas does not."""
+    prep = load_ml_module(ROOT / "ml" / "src" / "prep.py", "prep_one_check")
+    rows = [["1.5", "1", "a", "yes"] if i % 2 == 0 else ["2.5", "2", "b", "no"] for i in range(16)]
+    rows[3][{"n": 0, "k": 1}[column]] = value
+    data = ("n,k,c,y\n" + "".join(",".join(row) + "\n" for row in rows)).encode()
+    (tmp_path / "a.csv").write_bytes(data)
+    contract = write(tmp_path, "target: y\ntask: classification\nprimary_metric: f1_macro\n"
+                               "features: {n: float, k: int, c: category}\n")
+    try:
+        check_head("a.csv", data, load_contract(contract), complete=True)
+        ingest = None
+    except ContractError as exc:
+        ingest = str(exc)
+    try:
+        prep.main(data=tmp_path / "a.csv", contract=contract, train_data=tmp_path / "train",
+                  test_data=tmp_path / "test", report=tmp_path / "report")
+        step = None
+    except prep.DataError as exc:
+        step = str(exc)
+    assert ingest == step
