@@ -262,3 +262,69 @@ def test_two_trackers_starting_at_once_on_a_new_home_both_track(
     finally:
         for tracker in trackers:
             tracker.close()
+
+
+def test_a_call_the_tracker_dies_under_is_made_again_on_a_new_one(tmp_path: Path) -> None:
+    """SIGKILL the tracker between calls: the next call finds it dead, starts a new tracker and is
+    made there, not dropped (before, that call was lost: a champion alias, a step's run, a job's end).
+    A call made again finds what the dead tracker made (here: the job's run), so nothing is doubled."""
+    import psutil
+
+    tracking = LocalTracking(tmp_path, experiment="autoretrain", model_name="autoretrain-model")
+    logs = StringIO()
+    handler = logging.StreamHandler(logs)
+    logging.getLogger("autoretrain").addHandler(handler)
+    try:
+        first = tracking.start_job("autoretrain-job", {"work_key": "k"}, resumed=False).result(60)
+
+        def kill_the_tracker() -> None:
+            [tracker] = [p for p in psutil.Process().children()
+                         if "tracker import serve" in " ".join(p.cmdline())]
+            tracker.kill()
+            tracker.wait(10)
+
+        kill_the_tracker()
+        prep = tracking.step_run(tracking.start_step("autoretrain-job", "prep"), timeout=60)
+        assert prep is not None and prep.parent_run_id == first
+        tracking.end_step(prep, ok=True)
+        kill_the_tracker()
+        tracking.end_job("autoretrain-job", "FINISHED")
+        assert tracking.flush(60)
+        tracking.close()
+    finally:
+        logging.getLogger("autoretrain").removeHandler(handler)
+
+    assert logs.getvalue().count("tracking.tracker_died") == 2, logs.getvalue()
+    parent, steps = runs_of(client(tmp_path), "autoretrain-job")
+    assert parent.info.run_id == first and parent.info.status == "FINISHED"
+    assert list(steps) == ["prep"] and steps["prep"].info.status == "FINISHED"
+
+
+def test_a_call_made_again_after_its_tracker_did_it_and_died_changes_nothing(tmp_path: Path) -> None:
+    """The tracker can die after its work and before its answer: each call made again on the next
+    tracker (which has nothing cached) gets the same answer, and the store no second job run, step
+    run or set of metrics."""
+    from autoretrain.adapters.localworkspace.tracker import _Tracker
+
+    (tmp_path / "mlflow").mkdir()
+    uri, artifacts = tracking_uri(tmp_path), (tmp_path / "mlflow" / "artifacts").as_uri()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"metrics": {"f1_macro": 0.9}, "primary_metric": "f1_macro", "test_rows": 10}))
+    job = "autoretrain-job"
+
+    def twice(request: dict[str, Any]) -> Any:
+        """Made on one tracker, then again (as after its death) on a new one: both answers."""
+        first = _Tracker(uri, artifacts, "autoretrain", "autoretrain-model").handle(request)
+        again = {**request, "again": True, **({"resumed": True} if request["op"] == "start_job" else {})}
+        return first, _Tracker(uri, artifacts, "autoretrain", "autoretrain-model").handle(again)
+
+    run, run_again = twice({"op": "start_job", "job": job, "tags": {}, "resumed": False})
+    step, step_again = twice({"op": "start_step", "job": job, "step": "prep"})
+    twice({"op": "end_run", "run_id": step["run_id"], "status": "FINISHED"})
+    twice({"op": "end_job", "job": job, "status": "FINISHED", "metrics_file": str(metrics)})
+
+    assert run_again == run and step_again == step
+    mlflow = client(tmp_path)
+    parent, steps = runs_of(mlflow, job)
+    assert parent.info.run_id == run and parent.info.status == "FINISHED" and list(steps) == ["prep"]
+    assert len(mlflow.get_metric_history(run, "f1_macro")) == 1

@@ -151,13 +151,37 @@ class _Tracker:
 
     def handle(self, request: Mapping[str, Any]) -> Any:
         op = request["op"]
-        fields = {k: v for k, v in request.items() if k != "op"}
+        fields = {k: v for k, v in request.items() if k not in ("op", "again")}
         if op == "ping":
             return True
+        if request.get("again"):
+            done, answer = self._done_already(op, fields)
+            if done:
+                return answer
         handler = getattr(self, f"_{op}", None)
         if handler is None:
             raise ValueError(f"unknown tracker call {op!r}")
         return handler(**fields)
+
+    def _done_already(self, op: str, fields: Mapping[str, Any]) -> tuple[bool, Any]:
+        """A call made again because the tracker before this one died under it: (True, its answer)
+        when that attempt got it done. The other calls find their own work (a job's run, a model's
+        version) or are the same when made twice (an end, a tag, the alias)."""
+        if op == "start_step":
+            parent = self._job_run_id(fields["job"])
+            runs = self._client.search_runs(
+                [self._experiment_id], max_results=1,
+                filter_string=f"tags.`{_PARENT_TAG}` = '{parent}' and tags.`{STEP_TAG}` = '{_quoted(fields['step'])}'"
+                " and attributes.status = 'RUNNING'",
+            )
+            if runs:
+                run_id = str(runs[0].info.run_id)
+                return True, {"run_id": run_id, "parent": parent, "experiment_id": self._experiment_id}
+        elif op == "end_job":
+            run = self._job_run(fields["job"])
+            if run is not None and run.info.status != "RUNNING":
+                return True, None
+        return False, None
 
     def _job_run_id(self, job: str) -> str:
         if job not in self._jobs:

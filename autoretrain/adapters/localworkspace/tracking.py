@@ -249,14 +249,8 @@ class LocalTracking:
             if tracker is None:
                 future.set_result(None)
                 continue
-            try:
-                answer = tracker.call(request)
-            except (OSError, ValueError, RuntimeError) as exc:
-                failures += 1
-                log_event(log, logging.WARNING, "tracking.tracker_died", op=request["op"], error=str(exc),
-                          log=str(store_folder(self.home) / "tracker.log"))
-                tracker.stop()
-                tracker = None
+            answer, tracker, failures = self._call(tracker, request, failures)
+            if answer is None:
                 future.set_result(None)
                 continue
             if "error" in answer:
@@ -264,6 +258,27 @@ class LocalTracking:
             future.set_result(answer.get("ok"))
         if tracker is not None:
             tracker.stop()
+
+    def _call(
+        self, tracker: Helper | ForkedHelper, request: dict[str, Any], failures: int
+    ) -> tuple[dict[str, Any] | None, Helper | ForkedHelper | None, int]:
+        """Make the call; if the tracker died under it, make it once more on a new one (every call
+        is safe to repeat: the tracker finds what an earlier attempt made). The answer (None: lost),
+        the tracker now, and how many trackers died."""
+        while True:
+            try:
+                return tracker.call(request), tracker, failures
+            except (OSError, ValueError, RuntimeError) as exc:
+                failures += 1
+                log_event(log, logging.WARNING, "tracking.tracker_died", op=request["op"], error=str(exc),
+                          log=str(store_folder(self.home) / "tracker.log"))
+                tracker.stop()
+            again = self._start() if self._disabled is None and failures < 3 else None
+            if again is None:
+                return None, None, failures
+            tracker = again
+            # A job's run that the dead tracker may have made is found, not made twice.
+            request = {**request, "again": True, **({"resumed": True} if request["op"] == "start_job" else {})}
 
     def _start(self) -> Helper | ForkedHelper | None:
         if self._nothing_to_track():
