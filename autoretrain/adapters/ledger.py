@@ -149,11 +149,13 @@ class TableLedger:
         except AzureError as exc:
             raise StorageError(f"ledger: cannot read the schedule ({_msg(exc)}).") from exc
         jobs = {job: tuple(WorkKey(k) for k in keys) for job, keys in json.loads(entity.get("jobs") or "{}").items()}
-        return Schedule(jobs, entity.metadata.get("etag"))
+        since = {job: _when(when) for job, when in json.loads(entity.get("since") or "{}").items()}
+        return Schedule(jobs, entity.metadata.get("etag"), since)
 
     def save_schedule(self, schedule: Schedule) -> Schedule | None:
         entity = {"PartitionKey": _SCHEDULE[0], "RowKey": _SCHEDULE[1],
-                  "jobs": json.dumps({job: [k.value for k in keys] for job, keys in sorted(schedule.jobs.items())})}
+                  "jobs": json.dumps({job: [k.value for k in keys] for job, keys in sorted(schedule.jobs.items())}),
+                  "since": json.dumps({job: when.isoformat() for job, when in sorted(schedule.since.items())})}
         try:
             if schedule.etag is None:
                 meta = self._table.create_entity(entity)
@@ -164,7 +166,7 @@ class TableLedger:
             return None
         except AzureError as exc:
             raise StorageError(f"ledger: cannot write the schedule ({_msg(exc)}).") from exc
-        return Schedule(dict(schedule.jobs), meta.get("etag"))
+        return Schedule(dict(schedule.jobs), meta.get("etag"), dict(schedule.since))
 
 
 def _msg(exc: AzureError) -> str:

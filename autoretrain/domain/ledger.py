@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -372,14 +372,25 @@ class Schedule:
 
     jobs: Mapping[str, tuple[WorkKey, ...]] = field(default_factory=dict)
     etag: str | None = None
+    # When each job took its slot (a job taken before this was kept has none).
+    since: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def assigned(self) -> frozenset[WorkKey]:
         """Every version some job in flight has as its new data."""
         return frozenset(key for keys in self.jobs.values() for key in keys)
 
-    def with_job(self, job: str, keys: tuple[WorkKey, ...]) -> Schedule:
-        return Schedule({**self.jobs, job: keys}, self.etag)
+    def with_job(self, job: str, keys: tuple[WorkKey, ...], since: datetime | None = None) -> Schedule:
+        return Schedule({**self.jobs, job: keys}, self.etag, {**self.since, **({job: since} if since else {})})
 
     def without(self, job: str) -> Schedule:
-        return Schedule({name: keys for name, keys in self.jobs.items() if name != job}, self.etag)
+        return Schedule({name: keys for name, keys in self.jobs.items() if name != job}, self.etag,
+                        {name: when for name, when in self.since.items() if name != job})
+
+    def starting(self, job: str, now: datetime, lease: timedelta) -> bool:
+        """Whether `job` took its slot less than `lease` ago: the worker that took it may still be
+        submitting it and moving its versions (a hundred ledger writes take a while), so a versions'
+        redelivery or a reconcile pass leaves it to that worker. After the lease, it is presumed dead,
+        as the holder of a claim is."""
+        taken = self.since.get(job)
+        return taken is not None and now - taken < lease

@@ -177,7 +177,8 @@ def _moved(job: str, members: list[LedgerRecord], deps: Deps) -> list[LedgerReco
             return members
     except JobNotFoundError:
         return members  # not submitted yet: each member says so below
-    resubmit(job, schedule.jobs[job], deps)
+    # A job of many versions can end before its starter has moved them all: then it is no fault.
+    resubmit(job, schedule.jobs[job], deps, starter_alive=schedule.starting(job, deps.clock(), deps.config.lease))
     return _members(job, WorkKey.of_job(job), deps)
 
 

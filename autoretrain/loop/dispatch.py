@@ -55,7 +55,8 @@ def dispatch(deps: Deps, schedule: Schedule | None = None) -> tuple[PipelineJob,
         if quiet and deps.clock() - max(r.updated for r in waiting) < quiet:
             return None  # the burst is still arriving: a later ingest or reconcile pass starts the job
         batch = WorkKey.for_batch([r.key for r in waiting])
-        saved = deps.ledger.save_schedule(schedule.with_job(batch.job_name, tuple(r.key for r in waiting)))
+        keys = tuple(r.key for r in waiting)
+        saved = deps.ledger.save_schedule(schedule.with_job(batch.job_name, keys, deps.clock()))
         if saved is not None:
             log_event(log, logging.INFO, "dispatch.job", job=batch.job_name, new_versions=len(waiting),
                       in_flight=len(saved.jobs))
@@ -99,12 +100,18 @@ def unmoved(job: str, schedule: Schedule, deps: Deps) -> list[LedgerRecord]:
     return [r for r in records if r is not None and r.state is LedgerState.WAITING and r.job != job]
 
 
-def resubmit(job: str, keys: Sequence[WorkKey], deps: Deps) -> tuple[PipelineJob, tuple[LedgerRecord, ...]]:
+def resubmit(
+    job: str, keys: Sequence[WorkKey], deps: Deps, *, starter_alive: bool = False
+) -> tuple[PipelineJob, tuple[LedgerRecord, ...]]:
     """Submit again the job of the versions `keys` (its worker died half-way, or the workspace lost
     it): the same training set and job, found again by key, and each version still waiting moved to
-    submitted."""
+    submitted. `starter_alive`: the worker that started it may still be moving them (the job ended
+    first): nothing went wrong, so no warning."""
     records = [r for key in keys if (r := deps.ledger.get(key)) is not None]
-    log_event(log, logging.WARNING, "dispatch.resubmitted", job=job, new_versions=len(records))
+    if starter_alive:
+        log_event(log, logging.INFO, "dispatch.finishing_start", job=job, new_versions=len(records))
+    else:
+        log_event(log, logging.WARNING, "dispatch.resubmitted", job=job, new_versions=len(records))
     return _submit(WorkKey.for_batch(list(keys)), sorted(records, key=lambda r: (r.created, r.key.value)), deps)
 
 

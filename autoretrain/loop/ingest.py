@@ -156,6 +156,8 @@ def _push_waiting(record: LedgerRecord, deps: Deps) -> IngestOutcome:
     job = next((name for name, keys in schedule.jobs.items() if record.key in keys), None)
     if job is None:
         started = dispatch(deps, schedule)
+    elif schedule.starting(job, deps.clock(), deps.config.lease):
+        return Duplicate(record)  # the worker that took the slot is still starting the job
     elif any(r.key == record.key for r in unmoved(job, schedule, deps)):
         started = resubmit(job, schedule.jobs[job], deps)
     else:

@@ -196,7 +196,9 @@ class _Pass:
         nothing waits forever."""
         schedule = self.deps.ledger.schedule()
         for job, keys in schedule.jobs.items():
-            stuck = unmoved(job, schedule, self.deps)
+            # A job whose worker may still be starting it (moving its versions) is left to that worker.
+            starting = schedule.starting(job, self.now, self.deps.config.lease)
+            stuck = [] if starting else unmoved(job, schedule, self.deps)
             if stuck:
                 self._attempt("unstarted_job", stuck[-1].blob, stuck[-1].key, _restart(job, keys, self.deps))
             else:

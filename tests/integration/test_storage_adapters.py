@@ -170,10 +170,13 @@ class TestSchedule:
         empty = ledger.schedule()
         assert (empty.jobs, empty.etag) == ({}, None)
 
-        first = ledger.save_schedule(empty.with_job("autoretrain-job1", keys))
+        taken = datetime(2026, 12, 6, 5, 0, 1, 250_000, tzinfo=UTC)
+        first = ledger.save_schedule(empty.with_job("autoretrain-job1", keys, taken))
         assert first is not None and ledger.schedule().jobs == {"autoretrain-job1": keys}
+        assert ledger.schedule().since == {"autoretrain-job1": taken}, "when the job took its slot"
         assert ledger.save_schedule(empty.with_job("autoretrain-job2", keys[:1])) is None, "a second first write"
         assert ledger.save_schedule(first.without("autoretrain-job1")) is not None
+        assert ledger.schedule().since == {}
         assert ledger.save_schedule(first) is None, "written from a stale read"
         assert ledger.schedule().jobs == {}
 

@@ -136,7 +136,7 @@ class FakeLedger:
     def save_schedule(self, schedule: Schedule) -> Schedule | None:
         if schedule.etag != self.scheduled.etag:
             return None
-        self.scheduled = Schedule(dict(schedule.jobs), str(next(self._etags)))
+        self.scheduled = Schedule(dict(schedule.jobs), str(next(self._etags)), dict(schedule.since))
         return self.scheduled
 
     def forget(self, record: LedgerRecord) -> None:

@@ -3,6 +3,7 @@ and every version waiting when the job ends is the new data of one next job. Ove
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -136,6 +137,11 @@ def test_a_worker_dying_while_it_starts_a_job_leaves_nothing_behind(
         loop.complete(run_event(WorkKey.of_job(job)), crashing)  # its next job's start dies
     assert {world.state(r) for r in waiting} == {LedgerState.WAITING}
     assert len(world.ledger.schedule().jobs) == 1, "the slot is held by the job that was being started"
+    # Within the lease the worker may be alive, still moving the versions: left to it, not started twice.
+    early = loop.ingest(blob_event(waiting[0], event_id="ev-early"), world.deps)
+    assert isinstance(early, loop.Duplicate) and {world.state(r) for r in waiting} == {LedgerState.WAITING}
+    assert not loop.reconcile(world.deps, grace=timedelta(hours=1)).found
+    world.ledger.now += world.deps.config.lease  # then its lease runs out: it is presumed dead
 
     if recovery == "redelivery":
         loop.ingest(blob_event(waiting[0], event_id="ev-again"), world.deps)
@@ -345,3 +351,37 @@ def test_reconcile_asks_for_a_job_of_many_versions_once_a_pass_while_it_runs_and
     assert len({world.ledger.get(WorkKey.for_blob(r)).model_version for r in refs[1:]}) == 1  # type: ignore[union-attr]
     assert calls["job_status"] == calls["job_metrics"] == calls["register_model"] == 1, calls
     assert calls["records"] <= 5, calls
+
+
+def test_a_starter_still_moving_its_versions_is_left_to_it_and_no_one_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job of many versions: its starter has submitted it and moved one version when a version's
+    redelivery comes, and the job ends before the rest are moved (as here, where the starter stops
+    after one move). The redelivery leaves the start to the starter (it is within its lease); the
+    completion moves the rest itself, as a normal step, not as a resubmission: ten to twelve
+    `dispatch.resubmitted` warnings a burst were false alarms."""
+    caplog.set_level(logging.INFO, logger="autoretrain")
+    world = Loop(tmp_path)
+    world.drop("a.csv")
+    waiting = [world.blobs.put("incoming", f"{n}.csv", GOOD_CSV) for n in "bcde"]
+    for ref in waiting:
+        loop.ingest(blob_event(ref, event_id=f"ev-{ref.name}"), world.deps)
+    slow = loop.Deps(config=world.deps.config, contract=world.deps.contract, clock=world.deps.clock,
+                     workspace=world.workspace, blobs=world.blobs,
+                     ledger=Crashing(world.ledger, "move", after=True, nth=3))  # type: ignore[arg-type]
+    [first] = world.running()
+    world.workspace.finish(first, JobState.COMPLETED, METRICS)
+    with pytest.raises(WorkerDied):  # its completion starts the next job: moved one version, then stops
+        loop.complete(run_event(WorkKey.of_job(first), event_id="run-first"), slow)
+    [second] = world.running()
+    assert sorted(str(world.state(r)) for r in waiting).count(str(LedgerState.WAITING)) == 3
+
+    submitted = len(world.workspace.statuses)
+    assert isinstance(loop.ingest(blob_event(waiting[-1], event_id="ev-again"), world.deps), loop.Duplicate)
+    assert len(world.workspace.statuses) == submitted
+    world.finish(second)
+
+    assert [world.state(r) for r in waiting] == [LedgerState.DONE] * 4
+    assert "dispatch.finishing_start" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
