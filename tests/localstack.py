@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +128,18 @@ def start(
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
+            asked = time.monotonic()
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+                # What it started in sessions of their own (its Azurite, its warm runner) goes too.
+                subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "home")], check=False)
+            took = time.monotonic() - asked
+            if took > 30:  # not a failure (a stop may wait for a hung function), but shown in the run's summary
+                warnings.warn(f"autoretrain up took {took:.0f} s to stop after Ctrl-C; its log: {log_path}",
+                              stacklevel=1)
         print(log_path.read_text()[-5000:])
 
 
