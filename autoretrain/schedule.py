@@ -4,7 +4,8 @@
 
 Six fields, seconds first. Each takes `*`, a value, a range `a-b`, a step `*/n`, `a-b/n` or `a/n`,
 and comma lists of those; months and days of the week also take English three-letter names (`Jan`,
-`Mon`); Sunday is 0 (or 7). Like the NCrontab library the host uses, a day must match both the
+`Mon`); Sunday is 0, and 7 is refused as the host refuses it (NCrontab's days run 0-6; Unix cron
+also takes 7). Like the NCrontab library the host uses, a day must match both the
 day-of-month and the day-of-week fields. Times are UTC, the host's default on Azure (no
 WEBSITE_TIME_ZONE).
 
@@ -36,7 +37,7 @@ _FIELDS: tuple[tuple[str, int, int, tuple[str, ...], str], ...] = (
     ("hour", 0, 23, (), ""),
     ("day", 1, 31, (), ""),
     ("month", 1, 12, _MONTHS, "a month name (Jan-Dec)"),
-    ("day-of-week", 0, 7, _DAYS, "a day name (Sun-Sat)"),
+    ("day-of-week", 0, 6, _DAYS, "a day name (Sun-Sat)"),
 )
 _VALUE = r"\d+|[A-Za-z]{3}"
 # One comma-separated item: `*`, `a` or `a-b`, then an optional `/n`.
@@ -112,6 +113,11 @@ def _grammar_error(text: str, index: int) -> str | None:
         first, last = (_number(match[group], names) for group in ("first", "last"))
         if first is not None and last is not None and first > last:
             return f"has range {match[0].partition('/')[0]!r} that runs backwards"
+        _, low, high, _, _ = _FIELDS[index]
+        for value in (first, last):
+            if value is not None and not low <= value <= high:  # croniter takes a 7th weekday
+                sunday = " (Sunday is 0: the Functions host refuses 7)" if names is _DAYS and value == 7 else ""
+                return f"has {item!r}, outside {low}-{high}{sunday}"
     return None
 
 

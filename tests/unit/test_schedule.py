@@ -65,10 +65,13 @@ class TestNextFire:
         assert fires("0 30 9 * * 1-5", "2026-11-26T10:00:00", 3) == expected
         assert fires("0 30 9 * * Mon-Fri", "2026-11-26T10:00:00", 3) == expected
 
-    def test_sunday_is_zero_or_seven(self) -> None:
-        """Day-of-week 7 means Sunday, as 0 does."""
-        assert fires("0 0 12 * * 7", "2026-11-25T00:00:00", 1) == ["2026-11-29 12:00:00 Sun"]
+    def test_sunday_is_zero_and_seven_is_refused_as_the_host_refuses_it(self) -> None:
+        """Day-of-week 0 is Sunday. Unix cron also takes 7, croniter too; the Functions host's NCrontab
+        has days 0-6 and refuses 7 (its timer would not run on Azure), so the local one refuses it too."""
         assert fires("0 0 12 * * 0", "2026-11-25T00:00:00", 1) == ["2026-11-29 12:00:00 Sun"]
+        for expression in ("0 0 12 * * 7", "0 0 12 * * 6-7", "0 0 12 * * 6,7", "0 0 12 * * 7/2"):
+            with pytest.raises(ConfigError, match=r"outside 0-6 \(Sunday is 0: the Functions host refuses 7\)"):
+                TimerSchedule.parse(expression)
 
     def test_month_and_day_cross_the_year(self) -> None:
         """'0 0 0 1 Jan,Jul *' fires on the first of January and July."""
@@ -128,11 +131,10 @@ class TestNextFire:
             "2027-01-03 00:00:00 Sun",
         ]
 
-    def test_sunday_as_seven_in_ranges_lists_and_by_name(self) -> None:
-        """7 is Sunday inside a range and a list too, and 'Sun' names it."""
+    def test_sunday_in_a_list_and_by_name(self) -> None:
+        """0 is Sunday in a list too, and 'Sun' names it."""
         weekend = ["2026-11-28 12:00:00 Sat", "2026-11-29 12:00:00 Sun", "2026-12-05 12:00:00 Sat"]
-        assert fires("0 0 12 * * 6-7", "2026-11-25T00:00:00", 3) == weekend
-        assert fires("0 0 12 * * 6,7", "2026-11-25T00:00:00", 3) == weekend
+        assert fires("0 0 12 * * 6,0", "2026-11-25T00:00:00", 3) == weekend
         assert fires("0 0 12 * * Sat,Sun", "2026-11-25T00:00:00", 3) == weekend
 
     def test_rare_dates_are_found_years_ahead(self) -> None:
@@ -166,7 +168,7 @@ class TestParseErrors:
             ("0 0 0 ? * *", "timer schedule '0 0 0 ? * *': day field '?' has '?'; use"),
             ("0 0 H * * *", "timer schedule '0 0 H * * *': hour field 'H' has 'H'; use"),
             ("0 0 0 * * Fri-Mon", "timer schedule '0 0 0 * * Fri-Mon': day-of-week field 'Fri-Mon' has range"),
-            ("0 0 0 * * 8", "timer schedule '0 0 0 * * 8': day-of-week field '8' has '8', outside 0-7"),
+            ("0 0 0 * * 8", "timer schedule '0 0 0 * * 8': day-of-week field '8' has '8', outside 0-6"),
             ("0 1,2,99 * * * *", "timer schedule '0 1,2,99 * * * *': minute field '1,2,99' has '99', outside"),
             ("abc 0 0 * * *", "timer schedule 'abc 0 0 * * *': second field 'abc' has 'abc', which is not a"),
         ],
@@ -201,7 +203,7 @@ class TestParseErrors:
 
 def test_settings_reject_a_bad_reconcile_schedule_in_one_line() -> None:
     """AUTORETRAIN_RECONCILE_SCHEDULE is checked at start, and the error names the setting."""
-    assert Settings.from_env({"AUTORETRAIN_RECONCILE_SCHEDULE": "0 0 12 * * 7"}).reconcile_schedule == "0 0 12 * * 7"
+    assert Settings.from_env({"AUTORETRAIN_RECONCILE_SCHEDULE": "0 0 12 * * 0"}).reconcile_schedule == "0 0 12 * * 0"
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"AUTORETRAIN_RECONCILE_SCHEDULE": "*/5 * * * *"})
     assert str(caught.value).startswith(
