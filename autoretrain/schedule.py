@@ -3,10 +3,10 @@
     {second} {minute} {hour} {day} {month} {day-of-week}
 
 Six fields, seconds first. Each takes `*`, a value, a range `a-b`, a step `*/n`, `a-b/n` or `a/n`,
-and comma lists of those; months and days of the week also take English three-letter names (`Jan`,
-`Mon`); Sunday is 0, and 7 is refused as the host refuses it (NCrontab's days run 0-6; Unix cron
-also takes 7). Like the NCrontab library the host uses, a day must match both the
-day-of-month and the day-of-week fields. Times are UTC, the host's default on Azure (no
+and comma lists of those; months and days of the week also take English names, whole or their
+start, as NCrontab reads them (`Jan`, `Monday`, `thurs`). Sunday is 0; 7 is refused, as the host
+refuses it (NCrontab's days run 0-6; Unix cron also takes 7). Like the NCrontab library the host
+uses, a day must match both the day-of-month and the day-of-week fields. Times are UTC, the host's default on Azure (no
 WEBSITE_TIME_ZONE).
 
 croniter does the parsing and the calendar; this module holds it to that grammar: croniter also
@@ -16,6 +16,7 @@ backwards (`5-2`) as one that wraps around, none of which the host accepts the s
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +29,11 @@ __all__ = ["SHAPE", "TimerSchedule"]
 
 SHAPE = "{second} {minute} {hour} {day} {month} {day-of-week}"
 _EXAMPLE = "'0 */5 * * * *'"
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# As NCrontab reads a name: the first of these that starts with it, whatever its case ('Mon',
+# 'Monday', 'M'; 'Ma' is March, 'T' Tuesday). croniter knows three-letter names only: it is given numbers.
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 # (name, lowest, highest, names, what the names are) per field, in schedule order.
 _FIELDS: tuple[tuple[str, int, int, tuple[str, ...], str], ...] = (
     ("second", 0, 59, (), ""),
@@ -39,7 +43,7 @@ _FIELDS: tuple[tuple[str, int, int, tuple[str, ...], str], ...] = (
     ("month", 1, 12, _MONTHS, "a month name (Jan-Dec)"),
     ("day-of-week", 0, 6, _DAYS, "a day name (Sun-Sat)"),
 )
-_VALUE = r"\d+|[A-Za-z]{3}"
+_VALUE = r"\d+|[A-Za-z]+"
 # One comma-separated item: `*`, `a` or `a-b`, then an optional `/n`.
 _ITEM = re.compile(rf"(?:\*|(?P<first>{_VALUE})(?:-(?P<last>{_VALUE}))?)(?:/(?P<step>\d+))?")
 
@@ -91,7 +95,22 @@ class TimerSchedule:
 def _croniter(expression: str, start: datetime | None = None) -> croniter[datetime]:
     # second_at_beginning: seconds are the first field, as in NCRONTAB (croniter's own six-field
     # form puts them last). day_or=False: a day must match day-of-month AND day-of-week.
-    return croniter(expression, start, ret_type=datetime, day_or=False, second_at_beginning=True)
+    return croniter(_numeric(expression), start, ret_type=datetime, day_or=False, second_at_beginning=True)
+
+
+def _numeric(expression: str) -> str:
+    """The expression with each month and day name as its number (a name of neither stays, for
+    croniter to refuse)."""
+    fields = expression.split()
+    for index, (_, _, _, names, _) in enumerate(_FIELDS[: len(fields)]):
+        if names:
+            fields[index] = re.sub(r"[A-Za-z]+", functools.partial(_as_number, names=names), fields[index])
+    return " ".join(fields)
+
+
+def _as_number(match: re.Match[str], names: tuple[str, ...]) -> str:
+    number = _number(match[0], names)
+    return match[0] if number is None else str(number)
 
 
 def _field_error(expression: str, index: int, why: str) -> ConfigError:
@@ -103,17 +122,20 @@ def _field_error(expression: str, index: int, why: str) -> ConfigError:
 
 def _grammar_error(text: str, index: int) -> str | None:
     """What is wrong with field `text` by the NCRONTAB grammar, if anything."""
-    names = _FIELDS[index][3]
+    _, low, high, names, named = _FIELDS[index]
     for item in text.split(","):
         match = _ITEM.fullmatch(item)
-        if match is None:
+        words = [t for t in (match["first"], match["last"]) if t and not t.isdigit()] if match else []
+        # Quartz's L, W, LW and H, which croniter reads its own way, are not values to NCrontab.
+        if match is None or (not names and any(len(word) <= 2 for word in words)):
             return f"has {item!r}; use *, a value, a range a-b, a step */n, a-b/n or a/n, or a comma list"
+        if any(_number(word, names) is None for word in words):
+            return f"has {item!r}, which is not a number" + (f" or {named}" if named else "")
         if match["step"] is not None and int(match["step"]) == 0:
             return f"has step {match['step']!r}; use a whole number above 0"
         first, last = (_number(match[group], names) for group in ("first", "last"))
         if first is not None and last is not None and first > last:
             return f"has range {match[0].partition('/')[0]!r} that runs backwards"
-        _, low, high, _, _ = _FIELDS[index]
         for value in (first, last):
             if value is not None and not low <= value <= high:  # croniter takes a 7th weekday
                 sunday = " (Sunday is 0: the Functions host refuses 7)" if names is _DAYS and value == 7 else ""
@@ -127,7 +149,8 @@ def _number(token: str | None, names: tuple[str, ...]) -> int | None:
     if token.isdigit():
         return int(token)
     lowered = token.lower()
-    return names.index(lowered) + (1 if names is _MONTHS else 0) if lowered in names else None
+    index = next((i for i, name in enumerate(names) if name.startswith(lowered)), None)
+    return None if index is None else index + (1 if names is _MONTHS else 0)
 
 
 def _croniter_error(parts: list[str], index: int) -> str | None:

@@ -59,6 +59,21 @@ class TestNextFire:
             "2026-11-26 10:00:30 Thu",
         ]
 
+    def test_names_are_read_as_ncrontab_reads_them(self) -> None:
+        """NCrontab (the host's) takes any start of a month's or day's English name, whatever its case:
+        the first name it starts ('Monday', 'thurs'; 'T' is Tuesday, 'Ma' March). croniter knows
+        three-letter names only; before, 'Monday' was refused here and ran on Azure."""
+        weekdays = fires("0 30 9 * * 1-5", "2026-11-26T10:00:00", 3)
+        assert fires("0 30 9 * * Monday-Friday", "2026-11-26T10:00:00", 3) == weekdays
+        assert fires("0 30 9 * * mon-FRIDAY", "2026-11-26T10:00:00", 3) == weekdays
+        assert fires("0 0 12 * * T", "2026-11-25T00:00:00", 1) == ["2026-12-01 12:00:00 Tue"]
+        assert fires("0 0 12 * * Thurs", "2026-11-25T00:00:00", 1) == ["2026-11-26 12:00:00 Thu"]
+        assert fires("0 0 0 1 Ma *", "2026-11-25T00:00:00", 1) == ["2027-03-01 00:00:00 Mon"]
+        assert fires("0 0 0 1 January,July *", "2026-11-25T00:00:00", 2) == ["2027-01-01 00:00:00 Fri",
+                                                                             "2027-07-01 00:00:00 Thu"]
+        with pytest.raises(ConfigError, match="has 'Mondays', which is not a number or a day name"):
+            TimerSchedule.parse("0 0 0 * * Mondays")
+
     def test_weekdays_by_number_and_name_agree(self) -> None:
         """'0 30 9 * * 1-5' and '... Mon-Fri' skip the weekend (2026-11-28 is a Saturday)."""
         expected = ["2026-11-27 09:30:00 Fri", "2026-11-30 09:30:00 Mon", "2026-12-01 09:30:00 Tue"]
