@@ -321,7 +321,11 @@ def test_a_call_made_again_after_its_tracker_did_it_and_died_changes_nothing(tmp
     run, run_again = twice({"op": "start_job", "job": job, "tags": {}, "resumed": False})
     step, step_again = twice({"op": "start_step", "job": job, "step": "prep"})
     twice({"op": "end_run", "run_id": step["run_id"], "status": "FINISHED"})
-    twice({"op": "end_job", "job": job, "status": "FINISHED", "metrics_file": str(metrics)})
+    end_job = {"op": "end_job", "job": job, "status": "FINISHED", "metrics_file": str(metrics)}
+    _Tracker(uri, artifacts, "autoretrain", "autoretrain-model").handle(end_job)
+    client(tmp_path).update_run(run, status="RUNNING")  # it died after the metrics, before the run's end
+    _Tracker(uri, artifacts, "autoretrain", "autoretrain-model").handle({**end_job, "again": True})
+    twice(end_job)  # and after the run's end
 
     assert run_again == run and step_again == step
     mlflow = client(tmp_path)

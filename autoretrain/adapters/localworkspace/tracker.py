@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -236,10 +235,12 @@ class _Tracker:
             raw = json.loads(Path(metrics_file).read_text(encoding="utf-8"))
             values = {str(k): float(v) for k, v in (raw.get("metrics") or {}).items()}
             values |= {f"champion_{k}": float(v) for k, v in (raw.get("champion_metrics") or {}).items()}
-            now = _millis()
+            # Stamped when evaluate wrote them: made again after a tracker died between this and the
+            # run's end, the same points are logged, which MLflow keeps once.
+            written = int(Path(metrics_file).stat().st_mtime * 1000)
             self._client.log_batch(
                 run_id,
-                metrics=[Metric(name, value, now, 0) for name, value in values.items()],
+                metrics=[Metric(name, value, written, 0) for name, value in values.items()],
                 params=[Param("primary_metric", str(raw.get("primary_metric"))),
                         Param("test_rows", str(raw.get("test_rows")))],
             )
@@ -296,6 +297,3 @@ class _Tracker:
 def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
-
-def _millis() -> int:
-    return int(time.time() * 1000)
