@@ -31,6 +31,7 @@ from autoretrain.domain.ledger import (
     Submit,
     TakeOver,
     Wait,
+    oldest_first,
 )
 from autoretrain.domain.model import (
     JOB_OUTPUTS,
@@ -86,4 +87,5 @@ __all__ = [
     "Wait",
     "WorkKey",
     "job_output_path",
+    "oldest_first",
 ]

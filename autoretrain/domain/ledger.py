@@ -6,7 +6,7 @@ transition function, refusing a move `ALLOWED_MOVES` does not list.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -34,6 +34,7 @@ __all__ = [
     "Submit",
     "TakeOver",
     "Wait",
+    "oldest_first",
 ]
 
 
@@ -361,6 +362,12 @@ class LedgerRecord:
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),
         }
+
+
+def oldest_first(records: Iterable[LedgerRecord]) -> list[LedgerRecord]:
+    """The records in the order their versions came (their key breaks a tie): a job's versions, a
+    training window."""
+    return sorted(records, key=lambda r: (r.created, r.key.value))
 
 
 @dataclass(frozen=True, slots=True)

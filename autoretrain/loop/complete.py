@@ -22,6 +22,7 @@ from autoretrain.domain import (
     Requeue,
     StartCompleting,
     WorkKey,
+    oldest_first,
 )
 from autoretrain.domain.errors import (
     BlobChangedError,
@@ -167,7 +168,7 @@ def _members(job: str, key: WorkKey, deps: Deps) -> list[LedgerRecord]:
     for member in deps.ledger.schedule().jobs.get(job, ()):
         if member not in found and (record := deps.ledger.get(member)) is not None:
             found[member] = record
-    return sorted(found.values(), key=lambda r: (r.created, r.key.value))
+    return oldest_first(found.values())
 
 
 def _moved(job: str, members: list[LedgerRecord], deps: Deps) -> list[LedgerRecord]:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from autoretrain.domain import Fail, LedgerRecord, LedgerState, PipelineJob, Schedule, Submit, WorkKey
+from autoretrain.domain import Fail, LedgerRecord, LedgerState, PipelineJob, Schedule, Submit, WorkKey, oldest_first
 from autoretrain.domain.errors import NotReadyError, PermanentError
 from autoretrain.logs import log_event
 from autoretrain.loop.deps import Deps
@@ -45,10 +45,7 @@ def dispatch(deps: Deps, schedule: Schedule | None = None) -> tuple[PipelineJob,
         if rule.jobs_in_flight and len(schedule.jobs) >= rule.jobs_in_flight:
             return None
         taken = schedule.assigned
-        waiting = sorted(
-            (r for r in deps.ledger.records(LedgerState.WAITING) if r.key not in taken),
-            key=lambda r: (r.created, r.key.value),
-        )
+        waiting = oldest_first(r for r in deps.ledger.records(LedgerState.WAITING) if r.key not in taken)
         if not waiting:
             return None
         quiet = timedelta(seconds=rule.quiet_seconds)
@@ -112,7 +109,7 @@ def resubmit(
         log_event(log, logging.INFO, "dispatch.finishing_start", job=job, new_versions=len(records))
     else:
         log_event(log, logging.WARNING, "dispatch.resubmitted", job=job, new_versions=len(records))
-    return _submit(WorkKey.for_batch(list(keys)), sorted(records, key=lambda r: (r.created, r.key.value)), deps)
+    return _submit(WorkKey.for_batch(list(keys)), oldest_first(records), deps)
 
 
 def settled(job: str, record: LedgerRecord | None) -> bool:

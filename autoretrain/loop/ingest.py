@@ -19,6 +19,7 @@ from autoretrain.domain import (
     TrainingMember,
     Wait,
     WorkKey,
+    oldest_first,
 )
 from autoretrain.domain.errors import BlobChangedError, BlobMissingError, ContractError, LedgerError
 from autoretrain.domain.events import COMMITTED_APIS, BlobCreated
@@ -196,10 +197,9 @@ def _training_window(
     fresh = {str(r.data_version) for r in new}
     keys = {r.key for r in new}
     # A retrain's data version was accepted before: it moves to the end, as the newest.
-    accepted = sorted(
-        (r for state in LedgerState if state.accepted for r in deps.ledger.records(state)
-         if r.key not in keys and r.data_version and r.data_version not in fresh),
-        key=lambda r: (r.created, r.key.value),
+    accepted = oldest_first(
+        r for state in LedgerState if state.accepted for r in deps.ledger.records(state)
+        if r.key not in keys and r.data_version and r.data_version not in fresh
     )
     snapshots = {str(r.data_version): r.blob.copy_name(r.origin) for r in reversed(accepted)}
     snapshots.update({str(r.data_version): r.blob.copy_name(r.origin) for r in new})

@@ -19,6 +19,7 @@ from autoretrain.domain import (
     PipelineJob,
     StartCompleting,
     WorkKey,
+    oldest_first,
 )
 from autoretrain.domain.errors import (
     BlobChangedError,
@@ -186,7 +187,7 @@ class _Pass:
                 jobs.setdefault(record.job or record.key.job_name, []).append(record)
         for members in jobs.values():
             facts = JobFacts(new_versions=0)  # 0: the model's lineage counts the job's records, once
-            for record in sorted(members, key=lambda r: (r.created, r.key.value)):
+            for record in oldest_first(members):
                 what = "finished_job" if record.state is LedgerState.SUBMITTED else "stale_completion"
                 self._attempt(what, record.blob, record.key, _complete_or_resubmit(record, self.deps, facts))
 
