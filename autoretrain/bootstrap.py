@@ -7,7 +7,6 @@ builds them once per worker process (`runtime()`), on first use, not at import.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from autoretrain.contract import load_contract
 from autoretrain.domain.errors import ConfigError
 from autoretrain.domain.ports import BlobStore, Ledger, Workspace
+from autoretrain.loading import no_collection
 from autoretrain.loop import Deps, LoopConfig
 from autoretrain.settings import PROJECT_ROOT, Settings, WorkspaceKind
 
@@ -227,26 +227,12 @@ def runtime() -> Deps:
     with _runtime_lock:
         if _runtime is None:
             settings = runtime_settings()
-            with _no_collection():
+            # The first event loads the adapters' libraries (the Azure ML SDK above all).
+            with no_collection():
                 # One of the local host's extra worker processes: the main one resumes the jobs.
                 _runtime = bootstrap(settings, resume=os.environ.get("AUTORETRAIN_HOST_WORKER", "0") == "0")
             log.info("bootstrap.ready workspace=%s contract=%s", settings.workspace.value, settings.contract)
         return _runtime
-
-
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """The cyclic collector off while the first event loads the adapters' libraries (the Azure ML
-    SDK above all): the heap only grows meanwhile, and the collector's passes over it were 0.3 s of
-    the 1.9 s of CPU those imports take on a cold start. It runs as before once they are loaded."""
-    if not gc.isenabled():  # someone else's choice: left as it is
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @contextlib.contextmanager

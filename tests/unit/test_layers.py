@@ -11,7 +11,7 @@ PACKAGE = ROOT / "autoretrain"
 
 # Each part of the package, and the parts it may import (besides itself). Read bottom to top: a part
 # imports only parts below it.
-_BASE = {"domain", "datacontract", "waiting", "logs", "schedule", "settings", "contract"}
+_BASE = {"domain", "datacontract", "waiting", "loading", "logs", "schedule", "settings", "contract"}
 ALLOWED: dict[str, set[str]] = {
     "cli": _BASE | {"telemetry", "loop", "adapters", "bootstrap", "local"},
     "local": _BASE | {"telemetry", "loop", "adapters", "bootstrap"},
@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "schedule": {"domain"},
     "logs": {"domain"},
     "waiting": set(),
+    "loading": set(),
     "datacontract": set(),
     "domain": set(),
 }

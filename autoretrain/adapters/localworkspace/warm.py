@@ -39,6 +39,7 @@ from typing import Any
 
 # die_with_parent lives in channel.py; it is named here too, where the local host has always found it.
 from autoretrain.adapters.localworkspace.channel import ForkedHelper, Helper, die_with_parent, to_parent
+from autoretrain.loading import no_collection
 
 __all__ = ["RunnerDied", "WarmRunner", "die_with_parent", "serve"]
 
@@ -256,17 +257,13 @@ def _preload(local_store: bool) -> None:
     import gc
     import importlib
 
-    # No collection while the libraries load: the heap only grows, and the collector's passes over
-    # it were 0.5 of the imports' 3.4 s of CPU; one full collection after them frees what they left.
-    gc.disable()
-    try:
+    # No collection while the libraries load; one full collection after them frees what they left.
+    with no_collection():
         for name in (*_PRELOAD, *(_PRELOAD_TRACKING if local_store else ())):
             # A library that is missing is imported by the step that needs it, as it would be cold.
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
         _index_installed_packages()
-    finally:
-        gc.enable()
     # What the imports made lives as long as the server: out of the collector's sight, so a step's
     # full collection walks only the step's own objects (not the libraries': ~150 ms each time).
     gc.collect()
