@@ -6,8 +6,8 @@ Six fields, seconds first. Each takes `*`, a value, a range `a-b`, a step `*/n`,
 and comma lists of those; months and days of the week also take English names, whole or their
 start, as NCrontab reads them (`Jan`, `Monday`, `thurs`). Sunday is 0; 7 is refused, as the host
 refuses it (NCrontab's days run 0-6; Unix cron also takes 7). Like the NCrontab library the host
-uses, a day must match both the day-of-month and the day-of-week fields. Times are UTC, the host's default on Azure (no
-WEBSITE_TIME_ZONE).
+uses, a day must match both the day-of-month and the day-of-week fields. Times are UTC, the host's
+default on Azure (no WEBSITE_TIME_ZONE).
 
 croniter does the parsing and the calendar; this module holds it to that grammar: croniter also
 takes five- and seven-field forms, `L`, `W`, `#`, `?`, `H` and `@daily`, and reads a range that runs
@@ -125,15 +125,16 @@ def _grammar_error(text: str, index: int) -> str | None:
     _, low, high, names, named = _FIELDS[index]
     for item in text.split(","):
         match = _ITEM.fullmatch(item)
-        words = [t for t in (match["first"], match["last"]) if t and not t.isdigit()] if match else []
+        tokens = [match["first"], match["last"]] if match else []
+        words = [t for t in tokens if t and not t.isdigit()]
         # Quartz's L, W, LW and H, which croniter reads its own way, are not values to NCrontab.
         if match is None or (not names and any(len(word) <= 2 for word in words)):
             return f"has {item!r}; use *, a value, a range a-b, a step */n, a-b/n or a/n, or a comma list"
-        if any(_number(word, names) is None for word in words):
+        first, last = (_number(token, names) for token in tokens)
+        if any(token and value is None for token, value in zip(tokens, (first, last), strict=True)):
             return f"has {item!r}, which is not a number" + (f" or {named}" if named else "")
         if match["step"] is not None and int(match["step"]) == 0:
             return f"has step {match['step']!r}; use a whole number above 0"
-        first, last = (_number(match[group], names) for group in ("first", "last"))
         if first is not None and last is not None and first > last:
             return f"has range {match[0].partition('/')[0]!r} that runs backwards"
         for value in (first, last):
